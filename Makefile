@@ -1,0 +1,27 @@
+# `make demo` and `make test` set everything up on a fresh machine (Python 3.10+ with venv).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) generate.py --prompt "a crimson circle on a light sky blue background" --out outputs/demo.png
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+bench: $(STAMP)
+	$(PY) bench/sampling.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,114 @@
+"""Build a model from a release yaml and load checkpoints into it.
+
+`create_model(config_path)` and `load_state_dict(ckpt_path, location)` keep the release's meaning, so
+`model.load_state_dict(load_state_dict(path), strict=False)` works as it always did. `load_checkpoint`
+is the careful way: it accepts every layout users have (full SD, full ControlLDM, control-only, diffusers
+ControlNet folders), ignores EMA copies, and explains a mismatch instead of loading half a model.
+"""
+
+from pathlib import Path
+
+import torch
+
+from cldm.cldm import ControlLDM, ControlledUnetModel, ControlNet
+from ldm.checkpoint import CheckpointError, read_state_dict, summarize_keys
+from ldm.config import LDM_TARGETS, instantiate, load_yaml
+from ldm.diffusion import SCHEDULE_BUFFERS
+
+TARGETS = {
+    **LDM_TARGETS,
+    "cldm.cldm.ControlLDM": ControlLDM,
+    "cldm.cldm.ControlNet": ControlNet,
+    "cldm.cldm.ControlledUnetModel": ControlledUnetModel,
+}
+CONTROL_PREFIX = "control_model."
+# Keys a file may lack without harm: the schedule is recomputed from the yaml, position_ids are 0..76.
+OPTIONAL_KEYS = set(SCHEDULE_BUFFERS) | {"logvar"}
+
+
+def create_model(config_path, device=None):
+    """The model a release yaml describes, with freshly initialised weights (on `device`, e.g. "meta")."""
+    config = load_yaml(config_path)
+    if device is None:
+        return instantiate(config["model"], TARGETS).cpu()
+    with torch.device(device):
+        return instantiate(config["model"], TARGETS)
+
+
+def load_state_dict(ckpt_path, location="cpu"):
+    """The tensors of a checkpoint file, as the release's helper returned them."""
+    return read_state_dict(ckpt_path, location=location)
+
+
+def read_any(source):
+    """A state dict in the release layout from a file, a diffusers ControlNet folder, or a dict."""
+    if isinstance(source, dict):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        from cldm.diffusers_interop import read_diffusers_controlnet
+
+        return {CONTROL_PREFIX + k: v for k, v in read_diffusers_controlnet(path).items()}
+    state = read_state_dict(path)
+    if any(k.startswith("controlnet_cond_embedding.") for k in state):
+        raise CheckpointError(f"{path} is a diffusers-layout ControlNet: pass its folder (with config.json) instead")
+    if "time_embed.0.weight" in state and "input_hint_block.0.weight" in state:
+        state = {CONTROL_PREFIX + k: v for k, v in state.items()}  # a control saved without its prefix
+    return state
+
+
+def _family(state, prefix):
+    """The cross-attention width of the UNet (or control) in a state dict: 768 for SD 1.x, 1024 for SD 2.x."""
+    for key, value in state.items():
+        if key.startswith(prefix) and key.endswith("attn2.to_k.weight"):
+            return value.shape[1]
+    return None
+
+
+def _family_name(width):
+    return {768: "SD 1.x", 1024: "SD 2.x"}.get(width, f"cross-attention width {width}")
+
+
+def _check_shapes(model_state, state, where):
+    wrong = [k for k, v in state.items() if k in model_state and model_state[k].shape != v.shape]
+    if not wrong:
+        return
+    for prefix, part in ((CONTROL_PREFIX, "control"), ("model.diffusion_model.", "base model")):
+        found, expected = _family(state, prefix), _family(model_state, prefix)
+        if found and expected and found != expected:
+            raise CheckpointError(
+                f"{where}: this {part} is for {_family_name(found)} but the model's config is {_family_name(expected)}; "
+                "use the matching yaml (models/cldm_v15.yaml for SD 1.x, models/cldm_v21.yaml for SD 2.x) "
+                "or the matching checkpoint")
+    k = wrong[0]
+    raise CheckpointError(f"{where}: {len(wrong)} tensors have other shapes than the model's "
+                          f"(e.g. {k}: file {tuple(state[k].shape)}, model {tuple(model_state[k].shape)}) "
+                          f"in {summarize_keys(wrong)}; the checkpoint does not match this config")
+
+
+def load_checkpoint(model, *sources, strict=True):
+    """Load one or more checkpoints (e.g. an SD base, then a control) into `model`, checking every key.
+
+    Returns the keys of the model that no source provided. With strict=True a missing or unexpected
+    weight is an error naming the key groups; EMA copies (`model_ema.*`) are always ignored.
+    """
+    model_state = model.state_dict()
+    merged = {}
+    for source in sources:
+        where = str(source) if not isinstance(source, dict) else "state dict"
+        state = {k: v for k, v in read_any(source).items() if not k.startswith("model_ema.")}
+        _check_shapes(model_state, state, where)
+        merged.update(state)
+    unexpected = sorted(k for k in merged if k not in model_state)
+    missing = sorted(k for k in model_state if k not in merged and k not in OPTIONAL_KEYS
+                     and not k.endswith("position_ids"))
+    if strict and unexpected:
+        raise CheckpointError(f"{len(unexpected)} weights in the checkpoint have no place in the model: "
+                              f"{summarize_keys(unexpected)}; is it for another architecture?")
+    if strict and missing:
+        hint = ""
+        if all(k.startswith(CONTROL_PREFIX) for k in missing):
+            hint = " (the control weights: load a control checkpoint too, e.g. models/control_sd15_canny.pth)"
+        raise CheckpointError(f"{len(missing)} model weights are not in the checkpoint{hint}: {summarize_keys(missing)}")
+    model.load_state_dict({k: v for k, v in merged.items() if k in model_state}, strict=False)
+    return missing

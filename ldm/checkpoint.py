@@ -1,0 +1,97 @@
+"""Reading and writing checkpoint files safely.
+
+`.ckpt`/`.pth` are pickles: they load with `weights_only=True`, which refuses anything but tensors and
+plain containers, so a checkpoint cannot run code. safetensors is the format we write, atomically.
+"""
+
+import os
+import pickle
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+# Where the well-known files come from, for the message when one is missing.
+KNOWN_SOURCES = {
+    "v1-5-pruned.ckpt": "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "v1-5-pruned-emaonly.safetensors": "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "v2-1_512-ema-pruned.ckpt": "https://huggingface.co/stabilityai/stable-diffusion-2-1-base",
+    "v2-1_768-ema-pruned.ckpt": "https://huggingface.co/stabilityai/stable-diffusion-2-1",
+}
+CONTROL_V10_SOURCE = "https://huggingface.co/lllyasviel/ControlNet/tree/main/models"
+CONTROL_V11_SOURCE = "https://huggingface.co/lllyasviel/ControlNet-v1-1"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint for the model at hand; the message says why and what to do."""
+
+
+def where_to_get(name):
+    if name in KNOWN_SOURCES:
+        return KNOWN_SOURCES[name]
+    if name.startswith("control_sd15_") or name.startswith("control_sd21_"):
+        return CONTROL_V10_SOURCE
+    if name.startswith("control_v11"):
+        return CONTROL_V11_SOURCE
+    return None
+
+
+def missing_file_message(path):
+    path = Path(path)
+    source = where_to_get(path.name)
+    hint = f"download it from {source} and put it in {path.parent}/" if source else "check the path"
+    return f"checkpoint {path} not found: {hint}"
+
+
+def read_state_dict(path, location="cpu"):
+    """The tensors of a checkpoint file: `.safetensors`, or a `.ckpt`/`.pth` with or without `state_dict`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(missing_file_message(path))
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish; fetch it again")
+    try:
+        if path.suffix.lower() == ".safetensors":
+            obj = safetensors.torch.load_file(str(path), device=str(location))
+        else:
+            obj = torch.load(path, map_location=location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} is not a plain checkpoint: it holds Python objects other than tensors, which are not loaded "
+            f"because unpickling them could run code ({str(e).splitlines()[0][:200]}). Re-save its state_dict, "
+            "or convert it to .safetensors") from None
+    except Exception as e:  # truncated zip, bad header, text file: all mean the same to the user
+        raise CheckpointError(f"{path} could not be read as a checkpoint (truncated or not a checkpoint file?): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    if not tensors:
+        raise CheckpointError(f"{path} holds no tensors ({type(obj).__name__}); it is not a model checkpoint")
+    return tensors
+
+
+def save_safetensors(state_dict, path, metadata=None):
+    """Write atomically: a crash leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def summarize_keys(keys, depth=2, limit=8):
+    """'control_model.input_blocks (96), control_model.zero_convs (24)': key groups instead of a dump."""
+    groups = Counter(".".join(k.split(".")[:depth]) for k in keys)
+    parts = [f"{prefix} ({n})" for prefix, n in sorted(groups.items())[:limit]]
+    if len(groups) > limit:
+        parts.append(f"... {len(groups) - limit} more groups")
+    return ", ".join(parts)

@@ -1,0 +1,91 @@
+"""Build models from the LDM release's yaml files, read as data.
+
+A config node is `{target: "dotted.name", params: {...}}`. Targets resolve through an explicit table,
+never by importing strings; params are checked against the class before anything is built, so a typo
+fails at once with the yaml path of the bad key.
+"""
+
+import inspect
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ldm.autoencoder import AutoencoderKL
+from ldm.diffusion import LatentDiffusion
+from ldm.text_encoders import FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder
+from ldm.unet import UNetModel
+
+LDM_TARGETS = {
+    "ldm.models.diffusion.ddpm.LatentDiffusion": LatentDiffusion,
+    "ldm.modules.diffusionmodules.openaimodel.UNetModel": UNetModel,
+    "ldm.models.autoencoder.AutoencoderKL": AutoencoderKL,
+    "ldm.modules.encoders.modules.FrozenCLIPEmbedder": FrozenCLIPEmbedder,
+    "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder": FrozenOpenCLIPEmbedder,
+}
+
+# Sub-model configs inside a diffusion model's params, and the constructor argument each becomes.
+SUBMODELS = {
+    "unet_config": "unet",
+    "first_stage_config": "first_stage_model",
+    "cond_stage_config": "cond_stage_model",
+    "control_stage_config": "control_model",
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_yaml(path):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} not found; the shipped configs are in models/ (e.g. models/cldm_v15.yaml)")
+    config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(config, dict) or "model" not in config:
+        raise ConfigError(f"{path} has no top-level `model:` section; is it a Stable Diffusion / ControlNet config?")
+    return config
+
+
+def _named_params(cls):
+    """(accepted, required) constructor parameters, following **kwargs up to the parent class."""
+    sig = inspect.signature(cls.__init__).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = {p.name for p in sig if p.kind in kinds} - {"self"}
+    required = {p.name for p in sig if p.kind in kinds and p.default is p.empty} - {"self"}
+    if hasattr(cls, "config_class"):
+        accepted |= {f.name for f in fields(cls.config_class)}
+        required |= {f.name for f in fields(cls.config_class) if f.default is MISSING and f.default_factory is MISSING}
+    elif any(p.kind is p.VAR_KEYWORD for p in sig):
+        parent_accepted, parent_required = _named_params(cls.__mro__[1])
+        accepted |= parent_accepted
+        required |= parent_required
+    return accepted, required
+
+
+def check_params(cls, params, path):
+    accepted, required = _named_params(cls)
+    given = {SUBMODELS.get(k, k) for k in params}
+    unknown = sorted(k for k in params if SUBMODELS.get(k, k) not in accepted)
+    if unknown:
+        raise ConfigError(f"{path}.params: {cls.__name__} has no parameter(s) {unknown}; it accepts {sorted(accepted)}")
+    missing = sorted(required - given)
+    if missing:
+        raise ConfigError(f"{path}.params: {cls.__name__} needs {missing}")
+
+
+def instantiate(node, targets, path="model"):
+    """Build the module a config node describes, sub-models first."""
+    if not isinstance(node, dict) or "target" not in node:
+        raise ConfigError(f"{path} must have a `target:`")
+    target = node["target"]
+    if target not in targets:
+        raise ConfigError(f"{path}.target {target!r} is not a known model; known targets: {sorted(targets)}")
+    cls = targets[target]
+    params = dict(node.get("params") or {})
+    check_params(cls, params, path)
+    for key, arg in SUBMODELS.items():
+        if key in params:
+            params[arg] = instantiate(params.pop(key), targets, f"{path}.params.{key}")
+    return cls(**params)
+

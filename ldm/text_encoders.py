@@ -1,0 +1,152 @@
+"""The two text encoders of Stable Diffusion, built offline from their architecture (no hub access).
+
+- SD 1.x: CLIP ViT-L/14's text transformer (transformers `CLIPTextModel`), last layer.
+- SD 2.x: OpenCLIP ViT-H-14's text transformer (open_clip), penultimate layer, then the final LayerNorm.
+
+The CLIP BPE vocabulary ships inside the open_clip package, so both tokenizers build from it.
+Weights come from the Stable Diffusion checkpoint (`cond_stage_model.*`).
+"""
+
+import functools
+
+import open_clip
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as hf_logging
+
+# Architectures of the text towers the releases use, by the names their yamls give.
+CLIP_TEXT_ARCHS = {
+    "openai/clip-vit-large-patch14": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                          num_attention_heads=12),
+}
+OPEN_CLIP_TEXT_ARCHS = {"ViT-H-14": dict(width=1024, heads=16, layers=24, output_dim=1024)}
+CONTEXT_LENGTH = 77
+VOCAB_SIZE = 49408
+
+
+@functools.cache
+def clip_tokenizer():
+    """transformers' CLIPTokenizer with the vocabulary and merges of OpenAI CLIP, read from open_clip's copy."""
+    simple = SimpleTokenizer()
+    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {specials.get(token, token): i for token, i in simple.encoder.items()}
+    merges = [pair for pair, _ in sorted(simple.bpe_ranks.items(), key=lambda item: item[1])]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CONTEXT_LENGTH)
+
+
+def _check_layer(layer, allowed):
+    if layer not in allowed:
+        raise ValueError(f"text encoder layer {layer!r} is not one of {sorted(allowed)}")
+
+
+def _architecture(given, name, known):
+    """The architecture dict for a named text tower, or the explicitly given one (small test models)."""
+    if given is None:
+        if name not in known:
+            raise ValueError(f"unknown text encoder {name!r}; known: {sorted(known)}, or give its architecture")
+        return known[name]
+    expected = set(next(iter(known.values())))
+    if set(given) != expected:
+        raise ValueError(f"text encoder architecture needs exactly the keys {sorted(expected)}, got {sorted(given)}")
+    return dict(given)
+
+
+class _Nest(nn.Module):
+    """Holds a module under one extra name level, to keep the released checkpoints' key paths."""
+
+    def __init__(self, **modules):
+        super().__init__()
+        for name, module in modules.items():
+            self.add_module(name, module)
+
+
+def _keep_position_ids(module, state_dict, prefix, *_):
+    # position_ids are always 0..T-1; files may lack them or store them as floats (76.9999...).
+    state_dict[prefix + "position_ids"] = module.position_ids.clone()
+
+
+class FrozenCLIPEmbedder(nn.Module):
+    """SD 1.x conditioning: prompts -> (B, 77, 768) hidden states of CLIP ViT-L/14's text transformer."""
+
+    def __init__(self, version="openai/clip-vit-large-patch14", device=None, max_length=CONTEXT_LENGTH, freeze=True,
+                 layer="last", layer_idx=None, arch=None):
+        super().__init__()
+        _check_layer(layer, {"last", "hidden"})
+        if layer == "hidden" and layer_idx is None:
+            raise ValueError("layer: hidden needs layer_idx (e.g. -2 for the penultimate layer)")
+        arch = _architecture(arch, version, CLIP_TEXT_ARCHS)
+        config = CLIPTextConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=max_length, hidden_act="quick_gelu",
+                                bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **arch)
+        hf_logging.set_verbosity_error()  # silence "weights not initialised": the checkpoint provides them
+        # Checkpoints keep the `transformer.text_model.` level of transformers 4.x; today's CLIPTextModel
+        # has no such level, so one is added by nesting.
+        self.transformer = _Nest(text_model=CLIPTextModel(config))
+        embeddings = self.transformer.text_model.embeddings
+        # Released files store position_ids; keep it in our state_dict so saved files have the same keys.
+        embeddings.register_buffer("position_ids", torch.arange(max_length)[None], persistent=True)
+        embeddings.register_load_state_dict_pre_hook(_keep_position_ids)
+        self.max_length, self.layer, self.layer_idx = max_length, layer, layer_idx
+        if freeze:
+            self.requires_grad_(False)
+
+    @property
+    def device(self):
+        return self.transformer.text_model.embeddings.token_embedding.weight.device
+
+    def tokenize(self, text):
+        # Pads with <|endoftext|> (49407), as the SD 1.x tokenizer does; padded positions matter to the UNet.
+        batch = clip_tokenizer()(list(text), truncation=True, max_length=self.max_length, padding="max_length",
+                                 return_tensors="pt")
+        return batch["input_ids"]
+
+    def forward(self, text):
+        tokens = self.tokenize(text).to(self.device)
+        out = self.transformer.text_model(input_ids=tokens, output_hidden_states=self.layer == "hidden")
+        if self.layer == "last":
+            return out.last_hidden_state
+        return out.hidden_states[self.layer_idx]
+
+    def encode(self, text):
+        return self(text)
+
+
+class FrozenOpenCLIPEmbedder(nn.Module):
+    """SD 2.x conditioning: prompts -> (B, 77, 1024) from OpenCLIP ViT-H-14's text transformer."""
+
+    LAYERS = {"last": 0, "penultimate": 1}
+
+    def __init__(self, arch="ViT-H-14", version="laion2b_s32b_b79k", device=None, max_length=CONTEXT_LENGTH,
+                 freeze=True, layer="last", text_cfg=None):
+        super().__init__()
+        _check_layer(layer, set(self.LAYERS))
+        text_cfg = _architecture(text_cfg, arch, OPEN_CLIP_TEXT_ARCHS)
+        # Only the text tower: the released checkpoints do not store the visual one.
+        self.model = open_clip.transformer.TextTransformer(
+            context_length=max_length, vocab_size=VOCAB_SIZE, width=text_cfg["width"], heads=text_cfg["heads"],
+            layers=text_cfg["layers"], output_dim=text_cfg["output_dim"],
+        )
+        self.model.logit_scale = nn.Parameter(torch.ones([]))
+        self.layer_idx = self.LAYERS[layer]
+        if freeze:
+            self.requires_grad_(False)
+
+    @property
+    def device(self):
+        return self.model.token_embedding.weight.device
+
+    def tokenize(self, text):
+        return open_clip.tokenize(list(text))
+
+    def forward(self, text):
+        tokens = self.tokenize(text).to(self.device)
+        m = self.model
+        x = m.token_embedding(tokens) + m.positional_embedding  # (B, T, width)
+        blocks = m.transformer.resblocks
+        for block in blocks[: len(blocks) - self.layer_idx]:
+            x = block(x, attn_mask=m.attn_mask)
+        return m.ln_final(x)
+
+    def encode(self, text):
+        return self(text)

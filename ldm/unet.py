@@ -1,0 +1,260 @@
+"""Stable Diffusion's denoising UNet (the `openaimodel.UNetModel` of the LDM release).
+
+The encoder half (input blocks + middle block) is built by `build_encoder`, which ControlNet calls too:
+its trainable copy is the same code, so "copy the encoder into the control" is a plain key rename.
+Attribute names are the checkpoint keys (`input_blocks.N.M`, `in_layers`, `emb_layers`, `op`, `out`).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ldm.attention import SpatialTransformer, zero_module
+
+
+def timestep_embedding(timesteps, dim, max_period=10000):
+    """Sinusoidal embedding of (B,) timesteps -> (B, dim), cosines first as in the LDM release."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    args = timesteps[:, None].float() * freqs[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in fp32 whatever the activations' dtype: fp16 statistics overflow."""
+
+    def forward(self, x):
+        return super().forward(x.float()).type(x.dtype)
+
+
+def normalization(channels):
+    return GroupNorm32(32, channels)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convs with the timestep embedding added in between, plus a (1x1 if needed) skip."""
+
+    def __init__(self, channels, emb_channels, dropout, out_channels=None, use_scale_shift_norm=False,
+                 use_checkpoint=False):
+        super().__init__()
+        out_channels = out_channels or channels
+        self.use_scale_shift_norm = use_scale_shift_norm
+        self.use_checkpoint = use_checkpoint
+        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(
+            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
+        )
+        self.out_layers = nn.Sequential(
+            normalization(out_channels), nn.SiLU(), nn.Dropout(p=dropout),
+            zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+        )
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x, emb):
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, emb, use_reentrant=False)
+        return self._forward(x, emb)
+
+    def _forward(self, x, emb):
+        h = self.in_layers(x)
+        emb_out = self.emb_layers(emb).type(h.dtype)[..., None, None]
+        if self.use_scale_shift_norm:
+            norm, rest = self.out_layers[0], self.out_layers[1:]
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = rest(norm(h) * (1 + scale) + shift)
+        else:
+            h = self.out_layers(h + emb_out)
+        return self.skip_connection(x) + h
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels, out_channels=None):
+        super().__init__()
+        self.op = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels, out_channels=None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """A sequence whose ResBlocks get the timestep embedding and whose transformers get the text."""
+
+    def forward(self, x, emb, context=None):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
+
+
+@dataclass
+class UNetConfig:
+    """The `params` of a UNet (or ControlNet) in the LDM yaml, with the release's names and defaults."""
+
+    in_channels: int
+    model_channels: int
+    num_res_blocks: int | list
+    attention_resolutions: list
+    out_channels: int | None = None  # None: same as in_channels
+    channel_mult: tuple = (1, 2, 4, 8)
+    dropout: float = 0.0
+    conv_resample: bool = True
+    dims: int = 2
+    num_heads: int = -1
+    num_head_channels: int = -1
+    num_heads_upsample: int = -1  # only used by the non-spatial attention, which SD does not use
+    use_scale_shift_norm: bool = False
+    use_spatial_transformer: bool = False
+    transformer_depth: int | list = 1
+    context_dim: int | None = None
+    legacy: bool = True
+    disable_self_attentions: list | None = None
+    num_attention_blocks: list | None = None
+    disable_middle_self_attn: bool = False
+    use_linear_in_transformer: bool = False
+    use_checkpoint: bool = False
+    use_fp16: bool = False
+    image_size: int | None = None  # unused: the network is fully convolutional
+
+    def __post_init__(self):
+        if not self.use_spatial_transformer or self.context_dim is None:
+            raise ValueError("only the text-conditioned UNet of Stable Diffusion is supported: "
+                             "set use_spatial_transformer: True and context_dim")
+        if self.dims != 2 or not self.conv_resample:
+            raise ValueError("only 2-D UNets with convolutional resampling (dims: 2, conv_resample: True) are supported")
+        if (self.num_heads == -1) == (self.num_head_channels == -1):
+            raise ValueError("set exactly one of num_heads and num_head_channels")
+        n_levels = len(self.channel_mult)
+        if isinstance(self.num_res_blocks, int):
+            self.num_res_blocks = [self.num_res_blocks] * n_levels
+        if isinstance(self.transformer_depth, int):
+            self.transformer_depth = [self.transformer_depth] * n_levels
+        if len(self.num_res_blocks) != n_levels or len(self.transformer_depth) < n_levels:
+            raise ValueError(f"num_res_blocks and transformer_depth need one entry per channel_mult level ({n_levels})")
+        self.out_channels = self.out_channels or self.in_channels
+
+    def heads_for(self, ch):
+        """(number of heads, channels per head) of the transformer at width `ch`."""
+        if self.num_head_channels == -1:
+            return self.num_heads, ch // self.num_heads
+        num_heads = ch // self.num_head_channels
+        return num_heads, (ch // num_heads if self.legacy else self.num_head_channels)
+
+    def transformer(self, ch, level, nr=0, middle=False):
+        heads, dim_head = self.heads_for(ch)
+        disabled = self.disable_middle_self_attn if middle else bool(
+            self.disable_self_attentions and self.disable_self_attentions[level])
+        return SpatialTransformer(
+            ch, heads, dim_head, depth=self.transformer_depth[-1 if middle else level], dropout=self.dropout,
+            context_dim=self.context_dim, disable_self_attn=disabled, use_linear=self.use_linear_in_transformer,
+            use_checkpoint=self.use_checkpoint,
+        )
+
+    def has_attention(self, ds, level, nr):
+        if ds not in self.attention_resolutions:
+            return False
+        return self.num_attention_blocks is None or nr < self.num_attention_blocks[level]
+
+    def resblock(self, ch, out_ch):
+        return ResBlock(ch, self.model_channels * 4, self.dropout, out_ch, self.use_scale_shift_norm, self.use_checkpoint)
+
+
+def time_embedding(model_channels):
+    time_embed_dim = model_channels * 4
+    return nn.Sequential(nn.Linear(model_channels, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim))
+
+
+def build_encoder(cfg: UNetConfig):
+    """The input blocks and middle block, and the channel count after each input block.
+
+    Shared by the UNet and by ControlNet's trainable copy, so both have identical keys below
+    `input_blocks` and `middle_block`.
+    """
+    ch = cfg.model_channels
+    input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))])
+    block_channels = [ch]
+    ds = 1  # downsampling factor so far; attention_resolutions lists the factors that get attention
+    for level, mult in enumerate(cfg.channel_mult):
+        for nr in range(cfg.num_res_blocks[level]):
+            layers = [cfg.resblock(ch, mult * cfg.model_channels)]
+            ch = mult * cfg.model_channels
+            if cfg.has_attention(ds, level, nr):
+                layers.append(cfg.transformer(ch, level, nr))
+            input_blocks.append(TimestepEmbedSequential(*layers))
+            block_channels.append(ch)
+        if level != len(cfg.channel_mult) - 1:
+            input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
+            block_channels.append(ch)
+            ds *= 2
+    middle_block = TimestepEmbedSequential(
+        cfg.resblock(ch, ch), cfg.transformer(ch, len(cfg.channel_mult) - 1, middle=True), cfg.resblock(ch, ch)
+    )
+    return input_blocks, middle_block, block_channels
+
+
+def build_decoder(cfg: UNetConfig, block_channels):
+    """The output blocks, each taking the previous output concatenated with one skip connection."""
+    skips = list(block_channels)
+    ch = skips[-1]
+    ds = 2 ** (len(cfg.channel_mult) - 1)
+    output_blocks = nn.ModuleList()
+    for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+        for i in range(cfg.num_res_blocks[level] + 1):
+            layers = [cfg.resblock(ch + skips.pop(), cfg.model_channels * mult)]
+            ch = cfg.model_channels * mult
+            if cfg.has_attention(ds, level, i):
+                layers.append(cfg.transformer(ch, level, i))
+            if level and i == cfg.num_res_blocks[level]:
+                layers.append(Upsample(ch))
+                ds //= 2
+            output_blocks.append(TimestepEmbedSequential(*layers))
+    return output_blocks, ch
+
+
+class UNetModel(nn.Module):
+    """eps/v prediction from a noisy latent x (B, C, H, W), timesteps (B,) and text context (B, T, D)."""
+
+    config_class = UNetConfig  # yaml params are its fields
+
+    def __init__(self, **params):
+        super().__init__()
+        self.config = cfg = UNetConfig(**params)
+        self.model_channels = cfg.model_channels
+        self.dtype = torch.float16 if cfg.use_fp16 else torch.float32
+        self.time_embed = time_embedding(cfg.model_channels)
+        self.input_blocks, self.middle_block, block_channels = build_encoder(cfg)
+        self.output_blocks, ch = build_decoder(cfg, block_channels)
+        self.out = nn.Sequential(
+            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(cfg.model_channels, cfg.out_channels, 3, padding=1))
+        )
+
+    def forward(self, x, timesteps, context=None):
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        hs = []
+        h = x.type(self.dtype)
+        for module in self.input_blocks:
+            h = module(h, emb, context)
+            hs.append(h)
+        h = self.middle_block(h, emb, context)
+        for module in self.output_blocks:
+            h = module(torch.cat([h, hs.pop()], dim=1), emb, context)
+        return self.out(h.type(x.dtype))
