@@ -111,7 +111,7 @@ class ControlLDM(LatentDiffusion):
         self.control_key = control_key
         self.only_mid_control = only_mid_control
         self.global_average_pooling = global_average_pooling
-        self.sd_locked = sd_locked
+        self.sd_locked = sd_locked  # also sets which UNet weights need gradients
         self.control_scales = [1.0] * control_model.num_outputs
 
     def apply_model(self, x_noisy, t, cond, control_scales=None):
@@ -128,6 +128,21 @@ class ControlLDM(LatentDiffusion):
         if self.global_average_pooling:  # ControlNet 1.1 shuffle: only global statistics of the control pass
             control = [c.mean(dim=(2, 3), keepdim=True) for c in control]
         return unet(x_noisy, t, context=context, control=control, only_mid_control=self.only_mid_control)
+
+    @property
+    def sd_locked(self):
+        return self._sd_locked
+
+    @sd_locked.setter
+    def sd_locked(self, locked):
+        # Locked weights get no gradients at all: backward still runs through the decoder to reach the
+        # control, but computes no weight gradients there (the release computed and dropped them).
+        self._sd_locked = bool(locked)
+        unet = self.model.diffusion_model
+        unet.requires_grad_(False)
+        if not locked:
+            unet.output_blocks.requires_grad_(True)
+            unet.out.requires_grad_(True)
 
     def trainable_parameters(self):
         """The parameters the release's ControlLDM optimises: the control, plus the UNet decoder if unlocked."""

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The 13 schedule buffers every released checkpoint stores at top level.
+# The schedule buffers; released checkpoints store all but lvlb_weights at top level, with logvar.
 SCHEDULE_BUFFERS = (
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
@@ -119,7 +119,7 @@ class LatentDiffusion(nn.Module):
         betas = np.asarray(given_betas, dtype=np.float64) if given_betas is not None else make_betas(
             beta_schedule, self.num_timesteps, linear_start, linear_end, cosine_s)
         for name, value in schedule_buffers(betas, parameterization).items():
-            self.register_buffer(name, torch.tensor(value, dtype=torch.float32))
+            self.register_buffer(name, torch.tensor(value, dtype=torch.float32), persistent=name != "lvlb_weights")
         logvar = torch.full((self.num_timesteps,), float(logvar_init))
         if learn_logvar:
             self.logvar = nn.Parameter(logvar)

@@ -1,0 +1,123 @@
+"""ControlNets in diffusers' format, both ways.
+
+Export uses diffusers' own single-file conversion (`convert_controlnet_checkpoint`). Import inverts that
+same conversion: the key map is read off by converting a state dict of placeholder tensors and seeing
+where each one lands, so the two directions cannot drift apart.
+"""
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from diffusers import ControlNetModel
+from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, create_unet_diffusers_config_from_ldm
+
+from cldm.cldm import ControlNet
+from ldm.checkpoint import CheckpointError, read_state_dict, save_safetensors
+from ldm.config import load_yaml
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+def _control_params(original_config):
+    if not isinstance(original_config, dict):
+        original_config = load_yaml(original_config)
+    return original_config, original_config["model"]["params"]["control_stage_config"]["params"]
+
+
+# The fields of a UNet2DConditionModel config that a ControlNetModel shares.
+SHARED_UNET_FIELDS = (
+    "in_channels", "down_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim",
+    "attention_head_dim", "use_linear_projection", "class_embed_type", "addition_embed_type",
+    "addition_time_embed_dim", "projection_class_embeddings_input_dim", "transformer_layers_per_block",
+)
+
+
+def diffusers_controlnet_config(original_config, global_average_pooling=False):
+    """The `ControlNetModel` config equivalent to a release yaml (a path or its parsed dict).
+
+    Built from diffusers' UNet config helper applied to the control's params; diffusers' own
+    `create_controlnet_diffusers_config_from_ldm` calls that helper without its checkpoint argument
+    in some releases, so it is not used.
+    """
+    original_config, control_params = _control_params(original_config)
+    as_unet = {"model": {"params": {**original_config["model"]["params"], "unet_config": {
+        "params": {"out_channels": control_params["in_channels"], **control_params}}}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # image_size is deprecated there and does not affect a ControlNet
+        unet_config = create_unet_diffusers_config_from_ldm(as_unet, {}, image_size=512)
+    return {
+        **{k: unet_config[k] for k in SHARED_UNET_FIELDS},
+        "conditioning_channels": control_params["hint_channels"],
+        "global_pool_conditions": bool(global_average_pooling),
+    }
+
+
+def ldm_control_params(diffusers_config):
+    """The release yaml's ControlNet params equivalent to a diffusers `ControlNetModel` config."""
+    c = diffusers_config
+    channels = list(c["block_out_channels"])
+    heads = c.get("num_attention_heads") or c["attention_head_dim"]  # diffusers' legacy name for head count
+    params = dict(
+        in_channels=c.get("in_channels", 4), hint_channels=c.get("conditioning_channels", 3),
+        model_channels=channels[0], channel_mult=[ch // channels[0] for ch in channels],
+        num_res_blocks=c.get("layers_per_block", 2), context_dim=c["cross_attention_dim"],
+        attention_resolutions=[2**i for i, t in enumerate(c["down_block_types"]) if t.startswith("CrossAttn")],
+        use_linear_in_transformer=c.get("use_linear_projection", False),
+        transformer_depth=c.get("transformer_layers_per_block", 1), use_spatial_transformer=True, legacy=False,
+    )
+    if isinstance(heads, int):
+        params["num_heads"] = heads
+    else:
+        params["num_head_channels"] = channels[0] // heads[0]
+    return params
+
+
+def control_to_diffusers_keys(control_state, diffusers_config):
+    """Control weights (release layout, no `control_model.` prefix) -> diffusers ControlNetModel keys."""
+    return convert_controlnet_checkpoint(dict(control_state), diffusers_config)
+
+
+def diffusers_to_control_keymap(diffusers_config):
+    """{diffusers key: release key} for a ControlNet of this config."""
+    with torch.device("meta"):
+        net = ControlNet(**ldm_control_params(diffusers_config))
+    placeholders = dict(net.state_dict())
+    converted = control_to_diffusers_keys(placeholders, diffusers_config)
+    source_key = {id(t): k for k, t in placeholders.items()}
+    return {dk: source_key[id(t)] for dk, t in converted.items() if t is not None}
+
+
+def export_diffusers_controlnet(control_state, original_config, folder, global_average_pooling=False):
+    """Write a diffusers ControlNetModel folder (config.json + safetensors) from release-layout weights."""
+    config = diffusers_controlnet_config(original_config, global_average_pooling)
+    net = ControlNetModel(**config)
+    state = control_to_diffusers_keys(control_state, config)
+    net.load_state_dict(state, strict=True)
+    net.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def read_diffusers_controlnet(folder):
+    """Release-layout control weights (no prefix) from a diffusers ControlNetModel folder."""
+    folder = Path(folder)
+    config_file, weights_file = folder / "config.json", folder / WEIGHTS_NAME
+    if not config_file.is_file() or not weights_file.is_file():
+        raise CheckpointError(f"{folder} is not a diffusers ControlNet folder: it needs config.json and {WEIGHTS_NAME}")
+    config = json.loads(config_file.read_text())
+    if config.get("_class_name") not in (None, "ControlNetModel"):
+        raise CheckpointError(f"{folder} holds a {config['_class_name']}, not a ControlNetModel")
+    state = read_state_dict(weights_file)
+    keymap = diffusers_to_control_keymap(config)
+    unknown = sorted(set(state) - set(keymap))
+    if unknown:
+        raise CheckpointError(f"{folder}: {len(unknown)} weights have no place in a ControlNet of its config: {unknown[:5]}")
+    return {keymap[k]: v for k, v in state.items()}
+
+
+def export_control_only(model, path):
+    """The control weights of a ControlLDM, in the release layout (`control_model.*`), as safetensors."""
+    state = {f"control_model.{k}": v for k, v in model.control_model.state_dict().items()}
+    save_safetensors(state, path)
+    return Path(path)

@@ -1,0 +1,60 @@
+"""Tokenizers built offline agree with open_clip's; the encoders keep the release's layer choices."""
+
+import open_clip
+import pytest
+import torch
+
+from ldm.text_encoders import FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder
+
+PROMPTS = [
+    "a crimson circle on a light sky blue background",
+    "Hello, World!!! It's 3:45pm -- don't panic; (really) [ok] {fine} #tags @you e=mc^2 café naïve",
+    "  multiple   spaces\tand tabs\nand newlines  ",
+    "",
+    " ".join(["photograph of a very detailed landscape with mountains, rivers and trees"] * 12),  # > 77 tokens
+]
+
+
+def open_clip_ids(prompts, pad):
+    ids = open_clip.tokenize(prompts)
+    for row in ids:
+        eot = int((row == 49407).nonzero()[0])
+        row[eot + 1:] = pad
+    return ids
+
+
+def test_sd1_tokenizer_matches_open_clip_with_endoftext_padding():
+    encoder = FrozenCLIPEmbedder(arch=dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                           num_attention_heads=2))
+    assert torch.equal(encoder.tokenize(PROMPTS), open_clip_ids(PROMPTS, pad=49407))
+
+
+def test_sd2_tokenizer_is_open_clips():
+    encoder = FrozenOpenCLIPEmbedder(text_cfg=dict(width=8, heads=2, layers=1, output_dim=8))
+    assert torch.equal(encoder.tokenize(PROMPTS), open_clip_ids(PROMPTS, pad=0))
+
+
+def test_long_prompts_are_truncated_to_77_with_end_token():
+    encoder = FrozenCLIPEmbedder(arch=dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                           num_attention_heads=2))
+    ids = encoder.tokenize(PROMPTS[-1:])
+    assert ids.shape == (1, 77) and ids[0, 0] == 49406 and ids[0, -1] == 49407
+
+
+def test_penultimate_layer_stops_one_block_early_and_applies_ln_final():
+    torch.manual_seed(0)
+    encoder = FrozenOpenCLIPEmbedder(layer="penultimate", text_cfg=dict(width=16, heads=2, layers=3, output_dim=16))
+    m = encoder.model
+    tokens = encoder.tokenize(["a prompt"])
+    x = m.token_embedding(tokens) + m.positional_embedding
+    for block in m.transformer.resblocks[:2]:
+        x = block(x, attn_mask=m.attn_mask)
+    expected = m.ln_final(x)
+    torch.testing.assert_close(encoder(["a prompt"]), expected, rtol=0, atol=0)
+
+
+def test_unknown_text_encoder_names_the_known_ones():
+    with pytest.raises(ValueError, match="openai/clip-vit-large-patch14"):
+        FrozenCLIPEmbedder(version="someone/other-clip")
+    with pytest.raises(ValueError, match="exactly the keys"):
+        FrozenCLIPEmbedder(arch=dict(hidden_size=8))
