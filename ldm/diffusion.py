@@ -132,6 +132,9 @@ class LatentDiffusion(nn.Module):
     def get_learned_conditioning(self, c):
         return self.cond_stage_model.encode(c)
 
+    def get_unconditional_conditioning(self, n):
+        return self.get_learned_conditioning([""] * n)
+
     @torch.no_grad()
     def encode_first_stage(self, x):
         return self.first_stage_model.encode(x)
