@@ -5,7 +5,7 @@ ControlNetModel on identical weights (converted with diffusers' own single-file 
 diffusers' pipeline runs them (cond and uncond batched), and against the limit: the step's FLOPs divided
 by this machine's measured fp32 matmul rate.
 
-    python bench/sampling.py [--sizes 256 512] [--repeats 3]
+    python bench/sampling.py [--sizes 256 512] [--repeats 5]
 """
 
 import argparse
@@ -77,6 +77,18 @@ def timed(fn, repeats):
     return statistics.median(times)
 
 
+def timed_pair(fn_a, fn_b, repeats):
+    """Median seconds of each, interleaved (a, b, a, b, ...) so drifts of the machine hit both alike."""
+    fn_a(), fn_b()  # warm-up
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
 def matmul_rate(n=2048, repeats=5):
     a, b = torch.randn(n, n), torch.randn(n, n)
     return 2 * n**3 / timed(lambda: a @ b, repeats)
@@ -85,7 +97,7 @@ def matmul_rate(n=2048, repeats=5):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"command: python bench/sampling.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -112,7 +124,7 @@ def main():
             with FlopCounterMode(display=False) as counter:
                 ours_fn()
             flops = counter.get_total_flops()
-            ours, theirs = timed(ours_fn, args.repeats), timed(theirs_fn, args.repeats)
+            ours, theirs = timed_pair(ours_fn, theirs_fn, args.repeats)
         rows.append((size, ours, theirs, flops / rate, flops, diff))
     print()
     print("| size | ours s/step | diffusers s/step | ours/diffusers | limit s/step | ours/limit | step GFLOP | max abs diff |")

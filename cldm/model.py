@@ -22,6 +22,11 @@ TARGETS = {
     "cldm.cldm.ControlledUnetModel": ControlledUnetModel,
 }
 CONTROL_PREFIX = "control_model."
+# Older SD 1.x files name the CLIP text encoder without its `text_model.` level.
+LEGACY_PREFIXES = {
+    f"cond_stage_model.transformer.{part}.": f"cond_stage_model.transformer.text_model.{part}."
+    for part in ("embeddings", "encoder", "final_layer_norm")
+}
 # Keys a file may lack without harm: the schedule is recomputed from the yaml, position_ids are 0..76.
 OPTIONAL_KEYS = set(SCHEDULE_BUFFERS) | {"logvar"}
 
@@ -55,6 +60,19 @@ def read_any(source):
     if "time_embed.0.weight" in state and "input_hint_block.0.weight" in state:
         state = {CONTROL_PREFIX + k: v for k, v in state.items()}  # a control saved without its prefix
     return state
+
+
+def normalize_keys(state):
+    """Drop EMA copies and rename legacy key layouts to the release's."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("model_ema."):
+            continue
+        for old, new in LEGACY_PREFIXES.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        out[key] = value
+    return out
 
 
 def _family(state, prefix):
@@ -96,7 +114,7 @@ def load_checkpoint(model, *sources, strict=True):
     merged = {}
     for source in sources:
         where = str(source) if not isinstance(source, dict) else "state dict"
-        state = {k: v for k, v in read_any(source).items() if not k.startswith("model_ema.")}
+        state = normalize_keys(read_any(source))
         _check_shapes(model_state, state, where)
         merged.update(state)
     unexpected = sorted(k for k in merged if k not in model_state)

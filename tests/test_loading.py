@@ -56,6 +56,15 @@ def test_control_only_file_without_prefix_and_community_file_without_schedule(tm
     assert torch.equal(ids, torch.arange(77)[None])  # float, off-by-epsilon ids in the file do not leak in
 
 
+def test_old_clip_key_layout_loads():
+    state = tiny_model(TINY_V15).state_dict()
+    old = {k.replace("transformer.text_model.", "transformer."): v for k, v in state.items()}
+    assert "cond_stage_model.transformer.encoder.layers.0.mlp.fc1.weight" in old
+    model = create_model(TINY_V15)
+    load_checkpoint(model, old)
+    assert_loaded(model, state)
+
+
 def test_release_style_load_state_dict_round_trip(tmp_path):
     source = tiny_model(TINY_V15)
     torch.save(source.state_dict(), tmp_path / "control_sd15_tiny.pth")
