@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cldm.cldm import ControlLDM, ControlledUnetModel, ControlNet
-from ldm.checkpoint import CheckpointError, read_state_dict, summarize_keys
+from ldm.checkpoint import CheckpointError, cross_attention_width, family, read_state_dict, summarize_keys
 from ldm.config import LDM_TARGETS, instantiate, load_yaml
 from ldm.diffusion import SCHEDULE_BUFFERS
 
@@ -75,27 +75,15 @@ def normalize_keys(state):
     return out
 
 
-def _family(state, prefix):
-    """The cross-attention width of the UNet (or control) in a state dict: 768 for SD 1.x, 1024 for SD 2.x."""
-    for key, value in state.items():
-        if key.startswith(prefix) and key.endswith("attn2.to_k.weight"):
-            return value.shape[1]
-    return None
-
-
-def _family_name(width):
-    return {768: "SD 1.x", 1024: "SD 2.x"}.get(width, f"cross-attention width {width}")
-
-
 def _check_shapes(model_state, state, where):
     wrong = [k for k, v in state.items() if k in model_state and model_state[k].shape != v.shape]
     if not wrong:
         return
     for prefix, part in ((CONTROL_PREFIX, "control"), ("model.diffusion_model.", "base model")):
-        found, expected = _family(state, prefix), _family(model_state, prefix)
+        found, expected = cross_attention_width(state, prefix), cross_attention_width(model_state, prefix)
         if found and expected and found != expected:
             raise CheckpointError(
-                f"{where}: this {part} is for {_family_name(found)} but the model's config is {_family_name(expected)}; "
+                f"{where}: this {part} is for {family(found)} but the model's config is {family(expected)}; "
                 "use the matching yaml (models/cldm_v15.yaml for SD 1.x, models/cldm_v21.yaml for SD 2.x) "
                 "or the matching checkpoint")
     k = wrong[0]

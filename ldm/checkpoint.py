@@ -88,6 +88,18 @@ def save_safetensors(state_dict, path, metadata=None):
             os.remove(tmp)
 
 
+def cross_attention_width(state, prefix):
+    """768 for SD 1.x, 1024 for SD 2.x (the text width a UNet or control attends to), None if absent."""
+    for key, value in state.items():
+        if key.startswith(prefix) and key.endswith("attn2.to_k.weight"):
+            return int(value.shape[1])
+    return None
+
+
+def family(width):
+    return {768: "SD 1.x", 1024: "SD 2.x"}.get(width, f"cross-attention width {width}")
+
+
 def summarize_keys(keys, depth=2, limit=8):
     """'control_model.input_blocks (96), control_model.zero_convs (24)': key groups instead of a dump."""
     groups = Counter(".".join(k.split(".")[:depth]) for k in keys)

@@ -137,6 +137,7 @@ class Payload:
         return (print, ("this must never run",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_code_is_never_executed(tmp_path, capsys):
     path = tmp_path / "evil.ckpt"
     with open(path, "wb") as f:

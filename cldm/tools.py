@@ -1,0 +1,95 @@
+"""Checkpoint surgery: add a control to an SD checkpoint, move a control to another base, extract one.
+
+All functions work on state dicts in the release layout; the `tool_*.py` scripts wrap them with file I/O.
+"""
+
+from pathlib import Path
+
+from cldm.model import CONTROL_PREFIX, TARGETS, normalize_keys
+from ldm.checkpoint import CheckpointError, cross_attention_width, family, save_safetensors
+from ldm.config import instantiate, load_yaml
+
+UNET_PREFIX = "model.diffusion_model."
+
+
+def check_same_family(named_widths):
+    """Fail unless every (name, width) pair has the same width; names each input's family."""
+    widths = {w for _, w in named_widths if w is not None}
+    if len(widths) > 1:
+        found = ", ".join(f"{name} is {family(w)}" for name, w in named_widths if w is not None)
+        raise CheckpointError(f"the inputs belong to different model families: {found}")
+
+
+def fresh_control_state(config_path):
+    """A freshly initialised control (hint encoder random, zero convs zero), built from the yaml alone."""
+    node = load_yaml(config_path)["model"]["params"]["control_stage_config"]
+    control = instantiate(node, TARGETS, "model.params.control_stage_config")
+    return {CONTROL_PREFIX + k: v for k, v in control.state_dict().items()}
+
+
+def add_control(sd_state, config_path):
+    """ControlLDM initial weights: the SD checkpoint, plus a control whose encoder copies the UNet's.
+
+    Returns (state, added_keys): the keys that did not come from the SD checkpoint (hint encoder, zero convs).
+    """
+    sd_state = normalize_keys(sd_state)
+    if any(k.startswith(CONTROL_PREFIX) for k in sd_state):
+        raise CheckpointError("the input already has control weights (control_model.*); give a plain SD checkpoint")
+    control = fresh_control_state(config_path)
+    check_same_family([("the SD checkpoint", cross_attention_width(sd_state, UNET_PREFIX)),
+                       (f"the config {Path(config_path).name}", cross_attention_width(control, CONTROL_PREFIX))])
+    state, added = dict(sd_state), []
+    for key, fresh in control.items():
+        source = UNET_PREFIX + key[len(CONTROL_PREFIX):]
+        if source in sd_state:
+            if sd_state[source].shape != fresh.shape:
+                raise CheckpointError(f"{source} has shape {tuple(sd_state[source].shape)} but the config's control "
+                                      f"needs {tuple(fresh.shape)}: the checkpoint does not match {config_path}")
+            state[key] = sd_state[source].clone()
+        else:
+            state[key] = fresh
+            added.append(key)
+    return state, added
+
+
+def transfer_control(control_state, base_state, community_state):
+    """Move a control trained on `base` to `community`: control + community - base on the copied encoder.
+
+    Returns a full ControlLDM state dict: the community model plus the transferred control.
+    """
+    control_state, base_state, community_state = map(normalize_keys, (control_state, base_state, community_state))
+    control = {k: v for k, v in control_state.items() if k.startswith(CONTROL_PREFIX)}
+    if not control:
+        raise CheckpointError("the control input has no control_model.* weights")
+    check_same_family([("the control", cross_attention_width(control, CONTROL_PREFIX)),
+                       ("the base", cross_attention_width(base_state, UNET_PREFIX)),
+                       ("the community model", cross_attention_width(community_state, UNET_PREFIX))])
+    out = {k: v for k, v in community_state.items() if not k.startswith(CONTROL_PREFIX)}
+    for key, value in control.items():
+        unet_key = UNET_PREFIX + key[len(CONTROL_PREFIX):]
+        if unet_key in base_state and unet_key in community_state:
+            offset = community_state[unet_key].float() - base_state[unet_key].float()
+            out[key] = (value.float() + offset).to(value.dtype)
+        else:
+            out[key] = value
+    return out
+
+
+def extract_control(state):
+    """Only the control weights (`control_model.*`) of a full ControlLDM state dict."""
+    control = {k: v for k, v in normalize_keys(state).items() if k.startswith(CONTROL_PREFIX)}
+    if not control:
+        raise CheckpointError("no control_model.* weights found: is this a full ControlLDM checkpoint?")
+    return control
+
+
+def write_output(state, path, force=False):
+    """Write safetensors, refusing to overwrite an existing file unless asked."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: outputs are written as .safetensors")
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; choose another name or pass --force to replace it")
+    save_safetensors(state, path)
+    return path
+

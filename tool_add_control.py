@@ -1,0 +1,31 @@
+"""Make the initial weights of a ControlNet from a Stable Diffusion checkpoint.
+
+    python tool_add_control.py models/v1-5-pruned.ckpt models/control_sd15_ini.safetensors --config models/cldm_v15.yaml
+
+The control's encoder is a copy of the UNet's; its hint encoder is freshly initialised and its zero
+convolutions are zero, so the result generates exactly what the SD checkpoint does until trained.
+"""
+
+import argparse
+
+from cldm.model import read_any
+from cldm.tools import add_control, write_output
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="SD checkpoint (.ckpt, .pth or .safetensors)")
+    parser.add_argument("output", help="ControlLDM initial weights to write (.safetensors)")
+    parser.add_argument("--config", default="models/cldm_v15.yaml", help="cldm_v15.yaml (SD 1.x) or cldm_v21.yaml (SD 2.x)")
+    parser.add_argument("--force", action="store_true", help="replace the output if it exists")
+    args = parser.parse_args(argv)
+
+    state, added = add_control(read_any(args.input), args.config)
+    for key in added:
+        print(f"new: {key}")
+    path = write_output(state, args.output, force=args.force)
+    print(f"wrote {path}: {len(state)} tensors, {len(added)} new (hint encoder and zero convs)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Paired training data in the release's layout: `prompt.json` lines with source, target and prompt.
+
+The source (hint) is fed in [0, 1], the target (image) in [-1, 1], both HWC as in the release.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+
+class DataError(ValueError):
+    """A dataset problem; the message names the file (and prompt.json line) at fault."""
+
+
+def read_rgb(path):
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path} could not be read as an image ({type(e).__name__}: {e}); replace or remove it") from None
+
+
+class PairDataset(Dataset):
+    """Items are dicts: jpg (H, W, 3) float32 in [-1, 1], txt (str), hint (H, W, 3) float32 in [0, 1]."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        index = self.root / "prompt.json"
+        if not index.is_file():
+            raise DataError(f"{index} not found: a dataset folder needs prompt.json with one JSON object per line "
+                            '({"source": "source/0.png", "target": "target/0.png", "prompt": "..."})')
+        self.items = []
+        for number, line in enumerate(index.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{index} line {number} is not JSON: {e}") from None
+            missing = [k for k in ("source", "target", "prompt") if k not in item]
+            if missing:
+                raise DataError(f"{index} line {number} lacks {missing}")
+            for key in ("source", "target"):
+                if not (self.root / item[key]).is_file():
+                    raise DataError(f"{index} line {number}: {key} file {self.root / item[key]} does not exist")
+            self.items.append(item)
+        if not self.items:
+            raise DataError(f"{index} lists no samples")
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        item = self.items[i]
+        source_path, target_path = self.root / item["source"], self.root / item["target"]
+        source, target = read_rgb(source_path), read_rgb(target_path)
+        if source.shape != target.shape:
+            raise DataError(f"{source_path} is {source.shape[1]}x{source.shape[0]} but {target_path} is "
+                            f"{target.shape[1]}x{target.shape[0]}: a hint and its target must have the same size")
+        return {
+            "jpg": target.astype(np.float32) / 127.5 - 1.0,
+            "txt": item["prompt"],
+            "hint": source.astype(np.float32) / 255.0,
+        }
