@@ -1,6 +1,7 @@
 """One sampling function for the CLI, the apps, the training image logger and the tests."""
 
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -20,32 +21,45 @@ def hint_tensor(hint, num_samples, device):
     return x.permute(2, 0, 1)[None].repeat(num_samples, 1, 1, 1)
 
 
+@contextmanager
+def control_scales(model, strength, guess_mode):
+    """The model's control scales set for one generation, then restored."""
+    if not hasattr(model, "control_model"):
+        yield
+        return
+    n = model.control_model.num_outputs
+    previous = model.control_scales
+    model.control_scales = guess_mode_scales(strength, n) if guess_mode else [strength] * n
+    try:
+        yield
+    finally:
+        model.control_scales = previous
+
+
 @torch.no_grad()
 def generate(model, hint, prompt, added_prompt="", negative_prompt="", num_samples=1, steps=20, guidance_scale=9.0,
-             strength=1.0, guess_mode=False, eta=0.0, seed=-1, verbose=True):
+             strength=1.0, guess_mode=False, eta=0.0, seed=-1, verbose=True, size=None):
     """Images (list of HWC uint8) following `hint` (HWC uint8, sides multiples of 64) and the prompt.
 
-    seed=-1 draws a random seed; the seed used is returned alongside the images.
+    hint=None samples from the text alone (a plain LatentDiffusion, or a ControlLDM with its control off),
+    at `size` (H, W). seed=-1 draws a random seed; the seed used is returned alongside the images.
     """
     seed = random.randint(0, 2**31 - 1) if seed == -1 else int(seed)
     device = model.betas.device
-    control = hint_tensor(hint, num_samples, device)
+    control = None if hint is None else hint_tensor(hint, num_samples, device)
+    height, width = size if control is None else control.shape[2:]
     full_prompt = ", ".join(p for p in (prompt, added_prompt) if p)
-    cond = {"c_concat": [control], "c_crossattn": [model.get_learned_conditioning([full_prompt] * num_samples)]}
-    uncond = {"c_concat": None if guess_mode else [control],
+    cond = {"c_concat": None if control is None else [control],
+            "c_crossattn": [model.get_learned_conditioning([full_prompt] * num_samples)]}
+    uncond = {"c_concat": None if guess_mode or control is None else [control],
               "c_crossattn": [model.get_learned_conditioning([negative_prompt] * num_samples)]}
-    n = model.control_model.num_outputs
-    scales = guess_mode_scales(strength, n) if guess_mode else [strength] * n
     generator = torch.Generator(device=device).manual_seed(seed)
-    shape = (model.channels, control.shape[2] // 8, control.shape[3] // 8)
+    shape = (model.channels, height // 8, width // 8)
     x_T = torch.randn((num_samples, *shape), generator=generator, device=device)
-    previous, model.control_scales = model.control_scales, scales
-    try:
+    with control_scales(model, strength, guess_mode):
         latents, _ = DDIMSampler(model).sample(steps, num_samples, shape, cond, eta=eta, x_T=x_T, verbose=verbose,
                                                unconditional_guidance_scale=guidance_scale,
                                                unconditional_conditioning=uncond, generator=generator)
-    finally:
-        model.control_scales = previous
     images = model.decode_first_stage(latents)
     images = (images.permute(0, 2, 3, 1) * 127.5 + 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
     return list(images), seed

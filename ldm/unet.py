@@ -230,6 +230,13 @@ def build_decoder(cfg: UNetConfig, block_channels):
     return output_blocks, ch
 
 
+def set_gradient_checkpointing(module, enabled):
+    """Recompute ResBlock and transformer activations in backward instead of storing them (or stop doing so)."""
+    for m in module.modules():
+        if isinstance(m, (ResBlock, SpatialTransformer)):
+            m.use_checkpoint = enabled
+
+
 class UNetModel(nn.Module):
     """eps/v prediction from a noisy latent x (B, C, H, W), timesteps (B,) and text context (B, T, D)."""
 

@@ -53,6 +53,9 @@ class PairDataset(Dataset):
     def __len__(self):
         return len(self.items)
 
+    def hint(self, i):
+        return read_rgb(self.root / self.items[i]["source"]).astype(np.float32) / 255.0
+
     def __getitem__(self, i):
         item = self.items[i]
         source_path, target_path = self.root / item["source"], self.root / item["target"]

@@ -1,0 +1,136 @@
+"""train.py on generated shapes: learning, locked weights, exact resume, caching, DDP, and bad data."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train
+from ldm.checkpoint import save_safetensors
+from tests.helpers import ROOT, TINY_V15, tiny_model
+from training.data import DataError, PairDataset
+from training.shapes import make_sample, write_dataset
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("shapes"), 24, seed=3, size=64)
+
+
+@pytest.fixture(scope="module")
+def initial_weights(tmp_path_factory):
+    """A random (not zero-output) SD with a fresh control, as tool_add_control would give."""
+    model = tiny_model(TINY_V15, skip=("control_model.",))
+    path = tmp_path_factory.mktemp("init") / "init.safetensors"
+    save_safetensors(model.state_dict(), path)
+    return path
+
+
+def run(shapes, initial_weights, out, *extra, steps=8):
+    args = ["--config", str(TINY_V15), "--data", str(shapes), "--out", str(out), "--max-steps", str(steps),
+            "--batch-size", "2", "--learning-rate", "1e-3", "--ckpt-every", "4", "--resume", str(initial_weights),
+            "--log-every", "1", *extra]
+    return train.main(args)
+
+
+def losses(out):
+    rows = list(csv.DictReader(open(next(out.glob("logs/version_*/metrics.csv")))))
+    return {int(r["step"]): float(r["loss"]) for r in rows if r.get("loss")}
+
+
+@torch.no_grad()
+def held_out_loss(model, shapes):
+    """The loss on fixed items, timesteps and noise: comparable before and after training."""
+    items = [PairDataset(shapes)[i] for i in range(8)]
+    image = torch.stack([torch.from_numpy(it["jpg"]) for it in items]).permute(0, 3, 1, 2)
+    hint = torch.stack([torch.from_numpy(it["hint"]) for it in items]).permute(0, 3, 1, 2)
+    gen = torch.Generator().manual_seed(0)
+    x0 = model.get_first_stage_encoding(model.encode_first_stage(image), generator=gen)
+    cond = {"c_concat": [hint], "c_crossattn": [model.get_learned_conditioning([it["txt"] for it in items])]}
+    t = torch.linspace(50, 950, 8).long()
+    loss, _ = model.p_losses(x0, cond, t, noise=torch.randn(x0.shape, generator=gen))
+    return loss.item()
+
+
+def test_training_lowers_loss_moves_zero_convs_and_keeps_locked_weights(shapes, initial_weights, tmp_path):
+    from safetensors.torch import load_file
+
+    before = load_file(initial_weights)
+    trainee = run(shapes, initial_weights, tmp_path / "run", steps=30)
+    model = trainee.model.eval()
+    after = model.state_dict()
+    locked = [k for k in before if not k.startswith("control_model.")]
+    assert all(torch.equal(before[k], after[k]) for k in locked)
+    assert all(after[f"control_model.zero_convs.{i}.0.weight"].abs().max() > 0 for i in range(4))
+    trained_loss = held_out_loss(model, shapes)
+    model.load_state_dict(before)
+    assert trained_loss < 0.9 * held_out_loss(model, shapes)
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())[-2:] == [
+        "step-000028.ckpt", "step-000030.ckpt"]
+
+
+def test_resume_reproduces_the_uninterrupted_run(shapes, initial_weights, tmp_path):
+    run(shapes, initial_weights, tmp_path / "full", steps=8)
+    run(shapes, initial_weights, tmp_path / "first", steps=4)
+    train.main(["--config", str(TINY_V15), "--data", str(shapes), "--out", str(tmp_path / "second"),
+                "--max-steps", "8", "--batch-size", "2", "--learning-rate", "1e-3", "--ckpt-every", "4",
+                "--log-every", "1", "--resume", str(tmp_path / "first/checkpoints/step-000004.ckpt")])
+    full, second = losses(tmp_path / "full"), losses(tmp_path / "second")
+    assert sorted(second) == [4, 5, 6, 7]
+    assert [second[s] for s in sorted(second)] == [full[s] for s in sorted(second)]
+
+
+def test_cached_latents_and_text_give_the_same_losses(shapes, initial_weights, tmp_path):
+    run(shapes, initial_weights, tmp_path / "plain", steps=4)
+    run(shapes, initial_weights, tmp_path / "cached", "--cache", steps=4)
+    plain, cached = losses(tmp_path / "plain"), losses(tmp_path / "cached")
+    assert (tmp_path / "cached/cache.safetensors").is_file()
+    np.testing.assert_allclose([cached[s] for s in sorted(plain)], [plain[s] for s in sorted(plain)], rtol=1e-4)
+
+
+def test_two_process_ddp_on_cpu(shapes, initial_weights, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config", str(TINY_V15), "--data", str(shapes),
+         "--out", str(tmp_path / "ddp"), "--max-steps", "2", "--batch-size", "2", "--ckpt-every", "2",
+         "--resume", str(initial_weights), "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "ddp/checkpoints/step-000002.ckpt").is_file()
+
+
+def test_generator_is_deterministic_and_seeds_differ(tmp_path):
+    a, b = write_dataset(tmp_path / "a", 5, seed=7), write_dataset(tmp_path / "b", 5, seed=7)
+    for name in ("source/000004.png", "target/000004.png", "prompt.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    hint, target, prompt, meta = make_sample(7, 4)
+    assert prompt == f"a {meta['color']} {meta['shape']} on a {meta['background']} background"
+    assert make_sample(8, 4)[2] != prompt or not np.array_equal(make_sample(8, 4)[1], target)
+    assert hint.shape == target.shape == (64, 64, 3) and set(np.unique(hint)) <= {0, 255}
+
+
+def test_bad_datasets_name_the_file(tmp_path):
+    root = write_dataset(tmp_path / "d", 3, seed=1)
+    lines = (root / "prompt.json").read_text().splitlines()
+    (root / "prompt.json").write_text("\n".join(lines[:2] + [json.dumps({"source": "source/nope.png",
+                                                                        "target": "target/000002.png",
+                                                                        "prompt": "x"})]))
+    with pytest.raises(DataError, match=r"line 3: source file .*source/nope.png does not exist"):
+        PairDataset(root)
+
+    (root / "prompt.json").write_text("\n".join(lines))
+    (root / "target/000001.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"target/000001.png could not be read as an image"):
+        PairDataset(root)[1]
+
+    Image.new("RGB", (32, 32)).save(root / "source/000002.png")
+    with pytest.raises(DataError, match=r"source/000002.png is 32x32 but .*target/000002.png is 64x64"):
+        PairDataset(root)[2]
+
+    (root / "prompt.json").write_text('{"source": "source/000000.png"}\n')
+    with pytest.raises(DataError, match=r"line 1 lacks \['target', 'prompt'\]"):
+        PairDataset(root)

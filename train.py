@@ -1,0 +1,116 @@
+"""Train a ControlNet (or the parts of a small latent diffusion model) on paired data.
+
+    python train.py --config models/cldm_v15.yaml --resume models/control_sd15_ini.safetensors \
+        --data training/fill50k --batch-size 4 --out runs/fill50k
+
+The dataset is the release's layout: `prompt.json` (one {"source", "target", "prompt"} object per line),
+`source/` (hints) and `target/` (images). `--resume` takes initial weights (from tool_add_control.py) or a
+`step-*.ckpt` written by this script, which continues exactly where it stopped.
+"""
+
+import argparse
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from cldm.model import create_model, load_checkpoint
+from ldm.unet import set_gradient_checkpointing
+from training.cache import CachedPairs, build_cache
+from training.callbacks import AtomicCheckpoint, ImageLogger
+from training.data import PairDataset
+from training.module import STAGES, Trainee
+from training.sampler import ResumableSampler
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="models/cldm_v15.yaml")
+    p.add_argument("--data", required=True, help="dataset folder with prompt.json, source/, target/")
+    p.add_argument("--resume", nargs="*", default=[], help="initial weights (one or more files), or a step-*.ckpt")
+    p.add_argument("--out", default="runs/train", help="folder for checkpoints and image logs")
+    p.add_argument("--stage", choices=STAGES, default="control", help="what to train (default: the ControlNet)")
+    p.add_argument("--sd-locked", action=argparse.BooleanOptionalAction, default=True,
+                   help="train only the control (default) or also the UNet decoder")
+    p.add_argument("--only-mid-control", action="store_true")
+    p.add_argument("--learning-rate", type=float, default=1e-5)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation: micro-batches per step")
+    p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute activations in backward (default: the yaml's use_checkpoint)")
+    p.add_argument("--cache", action="store_true", help="cache VAE latents and text encodings in --out")
+    p.add_argument("--prompt-dropout", type=float, default=0.0, help="probability of training on the empty prompt")
+    p.add_argument("--max-steps", type=int, default=10_000)
+    p.add_argument("--ckpt-every", type=int, default=1000)
+    p.add_argument("--log-every", type=int, default=10, help="write the loss to the CSV log every N steps")
+    p.add_argument("--log-images-every", type=int, default=0, help="0: no image logging")
+    p.add_argument("--log-images", type=int, default=4, help="how many dataset items the image grid shows")
+    p.add_argument("--devices", default="auto")
+    p.add_argument("--strategy", default="auto", help="e.g. ddp, fsdp, deepspeed_stage_2")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def is_training_checkpoint(paths):
+    return len(paths) == 1 and Path(paths[0]).suffix == ".ckpt" and Path(paths[0]).name.startswith("step-")
+
+
+def build(args):
+    model = create_model(args.config)
+    if args.resume and not is_training_checkpoint(args.resume):
+        load_checkpoint(model, *args.resume, strict=args.stage != "vae")
+    if args.stage == "control":
+        model.sd_locked = args.sd_locked
+        model.only_mid_control = args.only_mid_control
+    if args.gradient_checkpointing is not None:
+        set_gradient_checkpointing(model, args.gradient_checkpointing)
+    return Trainee(model, args.stage, args.learning_rate, args.prompt_dropout, args.seed)
+
+
+class DataModule(pl.LightningDataModule):
+    """Builds the loader when training starts, after a resumed checkpoint has restored the step count."""
+
+    def __init__(self, dataset, trainee, args):
+        super().__init__()
+        self.dataset, self.trainee, self.args = dataset, trainee, args
+
+    def train_dataloader(self):
+        trainer = self.trainer
+        start = self.trainee.micro_steps * self.args.batch_size * trainer.world_size
+        sampler = ResumableSampler(len(self.dataset), self.args.seed, start, trainer.global_rank, trainer.world_size)
+        return DataLoader(self.dataset, batch_size=self.args.batch_size, sampler=sampler,
+                          num_workers=self.args.workers, persistent_workers=self.args.workers > 0)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    pl.seed_everything(args.seed, workers=True)
+    out = Path(args.out)
+    dataset = PairDataset(args.data)
+    trainee = build(args)
+    callbacks = [AtomicCheckpoint(out / "checkpoints", args.ckpt_every)]
+    if args.log_images_every:
+        items = [dataset[i] for i in range(min(args.log_images, len(dataset)))]
+        callbacks.append(ImageLogger(out / "images", args.log_images_every, items, seed=args.seed))
+    if args.cache:
+        if args.stage != "control":
+            raise SystemExit("--cache needs a frozen VAE and text encoder: use it with --stage control")
+        dataset = CachedPairs(dataset, build_cache(trainee.model, dataset, out / "cache.safetensors"))
+    trainer = pl.Trainer(
+        max_steps=args.max_steps, accumulate_grad_batches=args.accumulate, precision=args.precision,
+        devices=args.devices, strategy=args.strategy, accelerator=args.accelerator, callbacks=callbacks,
+        default_root_dir=out, enable_checkpointing=False, logger=pl.loggers.CSVLogger(out, name="logs"),
+        log_every_n_steps=args.log_every, use_distributed_sampler=False,
+        max_epochs=-1, num_sanity_val_steps=0,
+    )
+    ckpt_path = args.resume[0] if is_training_checkpoint(args.resume) else None
+    trainer.fit(trainee, datamodule=DataModule(dataset, trainee, args), ckpt_path=ckpt_path, weights_only=True)
+    return trainee
+
+
+if __name__ == "__main__":
+    main()

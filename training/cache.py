@@ -1,0 +1,74 @@
+"""Cache VAE encodings and text encodings of a dataset on disk, for training with both frozen.
+
+The cache stores the VAE posterior's moments (so each step still samples the latent, as without the
+cache) and one text encoding per distinct prompt, plus the empty prompt's for prompt dropout.
+"""
+
+import hashlib
+import json
+
+import safetensors.torch
+import torch
+from torch.utils.data import Dataset
+
+from ldm.checkpoint import save_safetensors
+
+
+def fingerprint(model, dataset):
+    """Changes when the dataset's listing or the frozen encoders' weights change."""
+    h = hashlib.sha256()
+    h.update(json.dumps([(it["source"], it["target"], it["prompt"]) for it in dataset.items]).encode())
+    for module in (model.first_stage_model, model.cond_stage_model):
+        for name, value in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(value.detach().float().cpu().numpy().tobytes()[:4096])
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def build_cache(model, dataset, path, batch_size=16):
+    """Encode every target and prompt once; reuse the file when its fingerprint matches."""
+    key = fingerprint(model, dataset)
+    if path.is_file():
+        with safetensors.safe_open(str(path), "pt") as f:
+            if f.metadata().get("fingerprint") == key:
+                return path
+    device = model.betas.device
+    moments = []
+    for start in range(0, len(dataset), batch_size):
+        batch = [dataset[i]["jpg"] for i in range(start, min(start + batch_size, len(dataset)))]
+        x = torch.stack([torch.from_numpy(b) for b in batch]).permute(0, 3, 1, 2).to(device)
+        posterior = model.encode_first_stage(x)
+        moments.append(torch.cat([posterior.mean, posterior.logvar], dim=1).cpu())
+    prompts = sorted({item["prompt"] for item in dataset.items})
+    contexts = torch.cat([model.get_learned_conditioning(prompts[i:i + batch_size]).cpu()
+                          for i in range(0, len(prompts), batch_size)])
+    empty = model.get_learned_conditioning([""]).cpu()
+    save_safetensors({"moments": torch.cat(moments), "contexts": contexts, "empty_context": empty[0]}, path,
+                     metadata={"fingerprint": key, "prompts": json.dumps(prompts)})
+    return path
+
+
+class CachedPairs(Dataset):
+    """The items of a PairDataset with `moments`, `context` and `empty_context` in place of the image."""
+
+    def __init__(self, dataset, cache_path):
+        self.dataset = dataset
+        tensors = safetensors.torch.load_file(str(cache_path))
+        with safetensors.safe_open(str(cache_path), "pt") as f:
+            prompts = json.loads(f.metadata()["prompts"])
+        self.moments, self.contexts, self.empty = tensors["moments"], tensors["contexts"], tensors["empty_context"]
+        self.prompt_index = {p: i for i, p in enumerate(prompts)}
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset.items[i]
+        return {
+            "moments": self.moments[i],
+            "txt": item["prompt"],
+            "context": self.contexts[self.prompt_index[item["prompt"]]],
+            "empty_context": self.empty,
+            "hint": self.dataset.hint(i),
+        }

@@ -1,0 +1,73 @@
+"""Checkpoints written atomically every N steps, and sample grids every N steps."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from cldm.diffusers_interop import export_control_only
+from cldm.pipeline import generate
+from ldm.checkpoint import save_safetensors
+
+
+class AtomicCheckpoint(pl.Callback):
+    """Every N optimizer steps: `step-XXXXXX.ckpt` (full Lightning state, for --resume) and the weights being
+    trained in the release layout as safetensors (`control-XXXXXX.safetensors` for a ControlNet)."""
+
+    def __init__(self, dirpath, every_n_steps):
+        self.dirpath, self.every_n_steps = Path(dirpath), every_n_steps
+        self.last_saved = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 and step != self.last_saved and step > 0:
+            self.save(trainer, pl_module, step)
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.global_step != self.last_saved:
+            self.save(trainer, pl_module, trainer.global_step)
+
+    def save(self, trainer, pl_module, step):
+        self.last_saved = step
+        final = self.dirpath / f"step-{step:06d}.ckpt"
+        tmp = final.with_name(f".{final.name}.tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP; only rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, final)
+            weights = self.dirpath / f"{pl_module.stage}-{step:06d}.safetensors"
+            if pl_module.stage == "control":
+                export_control_only(pl_module.model, weights)
+            else:
+                save_safetensors(pl_module.model.state_dict(), weights)
+
+
+class ImageLogger(pl.Callback):
+    """Every N steps, a grid of (hint | sample) rows for fixed dataset items, written to `dirpath`."""
+
+    def __init__(self, dirpath, every_n_steps, items, steps=20, seed=0):
+        self.dirpath, self.every_n_steps, self.items = Path(dirpath), every_n_steps, items
+        self.steps, self.seed = steps, seed
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if trainer.is_global_zero and step % self.every_n_steps == 0 and batch_idx % trainer.accumulate_grad_batches == 0:
+            self.log_grid(pl_module, step)
+
+    @torch.no_grad()
+    def log_grid(self, pl_module, step):
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        rows = []
+        for item in self.items:
+            hint = (item["hint"] * 255).round().astype(np.uint8)
+            control = hint if pl_module.stage == "control" else None
+            images, _ = generate(model, control, item["txt"], steps=self.steps, seed=self.seed, verbose=False,
+                                 size=hint.shape[:2])
+            rows.append(np.concatenate([hint, images[0]], axis=1))
+        model.train(was_training)
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate(rows, axis=0)).save(self.dirpath / f"step-{step:06d}.png")

@@ -1,0 +1,104 @@
+"""Lightning training of the models in `ldm`/`cldm`: the VAE, the text-conditioned base, or a ControlNet.
+
+The maths lives in the models (`p_losses`); this module chooses what is trained and draws every random
+number (timesteps, noise, VAE samples, prompt dropout) from a generator seeded by the run's seed and the
+number of micro-batches done, so a resumed run continues exactly as the uninterrupted one would.
+"""
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from ldm.autoencoder import DiagonalGaussianDistribution
+
+STAGES = ("control", "base", "vae")
+
+
+def image_batch(array):
+    """(B, H, W, C) as the release's datasets give it -> (B, C, H, W) contiguous float."""
+    return array.permute(0, 3, 1, 2).contiguous().float()
+
+
+class Trainee(pl.LightningModule):
+    """Trains one part of a latent diffusion model.
+
+    stage="control": the ControlNet of a ControlLDM (plus the UNet decoder if not sd_locked);
+    stage="base": the UNet and, if it is not frozen, the text encoder of a LatentDiffusion;
+    stage="vae": the autoencoder, by reconstruction plus a small KL term.
+    """
+
+    def __init__(self, model, stage="control", learning_rate=1e-5, prompt_dropout=0.0, seed=0, kl_weight=1e-6):
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage {stage!r} is not one of {STAGES}")
+        self.model, self.stage = model, stage
+        self.learning_rate, self.prompt_dropout, self.seed, self.kl_weight = learning_rate, prompt_dropout, seed, kl_weight
+        self.micro_steps = 0  # micro-batches done; saved in checkpoints, seeds the randomness of the next one
+        if stage == "vae":
+            model.first_stage_model.train().requires_grad_(True)
+
+    def trainable_parameters(self):
+        if self.stage == "control":
+            return self.model.trainable_parameters()
+        if self.stage == "vae":
+            return list(self.model.first_stage_model.parameters())
+        params = list(self.model.model.parameters())
+        return params + [p for p in self.model.cond_stage_model.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.trainable_parameters(), lr=self.learning_rate)
+
+    def generator(self):
+        rank = self.global_rank if self._trainer is not None else 0
+        seed = (self.seed * 1_000_003 + self.micro_steps) * 1009 + rank
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def latents(self, batch, gen):
+        if "moments" in batch:  # cached VAE encodings
+            posterior = DiagonalGaussianDistribution(batch["moments"].float())
+            return self.model.get_first_stage_encoding(posterior, generator=gen)
+        with torch.no_grad():
+            posterior = self.model.encode_first_stage(image_batch(batch["jpg"]))
+        return self.model.get_first_stage_encoding(posterior, generator=gen)
+
+    def text_context(self, batch, gen):
+        prompts = list(batch["txt"])
+        drop = torch.rand(len(prompts), generator=gen, device=self.device) < self.prompt_dropout
+        if "context" in batch:  # cached text encodings, with the empty prompt's beside them
+            return torch.where(drop[:, None, None], batch["empty_context"], batch["context"]).float()
+        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+        encoder = self.model.cond_stage_model
+        if any(p.requires_grad for p in encoder.parameters()):
+            return encoder.encode(prompts)
+        return self.model.get_learned_conditioning(prompts)
+
+    def training_step(self, batch, batch_idx):
+        gen = self.generator()
+        self.micro_steps += 1
+        if self.stage == "vae":
+            loss, logs = self.vae_loss(image_batch(batch["jpg"]), gen)
+        else:
+            x0 = self.latents(batch, gen)
+            cond = {"c_crossattn": [self.text_context(batch, gen)], "c_concat": None}
+            if self.stage == "control":
+                cond["c_concat"] = [image_batch(batch["hint"])]
+            t = torch.randint(0, self.model.num_timesteps, (x0.shape[0],), generator=gen, device=self.device)
+            noise = torch.randn(x0.shape, generator=gen, device=self.device)
+            loss, logs = self.model.p_losses(x0, cond, t, noise=noise)
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, sync_dist=False)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True)
+        return loss
+
+    def vae_loss(self, x, gen):
+        posterior = self.model.first_stage_model.encode(x)
+        reconstruction = self.model.first_stage_model.decode(posterior.sample(generator=gen))
+        rec = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
+        kl = 0.5 * (posterior.mean**2 + posterior.std**2 - 1.0 - posterior.logvar).sum(dim=(1, 2, 3)).mean()
+        loss = rec + self.kl_weight * kl
+        return loss, {"rec": rec.detach(), "kl": kl.detach()}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["micro_steps"] = self.micro_steps
+
+    def on_load_checkpoint(self, checkpoint):
+        self.micro_steps = checkpoint["micro_steps"]
