@@ -3,8 +3,8 @@
     python generate.py --prompt "a house" --hint edges.png --config models/cldm_v15.yaml \
         --ckpt models/v1-5-pruned.ckpt models/control_sd15_canny.pth --out outputs/house.png
 
-With no checkpoint given, a small untrained model is used so the whole path runs offline; its images
-are noise until trained weights are provided.
+With no checkpoint given, the project's shipped default model (a small SD trained on generated shapes,
+with a shape-outline ControlNet) is used, so the whole path runs offline.
 """
 
 import argparse
@@ -14,14 +14,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cldm.defaults import load_default_model
 from cldm.model import create_model, load_checkpoint
 from cldm.pipeline import generate
 
-UNTRAINED_CONFIG = Path(__file__).parent / "tests/configs/cldm_tiny_v15.yaml"
-
 
 def circle_outline(size=256, radius=80, width=3):
-    """A white circle outline on black: the kind of hint the shape-filling demo model is trained on."""
+    """A white circle outline on black: the kind of hint the default model is trained on."""
     yy, xx = np.mgrid[:size, :size]
     r = np.hypot(yy - size / 2, xx - size / 2)
     ring = (np.abs(r - radius) <= width / 2).astype(np.uint8) * 255
@@ -41,7 +40,7 @@ def main(argv=None):
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--hint", help="condition image (already an edge/pose/... map); default: a circle outline")
-    parser.add_argument("--config", help="model yaml; default models/cldm_v15.yaml with --ckpt, else an untrained tiny one")
+    parser.add_argument("--config", default="models/cldm_v15.yaml", help="model yaml, used with --ckpt")
     parser.add_argument("--ckpt", nargs="*", default=[], help="checkpoints to load in order (base, then control)")
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
@@ -53,13 +52,11 @@ def main(argv=None):
     parser.add_argument("--out", default="outputs/sample.png")
     args = parser.parse_args(argv)
 
-    config = args.config or ("models/cldm_v15.yaml" if args.ckpt else UNTRAINED_CONFIG)
-    model = create_model(config).eval()
     if args.ckpt:
+        model = create_model(args.config).eval()
         load_checkpoint(model, *args.ckpt)
     else:
-        print("No checkpoint given: using an untrained tiny model, so the image is noise. "
-              "Pass --ckpt with an SD base and a control (see README).")
+        model = load_default_model()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     hint = read_hint(args.hint, args.resolution) if args.hint else circle_outline(args.resolution)

@@ -40,7 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in backward (default: the yaml's use_checkpoint)")
-    p.add_argument("--cache", action="store_true", help="cache VAE latents and text encodings in --out")
+    p.add_argument("--cache", action="store_true",
+                   help="cache VAE latents (and text encodings, if the text encoder is frozen) in --out")
     p.add_argument("--prompt-dropout", type=float, default=0.0, help="probability of training on the empty prompt")
     p.add_argument("--max-steps", type=int, default=10_000)
     p.add_argument("--ckpt-every", type=int, default=1000)
@@ -97,9 +98,10 @@ def main(argv=None):
         items = [dataset[i] for i in range(min(args.log_images, len(dataset)))]
         callbacks.append(ImageLogger(out / "images", args.log_images_every, items, seed=args.seed))
     if args.cache:
-        if args.stage != "control":
-            raise SystemExit("--cache needs a frozen VAE and text encoder: use it with --stage control")
-        dataset = CachedPairs(dataset, build_cache(trainee.model, dataset, out / "cache.safetensors"))
+        if args.stage == "vae":
+            raise SystemExit("--cache stores VAE encodings, so it cannot be used while training the VAE")
+        text_frozen = not any(p.requires_grad for p in trainee.model.cond_stage_model.parameters())
+        dataset = CachedPairs(dataset, build_cache(trainee.model, dataset, out / "cache.safetensors"), text_frozen)
     trainer = pl.Trainer(
         max_steps=args.max_steps, accumulate_grad_batches=args.accumulate, precision=args.precision,
         devices=args.devices, strategy=args.strategy, accelerator=args.accelerator, callbacks=callbacks,

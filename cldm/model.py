@@ -51,7 +51,7 @@ def read_any(source):
         return source
     path = Path(source)
     if path.is_dir():
-        from cldm.diffusers_interop import read_diffusers_controlnet
+        from cldm.diffusers_interop import read_diffusers_controlnet  # diffusers is slow to import; only folders need it
 
         return {CONTROL_PREFIX + k: v for k, v in read_diffusers_controlnet(path).items()}
     state = read_state_dict(path)

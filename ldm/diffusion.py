@@ -110,6 +110,8 @@ class LatentDiffusion(nn.Module):
         self.model = DiffusionWrapper(unet, conditioning_key)
         self.first_stage_model = first_stage_model.eval().requires_grad_(False)
         self.cond_stage_model = cond_stage_model
+        if not cond_stage_trainable:
+            cond_stage_model.eval().requires_grad_(False)
         self.parameterization, self.loss_type = parameterization, loss_type
         self.l_simple_weight, self.original_elbo_weight = l_simple_weight, original_elbo_weight
         self.first_stage_key, self.cond_stage_key = first_stage_key, cond_stage_key

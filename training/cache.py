@@ -50,10 +50,11 @@ def build_cache(model, dataset, path, batch_size=16):
 
 
 class CachedPairs(Dataset):
-    """The items of a PairDataset with `moments`, `context` and `empty_context` in place of the image."""
+    """The items of a PairDataset with `moments` in place of the image, and unless the text encoder is
+    being trained (with_text=False), `context` and `empty_context` beside the prompt."""
 
-    def __init__(self, dataset, cache_path):
-        self.dataset = dataset
+    def __init__(self, dataset, cache_path, with_text=True):
+        self.dataset, self.with_text = dataset, with_text
         tensors = safetensors.torch.load_file(str(cache_path))
         with safetensors.safe_open(str(cache_path), "pt") as f:
             prompts = json.loads(f.metadata()["prompts"])
@@ -65,10 +66,8 @@ class CachedPairs(Dataset):
 
     def __getitem__(self, i):
         item = self.dataset.items[i]
-        return {
-            "moments": self.moments[i],
-            "txt": item["prompt"],
-            "context": self.contexts[self.prompt_index[item["prompt"]]],
-            "empty_context": self.empty,
-            "hint": self.dataset.hint(i),
-        }
+        out = {"moments": self.moments[i], "txt": item["prompt"], "hint": self.dataset.hint(i)}
+        if self.with_text:
+            out["context"] = self.contexts[self.prompt_index[item["prompt"]]]
+            out["empty_context"] = self.empty
+        return out

@@ -88,3 +88,21 @@ def write_dataset(root, count, seed=0, size=64, shapes=SHAPES, start=0):
         lines.append(json.dumps({"source": f"source/{name}", "target": f"target/{name}", "prompt": prompt, **meta}))
     (root / "prompt.json").write_text("\n".join(lines) + "\n")
     return root
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a shapes dataset in the release's layout.")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
+    args = parser.parse_args(argv)
+    root = write_dataset(args.out, args.count, args.seed, args.size, tuple(args.shapes))
+    print(f"wrote {args.count} samples to {root}")
+
+
+if __name__ == "__main__":
+    main()

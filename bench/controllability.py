@@ -1,0 +1,88 @@
+"""How well the shipped default models follow a shape outline, with the control on and off (strength 0).
+
+For each held-out hint (a seed disjoint from training, or a dataset folder you give), generate an image and
+measure, as the ControlNet++ paper does by re-detecting the condition on the output:
+- IoU between the generated shape region (pixels nearer the prompt's shape colour than its background
+  colour) and the inside of the hint outline (the outline with its holes filled);
+- colour accuracy: the mean colour inside (outside) the outline within COLOR_TOLERANCE of the prompt's
+  shape (background) colour;
+- edge F1 between Canny edges of the output and the outline, each matched within EDGE_TOLERANCE pixels.
+
+    python bench/controllability.py [--count 200] [--seed 1000] [--data DIR] [--steps 20]
+"""
+
+import argparse
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cldm.defaults import load_default_model  # noqa: E402
+from cldm.pipeline import generate  # noqa: E402
+from training.data import PairDataset  # noqa: E402
+from training.metrics import score  # noqa: E402
+from training.shapes import COLORS, make_sample  # noqa: E402
+
+PROMPT = re.compile(r"a (?P<color>.+) (?P<shape>\w+) on a (?P<background>.+) background")
+
+
+def held_out_cases(args):
+    if args.data:
+        dataset = PairDataset(args.data)
+        for i in range(min(args.count, len(dataset))):
+            item = dataset[i]
+            yield (item["hint"] * 255).round().astype(np.uint8), item["txt"]
+    else:
+        for i in range(args.count):
+            hint, _, prompt, _ = make_sample(args.seed, i, args.size)
+            yield hint, prompt
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1000, help="held-out dataset seed (training used 0 and 1)")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--data", help="a dataset folder (release layout) of outlines to use instead")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=9.0)
+    args = parser.parse_args()
+    print(f"command: python bench/controllability.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    model = load_default_model()
+    results = {"control": [], "strength 0": []}
+    start = time.perf_counter()
+    for i, (hint, prompt) in enumerate(held_out_cases(args)):
+        match = PROMPT.fullmatch(prompt)
+        if not match or match["color"] not in COLORS or match["background"] not in COLORS:
+            raise SystemExit(f"prompt {prompt!r} does not name two known colours ({sorted(COLORS)})")
+        color, background = COLORS[match["color"]], COLORS[match["background"]]
+        for name, strength in (("control", 1.0), ("strength 0", 0.0)):
+            images, _ = generate(model, hint, prompt, steps=args.steps, guidance_scale=args.guidance,
+                                 strength=strength, seed=i, verbose=False)
+            results[name].append(score(images[0], hint, color, background))
+    elapsed = time.perf_counter() - start
+    n = len(results["control"])
+    print(f"{n} held-out outlines, {args.steps} DDIM steps, guidance {args.guidance}, {elapsed:.0f} s in all\n")
+    print("| metric | with control | strength 0 (baseline) | difference |")
+    print("|---|---|---|---|")
+    for metric in ("iou", "color_ok", "background_ok", "edge_f1"):
+        on = np.mean([r[metric] for r in results["control"]])
+        off = np.mean([r[metric] for r in results["strength 0"]])
+        print(f"| {metric} | {on:.3f} | {off:.3f} | {on - off:+.3f} |")
+    mean_iou = np.mean([r["iou"] for r in results["control"]])
+    gain = mean_iou - np.mean([r["iou"] for r in results["strength 0"]])
+    verdict = "meets" if mean_iou >= 0.85 and gain >= 0.4 else "misses"
+    print(f"\nbar (mean IoU >= 0.85 and >= 0.40 above the baseline): {verdict} (IoU {mean_iou:.3f}, gain {gain:+.3f})")
+
+
+if __name__ == "__main__":
+    main()
