@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) generate.py --prompt "a crimson circle on a light sky blue background" --out outputs/demo.png
+	$(PY) generate.py --prompt "a crimson circle on a light sky blue background" --resolution 128 --out outputs/demo.png
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests

@@ -19,11 +19,11 @@ from cldm.model import create_model, load_checkpoint
 from cldm.pipeline import generate
 
 
-def circle_outline(size=256, radius=80, width=3):
+def circle_outline(size=128):
     """A white circle outline on black: the kind of hint the default model is trained on."""
     yy, xx = np.mgrid[:size, :size]
     r = np.hypot(yy - size / 2, xx - size / 2)
-    ring = (np.abs(r - radius) <= width / 2).astype(np.uint8) * 255
+    ring = (np.abs(r - 0.3 * size) <= max(1, size // 64) / 2).astype(np.uint8) * 255
     return np.repeat(ring[..., None], 3, axis=2)
 
 
@@ -42,7 +42,7 @@ def main(argv=None):
     parser.add_argument("--hint", help="condition image (already an edge/pose/... map); default: a circle outline")
     parser.add_argument("--config", default="models/cldm_v15.yaml", help="model yaml, used with --ckpt")
     parser.add_argument("--ckpt", nargs="*", default=[], help="checkpoints to load in order (base, then control)")
-    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--resolution", type=int, default=128, help="shorter side, rounded to a multiple of 64")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=9.0)
     parser.add_argument("--strength", type=float, default=1.0)

@@ -82,6 +82,9 @@ def save_safetensors(state_dict, path, metadata=None):
     os.close(fd)
     try:
         safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's private 0600 would make the result unreadable to others
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -99,3 +99,18 @@ def test_extract_control(tmp_path):
     assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
     with pytest.raises(CheckpointError, match="no control_model"):
         extract_control(sd_only(model))
+
+
+def test_export_for_shipping_drops_the_schedule_and_halves(tmp_path):
+    from training import export
+
+    model = tiny_model(TINY_V15)
+    torch.save(model.state_dict(), tmp_path / "full.pth")
+    export.main([str(tmp_path / "full.pth"), str(tmp_path / "ship.safetensors"), "--half"])
+    shipped = safetensors.torch.load_file(tmp_path / "ship.safetensors")
+    assert "betas" not in shipped and "logvar" not in shipped
+    assert shipped["model.diffusion_model.out.2.weight"].dtype == torch.float16
+    fresh = create_model(TINY_V15)
+    assert load_checkpoint(fresh, tmp_path / "ship.safetensors") == []  # loads strictly, schedule recomputed
+    torch.testing.assert_close(fresh.state_dict()["model.diffusion_model.out.2.weight"],
+                               model.state_dict()["model.diffusion_model.out.2.weight"], rtol=1e-3, atol=1e-3)
