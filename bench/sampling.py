@@ -14,7 +14,6 @@ import platform
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cldm.diffusers_interop import control_to_diffusers_keys, diffusers_controlnet_config  # noqa: E402
+from cldm.diffusers_interop import diffusers_models as to_diffusers  # noqa: E402
 from cldm.model import create_model  # noqa: E402
 from ldm.config import load_yaml  # noqa: E402
 from ldm.ddim import guided_model_output  # noqa: E402
@@ -41,21 +40,7 @@ def randomize(module, seed=0):
 
 
 def diffusers_models(model):
-    from diffusers import ControlNetModel, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, create_unet_diffusers_config_from_ldm
-
-    original = load_yaml(CONFIG)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        unet_config = create_unet_diffusers_config_from_ldm(original, {}, image_size=512)
-    state = model.state_dict()
-    unet = UNet2DConditionModel(**unet_config).eval()
-    unet.load_state_dict(convert_ldm_unet_checkpoint(state, unet_config))
-    cn_config = diffusers_controlnet_config(original)
-    controlnet = ControlNetModel(**cn_config).eval()
-    control = {k[len("control_model."):]: v for k, v in state.items() if k.startswith("control_model.")}
-    controlnet.load_state_dict(control_to_diffusers_keys(control, cn_config))
-    return unet, controlnet
+    return to_diffusers(model.state_dict(), load_yaml(CONFIG))
 
 
 def diffusers_step(unet, controlnet, x, t, context, uncontext, hint):

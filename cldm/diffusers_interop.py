@@ -116,6 +116,24 @@ def read_diffusers_controlnet(folder):
     return {keymap[k]: v for k, v in state.items()}
 
 
+def diffusers_models(state, original_config):
+    """A diffusers (UNet2DConditionModel, ControlNetModel) pair holding a full ControlLDM state dict's weights."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    original_config, _ = _control_params(original_config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # image_size is deprecated there and does not affect the weights
+        unet_config = create_unet_diffusers_config_from_ldm(original_config, {}, image_size=512)
+    unet = UNet2DConditionModel(**unet_config).eval()
+    unet.load_state_dict(convert_ldm_unet_checkpoint(state, unet_config), strict=True)
+    cn_config = diffusers_controlnet_config(original_config)
+    controlnet = ControlNetModel(**cn_config).eval()
+    control = {k[len("control_model."):]: v for k, v in state.items() if k.startswith("control_model.")}
+    controlnet.load_state_dict(control_to_diffusers_keys(control, cn_config), strict=True)
+    return unet, controlnet
+
+
 def export_control_only(model, path):
     """The control weights of a ControlLDM, in the release layout (`control_model.*`), as safetensors."""
     state = {f"control_model.{k}": v for k, v in model.control_model.state_dict().items()}

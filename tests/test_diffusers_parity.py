@@ -1,15 +1,11 @@
 """Numerical parity with diffusers on weights converted by diffusers' own single-file helpers."""
 
-import warnings
-
 import pytest
 import torch
-from diffusers import ControlNetModel, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, create_unet_diffusers_config_from_ldm
+from diffusers import ControlNetModel
 
 from cldm.cldm import guess_mode_scales
-from cldm.diffusers_interop import (control_to_diffusers_keys, diffusers_controlnet_config,
-                                    export_diffusers_controlnet, read_diffusers_controlnet)
+from cldm.diffusers_interop import diffusers_models, export_diffusers_controlnet, read_diffusers_controlnet
 from cldm.model import load_checkpoint
 from ldm.config import load_yaml
 from tests.helpers import TINY_V15, TINY_V21, tiny_inputs, tiny_model
@@ -18,18 +14,8 @@ ATOL = 1e-5
 
 
 def diffusers_pair(model, config_path):
-    original_config = load_yaml(config_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        unet_config = create_unet_diffusers_config_from_ldm(original_config, {}, image_size=64)
-    state = model.state_dict()
-    unet = UNet2DConditionModel(**unet_config).eval()
-    unet.load_state_dict(convert_ldm_unet_checkpoint(state, unet_config), strict=True)
-    cn_config = diffusers_controlnet_config(original_config)
-    controlnet = ControlNetModel(**cn_config).eval()
-    control_state = {k[len("control_model."):]: v for k, v in state.items() if k.startswith("control_model.")}
-    controlnet.load_state_dict(control_to_diffusers_keys(control_state, cn_config), strict=True)
-    return unet, controlnet
+    """Our weights in diffusers' models, converted by diffusers' own single-file helpers."""
+    return diffusers_models(model.state_dict(), load_yaml(config_path))
 
 
 def diffusers_eps(unet, controlnet, inp, scales=None):

@@ -14,8 +14,8 @@ from ldm.checkpoint import save_safetensors
 
 
 class AtomicCheckpoint(pl.Callback):
-    """Every N optimizer steps: `step-XXXXXX.ckpt` (full Lightning state, for --resume) and the weights being
-    trained in the release layout as safetensors (`control-XXXXXX.safetensors` for a ControlNet)."""
+    """Every N optimizer steps: `step-NNNNNN.ckpt` (full Lightning state, for --resume) and the weights being
+    trained in the release layout as safetensors (`control-NNNNNN.safetensors` for a ControlNet)."""
 
     def __init__(self, dirpath, every_n_steps):
         self.dirpath, self.every_n_steps = Path(dirpath), every_n_steps
