@@ -14,6 +14,7 @@ from diffusers import ControlNetModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, create_unet_diffusers_config_from_ldm
 
 from cldm.cldm import ControlNet
+from cldm.model import CONTROL_PREFIX
 from ldm.checkpoint import CheckpointError, read_state_dict, save_safetensors
 from ldm.config import load_yaml
 
@@ -129,13 +130,13 @@ def diffusers_models(state, original_config):
     unet.load_state_dict(convert_ldm_unet_checkpoint(state, unet_config), strict=True)
     cn_config = diffusers_controlnet_config(original_config)
     controlnet = ControlNetModel(**cn_config).eval()
-    control = {k[len("control_model."):]: v for k, v in state.items() if k.startswith("control_model.")}
+    control = {k[len(CONTROL_PREFIX):]: v for k, v in state.items() if k.startswith(CONTROL_PREFIX)}
     controlnet.load_state_dict(control_to_diffusers_keys(control, cn_config), strict=True)
     return unet, controlnet
 
 
 def export_control_only(model, path):
     """The control weights of a ControlLDM, in the release layout (`control_model.*`), as safetensors."""
-    state = {f"control_model.{k}": v for k, v in model.control_model.state_dict().items()}
+    state = {CONTROL_PREFIX + k: v for k, v in model.control_model.state_dict().items()}
     save_safetensors(state, path)
     return Path(path)

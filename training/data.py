@@ -23,6 +23,10 @@ def read_rgb(path):
         raise DataError(f"{path} could not be read as an image ({type(e).__name__}: {e}); replace or remove it") from None
 
 
+def as_hint(source):
+    return source.astype(np.float32) / 255.0
+
+
 class PairDataset(Dataset):
     """Items are dicts: jpg (H, W, 3) float32 in [-1, 1], txt (str), hint (H, W, 3) float32 in [0, 1]."""
 
@@ -54,7 +58,7 @@ class PairDataset(Dataset):
         return len(self.items)
 
     def hint(self, i):
-        return read_rgb(self.root / self.items[i]["source"]).astype(np.float32) / 255.0
+        return as_hint(read_rgb(self.root / self.items[i]["source"]))
 
     def __getitem__(self, i):
         item = self.items[i]
@@ -66,5 +70,5 @@ class PairDataset(Dataset):
         return {
             "jpg": target.astype(np.float32) / 127.5 - 1.0,
             "txt": item["prompt"],
-            "hint": source.astype(np.float32) / 255.0,
+            "hint": as_hint(source),
         }
