@@ -98,8 +98,8 @@ def main(argv=None):
         items = [dataset[i] for i in range(min(args.log_images, len(dataset)))]
         callbacks.append(ImageLogger(out / "images", args.log_images_every, items, seed=args.seed))
     if args.cache:
-        if args.stage == "vae":
-            raise SystemExit("--cache stores VAE encodings, so it cannot be used while training the VAE")
+        if args.stage in ("vae", "decoder"):
+            raise SystemExit("--cache stores VAE encodings and text encodings, not the images a VAE stage needs")
         text_frozen = not any(p.requires_grad for p in trainee.model.cond_stage_model.parameters())
         dataset = CachedPairs(dataset, build_cache(trainee.model, dataset, out / "cache.safetensors"), text_frozen)
     trainer = pl.Trainer(

@@ -1,13 +1,40 @@
 """One sampling function for the CLI, the apps, the training image logger and the tests."""
 
 import random
-from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from cldm.cldm import guess_mode_scales
-from ldm.ddim import DDIMSampler
+from cldm.samplers import SAMPLERS, sample
+
+# The control modes of the A1111 ControlNet extension: "prompt" weighs the control's blocks softly (deeper
+# blocks more, the release's guess-mode scales); "control" gives the control to the conditional branch only,
+# so classifier-free guidance amplifies it.
+CONTROL_MODES = ("balanced", "prompt", "control")
+
+
+@dataclass
+class Control:
+    """One ControlNet's part in a generation: its condition image, its weight and the steps it acts on."""
+
+    hint: np.ndarray  # HWC uint8, sides multiples of 64
+    strength: float = 1.0
+    start: float = 0.0  # fraction of the sampling steps done when it starts acting
+    end: float = 1.0  # ... and when it stops
+    mode: str = "balanced"
+    net: nn.Module | None = None  # a ControlNet; None: the model's own control_model
+
+    def __post_init__(self):
+        if self.mode not in CONTROL_MODES:
+            raise ValueError(f"control mode {self.mode!r} is not one of {CONTROL_MODES}")
+        if not 0.0 <= self.start <= self.end <= 1.0:
+            raise ValueError(f"control start/end must satisfy 0 <= start <= end <= 1, got {self.start}, {self.end}")
+
+    def active(self, progress):
+        return self.strength != 0 and self.start <= progress <= self.end
 
 
 def hint_tensor(hint, num_samples, device):
@@ -21,45 +48,87 @@ def hint_tensor(hint, num_samples, device):
     return x.permute(2, 0, 1)[None].repeat(num_samples, 1, 1, 1)
 
 
-@contextmanager
-def control_scales(model, strength, guess_mode):
-    """The model's control scales set for one generation, then restored."""
-    if not hasattr(model, "control_model"):
-        yield
-        return
-    n = model.control_model.num_outputs
-    previous = model.control_scales
-    model.control_scales = guess_mode_scales(strength, n) if guess_mode else [strength] * n
-    try:
-        yield
-    finally:
-        model.control_scales = previous
+class GuidedDenoiser:
+    """(x_t, t, progress) -> the model's output with classifier-free guidance and every active control added.
+
+    The unconditional and conditional halves run as one batch [uncond; cond]. A control that skips the
+    unconditional branch (guess mode, "control" mode) runs on the conditional half only and adds zeros to
+    the other, which leaves that half exactly as without the control.
+    """
+
+    def __init__(self, model, context, uncond_context, controls, guidance_scale, guess_mode=False):
+        self.model, self.controls, self.guess_mode = model, controls, guess_mode
+        self.guided = guidance_scale != 1.0
+        self.guidance_scale = guidance_scale
+        self.context = torch.cat([uncond_context, context]) if self.guided else context
+        self.hints = [hint_tensor(c.hint, context.shape[0], context.device) for c in controls]
+
+    def residuals(self, x, t, progress):
+        """Per-block control residuals for the whole batch, or None when no control acts at this step."""
+        total = None
+        for control, hint in zip(self.controls, self.hints):
+            if not control.active(progress):
+                continue
+            net = control.net or self.model.control_model
+            soft = self.guess_mode or control.mode == "prompt"
+            scales = guess_mode_scales(control.strength, net.num_outputs) if soft else [control.strength] * net.num_outputs
+            cond_only = self.guided and (self.guess_mode or control.mode == "control")
+            if cond_only:
+                n = x.shape[0] // 2
+                outputs = net(x[n:], hint, t[n:], self.context[n:])
+                outputs = [torch.cat([torch.zeros_like(o), o]) for o in outputs]
+            else:
+                outputs = net(x, torch.cat([hint] * (x.shape[0] // hint.shape[0])), t, self.context)
+            outputs = [o * s for o, s in zip(outputs, scales)]
+            if getattr(self.model, "global_average_pooling", False):  # ControlNet 1.1 shuffle: only global statistics pass
+                outputs = [o.mean(dim=(2, 3), keepdim=True) for o in outputs]
+            total = outputs if total is None else [a + b for a, b in zip(total, outputs)]
+        return total
+
+    def __call__(self, x, t, progress):
+        if self.guided:
+            x, t = torch.cat([x, x]), torch.cat([t, t])
+        residuals = self.residuals(x, t, progress) if self.controls else None
+        if residuals is None:
+            out = self.model.apply_model(x, t, {"c_crossattn": [self.context], "c_concat": None})
+        else:
+            out = self.model.model.diffusion_model(x, t, context=self.context, control=residuals,
+                                                   only_mid_control=getattr(self.model, "only_mid_control", False))
+        if not self.guided:
+            return out
+        out_uncond, out_cond = out.chunk(2)
+        return out_uncond + self.guidance_scale * (out_cond - out_uncond)
 
 
 @torch.no_grad()
 def generate(model, hint, prompt, added_prompt="", negative_prompt="", num_samples=1, steps=20, guidance_scale=9.0,
-             strength=1.0, guess_mode=False, eta=0.0, seed=-1, verbose=True, size=None):
+             strength=1.0, guess_mode=False, eta=0.0, seed=-1, verbose=True, size=None, sampler="DDIM",
+             control_start=0.0, control_end=1.0, control_mode="balanced", controls=()):
     """Images (list of HWC uint8) following `hint` (HWC uint8, sides multiples of 64) and the prompt.
 
-    hint=None samples from the text alone (a plain LatentDiffusion, or a ControlLDM with its control off),
-    at `size` (H, W). seed=-1 draws a random seed; the seed used is returned alongside the images.
+    `controls` adds more ControlNets (each a `Control` with its own image, strength, range and mode) to the
+    model's own. hint=None and no controls samples from the text alone, at `size` (H, W). seed=-1 draws a
+    random seed; the seed used is returned alongside the images.
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
     seed = random.randint(0, 2**31 - 1) if seed == -1 else int(seed)
     device = model.betas.device
-    control = None if hint is None else hint_tensor(hint, num_samples, device)
-    height, width = size if control is None else control.shape[2:]
+    own = [] if hint is None else [Control(hint, strength, control_start, control_end, control_mode)]
+    controls = own + list(controls)
+    if controls and not hasattr(model, "control_model") and any(c.net is None for c in controls):
+        raise ValueError("this model has no ControlNet: pass hint=None, or Control(..., net=a ControlNet)")
+    sizes = {np.asarray(c.hint).shape[:2] for c in controls}
+    if len(sizes) > 1:
+        raise ValueError(f"all condition images must have the same size, got {sorted(sizes)}")
+    height, width = sizes.pop() if sizes else size
     full_prompt = ", ".join(p for p in (prompt, added_prompt) if p)
-    cond = {"c_concat": None if control is None else [control],
-            "c_crossattn": [model.get_learned_conditioning([full_prompt] * num_samples)]}
-    uncond = {"c_concat": None if guess_mode or control is None else [control],
-              "c_crossattn": [model.get_learned_conditioning([negative_prompt] * num_samples)]}
+    context = model.get_learned_conditioning([full_prompt] * num_samples)
+    uncond_context = model.get_learned_conditioning([negative_prompt] * num_samples)
+    denoise = GuidedDenoiser(model, context, uncond_context, controls, guidance_scale, guess_mode)
     generator = torch.Generator(device=device).manual_seed(seed)
-    shape = (model.channels, height // 8, width // 8)
-    x_T = torch.randn((num_samples, *shape), generator=generator, device=device)
-    with control_scales(model, strength, guess_mode):
-        latents, _ = DDIMSampler(model).sample(steps, num_samples, shape, cond, eta=eta, x_T=x_T, verbose=verbose,
-                                               unconditional_guidance_scale=guidance_scale,
-                                               unconditional_conditioning=uncond, generator=generator)
+    x_T = torch.randn((num_samples, model.channels, height // 8, width // 8), generator=generator, device=device)
+    latents = sample(model, denoise, x_T, steps, sampler, eta, generator, verbose)
     images = model.decode_first_stage(latents)
     images = (images.permute(0, 2, 3, 1) * 127.5 + 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
     return list(images), seed

@@ -101,8 +101,12 @@ class DDIMSampler:
 
     def p_sample_ddim(self, x, c, t, index, guidance_scale=1.0, uncond=None, temperature=1.0, generator=None):
         """One DDIM step from x_t to x_{t-1}; returns (x_prev, predicted x0)."""
+        model_output = guided_model_output(self.model, x, t, c, uncond, guidance_scale)
+        return self.step(x, model_output, t, index, temperature, generator)
+
+    def step(self, x, model_output, t, index, temperature=1.0, generator=None):
+        """x_t and the (guided) model output at it -> (x_{t-1}, predicted x0)."""
         model = self.model
-        model_output = guided_model_output(model, x, t, c, uncond, guidance_scale)
         full = lambda values: torch.full((x.shape[0], 1, 1, 1), float(values[index]), device=x.device)  # noqa: E731
         a_t, a_prev = full(self.ddim_alphas), full(self.ddim_alphas_prev)
         sigma_t, sqrt_one_minus_at = full(self.ddim_sigmas), full(self.ddim_sqrt_one_minus_alphas)

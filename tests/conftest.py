@@ -1,3 +1,8 @@
+import os
+
+# Tests never reach the model hub: a missing file must fail at once, not after the hub client's retries.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 import pytest
 
 from tests.helpers import TINY_V15, TINY_V21, tiny_model
@@ -11,3 +16,21 @@ def tiny_v15():
 @pytest.fixture
 def tiny_v21():
     return tiny_model(TINY_V21)
+
+
+@pytest.fixture(scope="session")
+def annotator_weights(tmp_path_factory):
+    """A folder of random annotator weights; `annotator_weights(name)` writes one detector's files on demand."""
+    from tests.annotator_weights import WRITERS
+
+    folder = tmp_path_factory.mktemp("annotator_ckpts")
+    written = set()
+
+    def ensure(*names):
+        for name in names:
+            if name not in written:
+                WRITERS[name](folder / "upernet-convnext-small" if name == "upernet" else folder)
+                written.add(name)
+        return folder
+
+    return ensure

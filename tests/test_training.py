@@ -103,6 +103,18 @@ def test_two_process_ddp_on_cpu(shapes, initial_weights, tmp_path):
     assert (tmp_path / "ddp/checkpoints/step-000002.ckpt").is_file()
 
 
+def test_decoder_stage_trains_the_vae_decoder_alone(shapes, initial_weights, tmp_path):
+    from safetensors.torch import load_file
+
+    before = load_file(initial_weights)
+    after = run(shapes, initial_weights, tmp_path / "decoder", "--stage", "decoder", steps=3).model.state_dict()
+    decoder = ("first_stage_model.decoder.", "first_stage_model.post_quant_conv.")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(decoder) for k in changed)
+    assert "first_stage_model.post_quant_conv.weight" in changed
+    assert (tmp_path / "decoder/checkpoints/decoder-000003.safetensors").is_file()
+
+
 def test_generator_is_deterministic_and_seeds_differ(tmp_path):
     a, b = write_dataset(tmp_path / "a", 5, seed=7), write_dataset(tmp_path / "b", 5, seed=7)
     for name in ("source/000004.png", "target/000004.png", "prompt.json"):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ldm.autoencoder import DiagonalGaussianDistribution
 
-STAGES = ("control", "base", "vae")
+STAGES = ("control", "base", "vae", "decoder")
 
 
 def image_batch(array):
@@ -24,7 +24,9 @@ class Trainee(pl.LightningModule):
 
     stage="control": the ControlNet of a ControlLDM (plus the UNet decoder if not sd_locked);
     stage="base": the UNet and, if it is not frozen, the text encoder of a LatentDiffusion;
-    stage="vae": the autoencoder, by reconstruction plus a small KL term.
+    stage="vae": the autoencoder, by reconstruction plus a small KL term;
+    stage="decoder": the VAE decoder alone, by reconstruction. The encoder, and so the latent space every
+    model trained on it lives in, stays fixed; this is how SD's improved VAE decoders (ft-MSE) were made.
     """
 
     def __init__(self, model, stage="control", learning_rate=1e-5, prompt_dropout=0.0, seed=0, kl_weight=1e-6):
@@ -36,12 +38,21 @@ class Trainee(pl.LightningModule):
         self.micro_steps = 0  # micro-batches done; saved in checkpoints, seeds the randomness of the next one
         if stage == "vae":
             model.first_stage_model.train().requires_grad_(True)
+        if stage == "decoder":
+            for part in self.decoder_parts():
+                part.train().requires_grad_(True)
+
+    def decoder_parts(self):
+        vae = self.model.first_stage_model
+        return [vae.post_quant_conv, vae.decoder]
 
     def trainable_parameters(self):
         if self.stage == "control":
             return self.model.trainable_parameters()
         if self.stage == "vae":
             return list(self.model.first_stage_model.parameters())
+        if self.stage == "decoder":
+            return [p for part in self.decoder_parts() for p in part.parameters()]
         params = list(self.model.model.parameters())
         return params + [p for p in self.model.cond_stage_model.parameters() if p.requires_grad]
 
@@ -75,7 +86,7 @@ class Trainee(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         gen = self.generator()
         self.micro_steps += 1
-        if self.stage == "vae":
+        if self.stage in ("vae", "decoder"):
             loss, logs = self.vae_loss(image_batch(batch["jpg"]), gen)
         else:
             x0 = self.latents(batch, gen)
@@ -90,9 +101,13 @@ class Trainee(pl.LightningModule):
         return loss
 
     def vae_loss(self, x, gen):
-        posterior = self.model.first_stage_model.encode(x)
-        reconstruction = self.model.first_stage_model.decode(posterior.sample(generator=gen))
+        with torch.set_grad_enabled(self.stage == "vae"):
+            posterior = self.model.first_stage_model.encode(x)
+            z = posterior.sample(generator=gen)
+        reconstruction = self.model.first_stage_model.decode(z)
         rec = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
+        if self.stage == "decoder":
+            return rec, {"rec": rec.detach()}
         kl = 0.5 * (posterior.mean**2 + posterior.std**2 - 1.0 - posterior.logvar).sum(dim=(1, 2, 3)).mean()
         loss = rec + self.kl_weight * kl
         return loss, {"rec": rec.detach(), "kl": kl.detach()}

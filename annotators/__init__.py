@@ -1,0 +1,30 @@
+"""Condition detectors: each maps an RGB uint8 image (H, W, 3) to a uint8 condition map (h, w, 3).
+
+Parameters and their defaults are in each function's signature (the apps build their sliders from them).
+Network weights load lazily, on first use, from annotators/ckpts/, a folder given as `weights=`, or the
+model hub (see annotators.weights). This package imports nothing from ldm/ or cldm/.
+"""
+
+from annotators.depth import depth, normal
+from annotators.edges import canny, fake_scribble, hed, mlsd, scribble
+from annotators.pose import mediapipe_openpose, openpose, pose
+from annotators.seg import seg
+from annotators.util import HWC3, ImageError, read_image, resize_image, to_rgb_uint8
+from annotators.weights import WeightsError
+
+ANNOTATORS = {
+    "canny": canny,
+    "scribble": scribble,
+    "fake_scribble": fake_scribble,
+    "hed": hed,
+    "mlsd": mlsd,
+    "openpose": openpose,
+    "openpose_mediapipe": mediapipe_openpose,
+    "pose": pose,
+    "depth": depth,
+    "normal": normal,
+    "seg": seg,
+}
+
+__all__ = ["ANNOTATORS", "HWC3", "ImageError", "WeightsError", "read_image", "resize_image", "to_rgb_uint8",
+           *(f.__name__ for f in ANNOTATORS.values())]

@@ -1,0 +1,73 @@
+"""Edge and line detectors: Canny, user scribbles, HED boundaries, fake scribbles from HED, M-LSD lines.
+
+Each takes an RGB uint8 image of any size and returns an (H, W, 3) uint8 map at `detect_resolution` (shorter
+side, sides multiples of 64), white lines on black as the released controls were trained on.
+"""
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from annotators.util import resize_image, to_rgb_uint8
+from annotators.weights import weights_dir
+
+
+def prepare(image, detect_resolution):
+    return resize_image(to_rgb_uint8(image), detect_resolution)
+
+
+def as_map(gray):
+    return np.repeat(np.asarray(gray, np.uint8)[..., None], 3, axis=2) if gray.ndim == 2 else gray
+
+
+def canny(image, low_threshold=100, high_threshold=200, detect_resolution=512):
+    return as_map(cv2.Canny(prepare(image, detect_resolution), low_threshold, high_threshold))
+
+
+def scribble(image, threshold=127, detect_resolution=512):
+    """A drawing or an uploaded sketch, dark strokes on a light ground -> white strokes on black."""
+    img = prepare(image, detect_resolution)
+    return as_map(np.where(img.min(axis=2) < threshold, 255, 0).astype(np.uint8))
+
+
+@lru_cache(maxsize=2)
+def hed_detector(location=None):
+    from controlnet_aux import HEDdetector
+
+    return HEDdetector.from_pretrained(str(weights_dir(["ControlNetHED.pth"], location))).to(device())
+
+
+@lru_cache(maxsize=2)
+def mlsd_detector(location=None):
+    from controlnet_aux import MLSDdetector
+
+    return MLSDdetector.from_pretrained(str(weights_dir(["mlsd_large_512_fp32.pth"], location))).to(device())
+
+
+def device():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_detector(detector, image, detect_resolution, **params):
+    """A controlnet-aux detector on our resized image, asked to keep that size."""
+    img = prepare(image, detect_resolution)
+    side = min(img.shape[:2])
+    out = detector(img, detect_resolution=side, image_resolution=side, output_type="np", **params)
+    return cv2.resize(as_map(out), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def hed(image, detect_resolution=512, weights=None):
+    return run_detector(hed_detector(weights), image, detect_resolution)
+
+
+def fake_scribble(image, detect_resolution=512, weights=None):
+    """HED boundaries thinned, blurred and thresholded into scribble-like strokes (the release's recipe)."""
+    return run_detector(hed_detector(weights), image, detect_resolution, scribble=True)
+
+
+def mlsd(image, value_threshold=0.1, distance_threshold=0.1, detect_resolution=512, weights=None):
+    return run_detector(mlsd_detector(weights), image, detect_resolution, thr_v=value_threshold,
+                        thr_d=distance_threshold)

@@ -1,0 +1,149 @@
+"""Human pose: OpenPose (body, hands, face) through controlnet-aux, or mediapipe's bundled model offline.
+
+Both give controlnet-aux `PoseResult`s with keypoints in [0, 1] image coordinates, in the 18-point OpenPose
+(COCO) body order, drawn in the OpenPose colour convention the pose controls were trained on. Poses can be
+written and read as OpenPose JSON, so a pose can be edited in any OpenPose tool and drawn again.
+"""
+
+import json
+from functools import lru_cache
+
+import numpy as np
+
+from annotators.edges import device, prepare
+from annotators.weights import WeightsError, weights_dir
+
+OPENPOSE_FILES = ["body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"]
+
+# BlazePose's 33 landmarks -> the 18 OpenPose body points (the neck, index 1, is the shoulders' midpoint):
+# nose, neck, right shoulder/elbow/wrist, left shoulder/elbow/wrist, right hip/knee/ankle,
+# left hip/knee/ankle, right eye, left eye, right ear, left ear.
+BLAZEPOSE_TO_OPENPOSE = [0, None, 12, 14, 16, 11, 13, 15, 24, 26, 28, 23, 25, 27, 5, 2, 8, 7]
+SHOULDERS = (11, 12)
+
+
+@lru_cache(maxsize=2)
+def openpose_detector(location=None):
+    from controlnet_aux import OpenposeDetector
+
+    return OpenposeDetector.from_pretrained(str(weights_dir(OPENPOSE_FILES, location))).to(device())
+
+
+def detect_openpose(image, include_hand=False, include_face=False, detect_resolution=512, weights=None):
+    """(poses, (H, W)) of the OpenPose networks on the resized image."""
+    img = prepare(image, detect_resolution)
+    return openpose_detector(weights).detect_poses(img, include_hand, include_face), img.shape[:2]
+
+
+@lru_cache(maxsize=1)
+def mediapipe_pose():
+    try:
+        import mediapipe as mp
+    except ImportError as error:
+        raise ImportError("the offline pose detector needs mediapipe: pip install -e '.[pose]'") from error
+    return mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1)
+
+
+def detect_mediapipe(image, min_visibility=0.5, detect_resolution=512):
+    """(poses, (H, W)) from mediapipe's bundled BlazePose model: one person, body only, no download."""
+    from controlnet_aux.open_pose import BodyResult, Keypoint, PoseResult
+
+    img = prepare(image, detect_resolution)
+    result = mediapipe_pose().process(img)
+    if result.pose_landmarks is None:
+        return [], img.shape[:2]
+    marks = result.pose_landmarks.landmark
+    visible = [m.visibility >= min_visibility and 0 <= m.x <= 1 and 0 <= m.y <= 1 for m in marks]
+    keypoints = []
+    for i, index in enumerate(BLAZEPOSE_TO_OPENPOSE):
+        if index is None:
+            left, right = SHOULDERS
+            ok = visible[left] and visible[right]
+            x, y = (marks[left].x + marks[right].x) / 2, (marks[left].y + marks[right].y) / 2
+        else:
+            ok, x, y = visible[index], marks[index].x, marks[index].y
+        keypoints.append(Keypoint(x, y, 1.0, i) if ok else None)
+    found = [k for k in keypoints if k is not None]
+    return [PoseResult(BodyResult(keypoints, float(len(found)), len(found)), None, None, None)], img.shape[:2]
+
+
+def draw(poses, size, hands=True, face=True):
+    from controlnet_aux.open_pose import draw_poses
+
+    return draw_poses(poses, size[0], size[1], draw_body=True, draw_hand=hands, draw_face=face)
+
+
+def openpose(image, include_hand=False, include_face=False, detect_resolution=512, weights=None):
+    poses, size = detect_openpose(image, include_hand, include_face, detect_resolution, weights)
+    return draw(poses, size, include_hand, include_face)
+
+
+def mediapipe_openpose(image, min_visibility=0.5, detect_resolution=512):
+    """OpenPose-style body skeleton from mediapipe, for when the OpenPose weights are not at hand."""
+    poses, size = detect_mediapipe(image, min_visibility, detect_resolution)
+    return draw(poses, size)
+
+
+def pose(image, detector="openpose", include_hand=False, include_face=False, detect_resolution=512, weights=None):
+    """The pose app's detector: OpenPose (the release's; downloads its weights) or mediapipe (offline, body only)."""
+    if detector == "mediapipe":
+        return mediapipe_openpose(image, detect_resolution=detect_resolution)
+    if detector != "openpose":
+        raise ValueError(f"pose detector {detector!r} is not 'openpose' or 'mediapipe'")
+    try:
+        return openpose(image, include_hand, include_face, detect_resolution, weights)
+    except WeightsError as error:
+        raise WeightsError(f"{error} Or choose the mediapipe detector, which needs no download.") from error
+
+
+# -- OpenPose JSON ---------------------------------------------------------------------------------------------
+
+def flat(keypoints, width, height):
+    """Keypoints -> OpenPose's flat [x, y, confidence, ...] in pixels; a missing point is 0, 0, 0."""
+    values = []
+    for k in keypoints or []:
+        values += [0.0, 0.0, 0.0] if k is None else [float(k.x) * width, float(k.y) * height, float(k.score)]
+    return values
+
+
+def poses_to_json(poses, size):
+    height, width = size
+    people = [{
+        "pose_keypoints_2d": flat(p.body.keypoints, width, height),
+        "hand_left_keypoints_2d": flat(p.left_hand, width, height),
+        "hand_right_keypoints_2d": flat(p.right_hand, width, height),
+        "face_keypoints_2d": flat(p.face, width, height),
+    } for p in poses]
+    return json.dumps({"canvas_width": width, "canvas_height": height, "people": people})
+
+
+def unflat(values, width, height, what):
+    from controlnet_aux.open_pose import Keypoint
+
+    if not values:
+        return None
+    if len(values) % 3:
+        raise ValueError(f"OpenPose JSON: {what} has {len(values)} numbers, not a multiple of 3 (x, y, confidence)")
+    points = np.asarray(values, np.float64).reshape(-1, 3)
+    return [None if c <= 0 else Keypoint(x / width, y / height, c, i) for i, (x, y, c) in enumerate(points)]
+
+
+def poses_from_json(text):
+    """OpenPose JSON (one frame: canvas size and people) -> (poses, (H, W))."""
+    from controlnet_aux.open_pose import BodyResult, PoseResult
+
+    try:
+        data = json.loads(text)
+        width, height = int(data["canvas_width"]), int(data["canvas_height"])
+        people = data["people"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"not an OpenPose JSON frame with canvas_width, canvas_height and people: {error}") from error
+    poses = []
+    for i, person in enumerate(people):
+        body = unflat(person.get("pose_keypoints_2d"), width, height, f"person {i} body") or []
+        found = sum(k is not None for k in body)
+        poses.append(PoseResult(BodyResult(body, float(found), found),
+                                unflat(person.get("hand_left_keypoints_2d"), width, height, f"person {i} left hand"),
+                                unflat(person.get("hand_right_keypoints_2d"), width, height, f"person {i} right hand"),
+                                unflat(person.get("face_keypoints_2d"), width, height, f"person {i} face")))
+    return poses, (height, width)

@@ -1,0 +1,83 @@
+"""Image plumbing shared by the annotators: any picture a user gives -> RGB uint8, and the release's resizing."""
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 8192 * 8192  # larger images are refused before decoding (decompression bombs)
+
+
+class ImageError(ValueError):
+    """An input picture that cannot be used; the message says why and what to give instead."""
+
+
+def HWC3(image):
+    """Any (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 array -> (H, W, 3) uint8; alpha composited on white."""
+    if image.dtype != np.uint8:
+        raise ImageError(f"expected a uint8 image, got {image.dtype}; convert it with to_rgb_uint8 first")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ImageError(f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}")
+    if image.shape[2] == 3:
+        return image
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    color, alpha = image[:, :, :3].astype(np.float32), image[:, :, 3:].astype(np.float32) / 255.0
+    return (color * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).round().astype(np.uint8)
+
+
+def to_rgb_uint8(image):
+    """Whatever an app or a user hands over (PIL image, 8/16-bit, float in [0, 1], bool, gray, RGBA) -> HWC3 uint8."""
+    if image is None:
+        raise ImageError("no image was given: upload or draw one")
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGBA") if "A" in image.getbands() else image.convert("RGB"))
+    image = np.asarray(image)
+    if image.size == 0:
+        raise ImageError(f"the image is empty (shape {image.shape})")
+    if image.dtype == np.bool_:
+        image = image.astype(np.uint8) * 255
+    elif image.dtype == np.uint16:
+        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ImageError("the image holds NaN or infinite values")
+        image = (image.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageError(f"unsupported pixel type {image.dtype}: give 8-bit or 16-bit RGB(A) or grayscale")
+    return HWC3(image)
+
+
+def read_image(source):
+    """A file path or bytes -> HWC uint8 RGB; a corrupt, truncated or enormous file is refused clearly."""
+    name = Path(source).name if isinstance(source, (str, Path)) else "the uploaded file"
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ImageError(f"{name} is {image.width}x{image.height}; images above {MAX_PIXELS} pixels are refused")
+            image.load()
+            image = ImageOps.exif_transpose(image)  # phones store portraits as rotated landscapes
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return to_rgb_uint8(np.asarray(image).astype(np.uint16))
+            return to_rgb_uint8(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{name} is not a readable image ({error}); give a PNG, JPEG or WebP file") from error
+
+
+def resize_image(image, resolution, max_side=2048):
+    """Scale so the shorter side is `resolution`, then round both sides to multiples of 64 (the release's rule).
+
+    Unlike the release, a very elongated picture is scaled down further so its longer side stays within
+    `max_side`, instead of asking for a gigantic canvas.
+    """
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageError(f"the image has no pixels (shape {image.shape})")
+    height, width = image.shape[:2]
+    scale = min(float(resolution) / min(height, width), float(max_side) / max(height, width))
+    new_h, new_w = (max(64, int(np.round(side * scale / 64.0)) * 64) for side in (height, width))
+    interpolation = cv2.INTER_LANCZOS4 if scale > 1 else cv2.INTER_AREA
+    return cv2.resize(image, (new_w, new_h), interpolation=interpolation)

@@ -1,0 +1,82 @@
+"""Where the detectors' weights come from: a folder the user names, else annotators/ckpts, else the model hub.
+
+The files and their names are those of the lllyasviel/Annotators repository that every ControlNet tool uses,
+so a folder of them from another install works here unchanged.
+"""
+
+import os
+from pathlib import Path
+
+CKPT_DIR = Path(__file__).resolve().parent / "ckpts"
+HUB_REPO = "lllyasviel/Annotators"
+ENV_VAR = "CONTROLNET_ANNOTATOR_CKPTS"
+
+# file -> approximate size, for the message that tells a user what to download
+FILES = {
+    "ControlNetHED.pth": "29 MB",
+    "mlsd_large_512_fp32.pth": "6 MB",
+    "body_pose_model.pth": "209 MB",
+    "hand_pose_model.pth": "147 MB",
+    "facenet.pth": "154 MB",
+    "dpt_hybrid-midas-501f0c75.pt": "492 MB",
+}
+SEG_REPO = "openmmlab/upernet-convnext-small"  # UperNet + ConvNeXt trained on ADE20K, a transformers folder
+
+
+class WeightsError(FileNotFoundError):
+    """A detector's weights are neither on disk nor downloadable; the message names the file and where it goes."""
+
+
+def search_dirs(location=None):
+    dirs = [Path(location)] if location else []
+    if os.environ.get(ENV_VAR):
+        dirs.append(Path(os.environ[ENV_VAR]))
+    return dirs + [CKPT_DIR]
+
+
+def weights_dir(filenames, location=None):
+    """The folder holding every one of `filenames`, downloading missing ones into annotators/ckpts if online."""
+    for folder in search_dirs(location):
+        if all((folder / name).is_file() for name in filenames):
+            return folder
+    if location:  # a folder named explicitly is never silently replaced by a download
+        missing = [name for name in filenames if not (Path(location) / name).is_file()]
+        raise WeightsError(f"{', '.join(missing)} not found in {location}. " + where_to_get(missing))
+    missing = [name for name in filenames if not (CKPT_DIR / name).is_file()]
+    try:
+        from huggingface_hub import hf_hub_download
+
+        for name in missing:
+            hf_hub_download(HUB_REPO, name, local_dir=CKPT_DIR)
+    except Exception as error:  # offline, hub unreachable, or the file moved: say what to do by hand
+        raise WeightsError(f"could not download {', '.join(missing)} ({type(error).__name__}). "
+                           + where_to_get(missing)) from error
+    return CKPT_DIR
+
+
+def where_to_get(filenames):
+    files = ", ".join(f"{name} (about {FILES.get(name, '?')})" for name in filenames)
+    return (f"Download {files} from https://huggingface.co/{HUB_REPO}/tree/main and put it in {CKPT_DIR}, "
+            f"or in a folder named by ${ENV_VAR}.")
+
+
+def seg_dir(location=None):
+    """A transformers UperNet folder (config.json + weights + preprocessor_config.json) for the seg detector."""
+    for folder in search_dirs(location):
+        for candidate in (folder, folder / SEG_REPO.split("/")[1]):
+            if (candidate / "config.json").is_file():
+                return candidate
+    target = CKPT_DIR / SEG_REPO.split("/")[1]
+    if location:
+        raise WeightsError(f"no UperNet folder (config.json and weights) in {location}. " + seg_help(target))
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(SEG_REPO, local_dir=target))
+    except Exception as error:
+        raise WeightsError(f"could not download {SEG_REPO} ({type(error).__name__}). " + seg_help(target)) from error
+
+
+def seg_help(target):
+    return (f"Download the folder https://huggingface.co/{SEG_REPO} (about 330 MB: config.json, "
+            f"model.safetensors, preprocessor_config.json) into {target}.")

@@ -1,0 +1,56 @@
+"""Generated images saved as PNG with their generation parameters in a text chunk, and read back."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+PARAMS_KEY = "controlnet"  # JSON of every generation parameter
+SUMMARY_KEY = "parameters"  # the one-line summary the web UIs show (prompt, then "Steps: ..., Seed: ...")
+
+
+def summary(params):
+    head = params.get("prompt", "")
+    if params.get("negative_prompt"):
+        head += f"\nNegative prompt: {params['negative_prompt']}"
+    rest = ", ".join(f"{k}: {v}" for k, v in params.items() if k not in ("prompt", "negative_prompt"))
+    return f"{head}\n{rest}"
+
+
+def save_png(image, path, params):
+    """Write `image` (HWC uint8) to `path` atomically, with `params` (JSON-able) in its text chunks."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMS_KEY, json.dumps(params))
+    info.add_text(SUMMARY_KEY, summary(params))
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+    return path
+
+
+def read_params(path):
+    """The parameters saved with a generated PNG."""
+    with Image.open(path) as image:
+        text = image.text.get(PARAMS_KEY) if hasattr(image, "text") else None
+    if text is None:
+        raise ValueError(f"{path} carries no generation parameters (no '{PARAMS_KEY}' PNG text chunk)")
+    return json.loads(text)
+
+
+def next_path(folder, stem):
+    """A new outputs/<stem>-NNNNN.png, reserved on disk so concurrent requests never write the same file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers = [re.fullmatch(rf"{re.escape(stem)}-(\d+)", p.stem) for p in folder.glob(f"{stem}-*.png")]
+    n = max((int(m[1]) for m in numbers if m), default=0) + 1
+    while True:
+        path = folder / f"{stem}-{n:05d}.png"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return path
+        except FileExistsError:
+            n += 1

@@ -1,0 +1,13 @@
+"""User-editable defaults for the apps and generate.py. Importing this file changes nothing; the apps read it.
+
+Command-line flags override these values (run any app with --help).
+"""
+
+CONFIG = "models/cldm_v15.yaml"  # the yaml for real SD checkpoints (models/cldm_v21.yaml for SD 2.1 controls)
+BASE = None  # an SD checkpoint for control-only files (ControlNet 1.1); None: models/v1-5-pruned.ckpt if present
+SAVE_MEMORY = False  # low-VRAM mode: only the running part of the model is on the GPU
+ANNOTATOR_CKPTS = None  # a folder of annotator weights; None: annotators/ckpts (downloaded there when online)
+OUTPUT_DIR = "outputs"  # every generated image is saved here with its parameters
+HOST = "127.0.0.1"  # --host 0.0.0.0 (or --share) to let other machines in
+PORT = 7860
+QUEUE_SIZE = 16  # requests waiting beyond this are refused with "queue full" instead of piling up

@@ -1,0 +1,13 @@
+import argparse
+
+import config
+from apps.annotator_app import build_annotator_demo
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Every annotator on its own tab")
+    parser.add_argument("--host", default=config.HOST)
+    parser.add_argument("--port", type=int, default=config.PORT)
+    parser.add_argument("--share", action="store_true")
+    args = parser.parse_args()
+    build_annotator_demo().queue(max_size=config.QUEUE_SIZE).launch(server_name=args.host, server_port=args.port,
+                                                                     share=args.share, show_error=True)

@@ -1,0 +1,147 @@
+"""The annotators on real photos (scikit-image's), their real weight-loading path on random weights, and odd inputs."""
+
+import io
+import json
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from annotators import ANNOTATORS, HWC3, ImageError, WeightsError, read_image, resize_image, to_rgb_uint8
+from annotators.pose import detect_mediapipe, draw, poses_from_json, poses_to_json
+
+
+def assert_map(out, short_side=None):
+    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+    assert out.shape[0] % 64 == 0 and out.shape[1] % 64 == 0
+    if short_side:
+        assert min(out.shape[:2]) == short_side
+
+
+def test_canny_is_opencv_canny_on_the_resized_photo():
+    photo = data.coffee()  # 400x600
+    out = ANNOTATORS["canny"](photo, 50, 150, detect_resolution=256)
+    assert_map(out, 256)
+    expected = cv2.Canny(resize_image(photo, 256), 50, 150)
+    assert np.array_equal(out[..., 0], expected) and 0.01 < (expected > 0).mean() < 0.5
+
+
+def test_scribble_turns_dark_strokes_white():
+    sketch = np.full((300, 200, 3), 255, np.uint8)
+    cv2.line(sketch, (20, 20), (180, 280), (0, 0, 0), 5)
+    out = ANNOTATORS["scribble"](sketch, detect_resolution=128)
+    assert_map(out, 128)
+    assert out[0, 0].tolist() == [0, 0, 0] and 0.01 < (out[..., 0] == 255).mean() < 0.2
+
+
+@pytest.mark.parametrize("name,files,params", [
+    ("hed", ["hed"], {}),
+    ("fake_scribble", ["hed"], {}),
+    ("mlsd", ["mlsd"], {"value_threshold": 0.1}),
+    ("openpose", ["openpose"], {"include_hand": True}),
+    ("depth", ["midas"], {}),
+    ("normal", ["midas"], {"background_threshold": 0.4}),
+    ("seg", ["upernet"], {}),
+])
+def test_network_annotators_load_their_files_and_map_a_photo(name, files, params, annotator_weights):
+    folder = annotator_weights(*files)
+    out = ANNOTATORS[name](data.chelsea(), detect_resolution=128, weights=str(folder), **params)
+    assert_map(out, 128)
+
+
+def test_seg_colours_come_from_the_ade20k_palette(annotator_weights):
+    from annotators.seg import palette
+
+    out = ANNOTATORS["seg"](data.rocket(), detect_resolution=128, weights=str(annotator_weights("upernet")))
+    colors = {tuple(c) for c in out.reshape(-1, 3)}
+    assert colors <= {tuple(c) for c in palette()} and len(palette()) == 150
+
+
+def test_missing_weights_name_the_file_its_size_and_where_to_put_it(tmp_path):
+    with pytest.raises(WeightsError, match=r"ControlNetHED\.pth.*about 29 MB.*huggingface\.co/lllyasviel/Annotators"):
+        ANNOTATORS["hed"](data.chelsea(), weights=str(tmp_path))
+    with pytest.raises(WeightsError, match="mediapipe"):
+        ANNOTATORS["pose"](data.astronaut(), detector="openpose", weights=str(tmp_path))
+
+
+def test_mediapipe_pose_finds_the_astronaut_in_openpose_order():
+    poses, (h, w) = detect_mediapipe(data.astronaut(), detect_resolution=256)
+    assert len(poses) == 1
+    k = poses[0].body.keypoints
+    assert len(k) == 18
+    nose, neck, right_shoulder, left_shoulder = k[0], k[1], k[2], k[5]
+    assert None not in (nose, neck, right_shoulder, left_shoulder)
+    assert neck.x == pytest.approx((right_shoulder.x + left_shoulder.x) / 2)
+    assert nose.y < neck.y  # the head is above the shoulders
+    assert right_shoulder.x < left_shoulder.x  # her right shoulder is on the image's left
+    assert 0.3 < nose.x < 0.55 and 0.1 < nose.y < 0.35  # the face in skimage's astronaut photo
+    skeleton = draw(poses, (h, w))
+    assert (skeleton.sum(axis=2) > 0).mean() > 0.005
+
+
+def test_no_person_gives_an_empty_pose_map():
+    out = ANNOTATORS["openpose_mediapipe"](data.coffee(), detect_resolution=128)
+    assert_map(out, 128)
+    assert out.max() == 0
+
+
+def test_openpose_json_round_trip_redraws_the_same_skeleton():
+    poses, size = detect_mediapipe(data.astronaut(), detect_resolution=256)
+    text = poses_to_json(poses, size)
+    frame = json.loads(text)
+    assert frame["canvas_width"] == 256 and len(frame["people"][0]["pose_keypoints_2d"]) == 54
+    again, size2 = poses_from_json(text)
+    assert size2 == size and np.array_equal(draw(again, size2), draw(poses, size))
+    with pytest.raises(ValueError, match="multiple of 3"):
+        poses_from_json(json.dumps({"canvas_width": 8, "canvas_height": 8, "people": [{"pose_keypoints_2d": [1, 2]}]}))
+
+
+@pytest.mark.parametrize("image", [
+    np.zeros((1, 1, 3), np.uint8),
+    np.full((40, 30, 4), 200, np.uint8),  # RGBA
+    np.full((40, 30), 128, np.uint8),  # grayscale
+    np.full((40, 30, 3), 40000, np.uint16),  # 16-bit
+    np.full((40, 30, 3), 0.5, np.float32),
+    np.ones((40, 30), bool),
+])
+def test_odd_images_become_rgb_maps(image):
+    out = ANNOTATORS["canny"](image, detect_resolution=64)
+    assert_map(out, 64)
+
+
+def test_pixel_conversions():
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., 3] = 0  # fully transparent -> white
+    assert HWC3(rgba).min() == 255
+    assert to_rgb_uint8(np.full((2, 2), 65535, np.uint16)).min() == 255
+    with pytest.raises(ImageError, match="NaN"):
+        to_rgb_uint8(np.full((2, 2), np.nan, np.float32))
+    with pytest.raises(ImageError, match="no image"):
+        to_rgb_uint8(None)
+
+
+def test_resize_keeps_the_release_rule_and_caps_elongated_pictures():
+    assert resize_image(np.zeros((400, 600, 3), np.uint8), 512).shape == (512, 768, 3)
+    assert resize_image(np.zeros((1, 1, 3), np.uint8), 512).shape == (512, 512, 3)
+    assert resize_image(np.zeros((8000, 8000, 3), np.uint8), 512).shape == (512, 512, 3)
+    assert resize_image(np.zeros((10, 8000, 3), np.uint8), 512).shape == (64, 2048, 3)
+
+
+def png_bytes(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_read_image_handles_16_bit_and_refuses_broken_files(tmp_path):
+    deep = np.full((8, 8), 65535, np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(deep).save(path)
+    assert read_image(str(path)).min() == 255
+    good = png_bytes(np.zeros((8, 8, 3), np.uint8))
+    assert read_image(good).shape == (8, 8, 3)
+    for broken in (good[: len(good) // 2], b"not an image at all"):
+        with pytest.raises(ImageError, match="not a readable image"):
+            read_image(broken)

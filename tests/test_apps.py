@@ -1,0 +1,169 @@
+"""Every Gradio app: its Blocks build, its generate function returns the map and images on the shipped default
+model, saved PNGs reproduce their image, missing files and bad inputs give messages, and the HTTP API works."""
+
+import importlib
+import socket
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from apps.annotator_app import build_annotator_demo
+from apps.builder import TOY_PROMPT, Runner, build_demo, friendly
+from apps.models import resolve_model
+from cldm.defaults import load_default_model
+from cldm.outputs import read_params
+from cldm.pipeline import generate
+from tests.helpers import ROOT
+
+APPS = sorted(p.stem for p in ROOT.glob("gradio_*2image*.py"))
+WEIGHTS = {"hed": ["hed"], "fake_scribble": ["hed"], "mlsd": ["mlsd"], "depth": ["midas"], "normal": ["midas"],
+           "seg": ["upernet"]}
+NOTE = "Running the shipped toy model (tests)"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_default_model()
+
+
+def task_of(app):
+    return importlib.import_module(app).task
+
+
+def values(task, image, seed=1, steps=2, resolution=64, sampler="DDIM", **changes):
+    """The UI's inputs in order: image, prompts, samples, resolutions, steps, guidance, seed, eta, strength,
+    guess mode, control start/end, control mode, sampler, then the task's annotator parameters."""
+    defaults = task.annotator_defaults()
+    extra = [changes.get(p.name, defaults[p.name] if p.value is None else p.value) for p in task.extra]
+    if task.annotator == "pose":
+        extra[0] = "mediapipe"  # offline
+    detect = 0 if task.detect_resolution is None else resolution
+    return [image, TOY_PROMPT, "", "", 1, resolution, detect, steps, 9.0, seed, 0.0, 1.0, False, 0.0, 1.0,
+            "balanced", sampler, *extra]
+
+
+def test_the_ten_apps_and_the_annotator_app_exist():
+    assert len(APPS) == 10 and (ROOT / "gradio_annotator.py").is_file()
+    assert isinstance(build_annotator_demo(), gr.Blocks)
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_app_builds_and_returns_the_map_and_images(app, toy, annotator_weights, tmp_path):
+    task = task_of(app)
+    weights = annotator_weights(*WEIGHTS.get(task.annotator, []))
+    runner = Runner(task, toy, NOTE, tmp_path, str(weights))
+    assert isinstance(build_demo(task, runner), gr.Blocks)
+    image = {"composite": drawn_circle()} if task.canvas else data.astronaut()
+    gallery, info = runner(*values(task, image))
+    assert len(gallery) == 2 and all(g.shape == (64, 64, 3) and g.dtype == np.uint8 for g in gallery)
+    assert "Seed 1" in info and len(list(tmp_path.glob("*.png"))) == 2
+
+
+def drawn_circle():
+    """What the drawing canvas gives: RGBA, black strokes on a white background."""
+    canvas = np.zeros((200, 200, 4), np.uint8)
+    yy, xx = np.mgrid[:200, :200]
+    canvas[..., 3] = 255
+    canvas[..., :3] = 255
+    ring = np.abs(np.hypot(yy - 100, xx - 100) - 60) < 3
+    canvas[ring, :3] = 0
+    return canvas
+
+
+def test_saved_png_parameters_reproduce_the_image(toy, tmp_path):
+    task = task_of("gradio_canny2image")
+    runner = Runner(task, toy, NOTE, tmp_path)
+    gallery, _ = runner(*values(task, data.astronaut(), seed=-1, steps=3, sampler="Euler a"))
+    saved = sorted(p for p in tmp_path.glob("canny-0*.png"))
+    params = read_params(saved[0])
+    hint = np.asarray(Image.open(tmp_path / params.pop("hint")).convert("RGB"))
+    assert np.array_equal(hint, gallery[0])
+    for key in ("sample", "annotator", "size"):
+        params.pop(key)
+    images, _ = generate(toy, hint, verbose=False, **params)
+    assert np.array_equal(images[0], gallery[1]) and np.array_equal(np.asarray(Image.open(saved[0])), gallery[1])
+
+
+def test_a_missing_control_file_still_runs_the_annotator(tmp_path):
+    model, note = resolve_model("control_sd15_canny.pth", control=tmp_path / "control_sd15_canny.pth")
+    assert model is None and "control_sd15_canny.pth not found" in note and "huggingface.co/lllyasviel" in note
+    task = task_of("gradio_canny2image")
+    gallery, info = Runner(task, None, note, tmp_path)(*values(task, data.coffee()))
+    assert len(gallery) == 1 and gallery[0].shape == (64, 128, 3) and info == note
+
+
+def test_default_model_without_release_files_is_the_toy(toy):
+    model, note = resolve_model("control_sd15_does_not_exist.pth")
+    assert note.startswith("Running the shipped toy model") and hasattr(model, "control_model")
+
+
+@pytest.mark.parametrize("image,message", [
+    (None, "no image"),
+    (np.zeros((0, 5, 3), np.uint8), "empty"),
+    (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
+])
+def test_bad_inputs_become_messages_not_tracebacks(image, message, toy, tmp_path):
+    task = task_of("gradio_canny2image")
+    with pytest.raises(gr.Error, match=message):
+        friendly(Runner(task, toy, NOTE, tmp_path))(*values(task, image))
+
+
+def test_empty_canvas_and_empty_prompt(toy, tmp_path):
+    task = task_of("gradio_scribble2image_interactive")
+    with pytest.raises(gr.Error, match="canvas is empty"):
+        friendly(Runner(task, toy, NOTE, tmp_path))(*values(task, {"composite": None}))
+    inputs = values(task, {"composite": drawn_circle()})
+    inputs[1] = ""
+    gallery, _ = Runner(task, toy, NOTE, tmp_path)(*inputs)
+    assert len(gallery) == 2
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_canny(toy, tmp_path_factory):
+    task = task_of("gradio_canny2image")
+    demo = build_demo(task, Runner(task, toy, NOTE, tmp_path_factory.mktemp("served")))
+    demo.queue(max_size=8, default_concurrency_limit=1)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            show_error=True)
+    yield task, url
+    demo.close()
+
+
+def test_http_api_through_gradio_client(served_canny, tmp_path):
+    from gradio_client import Client, handle_file
+
+    task, url = served_canny
+    assert url.startswith("http://127.0.0.1:")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    client = Client(url, verbose=False)
+    gallery, info = client.predict(handle_file(str(photo)), *values(task, None)[1:], api_name="/generate")
+    assert len(gallery) == 2 and "Seed 1" in info
+    assert np.asarray(Image.open(gallery[1]["image"])).shape == (64, 64, 3)
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(photo.read_bytes()[:2000])
+    with pytest.raises(Exception, match="broken.png is not a readable image"):
+        client.predict(handle_file(str(broken)), *values(task, None)[1:], api_name="/generate")
+
+
+def test_concurrent_requests_are_all_served(served_canny, tmp_path):
+    from gradio_client import Client, handle_file
+
+    task, url = served_canny
+    photo = tmp_path / "photo.png"
+    Image.fromarray(data.chelsea()).save(photo)
+    client = Client(url, verbose=False)
+    jobs = [client.submit(handle_file(str(photo)), *values(task, None, seed=s)[1:], api_name="/generate")
+            for s in (1, 2, 3)]
+    infos = [job.result(timeout=120)[1] for job in jobs]
+    assert [info.split(".")[0] for info in infos] == ["Seed 1", "Seed 2", "Seed 3"]
