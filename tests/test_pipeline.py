@@ -1,0 +1,122 @@
+"""generate(): the release's DDIM path reproduced, every sampler, control range, control modes, several controls."""
+
+import numpy as np
+import pytest
+import torch
+
+from cldm.cldm import guess_mode_scales
+from cldm.pipeline import Control, generate
+from cldm.samplers import SAMPLERS, diffusers_scheduler
+from ldm.ddim import DDIMSampler
+from tests.helpers import TINY_V15, TINY_V21, tiny_model
+
+PROMPT = "a crimson circle"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(TINY_V15)
+
+
+def hint(seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+
+def latents_of(model, *args, **kwargs):
+    """generate() up to the latents (decoding would hide small differences behind uint8 rounding)."""
+    captured = {}
+    decode = model.decode_first_stage
+    model.decode_first_stage = lambda z: captured.setdefault("z", z) * 0
+    try:
+        generate(model, *args, verbose=False, **kwargs)
+    finally:
+        model.decode_first_stage = decode
+    return captured["z"]
+
+
+def release_path(model, control_hint, seed, steps, scales, uncond_control=True, guidance=9.0):
+    """The release's gradio apps: DDIMSampler.sample on ControlLDM.apply_model with model.control_scales set."""
+    h = torch.from_numpy(control_hint).float().div(255).permute(2, 0, 1)[None]
+    cond = {"c_concat": [h], "c_crossattn": [model.get_learned_conditioning([PROMPT])]}
+    uncond = {"c_concat": [h] if uncond_control else None, "c_crossattn": [model.get_learned_conditioning([""])]}
+    gen = torch.Generator().manual_seed(seed)
+    x_T = torch.randn((1, 4, 8, 8), generator=gen)
+    previous, model.control_scales = model.control_scales, scales
+    try:
+        z, _ = DDIMSampler(model).sample(steps, 1, (4, 8, 8), cond, x_T=x_T, verbose=False, generator=gen,
+                                         unconditional_guidance_scale=guidance, unconditional_conditioning=uncond)
+    finally:
+        model.control_scales = previous
+    return z
+
+
+def close(a, b):
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))
+
+
+@torch.no_grad()
+def test_ddim_equals_the_release_path_plain_and_guess_mode(model):
+    n = model.control_model.num_outputs
+    close(latents_of(model, hint(), PROMPT, steps=4, seed=3, strength=0.7),
+          release_path(model, hint(), 3, 4, [0.7] * n))
+    close(latents_of(model, hint(), PROMPT, steps=4, seed=3, guess_mode=True),
+          release_path(model, hint(), 3, 4, guess_mode_scales(1.0, n), uncond_control=False))
+
+
+@torch.no_grad()
+def test_control_modes(model):
+    n = model.control_model.num_outputs
+    close(latents_of(model, hint(), PROMPT, steps=3, seed=1, control_mode="prompt"),
+          release_path(model, hint(), 1, 3, guess_mode_scales(1.0, n)))
+    close(latents_of(model, hint(), PROMPT, steps=3, seed=1, control_mode="control"),
+          release_path(model, hint(), 1, 3, [1.0] * n, uncond_control=False))
+    # Without guidance there is no unconditional branch, so "control" mode is plain control.
+    assert torch.equal(latents_of(model, hint(), PROMPT, steps=3, seed=1, guidance_scale=1.0, control_mode="control"),
+                       latents_of(model, hint(), PROMPT, steps=3, seed=1, guidance_scale=1.0))
+    with pytest.raises(ValueError, match="control mode"):
+        generate(model, hint(), PROMPT, steps=1, control_mode="strong")
+
+
+@torch.no_grad()
+def test_control_range_and_strength_zero(model):
+    off = latents_of(model, None, PROMPT, steps=4, seed=2, size=(64, 64))
+    assert torch.equal(latents_of(model, hint(), PROMPT, steps=4, seed=2, strength=0.0), off)
+    full = latents_of(model, hint(), PROMPT, steps=4, seed=2)
+    late = latents_of(model, hint(), PROMPT, steps=4, seed=2, control_start=0.5)
+    early = latents_of(model, hint(), PROMPT, steps=4, seed=2, control_end=0.25)
+    for a, b in ((full, late), (full, early), (late, off), (early, off), (late, early)):
+        assert (a - b).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="start <= end"):
+        generate(model, hint(), PROMPT, steps=1, control_start=0.8, control_end=0.2)
+
+
+@torch.no_grad()
+def test_several_controls_add_up(model):
+    one = latents_of(model, hint(), PROMPT, steps=3, seed=4)
+    halves = latents_of(model, None, PROMPT, steps=3, seed=4, controls=[Control(hint(), 0.5), Control(hint(), 0.5)])
+    close(halves, one)
+    other = latents_of(model, hint(), PROMPT, steps=3, seed=4, controls=[Control(hint(1), 1.0, end=0.5)])
+    assert (other - one).abs().max() > 1e-4
+    second_net = tiny_model(TINY_V15, seed=7).control_model
+    mixed = latents_of(model, hint(), PROMPT, steps=3, seed=4, controls=[Control(hint(), 1.0, net=second_net)])
+    assert (mixed - one).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="same size"):
+        generate(model, hint(), PROMPT, steps=1, controls=[Control(np.zeros((128, 64, 3), np.uint8))])
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("config", [TINY_V15, TINY_V21], ids=["eps", "v"])
+@torch.no_grad()
+def test_every_sampler_runs_reproducibly(sampler, config):
+    model = tiny_model(config)
+    a, seed = generate(model, hint(), PROMPT, steps=3, seed=-1, sampler=sampler, eta=0.5, verbose=False)
+    b, _ = generate(model, hint(), PROMPT, steps=3, seed=seed, sampler=sampler, eta=0.5, verbose=False)
+    assert np.array_equal(a[0], b[0]) and a[0].shape == (64, 64, 3)
+
+
+def test_diffusers_schedulers_use_the_models_noise_schedule(model):
+    for name in SAMPLERS[1:]:
+        scheduler = diffusers_scheduler(model, name)
+        torch.testing.assert_close(scheduler.alphas_cumprod.double(), model.alphas_cumprod.double(), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        generate(model, hint(), PROMPT, steps=1, sampler="Heun")
