@@ -5,7 +5,7 @@ import inspect
 import gradio as gr
 
 from annotators import ANNOTATORS, ImageError, WeightsError
-from apps.builder import UploadedImage
+from apps.builder import uploaded_image
 
 
 def parameter_component(name, default):
@@ -36,7 +36,7 @@ def build_annotator_demo():
             with gr.Tab(key):
                 with gr.Row():
                     with gr.Column():
-                        image = UploadedImage(label="Input image")
+                        image = uploaded_image(label="Input image")
                         fields = [parameter_component(name, p.default) for name, p in parameters]
                         run = gr.Button("Run", variant="primary")
                     output = gr.Image(label=f"{key} map")

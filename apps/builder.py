@@ -125,22 +125,25 @@ class Runner:
         return [detected, *images], f"Seed {used_seed}. Saved {', '.join(saved)} and {map_path.name} in {self.output_dir}/."
 
 
-class UploadedImage(gr.Image):
-    """An upload decoded by annotators.read_image (16-bit, RGBA, grayscale, EXIF rotation understood); a file
-    that is no image is refused with a message instead of a traceback."""
+def uploaded_image(**kwargs):
+    """A gr.Image whose uploads are decoded by annotators.read_image (16-bit, RGBA, grayscale and EXIF rotation
+    understood); a file that is no image is refused with a message instead of a traceback. (A subclass would
+    need its own frontend; replacing the instance's preprocess keeps gr.Image's.)"""
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)
+    to_path = image.preprocess
 
-    def __init__(self, **kwargs):
-        super().__init__(type="filepath", image_mode=None, **kwargs)
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         if payload is None:
             return None
         try:
-            return read_image(super().preprocess(payload))
+            return read_image(to_path(payload))
         except ImageError as error:
             raise gr.Error(str(error)) from error
         except Exception as error:  # PIL cannot even identify it
             raise gr.Error(f"the upload is not a readable image ({error}); give a PNG, JPEG or WebP file") from error
+
+    image.preprocess = preprocess
+    return image
 
 
 def drawing(editor_value):
@@ -182,7 +185,7 @@ def build_demo(task, runner):
                                            type="numpy", label="Draw (black on white)", canvas_size=(512, 512),
                                            brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"))
                 else:
-                    image = UploadedImage(label="Input image", sources=["upload", "clipboard"])
+                    image = uploaded_image(label="Input image", sources=["upload", "clipboard"])
                 prompt = gr.Textbox(label="Prompt", value=TOY_PROMPT if toy else task.prompt)
                 run = gr.Button("Run", variant="primary")
                 with gr.Accordion("Advanced options", open=False):

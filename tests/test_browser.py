@@ -1,0 +1,88 @@
+"""A real browser (Debian's chromium, driven by Playwright) uploads a photo to the canny app, clicks Run and sees
+the detected map and the generated image. The screenshot is kept in outputs/test_artifacts/."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from apps.builder import Runner, build_demo
+from tests.helpers import ROOT
+from tests.test_apps import NOTE, free_port, task_of
+
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = ROOT / "outputs/test_artifacts"
+
+
+@pytest.fixture
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine: install Debian's (apt-get install chromium; .ci/run does) "
+                    "or set $CHROMIUM to a Chromium/Chrome executable")
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (in the test extra)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield browser
+        browser.close()
+
+
+def test_upload_run_and_see_the_images(browser, tmp_path):
+    from cldm.defaults import load_default_model
+
+    task = task_of("gradio_canny2image")
+    demo = build_demo(task, Runner(task, load_default_model(), NOTE, tmp_path / "outputs"))
+    demo.queue(max_size=4)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        photo = tmp_path / "photo.png"
+        Image.fromarray(data.astronaut()).resize((128, 128)).save(photo)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        page.locator("input[type=file]").first.set_input_files(str(photo))
+        page.get_by_role("button", name="Run").click()
+        gallery = page.locator(".gallery-container img, .grid-wrap img")
+        gallery.nth(1).wait_for(timeout=120_000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser_canny.png"), full_page=True)
+        assert gallery.count() == 2
+        assert page.get_by_text("Seed").count() >= 1 and len(list((tmp_path / "outputs").glob("canny-0*.png"))) == 1
+    finally:
+        demo.close()
+
+
+def test_draw_on_the_canvas_and_run(browser, tmp_path):
+    from cldm.defaults import load_default_model
+
+    task = task_of("gradio_scribble2image_interactive")
+    demo = build_demo(task, Runner(task, load_default_model(), NOTE, tmp_path / "outputs"))
+    demo.queue(max_size=4)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        canvas = page.locator("canvas").first
+        canvas.wait_for(timeout=30_000)
+        brush = page.get_by_role("button", name="Brush")
+        if brush.count():
+            brush.first.click()
+        box = canvas.bounding_box()
+        cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, min(box["width"], box["height"]) / 4
+        page.mouse.move(cx + r, cy)
+        page.mouse.down()
+        for i in range(1, 61):  # a circle, the shape the default model knows
+            page.mouse.move(cx + r * np.cos(2 * np.pi * i / 60), cy + r * np.sin(2 * np.pi * i / 60))
+        page.mouse.up()
+        page.get_by_role("button", name="Run").click()
+        gallery = page.locator(".gallery-container img, .grid-wrap img")
+        gallery.nth(1).wait_for(timeout=120_000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser_scribble_canvas.png"), full_page=True)
+        hint = sorted((tmp_path / "outputs").glob("scribble_interactive-map-*.png"))
+        assert len(hint) == 1
+        stroke = (np.asarray(Image.open(hint[0]))[..., 0] > 127).mean()
+        assert 0.002 < stroke < 0.3  # the drawn circle, white on black
+    finally:
+        demo.close()
