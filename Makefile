@@ -1,9 +1,11 @@
 # `make demo` and `make test` set everything up on a fresh machine (Python 3.10+ with venv).
+# `make demo` serves the canny app on http://127.0.0.1:7860 (the shipped default model unless
+# models/control_sd15_canny.pth is there); `make sample` writes one image to outputs/demo.png instead.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo sample test bench install clean
 
 install: $(STAMP)
 
@@ -15,6 +17,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(PY) gradio_canny2image.py
+
+sample: $(STAMP)
 	$(PY) generate.py --prompt "a crimson circle on a light sky blue background" --resolution 128 --out outputs/demo.png
 
 test: $(STAMP)

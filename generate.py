@@ -1,22 +1,42 @@
-"""Generate images from a condition image and a prompt on the command line.
+"""Generate images from a condition and a prompt on the command line: the apps' generation, scriptable.
 
-    python generate.py --prompt "a house" --hint edges.png --config models/cldm_v15.yaml \
-        --ckpt models/v1-5-pruned.ckpt models/control_sd15_canny.pth --out outputs/house.png
+    # a photo through an annotator, on real SD weights
+    python generate.py --prompt "a house" --image house.jpg --annotator canny \
+        --ckpt models/control_sd15_canny.pth --out outputs/house.png
+    # every picture of a folder, two samples each
+    python generate.py --prompt "a house" --input-dir photos/ --annotator hed --samples 2 --out-dir outputs/houses
+    # a ready-made condition map, a second ControlNet with its own map and scale, another sampler
+    python generate.py --prompt "a dancer" --hint pose.png --extra-control control_depth.safetensors depth.png 0.6 \
+        --sampler "DPM++ 2M Karras"
+    # the same image again, from the parameters saved in a result
+    python generate.py --reproduce outputs/house-00001.png
 
-With no checkpoint given, the project's shipped default model (a small SD trained on generated shapes,
-with a shape-outline ControlNet) is used, so the whole path runs offline.
+With no checkpoint, the project's shipped default model (a small SD trained on generated shapes, with a
+shape-outline ControlNet) is used, so everything runs offline. Every result is saved as PNG with its
+generation parameters (and its condition map beside it).
 """
 
 import argparse
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
-from PIL import Image
+from tqdm.auto import tqdm
 
+from annotators import ANNOTATORS, read_image, resize_image
 from cldm.defaults import load_default_model
-from cldm.model import create_model, load_checkpoint
-from cldm.pipeline import generate
+from cldm.lowvram import low_vram
+from cldm.model import create_model, load_checkpoint, load_control_net
+from cldm.outputs import read_params, save_png
+from cldm.pipeline import CONTROL_MODES, Control, generate
+from cldm.samplers import SAMPLERS
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+SETTINGS = ("prompt", "added_prompt", "negative_prompt", "num_samples", "steps", "guidance_scale", "strength",
+            "guess_mode", "eta", "sampler", "control_start", "control_end", "control_mode")
 
 
 def circle_outline(size=128):
@@ -27,48 +47,106 @@ def circle_outline(size=128):
     return np.repeat(ring[..., None], 3, axis=2)
 
 
-def read_hint(path, size):
-    image = Image.open(path).convert("RGB")
-    w, h = image.size
-    scale = size / min(w, h)
-    w, h = (int(round(w * scale / 64)) * 64 or 64, int(round(h * scale / 64)) * 64 or 64)
-    return np.asarray(image.resize((w, h), Image.LANCZOS))
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompt", default="a crimson circle on a light sky blue background")
+    p.add_argument("--added-prompt", default="")
+    p.add_argument("--negative-prompt", default="")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--hint", help="a condition map (edges, pose, ...) used as it is")
+    source.add_argument("--image", help="a picture turned into a condition map by --annotator")
+    source.add_argument("--input-dir", help="every picture in this folder, through --annotator (or as maps)")
+    source.add_argument("--reproduce", help="a PNG saved by this project: generate it again from its parameters")
+    p.add_argument("--annotator", choices=sorted(ANNOTATORS), help="detector for --image / --input-dir")
+    p.add_argument("--detect-resolution", type=int, default=512)
+    p.add_argument("--config", default="models/cldm_v15.yaml", help="model yaml, used with --ckpt")
+    p.add_argument("--ckpt", nargs="*", default=[], help="checkpoints to load in order (base, then control)")
+    p.add_argument("--extra-control", nargs=3, action="append", default=[], metavar=("CKPT", "HINT", "SCALE"),
+                   help="another ControlNet with its own condition map and scale (repeatable)")
+    p.add_argument("--resolution", type=int, default=128, help="shorter side, rounded to a multiple of 64")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=9.0)
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--guess-mode", action="store_true")
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--sampler", choices=SAMPLERS, default="DDIM")
+    p.add_argument("--control-start", type=float, default=0.0)
+    p.add_argument("--control-end", type=float, default=1.0)
+    p.add_argument("--control-mode", choices=CONTROL_MODES, default="balanced")
+    p.add_argument("--seed", type=int, default=-1)
+    p.add_argument("--samples", type=int, default=1)
+    p.add_argument("--low-vram", action="store_true", help="keep only the running part of the model on the GPU")
+    p.add_argument("--out", default="outputs/sample.png", help="output file; the condition map goes beside it")
+    p.add_argument("--out-dir", default="outputs", help="output folder for --input-dir")
+    return p.parse_args(argv)
+
+
+def condition(args, picture):
+    """A picture -> the condition map at the generation size (through the annotator, if one is named)."""
+    target = resize_image(picture, args.resolution)
+    if args.annotator:
+        picture = ANNOTATORS[args.annotator](picture, detect_resolution=args.detect_resolution)
+    return resize_image(picture, args.resolution) if picture.shape != target.shape else picture
+
+
+def load_model(args, device):
+    if not args.ckpt:
+        return load_default_model(device)
+    model = create_model(args.config).eval()
+    load_checkpoint(model, *args.ckpt)
+    return model.to(device)
+
+
+def settings_of(args):
+    return dict(prompt=args.prompt, added_prompt=args.added_prompt, negative_prompt=args.negative_prompt,
+                num_samples=args.samples, steps=args.steps, guidance_scale=args.guidance, strength=args.strength,
+                guess_mode=args.guess_mode, eta=args.eta, sampler=args.sampler, control_start=args.control_start,
+                control_end=args.control_end, control_mode=args.control_mode)
+
+
+def run(model, hint, settings, seed, extra, out, device, low_vram_mode):
+    """Generate, then save the map as <out>-map.png and the images as <out> (<out>_<i> for several)."""
+    out = Path(out)
+    size = (hint.shape[1], hint.shape[0])
+    extra = [replace(c, hint=cv2.resize(c.hint, size, interpolation=cv2.INTER_LINEAR)) for c in extra]
+    with low_vram(model, device) if low_vram_mode else nullcontext():
+        images, seed = generate(model, hint, seed=seed, controls=extra, **settings)
+    map_path = save_png(hint, out.with_name(f"{out.stem}-map.png"), {})
+    for i, image in enumerate(images):
+        path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+        record = {**settings, "seed": seed, "sample": i, "hint": map_path.name}
+        print(f"wrote {save_png(image, path, record)} (seed {seed})")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--negative-prompt", default="")
-    parser.add_argument("--hint", help="condition image (already an edge/pose/... map); default: a circle outline")
-    parser.add_argument("--config", default="models/cldm_v15.yaml", help="model yaml, used with --ckpt")
-    parser.add_argument("--ckpt", nargs="*", default=[], help="checkpoints to load in order (base, then control)")
-    parser.add_argument("--resolution", type=int, default=128, help="shorter side, rounded to a multiple of 64")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=9.0)
-    parser.add_argument("--strength", type=float, default=1.0)
-    parser.add_argument("--guess-mode", action="store_true")
-    parser.add_argument("--seed", type=int, default=-1)
-    parser.add_argument("--samples", type=int, default=1)
-    parser.add_argument("--out", default="outputs/sample.png")
-    args = parser.parse_args(argv)
-
-    if args.ckpt:
-        model = create_model(args.config).eval()
-        load_checkpoint(model, *args.ckpt)
-    else:
-        model = load_default_model()
+    args = parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    hint = read_hint(args.hint, args.resolution) if args.hint else circle_outline(args.resolution)
-    images, seed = generate(model, hint, args.prompt, negative_prompt=args.negative_prompt, num_samples=args.samples,
-                            steps=args.steps, guidance_scale=args.guidance, strength=args.strength,
-                            guess_mode=args.guess_mode, seed=args.seed)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(images):
-        path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
-        Image.fromarray(image).save(path)
-        print(f"wrote {path} (seed {seed})")
+    model = load_model(args, "cpu" if args.low_vram else device)
+    settings, seed = settings_of(args), args.seed
+    if args.reproduce:
+        saved = read_params(args.reproduce)
+        settings = {k: saved[k] for k in SETTINGS if k in saved}
+        seed = saved["seed"]
+        hint = read_image(str(Path(args.reproduce).parent / saved["hint"]))
+        run(model, hint, settings, seed, [], args.out, device, args.low_vram)
+        return
+    extra = [Control(read_image(h), float(scale), net=load_control_net(model, ckpt).to(model.betas.device))
+             for ckpt, h, scale in args.extra_control]
+    if args.input_dir:
+        files = sorted(p for p in Path(args.input_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise SystemExit(f"no pictures ({', '.join(sorted(IMAGE_SUFFIXES))}) in {args.input_dir}")
+        for path in tqdm(files, desc="pictures"):
+            hint = condition(args, read_image(str(path)))
+            run(model, hint, settings, seed, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram)
+        return
+    if args.hint:
+        hint = resize_image(read_image(args.hint), args.resolution)
+    elif args.image:
+        hint = condition(args, read_image(args.image))
+    else:
+        hint = circle_outline(args.resolution)
+    run(model, hint, settings, seed, extra, args.out, device, args.low_vram)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,18 @@ annotator's sliders; everything else (the familiar controls, saving, errors, lau
 import argparse
 import inspect
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import cv2
 import gradio as gr
 import numpy as np
+import torch
 
 import config
 from annotators import ANNOTATORS, ImageError, WeightsError, read_image, resize_image, to_rgb_uint8
 from apps.models import resolve_model
+from cldm.lowvram import low_vram
 from cldm.outputs import next_path, save_png
 from cldm.pipeline import CONTROL_MODES, generate
 from cldm.samplers import SAMPLERS
@@ -88,9 +91,10 @@ class Task:
 class Runner:
     """The model behind an app, turning the UI's values into a detected map and images saved with parameters."""
 
-    def __init__(self, task, model, note, output_dir=config.OUTPUT_DIR, annotator_weights=None):
+    def __init__(self, task, model, note, output_dir=config.OUTPUT_DIR, annotator_weights=None, low_vram_device=None):
         self.task, self.model, self.note = task, model, note
         self.output_dir, self.annotator_weights = output_dir, annotator_weights
+        self.low_vram_device = low_vram_device  # keep the model in CPU memory, run it part by part there
 
     def detect(self, image, image_resolution, detect_resolution=None, **params):
         """The condition map at the generation size: image resolution's grid, sides multiples of 64."""
@@ -115,7 +119,8 @@ class Runner:
                         strength=float(strength), guess_mode=bool(guess_mode), eta=float(eta),
                         sampler=sampler, control_start=float(control_start), control_end=float(control_end),
                         control_mode=control_mode)
-        images, used_seed = generate(self.model, detected, seed=int(seed), **settings)
+        with low_vram(self.model, self.low_vram_device) if self.low_vram_device else nullcontext():
+            images, used_seed = generate(self.model, detected, seed=int(seed), **settings)
         map_path = save_png(detected, next_path(self.output_dir, f"{self.task.name}-map"), {"annotator": params})
         saved = []
         for i, image in enumerate(images):
@@ -229,12 +234,15 @@ def parse_args(task, argv=None):
     p.add_argument("--port", type=int, default=config.PORT)
     p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     p.add_argument("--queue-size", type=int, default=config.QUEUE_SIZE, help="requests allowed to wait")
+    p.add_argument("--low-vram", action="store_true", default=config.SAVE_MEMORY,
+                   help="keep only the running part of the model on the GPU (small GPUs)")
     return p.parse_args(argv)
 
 
 def make_runner(task, args):
-    model, note = resolve_model(task.control, args.control, args.base, args.config)
-    return Runner(task, model, note, args.output_dir, args.annotator_ckpts)
+    offload = args.low_vram and torch.cuda.is_available()
+    model, note = resolve_model(task.control, args.control, args.base, args.config, "cpu" if offload else None)
+    return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None)
 
 
 def launch(task, argv=None):

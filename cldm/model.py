@@ -118,3 +118,21 @@ def load_checkpoint(model, *sources, strict=True):
         raise CheckpointError(f"{len(missing)} model weights are not in the checkpoint{hint}: {summarize_keys(missing)}")
     model.load_state_dict({k: v for k, v in merged.items() if k in model_state}, strict=False)
     return missing
+
+
+def load_control_net(model, source):
+    """A second ControlNet, shaped like `model`'s own, with the control weights of `source` (any layout above)."""
+    import copy
+
+    state = {k[len(CONTROL_PREFIX):]: v for k, v in normalize_keys(read_any(source)).items() if k.startswith(CONTROL_PREFIX)}
+    if not state:
+        raise CheckpointError(f"{source} holds no ControlNet weights (no {CONTROL_PREFIX}* keys)")
+    net = copy.deepcopy(model.control_model)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shapes differ
+        raise CheckpointError(f"{source} does not fit this model's ControlNet: {error}") from error
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not fit this model's ControlNet: missing {summarize_keys(missing)}, "
+                              f"unexpected {summarize_keys(unexpected)}; is it for another SD family?")
+    return net.eval()

@@ -120,3 +120,17 @@ def test_diffusers_schedulers_use_the_models_noise_schedule(model):
         torch.testing.assert_close(scheduler.alphas_cumprod.double(), model.alphas_cumprod.double(), rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match="unknown sampler"):
         generate(model, hint(), PROMPT, steps=1, sampler="Heun")
+
+
+@torch.no_grad()
+def test_low_vram_runs_part_by_part_and_changes_nothing(model):
+    from cldm.lowvram import low_vram
+
+    plain, _ = generate(model, hint(), PROMPT, steps=2, seed=5, verbose=False)
+    trace = []
+    with low_vram(model, "cpu", trace):
+        offloaded, _ = generate(model, hint(), PROMPT, steps=2, seed=5, verbose=False)
+    assert np.array_equal(plain[0], offloaded[0])
+    # per step the control runs, then the UNet; text first, the VAE decoder last
+    assert trace == ["text encoder", "control", "unet", "control", "unet", "vae decoder"]
+    assert all(not m._forward_pre_hooks for m in model.modules())
