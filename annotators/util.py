@@ -58,7 +58,8 @@ def read_image(source):
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             if image.width * image.height > MAX_PIXELS:
-                raise ImageError(f"{name} is {image.width}x{image.height}; images above {MAX_PIXELS} pixels are refused")
+                raise ImageError(f"{name} is {image.width}x{image.height}; "
+                                 f"images above {MAX_PIXELS} pixels are refused")
             image.load()
             image = ImageOps.exif_transpose(image)  # phones store portraits as rotated landscapes
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):

@@ -127,7 +127,8 @@ class Runner:
             record = {**settings, "seed": used_seed, "sample": i, "hint": map_path.name, "annotator": params,
                       "size": list(detected.shape[:2])}
             saved.append(save_png(image, next_path(self.output_dir, self.task.name), record).name)
-        return [detected, *images], f"Seed {used_seed}. Saved {', '.join(saved)} and {map_path.name} in {self.output_dir}/."
+        info = f"Seed {used_seed}. Saved {', '.join(saved)} and {map_path.name} in {self.output_dir}/."
+        return [detected, *images], info
 
 
 def uploaded_image(**kwargs):
@@ -197,9 +198,10 @@ def build_demo(task, runner):
                     num_samples = gr.Slider(label="Images", minimum=1, maximum=12, value=1, step=1)
                     image_resolution = gr.Slider(label="Image Resolution", minimum=64, maximum=1024,
                                                  value=defaults["image_resolution"], step=64)
-                    detect_resolution = gr.Slider(label="Detect Resolution", minimum=0 if task.detect_resolution is None else 64,
+                    detects = task.detect_resolution is not None  # else the annotator runs at image resolution
+                    detect_resolution = gr.Slider(label="Detect Resolution", minimum=64 if detects else 0,
                                                   maximum=1024, value=task.detect_resolution or 0, step=64,
-                                                  visible=task.detect_resolution is not None)
+                                                  visible=detects)
                     strength = gr.Slider(label="Control Strength", minimum=0.0, maximum=2.0, value=1.0, step=0.01)
                     guess_mode = gr.Checkbox(label="Guess Mode", value=False)
                     control_start = gr.Slider(label="Control Start", minimum=0.0, maximum=1.0, value=0.0, step=0.01)
@@ -225,8 +227,10 @@ def build_demo(task, runner):
 
 def parse_args(task, argv=None):
     p = argparse.ArgumentParser(description=task.title)
-    p.add_argument("--control", help=f"control checkpoint (default: models/{task.control} if present, else the toy model)")
-    p.add_argument("--base", default=config.BASE, help="SD checkpoint for control-only files (default: models/v1-5-pruned.ckpt)")
+    p.add_argument("--control", help=f"control checkpoint (default: models/{task.control} if present, "
+                                     "else the shipped toy model)")
+    p.add_argument("--base", default=config.BASE,
+                   help="SD checkpoint for control-only files (default: models/v1-5-pruned.ckpt)")
     p.add_argument("--config", default=config.CONFIG, help="model yaml for real checkpoints")
     p.add_argument("--annotator-ckpts", default=config.ANNOTATOR_CKPTS, help="folder of annotator weights")
     p.add_argument("--output-dir", default=config.OUTPUT_DIR)

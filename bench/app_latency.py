@@ -90,8 +90,9 @@ def main():
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
 
-    import gradio_canny2image as app
     from gradio_client import Client, handle_file
+
+    import gradio_canny2image as app
 
     model = load_default_model()
     picture = photo()

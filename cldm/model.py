@@ -51,7 +51,7 @@ def read_any(source):
         return source
     path = Path(source)
     if path.is_dir():
-        from cldm.diffusers_interop import read_diffusers_controlnet  # diffusers is slow to import; only folders need it
+        from cldm.diffusers_interop import read_diffusers_controlnet  # slow to import; only folders need it
 
         return {CONTROL_PREFIX + k: v for k, v in read_diffusers_controlnet(path).items()}
     state = read_state_dict(path)
@@ -124,7 +124,8 @@ def load_control_net(model, source):
     """A second ControlNet, shaped like `model`'s own, with the control weights of `source` (any layout above)."""
     import copy
 
-    state = {k[len(CONTROL_PREFIX):]: v for k, v in normalize_keys(read_any(source)).items() if k.startswith(CONTROL_PREFIX)}
+    state = normalize_keys(read_any(source))
+    state = {k[len(CONTROL_PREFIX):]: v for k, v in state.items() if k.startswith(CONTROL_PREFIX)}
     if not state:
         raise CheckpointError(f"{source} holds no ControlNet weights (no {CONTROL_PREFIX}* keys)")
     net = copy.deepcopy(model.control_model)

@@ -71,7 +71,8 @@ class GuidedDenoiser:
                 continue
             net = control.net or self.model.control_model
             soft = self.guess_mode or control.mode == "prompt"
-            scales = guess_mode_scales(control.strength, net.num_outputs) if soft else [control.strength] * net.num_outputs
+            blocks = net.num_outputs
+            scales = guess_mode_scales(control.strength, blocks) if soft else [control.strength] * blocks
             cond_only = self.guided and (self.guess_mode or control.mode == "control")
             if cond_only:
                 n = x.shape[0] // 2
@@ -80,7 +81,7 @@ class GuidedDenoiser:
             else:
                 outputs = net(x, torch.cat([hint] * (x.shape[0] // hint.shape[0])), t, self.context)
             outputs = [o * s for o, s in zip(outputs, scales)]
-            if getattr(self.model, "global_average_pooling", False):  # ControlNet 1.1 shuffle: only global statistics pass
+            if getattr(self.model, "global_average_pooling", False):  # ControlNet 1.1 shuffle: global statistics
                 outputs = [o.mean(dim=(2, 3), keepdim=True) for o in outputs]
             total = outputs if total is None else [a + b for a, b in zip(total, outputs)]
         return total
