@@ -4,7 +4,8 @@
         --data training/fill50k --batch-size 4 --out runs/fill50k
 
 The dataset is the release's layout: `prompt.json` (one {"source", "target", "prompt"} object per line),
-`source/` (hints) and `target/` (images). `--resume` takes initial weights (from tool_add_control.py) or a
+`source/` (hints) and `target/` (images); or, with `--annotator canny` (any annotator), a folder of plain
+pictures with optional captions beside them (photo.jpg + photo.txt), made into pairs as they are read. `--resume` takes initial weights (from tool_add_control.py) or a
 `step-*.ckpt` written by this script, which continues exactly where it stopped.
 """
 
@@ -19,7 +20,7 @@ from cldm.model import create_model, load_checkpoint
 from ldm.unet import set_gradient_checkpointing
 from training.cache import CachedPairs, build_cache
 from training.callbacks import AtomicCheckpoint, ImageLogger
-from training.data import PairDataset
+from training.data import AnnotatedFolder, PairDataset, as_hint, read_rgb
 from training.module import STAGES, Trainee
 from training.sampler import ResumableSampler
 
@@ -27,7 +28,11 @@ from training.sampler import ResumableSampler
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="models/cldm_v15.yaml")
-    p.add_argument("--data", required=True, help="dataset folder with prompt.json, source/, target/")
+    p.add_argument("--data", required=True, help="dataset folder with prompt.json, source/, target/ "
+                                                  "(or, with --annotator, a folder of plain pictures)")
+    p.add_argument("--annotator", help="make pairs from plain pictures (captions from photo.txt beside photo.jpg) "
+                                       "with this annotator, e.g. canny, hed")
+    p.add_argument("--resolution", type=int, default=512, help="square crop size for --annotator folders")
     p.add_argument("--resume", nargs="*", default=[], help="initial weights (one or more files), or a step-*.ckpt")
     p.add_argument("--out", default="runs/train", help="folder for checkpoints and image logs")
     p.add_argument("--stage", choices=STAGES, default="control", help="what to train (default: the ControlNet)")
@@ -48,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=10, help="write the loss to the CSV log every N steps")
     p.add_argument("--log-images-every", type=int, default=0, help="0: no image logging")
     p.add_argument("--log-images", type=int, default=4, help="how many dataset items the image grid shows")
+    p.add_argument("--validation-prompt", action="append", default=[],
+                   help="log this prompt instead of dataset items (repeatable; pair each with --validation-hint)")
+    p.add_argument("--validation-hint", action="append", default=[], help="the condition image of a validation prompt")
     p.add_argument("--devices", default="auto")
     p.add_argument("--strategy", default="auto", help="e.g. ddp, fsdp, deepspeed_stage_2")
     p.add_argument("--accelerator", default="auto")
@@ -72,6 +80,21 @@ def build(args):
     return Trainee(model, args.stage, args.learning_rate, args.prompt_dropout, args.seed)
 
 
+def validation_items(args):
+    """Logged samples from --validation-prompt / --validation-hint pairs (none given: an empty list)."""
+    if len(args.validation_prompt) != len(args.validation_hint):
+        raise SystemExit(f"{len(args.validation_prompt)} --validation-prompt but {len(args.validation_hint)} "
+                         "--validation-hint: give one hint per prompt")
+    items = []
+    for prompt, path in zip(args.validation_prompt, args.validation_hint):
+        hint = read_rgb(path)
+        if hint.shape[0] % 64 or hint.shape[1] % 64:
+            raise SystemExit(f"{path} is {hint.shape[1]}x{hint.shape[0]}; validation hints need sides that are "
+                             "multiples of 64")
+        items.append({"txt": prompt, "hint": as_hint(hint)})
+    return items
+
+
 class DataModule(pl.LightningDataModule):
     """Builds the loader when training starts, after a resumed checkpoint has restored the step count."""
 
@@ -91,11 +114,11 @@ def main(argv=None):
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True)
     out = Path(args.out)
-    dataset = PairDataset(args.data)
+    dataset = AnnotatedFolder(args.data, args.annotator, args.resolution) if args.annotator else PairDataset(args.data)
     trainee = build(args)
     callbacks = [AtomicCheckpoint(out / "checkpoints", args.ckpt_every)]
     if args.log_images_every:
-        items = [dataset[i] for i in range(min(args.log_images, len(dataset)))]
+        items = validation_items(args) or [dataset[i] for i in range(min(args.log_images, len(dataset)))]
         callbacks.append(ImageLogger(out / "images", args.log_images_every, items, seed=args.seed))
     if args.cache:
         if args.stage in ("vae", "decoder"):

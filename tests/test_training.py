@@ -13,7 +13,7 @@ from PIL import Image
 import train
 from ldm.checkpoint import save_safetensors
 from tests.helpers import ROOT, TINY_V15, tiny_model
-from training.data import DataError, PairDataset
+from training.data import AnnotatedFolder, DataError, PairDataset
 from training.shapes import make_sample, write_dataset
 
 
@@ -146,3 +146,28 @@ def test_bad_datasets_name_the_file(tmp_path):
     (root / "prompt.json").write_text('{"source": "source/000000.png"}\n')
     with pytest.raises(DataError, match=r"line 1 lacks \['target', 'prompt'\]"):
         PairDataset(root)
+
+
+def test_plain_pictures_through_an_annotator_with_validation_prompts(initial_weights, tmp_path):
+    from skimage import data as photos
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for name, picture in (("cat", photos.chelsea()), ("coffee", photos.coffee()), ("rocket", photos.rocket())):
+        Image.fromarray(picture).save(folder / f"{name}.jpg")
+    (folder / "cat.txt").write_text("a cat\n")
+    dataset = AnnotatedFolder(folder, "canny", 64)
+    item = dataset[0]
+    assert item["txt"] == "a cat" and dataset[1]["txt"] == ""
+    assert item["jpg"].shape == item["hint"].shape == (64, 64, 3) and set(np.unique(item["hint"])) <= {0.0, 1.0}
+    hint = tmp_path / "outline.png"
+    Image.fromarray(make_sample(0, 0, 64)[0]).save(hint)
+    for cached in ((), ("--cache",)):
+        out = tmp_path / f"run{len(cached)}"
+        train.main(["--config", str(TINY_V15), "--data", str(folder), "--annotator", "canny", "--resolution", "64",
+                    "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--resume", str(initial_weights),
+                    "--log-images-every", "1", "--validation-prompt", "a circle", "--validation-hint", str(hint),
+                    *cached])
+        grid = np.asarray(Image.open(out / "images/step-000001.png"))
+        assert grid.shape == (64, 128, 3)  # one validation row: hint | sample
+        assert (out / "checkpoints/step-000002.ckpt").is_file()

@@ -72,3 +72,71 @@ class PairDataset(Dataset):
             "txt": item["prompt"],
             "hint": as_hint(source),
         }
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def square(picture, size):
+    """The largest centred square of the picture, resized to size x size."""
+    import cv2
+
+    h, w = picture.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = picture[top:top + side, left:left + side]
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LANCZOS4)
+
+
+class AnnotatedFolder(Dataset):
+    """A folder of plain pictures made into training pairs by an annotator (annotators.ANNOTATORS).
+
+    Each picture is centre-cropped to a square of `size`; its hint is the annotator's map of that square,
+    and its prompt the text of a sidecar file with the same stem (photo.jpg + photo.txt), else empty.
+    Items are those of PairDataset.
+    """
+
+    def __init__(self, root, annotator, size=512, **annotator_params):
+        from annotators import ANNOTATORS
+
+        if annotator not in ANNOTATORS:
+            raise DataError(f"unknown annotator {annotator!r}; choose one of {sorted(ANNOTATORS)}")
+        self.root, self.size, self.params = Path(root), size, annotator_params
+        self.annotate = ANNOTATORS[annotator]
+        if not self.root.is_dir():
+            raise DataError(f"{self.root} is not a folder of pictures")
+        self.paths = sorted(p for p in self.root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise DataError(f"{self.root} holds no pictures ({', '.join(IMAGE_SUFFIXES)})")
+        # the listing PairDataset has, which the latent cache fingerprints and reads prompts from
+        self.items = [{"source": f"{annotator}:{p.name}", "target": p.name, "prompt": caption(p)} for p in self.paths]
+
+    def __len__(self):
+        return len(self.paths)
+
+    def target(self, i):
+        from annotators import ImageError, read_image
+
+        try:
+            return square(read_image(str(self.paths[i])), self.size)
+        except ImageError as e:
+            raise DataError(f"{self.paths[i]}: {e}; replace or remove it") from None
+
+    def hint(self, i, target=None):
+        target = self.target(i) if target is None else target
+        hint = self.annotate(target, detect_resolution=self.size, **self.params)
+        if hint.shape != target.shape:
+            import cv2
+
+            hint = cv2.resize(hint, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        return as_hint(hint)
+
+    def __getitem__(self, i):
+        target = self.target(i)
+        return {"jpg": target.astype(np.float32) / 127.5 - 1.0, "txt": self.items[i]["prompt"],
+                "hint": self.hint(i, target)}
+
+
+def caption(path):
+    text = path.with_suffix(".txt")
+    return text.read_text().strip() if text.is_file() else ""
