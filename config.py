@@ -11,3 +11,4 @@ OUTPUT_DIR = "outputs"  # every generated image is saved here with its parameter
 HOST = "127.0.0.1"  # --host 0.0.0.0 (or --share) to let other machines in
 PORT = 7860
 QUEUE_SIZE = 16  # requests waiting beyond this are refused with "queue full" instead of piling up
+THREADS = None  # CPU threads for the model; None: all cores but one, which the web server needs

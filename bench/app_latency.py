@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from annotators import ANNOTATORS, resize_image  # noqa: E402
-from apps.builder import Runner, build_demo  # noqa: E402
+from apps.builder import Runner, build_demo, compute_threads  # noqa: E402
 from cldm.defaults import TOY_CONFIG, load_default_model  # noqa: E402
 from cldm.diffusers_interop import diffusers_models  # noqa: E402
 from cldm.pipeline import generate  # noqa: E402
@@ -86,6 +86,7 @@ def main():
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
+    torch.set_num_threads(compute_threads())  # as the apps run; the in-process paths get the same
     print(f"command: python bench/app_latency.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
@@ -125,6 +126,7 @@ def main():
 
     print(f"\ncanny app, {args.size}x{args.size}, {args.steps} DDIM steps, guidance {GUIDANCE}, 1 image, "
           f"median of {args.repeats} (after a warm-up)\n")
+    print(f"torch threads: {torch.get_num_threads()} (the apps' default: all cores but one)")
     print("| path | seconds | / diffusers peer |")
     print("|---|---|---|")
     for name, seconds in (("app through the HTTP API (gradio_client)", http),

@@ -56,9 +56,14 @@ class ControlNet(nn.Module):
         self.middle_block_out = zero_conv(block_channels[-1])
         self.num_outputs = len(block_channels) + 1
 
-    def forward(self, x, hint, timesteps, context):
+    def encode_hint(self, hint):
+        """The condition image's features (B, model_channels, H, W); they depend on nothing else, so a sampler
+        may compute them once per generation and pass them to every step as `hint_features`."""
+        return self.input_hint_block(hint, None, None)
+
+    def forward(self, x, hint, timesteps, context, hint_features=None):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
-        guided_hint = self.input_hint_block(hint, emb, context)
+        guided_hint = self.encode_hint(hint) if hint_features is None else hint_features
         outs = []
         h = x.type(self.dtype)
         for i, (module, zero) in enumerate(zip(self.input_blocks, self.zero_convs)):

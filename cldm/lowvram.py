@@ -12,7 +12,8 @@ def units(model):
     vae = model.first_stage_model
     parts = [("text encoder", [model.cond_stage_model])]
     if hasattr(model, "control_model"):
-        parts.append(("control", [model.control_model]))
+        # the sampler runs the hint encoder on its own, once per generation
+        parts.append(("control", [model.control_model, model.control_model.input_hint_block]))
     parts += [("unet", [model.model.diffusion_model]), ("vae encoder", [vae.encoder, vae.quant_conv]),
               ("vae decoder", [vae.post_quant_conv, vae.decoder])]
     return parts

@@ -62,24 +62,29 @@ class GuidedDenoiser:
         self.guidance_scale = guidance_scale
         self.context = torch.cat([uncond_context, context]) if self.guided else context
         self.hints = [hint_tensor(c.hint, context.shape[0], context.device) for c in controls]
+        self.hint_features = [None] * len(controls)  # computed at a control's first step, reused by the others
 
     def residuals(self, x, t, progress):
         """Per-block control residuals for the whole batch, or None when no control acts at this step."""
         total = None
-        for control, hint in zip(self.controls, self.hints):
+        for i, (control, hint) in enumerate(zip(self.controls, self.hints)):
             if not control.active(progress):
                 continue
             net = control.net or self.model.control_model
+            if self.hint_features[i] is None:
+                self.hint_features[i] = net.encode_hint(hint)
+            features = self.hint_features[i]
             soft = self.guess_mode or control.mode == "prompt"
             blocks = net.num_outputs
             scales = guess_mode_scales(control.strength, blocks) if soft else [control.strength] * blocks
             cond_only = self.guided and (self.guess_mode or control.mode == "control")
             if cond_only:
                 n = x.shape[0] // 2
-                outputs = net(x[n:], hint, t[n:], self.context[n:])
+                outputs = net(x[n:], hint, t[n:], self.context[n:], hint_features=features)
                 outputs = [torch.cat([torch.zeros_like(o), o]) for o in outputs]
             else:
-                outputs = net(x, torch.cat([hint] * (x.shape[0] // hint.shape[0])), t, self.context)
+                copies = x.shape[0] // hint.shape[0]
+                outputs = net(x, hint, t, self.context, hint_features=torch.cat([features] * copies))
             outputs = [o * s for o, s in zip(outputs, scales)]
             if getattr(self.model, "global_average_pooling", False):  # ControlNet 1.1 shuffle: global statistics
                 outputs = [o.mean(dim=(2, 3), keepdim=True) for o in outputs]
