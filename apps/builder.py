@@ -92,8 +92,9 @@ class Task:
 class Runner:
     """The model behind an app, turning the UI's values into a detected map and images saved with parameters."""
 
-    def __init__(self, task, model, note, output_dir=config.OUTPUT_DIR, annotator_weights=None, low_vram_device=None):
-        self.task, self.model, self.note = task, model, note
+    def __init__(self, task, model, note, output_dir=config.OUTPUT_DIR, annotator_weights=None, low_vram_device=None,
+                 toy=False):
+        self.task, self.model, self.note, self.toy = task, model, note, toy
         self.output_dir, self.annotator_weights = output_dir, annotator_weights
         self.low_vram_device = low_vram_device  # keep the model in CPU memory, run it part by part there
 
@@ -178,7 +179,7 @@ def friendly(runner):
 
 
 def build_demo(task, runner):
-    toy = runner.note.startswith("Running the shipped toy model")
+    toy = runner.toy
     defaults = TOY_DEFAULTS if toy else REAL_DEFAULTS
     annotator_defaults = task.annotator_defaults()
     with gr.Blocks(title=task.title) as demo:
@@ -255,8 +256,8 @@ def compute_threads(requested=None):
 
 def make_runner(task, args):
     offload = args.low_vram and torch.cuda.is_available()
-    model, note = resolve_model(task.control, args.control, args.base, args.config, "cpu" if offload else None)
-    return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None)
+    model, note, toy = resolve_model(task.control, args.control, args.base, args.config, "cpu" if offload else None)
+    return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None, toy)
 
 
 def launch(task, argv=None):

@@ -110,7 +110,7 @@ def main():
     difference = int(abs(ours_image.astype(int) - peer_image.astype(int)).max())
 
     with tempfile.TemporaryDirectory() as outputs:
-        demo = build_demo(app.task, Runner(app.task, model, "benchmark", outputs))
+        demo = build_demo(app.task, Runner(app.task, model, "benchmark", outputs, toy=True))
         demo.queue(max_size=4)
         _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
         path = Path(outputs) / "photo.png"

@@ -27,7 +27,17 @@ $PY train.py --config models/toy_cldm.yaml --data data/shapes128 --out runs/toy_
     --resume runs/toy_control_ini.safetensors --max-steps 3000 --batch-size 16 --learning-rate 3e-4 \
     --prompt-dropout 0.1 --cache --ckpt-every 500 --log-every 50 --seed 4 --log-images-every 1000
 
-# 4. Ship: fp16, without the noise schedule (the yaml recomputes it).
-$PY -m training.export runs/toy_base/checkpoints/base-004500.safetensors models/toy_sd.safetensors --half
-$PY -m training.export runs/toy_control/checkpoints/control-003000.safetensors \
+# 4. Sharper, truer colours: the VAE decoder fine-tuned alone (the encoder, so the latent space the base and
+#    the control were trained in, stays as it was), and the control trained on at a lower learning rate.
+$PY train.py --config models/toy_sd.yaml --stage decoder --data data/shapes128 --out runs/toy_decoder \
+    --resume runs/toy_base/checkpoints/base-004500.safetensors --max-steps 1500 --batch-size 8 \
+    --learning-rate 3e-4 --ckpt-every 500 --log-every 50 --seed 5
+$PY train.py --config models/toy_cldm.yaml --data data/shapes128 --out runs/toy_control2 \
+    --resume runs/toy_base/checkpoints/base-004500.safetensors runs/toy_control/checkpoints/control-003000.safetensors \
+    --max-steps 3000 --batch-size 16 --learning-rate 1e-4 \
+    --prompt-dropout 0.1 --cache --ckpt-every 500 --log-every 50 --seed 6 --log-images-every 1000
+
+# 5. Ship: fp16, without the noise schedule (the yaml recomputes it). The base's weights with the decoder's.
+$PY -m training.export runs/toy_decoder/checkpoints/decoder-001500.safetensors models/toy_sd.safetensors --half
+$PY -m training.export runs/toy_control2/checkpoints/control-003000.safetensors \
     models/toy_control.safetensors --half --prefix control_model.

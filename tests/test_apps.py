@@ -21,11 +21,11 @@ from tests.helpers import ROOT
 APPS = sorted(p.stem for p in ROOT.glob("gradio_*2image*.py"))
 WEIGHTS = {"hed": ["hed"], "fake_scribble": ["hed"], "mlsd": ["mlsd"], "depth": ["midas"], "normal": ["midas"],
            "seg": ["upernet"]}
-NOTE = "Running the shipped toy model (tests)"
+NOTE = "The shipped default model (tests)."
 
 
 @pytest.fixture(scope="module")
-def toy():
+def default_model():
     return load_default_model()
 
 
@@ -51,10 +51,10 @@ def test_the_ten_apps_and_the_annotator_app_exist():
 
 
 @pytest.mark.parametrize("app", APPS)
-def test_app_builds_and_returns_the_map_and_images(app, toy, annotator_weights, tmp_path):
+def test_app_builds_and_returns_the_map_and_images(app, default_model, annotator_weights, tmp_path):
     task = task_of(app)
     weights = annotator_weights(*WEIGHTS.get(task.annotator, []))
-    runner = Runner(task, toy, NOTE, tmp_path, str(weights))
+    runner = Runner(task, default_model, NOTE, tmp_path, str(weights), toy=True)
     assert isinstance(build_demo(task, runner), gr.Blocks)
     image = {"composite": drawn_circle()} if task.canvas else data.astronaut()
     gallery, info = runner(*values(task, image))
@@ -73,9 +73,9 @@ def drawn_circle():
     return canvas
 
 
-def test_saved_png_parameters_reproduce_the_image(toy, tmp_path):
+def test_saved_png_parameters_reproduce_the_image(default_model, tmp_path):
     task = task_of("gradio_canny2image")
-    runner = Runner(task, toy, NOTE, tmp_path)
+    runner = Runner(task, default_model, NOTE, tmp_path)
     gallery, _ = runner(*values(task, data.astronaut(), seed=-1, steps=3, sampler="Euler a"))
     saved = sorted(p for p in tmp_path.glob("canny-0*.png"))
     params = read_params(saved[0])
@@ -83,21 +83,21 @@ def test_saved_png_parameters_reproduce_the_image(toy, tmp_path):
     assert np.array_equal(hint, gallery[0])
     for key in ("sample", "annotator", "size"):
         params.pop(key)
-    images, _ = generate(toy, hint, verbose=False, **params)
+    images, _ = generate(default_model, hint, verbose=False, **params)
     assert np.array_equal(images[0], gallery[1]) and np.array_equal(np.asarray(Image.open(saved[0])), gallery[1])
 
 
 def test_a_missing_control_file_still_runs_the_annotator(tmp_path):
-    model, note = resolve_model("control_sd15_canny.pth", control=tmp_path / "control_sd15_canny.pth")
+    model, note, _ = resolve_model("control_sd15_canny.pth", control=tmp_path / "control_sd15_canny.pth")
     assert model is None and "control_sd15_canny.pth not found" in note and "huggingface.co/lllyasviel" in note
     task = task_of("gradio_canny2image")
     gallery, info = Runner(task, None, note, tmp_path)(*values(task, data.coffee()))
     assert len(gallery) == 1 and gallery[0].shape == (64, 128, 3) and info == note
 
 
-def test_default_model_without_release_files_is_the_toy(toy):
-    model, note = resolve_model("control_sd15_does_not_exist.pth")
-    assert note.startswith("Running the shipped toy model") and hasattr(model, "control_model")
+def test_default_model_without_release_files_is_the_toy():
+    model, note, toy = resolve_model("control_sd15_does_not_exist.pth")
+    assert toy and note.startswith("Running the shipped toy model") and hasattr(model, "control_model")
 
 
 @pytest.mark.parametrize("image,message", [
@@ -105,19 +105,19 @@ def test_default_model_without_release_files_is_the_toy(toy):
     (np.zeros((0, 5, 3), np.uint8), "empty"),
     (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
 ])
-def test_bad_inputs_become_messages_not_tracebacks(image, message, toy, tmp_path):
+def test_bad_inputs_become_messages_not_tracebacks(image, message, default_model, tmp_path):
     task = task_of("gradio_canny2image")
     with pytest.raises(gr.Error, match=message):
-        friendly(Runner(task, toy, NOTE, tmp_path))(*values(task, image))
+        friendly(Runner(task, default_model, NOTE, tmp_path))(*values(task, image))
 
 
-def test_empty_canvas_and_empty_prompt(toy, tmp_path):
+def test_empty_canvas_and_empty_prompt(default_model, tmp_path):
     task = task_of("gradio_scribble2image_interactive")
     with pytest.raises(gr.Error, match="canvas is empty"):
-        friendly(Runner(task, toy, NOTE, tmp_path))(*values(task, {"composite": None}))
+        friendly(Runner(task, default_model, NOTE, tmp_path))(*values(task, {"composite": None}))
     inputs = values(task, {"composite": drawn_circle()})
     inputs[1] = ""
-    gallery, _ = Runner(task, toy, NOTE, tmp_path)(*inputs)
+    gallery, _ = Runner(task, default_model, NOTE, tmp_path)(*inputs)
     assert len(gallery) == 2
 
 
@@ -128,9 +128,9 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def served_canny(toy, tmp_path_factory):
+def served_canny(default_model, tmp_path_factory):
     task = task_of("gradio_canny2image")
-    demo = build_demo(task, Runner(task, toy, NOTE, tmp_path_factory.mktemp("served")))
+    demo = build_demo(task, Runner(task, default_model, NOTE, tmp_path_factory.mktemp("served"), toy=True))
     demo.queue(max_size=8, default_concurrency_limit=1)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             show_error=True)

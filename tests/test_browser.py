@@ -33,7 +33,7 @@ def test_upload_run_and_see_the_images(browser, tmp_path):
     from cldm.defaults import load_default_model
 
     task = task_of("gradio_canny2image")
-    demo = build_demo(task, Runner(task, load_default_model(), NOTE, tmp_path / "outputs"))
+    demo = build_demo(task, Runner(task, load_default_model(), NOTE, tmp_path / "outputs", toy=True))
     demo.queue(max_size=4)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
@@ -57,7 +57,7 @@ def test_draw_on_the_canvas_and_run(browser, tmp_path):
     from cldm.defaults import load_default_model
 
     task = task_of("gradio_scribble2image_interactive")
-    demo = build_demo(task, Runner(task, load_default_model(), NOTE, tmp_path / "outputs"))
+    demo = build_demo(task, Runner(task, load_default_model(), NOTE, tmp_path / "outputs", toy=True))
     demo.queue(max_size=4)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
