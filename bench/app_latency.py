@@ -13,10 +13,8 @@ import argparse
 import os
 import platform
 import socket
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from annotators import ANNOTATORS, resize_image  # noqa: E402
 from apps.builder import Runner, build_demo, compute_threads  # noqa: E402
+from bench.sampling import timed  # noqa: E402
 from cldm.defaults import TOY_CONFIG, load_default_model  # noqa: E402
 from cldm.diffusers_interop import diffusers_models  # noqa: E402
 from cldm.pipeline import generate  # noqa: E402
@@ -41,16 +40,6 @@ def photo():
     from skimage import data
 
     return data.astronaut()
-
-
-def median_time(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -100,10 +89,10 @@ def main():
     hint = ANNOTATORS["canny"](picture, detect_resolution=args.size)
     assert hint.shape[:2] == resize_image(picture, args.size).shape[:2]
 
-    in_process = median_time(lambda: generate(model, hint, PROMPT, steps=args.steps, guidance_scale=GUIDANCE, seed=0,
+    in_process = timed(lambda: generate(model, hint, PROMPT, steps=args.steps, guidance_scale=GUIDANCE, seed=0,
                                               verbose=False), args.repeats)
     unet, controlnet = diffusers_models(model.state_dict(), load_yaml(TOY_CONFIG))
-    peer = median_time(lambda: diffusers_generate(model, unet, controlnet, hint, args.steps, 0), args.repeats)
+    peer = timed(lambda: diffusers_generate(model, unet, controlnet, hint, args.steps, 0), args.repeats)
     ours_image = generate(model, hint, PROMPT, steps=args.steps, guidance_scale=GUIDANCE, seed=0, verbose=False)[0][0]
     peer_image = diffusers_generate(model, unet, controlnet, hint, args.steps, 0)[0].permute(1, 2, 0)
     peer_image = (peer_image * 127.5 + 127.5).clamp(0, 255).to(torch.uint8).numpy()
@@ -119,7 +108,7 @@ def main():
         values = [PROMPT, "", "", 1, args.size, 0, args.steps, GUIDANCE, 0, 0.0, 1.0, False, 0.0, 1.0, "balanced",
                   "DDIM", 100, 200]
         try:
-            http = median_time(lambda: client.predict(handle_file(str(path)), *values, api_name="/generate"),
+            http = timed(lambda: client.predict(handle_file(str(path)), *values, api_name="/generate"),
                                args.repeats)
         finally:
             demo.close()
@@ -140,7 +129,7 @@ def main():
     print("\n| annotator | input | detect resolution | seconds |")
     print("|---|---|---|---|")
     for name, resolution in (("canny", args.size), ("scribble", args.size), ("openpose_mediapipe", 512)):
-        seconds = median_time(lambda: ANNOTATORS[name](picture, detect_resolution=resolution), args.repeats)
+        seconds = timed(lambda: ANNOTATORS[name](picture, detect_resolution=resolution), args.repeats)
         print(f"| {name} | 512x512 photo | {resolution} | {seconds:.3f} |")
     print("(hed, mlsd, openpose, depth, normal, seg need their downloaded weights; not timed here)")
 

@@ -3,6 +3,7 @@ the detected map and the generated image. The screenshot is kept in outputs/test
 
 import os
 import shutil
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -29,40 +30,44 @@ def browser():
         browser.close()
 
 
-def test_upload_run_and_see_the_images(browser, tmp_path):
+@contextmanager
+def page_of(app, browser, tmp_path):
+    """A browser page on `app` served on loopback with the default model, saving into tmp_path/outputs."""
     from cldm.defaults import load_default_model
 
-    task = task_of("gradio_canny2image")
+    task = task_of(app)
     demo = build_demo(task, Runner(task, load_default_model(), NOTE, tmp_path / "outputs", toy=True))
     demo.queue(max_size=4)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
-        photo = tmp_path / "photo.png"
-        Image.fromarray(data.astronaut()).resize((128, 128)).save(photo)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
-        page.locator("input[type=file]").first.set_input_files(str(photo))
-        page.get_by_role("button", name="Run").click()
-        gallery = page.locator(".gallery-container img, .grid-wrap img")
-        gallery.nth(1).wait_for(timeout=120_000)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "browser_canny.png"), full_page=True)
-        assert gallery.count() == 2
-        assert page.get_by_text("Seed").count() >= 1 and len(list((tmp_path / "outputs").glob("canny-0*.png"))) == 1
+        yield page
     finally:
         demo.close()
 
 
-def test_draw_on_the_canvas_and_run(browser, tmp_path):
-    from cldm.defaults import load_default_model
+def run_and_keep_screenshot(page, name):
+    page.get_by_role("button", name="Run").click()
+    gallery = page.locator(".gallery-container img, .grid-wrap img")
+    gallery.nth(1).wait_for(timeout=120_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    return gallery
 
-    task = task_of("gradio_scribble2image_interactive")
-    demo = build_demo(task, Runner(task, load_default_model(), NOTE, tmp_path / "outputs", toy=True))
-    demo.queue(max_size=4)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(url)
+
+def test_upload_run_and_see_the_images(browser, tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(data.astronaut()).resize((128, 128)).save(photo)
+    with page_of("gradio_canny2image", browser, tmp_path) as page:
+        page.locator("input[type=file]").first.set_input_files(str(photo))
+        gallery = run_and_keep_screenshot(page, "browser_canny.png")
+        assert gallery.count() == 2
+        assert page.get_by_text("Seed").count() >= 1 and len(list((tmp_path / "outputs").glob("canny-0*.png"))) == 1
+
+
+def test_draw_on_the_canvas_and_run(browser, tmp_path):
+    with page_of("gradio_scribble2image_interactive", browser, tmp_path) as page:
         canvas = page.locator("canvas").first
         canvas.wait_for(timeout=30_000)
         brush = page.get_by_role("button", name="Brush")
@@ -75,14 +80,8 @@ def test_draw_on_the_canvas_and_run(browser, tmp_path):
         for i in range(1, 61):  # a circle, the shape the default model knows
             page.mouse.move(cx + r * np.cos(2 * np.pi * i / 60), cy + r * np.sin(2 * np.pi * i / 60))
         page.mouse.up()
-        page.get_by_role("button", name="Run").click()
-        gallery = page.locator(".gallery-container img, .grid-wrap img")
-        gallery.nth(1).wait_for(timeout=120_000)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "browser_scribble_canvas.png"), full_page=True)
+        run_and_keep_screenshot(page, "browser_scribble_canvas.png")
         hint = sorted((tmp_path / "outputs").glob("scribble_interactive-map-*.png"))
         assert len(hint) == 1
         stroke = (np.asarray(Image.open(hint[0]))[..., 0] > 127).mean()
         assert 0.002 < stroke < 0.3  # the drawn circle, white on black
-    finally:
-        demo.close()
