@@ -4,7 +4,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from annotators.edges import device, prepare
+from annotators.util import device, prepare
 from annotators.weights import weights_dir
 
 MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"

@@ -9,16 +9,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from annotators.util import resize_image, to_rgb_uint8
+from annotators.util import as_map, device, prepare
 from annotators.weights import weights_dir
-
-
-def prepare(image, detect_resolution):
-    return resize_image(to_rgb_uint8(image), detect_resolution)
-
-
-def as_map(gray):
-    return np.repeat(np.asarray(gray, np.uint8)[..., None], 3, axis=2) if gray.ndim == 2 else gray
 
 
 def canny(image, low_threshold=100, high_threshold=200, detect_resolution=512):
@@ -43,12 +35,6 @@ def mlsd_detector(location=None):
     from controlnet_aux import MLSDdetector
 
     return MLSDdetector.from_pretrained(str(weights_dir(["mlsd_large_512_fp32.pth"], location))).to(device())
-
-
-def device():
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def run_detector(detector, image, detect_resolution, **params):

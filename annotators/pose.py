@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from annotators.edges import device, prepare
+from annotators.util import device, prepare
 from annotators.weights import WeightsError, weights_dir
 
 OPENPOSE_FILES = ["body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"]

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import torch
 
-from annotators.edges import device, prepare
+from annotators.util import device, prepare
 from annotators.weights import seg_dir
 
 

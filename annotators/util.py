@@ -82,3 +82,19 @@ def resize_image(image, resolution, max_side=2048):
     new_h, new_w = (max(64, int(np.round(side * scale / 64.0)) * 64) for side in (height, width))
     interpolation = cv2.INTER_LANCZOS4 if scale > 1 else cv2.INTER_AREA
     return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+
+
+def prepare(image, detect_resolution):
+    """Any picture -> RGB uint8 at the detect resolution (shorter side, sides multiples of 64)."""
+    return resize_image(to_rgb_uint8(image), detect_resolution)
+
+
+def as_map(gray):
+    """A one-channel detector output -> the (H, W, 3) map the controls take."""
+    return np.repeat(np.asarray(gray, np.uint8)[..., None], 3, axis=2) if gray.ndim == 2 else gray
+
+
+def device():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
