@@ -5,8 +5,9 @@
 
 The dataset is the release's layout: `prompt.json` (one {"source", "target", "prompt"} object per line),
 `source/` (hints) and `target/` (images); or, with `--annotator canny` (any annotator), a folder of plain
-pictures with optional captions beside them (photo.jpg + photo.txt), made into pairs as they are read. `--resume` takes initial weights (from tool_add_control.py) or a
-`step-*.ckpt` written by this script, which continues exactly where it stopped.
+pictures with optional captions beside them (photo.jpg + photo.txt), made into pairs as they are read.
+`--resume` takes initial weights (from tool_add_control.py) or a `step-*.ckpt` written by this script,
+which continues exactly where it stopped.
 """
 
 import argparse
