@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from cldm.model import create_model, load_checkpoint
 from ldm.unet import set_gradient_checkpointing
 from training.cache import CachedPairs, build_cache
-from training.callbacks import AtomicCheckpoint, ImageLogger
+from training.callbacks import AtomicCheckpoint, ImageLogger, OutlineEval
 from training.data import AnnotatedFolder, PairDataset, as_hint, read_rgb
 from training.module import STAGES, Trainee
 from training.sampler import ResumableSampler
@@ -57,6 +57,10 @@ def parse_args(argv=None):
     p.add_argument("--validation-prompt", action="append", default=[],
                    help="log this prompt instead of dataset items (repeatable; pair each with --validation-hint)")
     p.add_argument("--validation-hint", action="append", default=[], help="the condition image of a validation prompt")
+    p.add_argument("--eval-every", type=int, default=0, help="every N steps, measure how well generated shapes "
+                                                                  "follow held-out outlines (shapes data; 0: never)")
+    p.add_argument("--eval-count", type=int, default=20, help="held-out outlines per evaluation")
+    p.add_argument("--eval-steps", type=int, default=20, help="DDIM steps per evaluated image")
     p.add_argument("--devices", default="auto")
     p.add_argument("--strategy", default="auto", help="e.g. ddp, fsdp, deepspeed_stage_2")
     p.add_argument("--accelerator", default="auto")
@@ -121,6 +125,11 @@ def main(argv=None):
     if args.log_images_every:
         items = validation_items(args) or [dataset[i] for i in range(min(args.log_images, len(dataset)))]
         callbacks.append(ImageLogger(out / "images", args.log_images_every, items, seed=args.seed))
+    if args.eval_every:
+        if args.stage != "control":
+            raise SystemExit("--eval-every measures a ControlNet: use it with --stage control")
+        size = dataset[0]["hint"].shape[0]
+        callbacks.append(OutlineEval(args.eval_every, args.eval_count, size, steps=args.eval_steps))
     if args.cache:
         if args.stage in ("vae", "decoder"):
             raise SystemExit("--cache stores VAE encodings and text encodings, not the images a VAE stage needs")

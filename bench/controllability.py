@@ -14,7 +14,6 @@ measure, as the ControlNet++ paper does by re-detecting the condition on the out
 import argparse
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,10 +28,7 @@ from cldm.defaults import load_default_model  # noqa: E402
 from cldm.pipeline import generate  # noqa: E402
 from training.data import PairDataset  # noqa: E402
 from training.metrics import score  # noqa: E402
-from training.shapes import COLORS, make_sample  # noqa: E402
-
-PROMPT = re.compile(r"a (?P<color>.+) (?P<shape>\w+) on a (?P<background>.+) background")
-
+from training.shapes import make_sample, prompt_colors  # noqa: E402
 
 def held_out_cases(args):
     if args.data:
@@ -61,10 +57,10 @@ def main():
     results = {"control": [], "strength 0": []}
     start = time.perf_counter()
     for i, (hint, prompt) in enumerate(held_out_cases(args)):
-        match = PROMPT.fullmatch(prompt)
-        if not match or match["color"] not in COLORS or match["background"] not in COLORS:
-            raise SystemExit(f"prompt {prompt!r} does not name two known colours ({sorted(COLORS)})")
-        color, background = COLORS[match["color"]], COLORS[match["background"]]
+        try:
+            color, background = prompt_colors(prompt)
+        except ValueError as error:
+            raise SystemExit(str(error)) from error
         for name, strength in (("control", 1.0), ("strength 0", 0.0)):
             images, _ = generate(model, hint, prompt, steps=args.steps, guidance_scale=args.guidance,
                                  strength=strength, seed=i, verbose=False)

@@ -171,3 +171,11 @@ def test_plain_pictures_through_an_annotator_with_validation_prompts(initial_wei
         grid = np.asarray(Image.open(out / "images/step-000001.png"))
         assert grid.shape == (64, 128, 3)  # one validation row: hint | sample
         assert (out / "checkpoints/step-000002.ckpt").is_file()
+
+
+def test_outline_evaluation_every_n_steps(shapes, initial_weights, tmp_path):
+    run(shapes, initial_weights, tmp_path / "eval", "--eval-every", "2", "--eval-count", "2", "--eval-steps", "2",
+        steps=4)
+    rows = list(csv.DictReader(open(next((tmp_path / "eval").glob("logs/version_*/metrics.csv")))))
+    evaluated = {int(r["step"]): float(r["eval/iou"]) for r in rows if r.get("eval/iou")}
+    assert sorted(evaluated) == [2, 4] and all(0.0 <= v <= 1.0 for v in evaluated.values())

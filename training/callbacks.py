@@ -44,6 +44,12 @@ class AtomicCheckpoint(pl.Callback):
                 save_safetensors(pl_module.model.state_dict(), weights)
 
 
+def due(trainer, batch_idx, every_n_steps):
+    """On rank 0, at the first micro-batch of every optimizer step that is a multiple of every_n_steps."""
+    at_step = trainer.global_step % every_n_steps == 0
+    return trainer.is_global_zero and at_step and batch_idx % trainer.accumulate_grad_batches == 0
+
+
 class ImageLogger(pl.Callback):
     """Every N steps, a grid of (hint | sample) rows for fixed dataset items, written to `dirpath`."""
 
@@ -53,7 +59,7 @@ class ImageLogger(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if trainer.is_global_zero and step % self.every_n_steps == 0 and batch_idx % trainer.accumulate_grad_batches == 0:
+        if due(trainer, batch_idx, self.every_n_steps):
             self.log_grid(pl_module, step)
 
     @torch.no_grad()
@@ -71,3 +77,33 @@ class ImageLogger(pl.Callback):
         model.train(was_training)
         self.dirpath.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.concatenate(rows, axis=0)).save(self.dirpath / f"step-{step:06d}.png")
+
+
+class OutlineEval(pl.Callback):
+    """Every N steps, the controllability benchmark's measures on `count` held-out shape outlines (seed 1000,
+    never trained on), logged as eval/iou, eval/color_ok, eval/background_ok, eval/edge_f1."""
+
+    def __init__(self, every_n_steps, count, size, seed=1000, steps=20):
+        self.every_n_steps, self.count, self.size, self.seed, self.steps = every_n_steps, count, size, seed, steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if due(trainer, batch_idx, self.every_n_steps):
+            means = self.evaluate(pl_module.model)
+            trainer.logger.log_metrics({f"eval/{k}": v for k, v in means.items()}, step=step)
+            print(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
+
+    @torch.no_grad()
+    def evaluate(self, model):
+        from training.metrics import score
+        from training.shapes import make_sample, prompt_colors
+
+        was_training = model.training
+        model.eval()
+        scores = []
+        for i in range(self.count):
+            hint, _, prompt, _ = make_sample(self.seed, i, self.size)
+            images, _ = generate(model, hint, prompt, steps=self.steps, seed=i, verbose=False)
+            scores.append(score(images[0], hint, *prompt_colors(prompt)))
+        model.train(was_training)
+        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}

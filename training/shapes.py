@@ -6,6 +6,7 @@ light sky blue background". Sample i depends only on (seed, i), so any subset is
 """
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,17 @@ COLORS = {
 }
 SHAPES = ("circle", "square", "triangle")
 MIN_COLOR_DISTANCE = 120.0  # shape and background must be told apart by eye and by the benchmark
+
+
+PROMPT = re.compile(r"a (?P<color>.+) (?P<shape>\w+) on a (?P<background>.+) background")
+
+
+def prompt_colors(prompt):
+    """("a crimson circle on a light sky blue background") -> (shape RGB, background RGB)."""
+    match = PROMPT.fullmatch(prompt)
+    if not match or match["color"] not in COLORS or match["background"] not in COLORS:
+        raise ValueError(f"prompt {prompt!r} does not name two known colours ({sorted(COLORS)})")
+    return COLORS[match["color"]], COLORS[match["background"]]
 
 
 def pick_colors(rng):
