@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from annotators import ANNOTATORS, read_image, resize_image
+from annotators import ANNOTATORS, ImageError, condition_map, list_pictures, read_image, resize_image
 from cldm.defaults import load_default_model
 from cldm.lowvram import low_vram
 from cldm.model import create_model, load_checkpoint, load_control_net
@@ -34,7 +34,6 @@ from cldm.outputs import read_params, save_png
 from cldm.pipeline import CONTROL_MODES, Control, generate
 from cldm.samplers import SAMPLERS
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 SETTINGS = ("prompt", "added_prompt", "negative_prompt", "num_samples", "steps", "guidance_scale", "strength",
             "guess_mode", "eta", "sampler", "control_start", "control_end", "control_mode")
 
@@ -83,10 +82,9 @@ def parse_args(argv=None):
 
 def condition(args, picture):
     """A picture -> the condition map at the generation size (through the annotator, if one is named)."""
-    target = resize_image(picture, args.resolution)
     if args.annotator:
-        picture = ANNOTATORS[args.annotator](picture, detect_resolution=args.detect_resolution)
-    return resize_image(picture, args.resolution) if picture.shape != target.shape else picture
+        return condition_map(picture, args.annotator, args.resolution, args.detect_resolution)
+    return resize_image(picture, args.resolution)
 
 
 def load_model(args, device):
@@ -133,9 +131,10 @@ def main(argv=None):
     extra = [Control(read_image(h), float(scale), net=load_control_net(model, ckpt).to(model.betas.device))
              for ckpt, h, scale in args.extra_control]
     if args.input_dir:
-        files = sorted(p for p in Path(args.input_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise SystemExit(f"no pictures ({', '.join(sorted(IMAGE_SUFFIXES))}) in {args.input_dir}")
+        try:
+            files = list_pictures(args.input_dir)
+        except ImageError as error:
+            raise SystemExit(str(error)) from error
         for path in tqdm(files, desc="pictures"):
             hint = condition(args, read_image(str(path)))
             run(model, hint, settings, seed, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram)

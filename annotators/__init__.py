@@ -9,7 +9,7 @@ from annotators.depth import depth, normal
 from annotators.edges import canny, fake_scribble, hed, mlsd, scribble
 from annotators.pose import mediapipe_openpose, openpose, pose
 from annotators.seg import seg
-from annotators.util import HWC3, ImageError, read_image, resize_image, to_rgb_uint8
+from annotators.util import HWC3, ImageError, list_pictures, read_image, resize_image, to_rgb_uint8
 from annotators.weights import WeightsError
 
 ANNOTATORS = {
@@ -26,5 +26,21 @@ ANNOTATORS = {
     "seg": seg,
 }
 
-__all__ = ["ANNOTATORS", "HWC3", "ImageError", "WeightsError", "read_image", "resize_image", "to_rgb_uint8",
+
+
+def condition_map(image, annotator, resolution, detect_resolution=None, nearest=False, **params):
+    """A picture -> the condition map at the generation size: the picture's `resize_image` grid at
+    `resolution`, the annotator run at `detect_resolution` (default: the same) and its map resized to that
+    grid (`nearest` for maps whose exact colours matter: pose skeletons, segments)."""
+    import cv2
+
+    image = to_rgb_uint8(image)
+    target = resize_image(image, resolution)
+    detected = ANNOTATORS[annotator](image, detect_resolution=detect_resolution or resolution, **params)
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.resize(detected, (target.shape[1], target.shape[0]), interpolation=interpolation)
+
+
+__all__ = ["ANNOTATORS", "HWC3", "ImageError", "WeightsError", "condition_map", "list_pictures", "read_image",
+           "resize_image", "to_rgb_uint8",
            *(f.__name__ for f in ANNOTATORS.values())]

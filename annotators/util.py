@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 8192 * 8192  # larger images are refused before decoding (decompression bombs)
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 class ImageError(ValueError):
@@ -98,3 +99,12 @@ def device():
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def list_pictures(folder):
+    """The pictures in a folder (by suffix), sorted; an empty or missing folder is an ImageError."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES) if folder.is_dir() else []
+    if not paths:
+        raise ImageError(f"{folder} holds no pictures ({', '.join(PICTURE_SUFFIXES)})")
+    return paths

@@ -9,13 +9,12 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-import cv2
 import gradio as gr
 import numpy as np
 import torch
 
 import config
-from annotators import ANNOTATORS, ImageError, WeightsError, read_image, resize_image, to_rgb_uint8
+from annotators import ANNOTATORS, ImageError, WeightsError, condition_map, read_image, to_rgb_uint8
 from apps.models import resolve_model
 from cldm.lowvram import low_vram
 from cldm.outputs import next_path, save_png
@@ -100,14 +99,11 @@ class Runner:
 
     def detect(self, image, image_resolution, detect_resolution=None, **params):
         """The condition map at the generation size: image resolution's grid, sides multiples of 64."""
-        image = drawing(image) if self.task.canvas else to_rgb_uint8(image)
-        target = resize_image(image, image_resolution)
-        annotate = ANNOTATORS[self.task.annotator]
-        if "weights" in inspect.signature(annotate).parameters and self.annotator_weights:
+        image = drawing(image) if self.task.canvas else image
+        if "weights" in inspect.signature(ANNOTATORS[self.task.annotator]).parameters and self.annotator_weights:
             params["weights"] = self.annotator_weights
-        detected = annotate(image, detect_resolution=detect_resolution or image_resolution, **params)
-        interpolation = cv2.INTER_NEAREST if self.task.nearest else cv2.INTER_LINEAR
-        return cv2.resize(detected, (target.shape[1], target.shape[0]), interpolation=interpolation)
+        return condition_map(image, self.task.annotator, image_resolution, detect_resolution, self.task.nearest,
+                             **params)
 
     def __call__(self, image, prompt, added_prompt, negative_prompt, num_samples, image_resolution, detect_resolution,
                  steps, guidance_scale, seed, eta, strength, guess_mode, control_start, control_end, control_mode,

@@ -74,9 +74,6 @@ class PairDataset(Dataset):
         }
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
 def square(picture, size):
     """The largest centred square of the picture, resized to size x size."""
     import cv2
@@ -97,17 +94,16 @@ class AnnotatedFolder(Dataset):
     """
 
     def __init__(self, root, annotator, size=512, **annotator_params):
-        from annotators import ANNOTATORS
+        from annotators import ANNOTATORS, ImageError, list_pictures
 
         if annotator not in ANNOTATORS:
             raise DataError(f"unknown annotator {annotator!r}; choose one of {sorted(ANNOTATORS)}")
         self.root, self.size, self.params = Path(root), size, annotator_params
         self.annotate = ANNOTATORS[annotator]
-        if not self.root.is_dir():
-            raise DataError(f"{self.root} is not a folder of pictures")
-        self.paths = sorted(p for p in self.root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.paths:
-            raise DataError(f"{self.root} holds no pictures ({', '.join(IMAGE_SUFFIXES)})")
+        try:
+            self.paths = list_pictures(self.root)
+        except ImageError as e:
+            raise DataError(str(e)) from None
         # the listing PairDataset has, which the latent cache fingerprints and reads prompts from
         self.items = [{"source": f"{annotator}:{p.name}", "target": p.name, "prompt": caption(p)} for p in self.paths]
 
