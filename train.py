@@ -6,6 +6,7 @@
 The dataset is the release's layout: `prompt.json` (one {"source", "target", "prompt"} object per line),
 `source/` (hints) and `target/` (images); or, with `--annotator canny` (any annotator), a folder of plain
 pictures with optional captions beside them (photo.jpg + photo.txt), made into pairs as they are read.
+Non-square data trains in aspect buckets with `--buckets`.
 `--resume` takes initial weights (from tool_add_control.py) or a `step-*.ckpt` written by this script,
 which continues exactly where it stopped.
 """
@@ -21,7 +22,8 @@ from cldm.model import create_model, load_checkpoint
 from ldm.unet import set_gradient_checkpointing
 from training.cache import CachedPairs, build_cache
 from training.callbacks import AtomicCheckpoint, ImageLogger, OutlineEval
-from training.data import AnnotatedFolder, PairDataset, as_hint, read_rgb
+from training.buckets import BucketBatchSampler, bucket_sizes
+from training.data import AnnotatedFolder, PairDataset, as_hint, collate, read_rgb
 from training.module import STAGES, Trainee
 from training.sampler import ResumableSampler
 
@@ -33,7 +35,10 @@ def parse_args(argv=None):
                                                   "(or, with --annotator, a folder of plain pictures)")
     p.add_argument("--annotator", help="make pairs from plain pictures (captions from photo.txt beside photo.jpg) "
                                        "with this annotator, e.g. canny, hed")
-    p.add_argument("--resolution", type=int, default=512, help="square crop size for --annotator folders")
+    p.add_argument("--resolution", type=int, default=512,
+                   help="square crop size for --annotator folders; the buckets' size with --buckets")
+    p.add_argument("--buckets", action="store_true", help="non-square data: scale and crop each pair to the aspect "
+                   "bucket (sides multiples of 64, about resolution² pixels) nearest its shape; a batch holds one bucket")
     p.add_argument("--resume", nargs="*", default=[], help="initial weights (one or more files), or a step-*.ckpt")
     p.add_argument("--out", default="runs/train", help="folder for checkpoints and image logs")
     p.add_argument("--stage", choices=STAGES, default="control", help="what to train (default: the ControlNet)")
@@ -49,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--cache", action="store_true",
                    help="cache VAE latents (and text encodings, if the text encoder is frozen) in --out")
     p.add_argument("--prompt-dropout", type=float, default=0.0, help="probability of training on the empty prompt")
+    p.add_argument("--noise-offset", type=float, default=0.0, help="offset noise: add this times a per-image, "
+                   "per-channel constant to the training noise, so flat colours follow the prompt (0.1 is usual)")
     p.add_argument("--max-steps", type=int, default=10_000)
     p.add_argument("--ckpt-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=10, help="write the loss to the CSV log every N steps")
@@ -82,7 +89,8 @@ def build(args):
         model.only_mid_control = args.only_mid_control
     if args.gradient_checkpointing is not None:
         set_gradient_checkpointing(model, args.gradient_checkpointing)
-    return Trainee(model, args.stage, args.learning_rate, args.prompt_dropout, args.seed)
+    return Trainee(model, args.stage, args.learning_rate, args.prompt_dropout, args.seed,
+                   noise_offset=args.noise_offset)
 
 
 def validation_items(args):
@@ -108,18 +116,33 @@ class DataModule(pl.LightningDataModule):
         self.dataset, self.trainee, self.args = dataset, trainee, args
 
     def train_dataloader(self):
-        trainer = self.trainer
-        start = self.trainee.micro_steps * self.args.batch_size * trainer.world_size
-        sampler = ResumableSampler(len(self.dataset), self.args.seed, start, trainer.global_rank, trainer.world_size)
-        return DataLoader(self.dataset, batch_size=self.args.batch_size, sampler=sampler,
-                          num_workers=self.args.workers, persistent_workers=self.args.workers > 0)
+        trainer, args = self.trainer, self.args
+        batches_done = self.trainee.micro_steps * trainer.world_size
+        loader = dict(num_workers=args.workers, persistent_workers=args.workers > 0, collate_fn=collate)
+        if self.dataset.sizes is not None:
+            sampler = BucketBatchSampler(self.dataset.sizes, args.batch_size, args.seed, batches_done,
+                                         trainer.global_rank, trainer.world_size)
+            return DataLoader(self.dataset, batch_sampler=sampler, **loader)
+        sampler = ResumableSampler(len(self.dataset), args.seed, batches_done * args.batch_size,
+                                   trainer.global_rank, trainer.world_size)
+        return DataLoader(self.dataset, batch_size=args.batch_size, sampler=sampler, **loader)
+
+
+def read_dataset(args):
+    try:
+        buckets = bucket_sizes(args.resolution) if args.buckets else None
+    except ValueError as error:
+        raise SystemExit(f"--resolution: {error}") from None
+    if args.annotator:
+        return AnnotatedFolder(args.data, args.annotator, args.resolution, buckets=buckets)
+    return PairDataset(args.data, buckets=buckets)
 
 
 def main(argv=None):
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True)
     out = Path(args.out)
-    dataset = AnnotatedFolder(args.data, args.annotator, args.resolution) if args.annotator else PairDataset(args.data)
+    dataset = read_dataset(args)
     trainee = build(args)
     callbacks = [AtomicCheckpoint(out / "checkpoints", args.ckpt_every)]
     if args.log_images_every:

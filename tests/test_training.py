@@ -179,3 +179,16 @@ def test_outline_evaluation_every_n_steps(shapes, initial_weights, tmp_path):
     rows = list(csv.DictReader(open(next((tmp_path / "eval").glob("logs/version_*/metrics.csv")))))
     evaluated = {int(r["step"]): float(r["eval/iou"]) for r in rows if r.get("eval/iou")}
     assert sorted(evaluated) == [2, 4] and all(0.0 <= v <= 1.0 for v in evaluated.values())
+
+
+def test_noise_offset_adds_one_constant_per_image_and_channel(shapes, initial_weights, tmp_path):
+    trainee = run(shapes, initial_weights, tmp_path / "offset", "--noise-offset", "0.5", steps=2)
+    shape = (64, 4, 8, 8)
+    offset = trainee.noise(shape, torch.Generator().manual_seed(0))
+    trainee.noise_offset = 0.0
+    plain = trainee.noise(shape, torch.Generator().manual_seed(0))
+    difference = offset - plain
+    per_channel = difference[..., :1, :1]
+    torch.testing.assert_close(difference, per_channel.expand(shape))
+    assert 0.4 < per_channel.std().item() < 0.6
+    assert losses(tmp_path / "offset")

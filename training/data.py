@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
+
+from training.buckets import fit
 
 
 class DataError(ValueError):
@@ -27,10 +29,30 @@ def as_hint(source):
     return source.astype(np.float32) / 255.0
 
 
-class PairDataset(Dataset):
-    """Items are dicts: jpg (H, W, 3) float32 in [-1, 1], txt (str), hint (H, W, 3) float32 in [0, 1]."""
+def bucket_of_each(paths, buckets):
+    """The aspect bucket of each picture (training.buckets), or None without buckets."""
+    if buckets is None:
+        return None
+    from training.buckets import nearest_bucket, picture_size
 
-    def __init__(self, root):
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(nearest_bucket(*picture_size(path), buckets))
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{path} could not be read as an image ({type(e).__name__}: {e}); "
+                            "replace or remove it") from None
+    return sizes
+
+
+class PairDataset(Dataset):
+    """Items are dicts: jpg (H, W, 3) float32 in [-1, 1], txt (str), hint (H, W, 3) float32 in [0, 1].
+
+    With `buckets` (training.buckets.bucket_sizes), each pair is scaled and centre-cropped to the bucket
+    nearest its aspect ratio, listed in `sizes`; without, pairs keep their size and `sizes` is None.
+    """
+
+    def __init__(self, root, buckets=None):
         self.root = Path(root)
         index = self.root / "prompt.json"
         if not index.is_file():
@@ -53,12 +75,14 @@ class PairDataset(Dataset):
             self.items.append(item)
         if not self.items:
             raise DataError(f"{index} lists no samples")
+        self.sizes = bucket_of_each([self.root / item["target"] for item in self.items], buckets)
 
     def __len__(self):
         return len(self.items)
 
     def hint(self, i):
-        return as_hint(read_rgb(self.root / self.items[i]["source"]))
+        source = read_rgb(self.root / self.items[i]["source"])
+        return as_hint(source if self.sizes is None else fit(source, self.sizes[i], smooth=False))
 
     def __getitem__(self, i):
         item = self.items[i]
@@ -67,11 +91,26 @@ class PairDataset(Dataset):
         if source.shape != target.shape:
             raise DataError(f"{source_path} is {source.shape[1]}x{source.shape[0]} but {target_path} is "
                             f"{target.shape[1]}x{target.shape[0]}: a hint and its target must have the same size")
+        if self.sizes is not None:
+            source, target = fit(source, self.sizes[i], smooth=False), fit(target, self.sizes[i])
         return {
             "jpg": target.astype(np.float32) / 127.5 - 1.0,
             "txt": item["prompt"],
             "hint": as_hint(source),
         }
+
+
+def require_one_size(pictures):
+    """Raise a DataError unless the (H, W, C) arrays, about to become one batch, share a size."""
+    sizes = sorted({f"{a.shape[1]}x{a.shape[0]}" for a in pictures})
+    if len(sizes) > 1:
+        raise DataError(f"a batch would mix pictures of sizes {', '.join(sizes)}: train with --buckets (aspect "
+                        "buckets), or --batch-size 1, or resize the dataset to one size")
+
+
+def collate(items):
+    require_one_size([item["hint"] for item in items])
+    return default_collate(items)
 
 
 def square(picture, size):
@@ -88,12 +127,12 @@ def square(picture, size):
 class AnnotatedFolder(Dataset):
     """A folder of plain pictures made into training pairs by an annotator (annotators.ANNOTATORS).
 
-    Each picture is centre-cropped to a square of `size`; its hint is the annotator's map of that square,
-    and its prompt the text of a sidecar file with the same stem (photo.jpg + photo.txt), else empty.
-    Items are those of PairDataset.
+    Each picture is centre-cropped to a square of `size` (with `buckets`: scaled and cropped to the bucket
+    nearest its aspect ratio); its hint is the annotator's map of that crop, and its prompt the text of a
+    sidecar file with the same stem (photo.jpg + photo.txt), else empty. Items are those of PairDataset.
     """
 
-    def __init__(self, root, annotator, size=512, **annotator_params):
+    def __init__(self, root, annotator, size=512, buckets=None, **annotator_params):
         from annotators import ANNOTATORS, ImageError, list_pictures
 
         if annotator not in ANNOTATORS:
@@ -106,6 +145,7 @@ class AnnotatedFolder(Dataset):
             raise DataError(str(e)) from None
         # the listing PairDataset has, which the latent cache fingerprints and reads prompts from
         self.items = [{"source": f"{annotator}:{p.name}", "target": p.name, "prompt": caption(p)} for p in self.paths]
+        self.sizes = bucket_of_each(self.paths, buckets)
 
     def __len__(self):
         return len(self.paths)
@@ -114,17 +154,18 @@ class AnnotatedFolder(Dataset):
         from annotators import ImageError, read_image
 
         try:
-            return square(read_image(str(self.paths[i])), self.size)
+            picture = read_image(str(self.paths[i]))
         except ImageError as e:
             raise DataError(f"{self.paths[i]}: {e}; replace or remove it") from None
+        return square(picture, self.size) if self.sizes is None else fit(picture, self.sizes[i])
 
     def hint(self, i, target=None):
         target = self.target(i) if target is None else target
-        hint = self.annotate(target, detect_resolution=self.size, **self.params)
+        hint = self.annotate(target, detect_resolution=min(target.shape[:2]), **self.params)
         if hint.shape != target.shape:
             import cv2
 
-            hint = cv2.resize(hint, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+            hint = cv2.resize(hint, target.shape[1::-1], interpolation=cv2.INTER_LINEAR)
         return as_hint(hint)
 
     def __getitem__(self, i):

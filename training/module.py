@@ -29,12 +29,14 @@ class Trainee(pl.LightningModule):
     model trained on it lives in, stays fixed; this is how SD's improved VAE decoders (ft-MSE) were made.
     """
 
-    def __init__(self, model, stage="control", learning_rate=1e-5, prompt_dropout=0.0, seed=0, kl_weight=1e-6):
+    def __init__(self, model, stage="control", learning_rate=1e-5, prompt_dropout=0.0, seed=0, kl_weight=1e-6,
+                 noise_offset=0.0):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage {stage!r} is not one of {STAGES}")
         self.model, self.stage = model, stage
         self.learning_rate, self.prompt_dropout, self.seed, self.kl_weight = learning_rate, prompt_dropout, seed, kl_weight
+        self.noise_offset = noise_offset
         self.micro_steps = 0  # micro-batches done; saved in checkpoints, seeds the randomness of the next one
         if stage == "vae":
             model.first_stage_model.train().requires_grad_(True)
@@ -94,11 +96,23 @@ class Trainee(pl.LightningModule):
             if self.stage == "control":
                 cond["c_concat"] = [image_batch(batch["hint"])]
             t = torch.randint(0, self.model.num_timesteps, (x0.shape[0],), generator=gen, device=self.device)
-            noise = torch.randn(x0.shape, generator=gen, device=self.device)
+            noise = self.noise(x0.shape, gen)
             loss, logs = self.model.p_losses(x0, cond, t, noise=noise)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, sync_dist=False)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True)
         return loss
+
+    def noise(self, shape, gen):
+        """Gaussian noise, plus `noise_offset` times a per-image, per-channel constant ("offset noise").
+
+        SD's schedule leaves sqrt(alpha_bar_T) ~ 0.07 of the image in x_T, enough for a model to learn to read
+        an image's overall colour from the mean of the noise instead of from the prompt; at sampling time that
+        mean is random, and so are the colours of flat backgrounds. The offset hides that leak.
+        """
+        noise = torch.randn(shape, generator=gen, device=self.device)
+        if self.noise_offset:
+            noise = noise + self.noise_offset * torch.randn(shape[:2], generator=gen, device=self.device)[..., None, None]
+        return noise
 
     def vae_loss(self, x, gen):
         with torch.set_grad_enabled(self.stage == "vae"):

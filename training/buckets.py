@@ -1,0 +1,97 @@
+"""Aspect-ratio buckets: non-square pictures keep their framing instead of being cropped to a square.
+
+Each picture goes to the bucket nearest its aspect ratio (a size with sides that are multiples of 64 and
+about resolution² pixels), is scaled to cover it and centre-cropped; every batch holds one bucket only,
+so the model sees whole compositions at the shapes it will be asked to generate.
+"""
+
+import math
+from collections import defaultdict
+
+import cv2
+import torch
+from PIL import Image
+from torch.utils.data import Sampler
+
+MULTIPLE = 64  # the latent's 8x downsampling and the UNet's three further halvings
+MAX_RATIO = 2.0
+EXIF_ORIENTATION = 0x0112
+ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def bucket_sizes(resolution, max_ratio=MAX_RATIO):
+    """(height, width) pairs, multiples of 64, of resolution²/2 to resolution² pixels, up to max_ratio wide or tall."""
+    if resolution < MULTIPLE or resolution % MULTIPLE:
+        raise ValueError(f"bucket resolution {resolution} must be a positive multiple of {MULTIPLE}")
+    area = resolution * resolution
+    sizes = set()
+    for short in range(MULTIPLE, resolution + 1, MULTIPLE):
+        long = min(area // short, int(short * max_ratio)) // MULTIPLE * MULTIPLE
+        if 2 * short * long >= area:
+            sizes.update({(short, long), (long, short)})
+    return sorted(sizes)
+
+
+def nearest_bucket(height, width, sizes):
+    ratio = math.log(width / height)
+    return min(sizes, key=lambda size: (abs(math.log(size[1] / size[0]) - ratio), -size[0] * size[1]))
+
+
+def picture_size(path):
+    """(height, width) as read_image will show the picture (EXIF rotation applied), from the header alone."""
+    with Image.open(path) as image:
+        width, height = image.size
+        if image.getexif().get(EXIF_ORIENTATION) in ROTATED:
+            width, height = height, width
+    return height, width
+
+
+def fit(picture, size, smooth=True):
+    """Scale the picture to cover `size` (height, width) and crop its centre to exactly that size.
+
+    smooth=False (for condition maps) enlarges bilinearly instead of with Lanczos, which rings around edges.
+    """
+    height, width = size
+    h, w = picture.shape[:2]
+    scale = max(height / h, width / w)
+    scaled_w, scaled_h = max(width, round(w * scale)), max(height, round(h * scale))
+    if scale < 1:
+        interpolation = cv2.INTER_AREA
+    else:
+        interpolation = cv2.INTER_LANCZOS4 if smooth else cv2.INTER_LINEAR
+    scaled = cv2.resize(picture, (scaled_w, scaled_h), interpolation=interpolation)
+    top, left = (scaled_h - height) // 2, (scaled_w - width) // 2
+    return scaled[top:top + height, left:left + width]
+
+
+class BucketBatchSampler(Sampler):
+    """Endless batches of dataset indices, each batch from one bucket; seeded and resumable.
+
+    Pass e shuffles the dataset with seed (seed, e), cuts each bucket's members into batches (the last one of
+    a bucket may be smaller) and shuffles the batches. `start` is the number of batches all processes have
+    consumed; process `rank` of `world` takes batches start + rank, start + rank + world, ...
+    """
+
+    def __init__(self, sizes, batch_size, seed=0, start=0, rank=0, world=1):
+        self.sizes, self.batch_size = sizes, batch_size
+        self.seed, self.start, self.rank, self.world = seed, start, rank, world
+
+    def batches(self, epoch):
+        generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        members = defaultdict(list)
+        for i in torch.randperm(len(self.sizes), generator=generator).tolist():
+            members[self.sizes[i]].append(i)
+        batches = [group[k:k + self.batch_size] for group in members.values()
+                   for k in range(0, len(group), self.batch_size)]
+        return [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
+
+    def __iter__(self):
+        count = len(self.batches(0))  # the same every pass: it depends on how many pictures each bucket has
+        position = self.start + self.rank
+        epoch, batches = None, None
+        while True:
+            e, offset = divmod(position, count)
+            if e != epoch:
+                epoch, batches = e, self.batches(e)
+            yield batches[offset]
+            position += self.world
