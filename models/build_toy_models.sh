@@ -37,7 +37,19 @@ $PY train.py --config models/toy_cldm.yaml --data data/shapes128 --out runs/toy_
     --max-steps 3000 --batch-size 16 --learning-rate 1e-4 \
     --prompt-dropout 0.1 --cache --ckpt-every 500 --log-every 50 --seed 6 --log-images-every 1000
 
-# 5. Ship: fp16, without the noise schedule (the yaml recomputes it). The base's weights with the decoder's.
-$PY -m training.export runs/toy_decoder/checkpoints/decoder-001500.safetensors models/toy_sd.safetensors --half
-$PY -m training.export runs/toy_control2/checkpoints/control-003000.safetensors \
+# 5. Colours from the prompt, not from the starting noise: the base fine-tuned with offset noise (SD's schedule
+#    leaves enough of a flat background's colour in x_T for the base to read it from the noise), then the
+#    control trained on over it with the same noise.
+$PY train.py --config models/toy_sd.yaml --stage base --data data/shapes128 --out runs/toy_base_offset \
+    --resume runs/toy_decoder/checkpoints/decoder-001500.safetensors --max-steps 3000 --batch-size 16 \
+    --learning-rate 2e-4 --prompt-dropout 0.1 --noise-offset 0.1 --cache --ckpt-every 500 --log-every 50 --seed 7
+$PY train.py --config models/toy_cldm.yaml --data data/shapes128 --out runs/toy_control3 \
+    --resume runs/toy_base_offset/checkpoints/base-003000.safetensors \
+    runs/toy_control2/checkpoints/control-003000.safetensors --max-steps 3000 --batch-size 16 \
+    --learning-rate 2e-4 --prompt-dropout 0.1 --noise-offset 0.1 --cache --ckpt-every 500 --log-every 50 \
+    --seed 8 --eval-every 1000 --eval-count 40
+
+# 6. Ship: fp16, without the noise schedule (the yaml recomputes it).
+$PY -m training.export runs/toy_base_offset/checkpoints/base-003000.safetensors models/toy_sd.safetensors --half
+$PY -m training.export runs/toy_control3/checkpoints/control-003000.safetensors \
     models/toy_control.safetensors --half --prefix control_model.

@@ -12,7 +12,7 @@ from annotators import read_image
 from ldm.checkpoint import save_safetensors
 from tests.helpers import TINY_V15, tiny_model
 from training.buckets import BucketBatchSampler, bucket_sizes, fit, nearest_bucket, picture_size
-from training.data import DataError, PairDataset
+from training.data import AnnotatedFolder, DataError, PairDataset
 from training.shapes import write_dataset
 
 
@@ -99,3 +99,16 @@ def test_train_on_mixed_shapes_with_buckets_and_a_clear_error_without(mixed_shap
         assert all(math.isfinite(p.float().sum().item()) for p in trainee.model.control_model.parameters())
     with pytest.raises(DataError, match="mix pictures of sizes 128x64, 64x64: train with --buckets"):
         train.main([*common, "--out", str(tmp_path / "plain"), "--batch-size", "10"])
+
+
+def test_annotated_pictures_keep_their_framing_in_buckets(tmp_path):
+    from skimage import data as photos
+
+    Image.fromarray(photos.chelsea()).save(tmp_path / "cat.jpg")  # 451x300
+    Image.fromarray(photos.chelsea()).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "tall.png")
+    dataset = AnnotatedFolder(tmp_path, "canny", 128, buckets=bucket_sizes(128))
+    assert dataset.sizes == [(64, 128), (128, 64)]
+    for i, size in enumerate(dataset.sizes):
+        item = dataset[i]
+        assert item["jpg"].shape == item["hint"].shape == (*size, 3)
+        assert item["hint"].max() == 1.0  # the cat's edges were found in the bucket's crop

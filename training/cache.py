@@ -46,9 +46,10 @@ def build_cache(model, dataset, path, batch_size=16):
             if f.metadata().get("fingerprint") == key and "rows" in f.metadata():
                 return path
     device = model.betas.device
+    sizes = getattr(dataset, "sizes", None) or [None] * len(dataset)
     by_size = defaultdict(list)
-    for i in range(len(dataset)):
-        by_size[dataset.sizes[i] if getattr(dataset, "sizes", None) is not None else None].append(i)
+    for i, size in enumerate(sizes):
+        by_size[size].append(i)
     tensors, rows = {}, [None] * len(dataset)
     for indices in by_size.values():
         moments = []

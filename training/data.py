@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
-from training.buckets import fit
+from training.buckets import fit, nearest_bucket, picture_size
 
 
 class DataError(ValueError):
@@ -33,8 +33,6 @@ def bucket_of_each(paths, buckets):
     """The aspect bucket of each picture (training.buckets), or None without buckets."""
     if buckets is None:
         return None
-    from training.buckets import nearest_bucket, picture_size
-
     sizes = []
     for path in paths:
         try:
