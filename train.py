@@ -15,14 +15,13 @@ import argparse
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
 from cldm.model import create_model, load_checkpoint
 from ldm.unet import set_gradient_checkpointing
+from training.buckets import BucketBatchSampler, bucket_sizes
 from training.cache import CachedPairs, build_cache
 from training.callbacks import AtomicCheckpoint, ImageLogger, OutlineEval
-from training.buckets import BucketBatchSampler, bucket_sizes
 from training.data import AnnotatedFolder, PairDataset, as_hint, collate, read_rgb
 from training.module import STAGES, Trainee
 from training.sampler import ResumableSampler
@@ -37,8 +36,9 @@ def parse_args(argv=None):
                                        "with this annotator, e.g. canny, hed")
     p.add_argument("--resolution", type=int, default=512,
                    help="square crop size for --annotator folders; the buckets' size with --buckets")
-    p.add_argument("--buckets", action="store_true", help="non-square data: scale and crop each pair to the aspect "
-                   "bucket (sides multiples of 64, about resolution² pixels) nearest its shape; a batch holds one bucket")
+    p.add_argument("--buckets", action="store_true",
+                   help="non-square data: scale and crop each pair to the aspect bucket (sides multiples of 64, "
+                        "about resolution² pixels) nearest its shape; a batch holds one bucket")
     p.add_argument("--resume", nargs="*", default=[], help="initial weights (one or more files), or a step-*.ckpt")
     p.add_argument("--out", default="runs/train", help="folder for checkpoints and image logs")
     p.add_argument("--stage", choices=STAGES, default="control", help="what to train (default: the ControlNet)")
@@ -118,7 +118,7 @@ class DataModule(pl.LightningDataModule):
     def train_dataloader(self):
         trainer, args = self.trainer, self.args
         batches_done = self.trainee.micro_steps * trainer.world_size
-        loader = dict(num_workers=args.workers, persistent_workers=args.workers > 0, collate_fn=collate)
+        loader = {"num_workers": args.workers, "persistent_workers": args.workers > 0, "collate_fn": collate}
         if self.dataset.sizes is not None:
             sampler = BucketBatchSampler(self.dataset.sizes, args.batch_size, args.seed, batches_done,
                                          trainer.global_rank, trainer.world_size)

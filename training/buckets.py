@@ -20,7 +20,8 @@ ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def bucket_sizes(resolution, max_ratio=MAX_RATIO):
-    """(height, width) pairs, multiples of 64, of resolution²/2 to resolution² pixels, up to max_ratio wide or tall."""
+    """(height, width) pairs, multiples of 64, of resolution²/2 to resolution² pixels, up to max_ratio
+    wide or tall."""
     if resolution < MULTIPLE or resolution % MULTIPLE:
         raise ValueError(f"bucket resolution {resolution} must be a positive multiple of {MULTIPLE}")
     area = resolution * resolution

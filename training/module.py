@@ -111,7 +111,8 @@ class Trainee(pl.LightningModule):
         """
         noise = torch.randn(shape, generator=gen, device=self.device)
         if self.noise_offset:
-            noise = noise + self.noise_offset * torch.randn(shape[:2], generator=gen, device=self.device)[..., None, None]
+            offset = torch.randn(shape[:2], generator=gen, device=self.device)[..., None, None]
+            noise = noise + self.noise_offset * offset
         return noise
 
     def vae_loss(self, x, gen):
