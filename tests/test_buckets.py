@@ -55,7 +55,7 @@ def test_bucket_batches_hold_one_bucket_cover_each_pass_and_resume():
     sizes = [(64, 64)] * 7 + [(64, 128)] * 5 + [(128, 64)] * 2
     sampler = BucketBatchSampler(sizes, batch_size=3, seed=5)
     stream = iter(sampler)
-    first_pass = [next(stream) for _ in range(len(sampler.batches(0)))]
+    first_pass = [next(stream) for _ in range(sampler.size)]
     assert sorted(i for batch in first_pass for i in batch) == list(range(len(sizes)))
     assert all(len({sizes[i] for i in batch}) == 1 for batch in first_pass)
     assert len(first_pass) == 3 + 2 + 1  # 7 -> 3+3+1, 5 -> 3+2, 2 -> 2

@@ -11,7 +11,8 @@ from collections import defaultdict
 import cv2
 import torch
 from PIL import Image
-from torch.utils.data import Sampler
+
+from training.sampler import ResumableSampler
 
 MULTIPLE = 64  # the latent's 8x downsampling and the UNet's three further halvings
 MAX_RATIO = 2.0
@@ -65,20 +66,22 @@ def fit(picture, size, smooth=True):
     return scaled[top:top + height, left:left + width]
 
 
-class BucketBatchSampler(Sampler):
+class BucketBatchSampler(ResumableSampler):
     """Endless batches of dataset indices, each batch from one bucket; seeded and resumable.
 
     Pass e shuffles the dataset with seed (seed, e), cuts each bucket's members into batches (the last one of
-    a bucket may be smaller) and shuffles the batches. `start` is the number of batches all processes have
-    consumed; process `rank` of `world` takes batches start + rank, start + rank + world, ...
+    a bucket may be smaller) and shuffles the batches. The stream of batches is a ResumableSampler's: `start`
+    is the number of batches all processes have consumed; process `rank` of `world` takes batches
+    start + rank, start + rank + world, ...
     """
 
     def __init__(self, sizes, batch_size, seed=0, start=0, rank=0, world=1):
         self.sizes, self.batch_size = sizes, batch_size
-        self.seed, self.start, self.rank, self.world = seed, start, rank, world
+        # every pass has the same number of batches: it depends on how many pictures each bucket has
+        super().__init__(len(self.batches_of_pass(0, seed)), seed, start, rank, world)
 
-    def batches(self, epoch):
-        generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+    def batches_of_pass(self, epoch, seed):
+        generator = torch.Generator().manual_seed(seed * 7919 + epoch)
         members = defaultdict(list)
         for i in torch.randperm(len(self.sizes), generator=generator).tolist():
             members[self.sizes[i]].append(i)
@@ -86,13 +89,5 @@ class BucketBatchSampler(Sampler):
                    for k in range(0, len(group), self.batch_size)]
         return [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
 
-    def __iter__(self):
-        count = len(self.batches(0))  # the same every pass: it depends on how many pictures each bucket has
-        position = self.start + self.rank
-        epoch, batches = None, None
-        while True:
-            e, offset = divmod(position, count)
-            if e != epoch:
-                epoch, batches = e, self.batches(e)
-            yield batches[offset]
-            position += self.world
+    def permutation(self, epoch):
+        return self.batches_of_pass(epoch, self.seed)

@@ -113,13 +113,7 @@ def collate(items):
 
 def square(picture, size):
     """The largest centred square of the picture, resized to size x size."""
-    import cv2
-
-    h, w = picture.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = picture[top:top + side, left:left + side]
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LANCZOS4)
+    return fit(picture, (size, size))
 
 
 class AnnotatedFolder(Dataset):
