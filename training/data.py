@@ -111,11 +111,6 @@ def collate(items):
     return default_collate(items)
 
 
-def square(picture, size):
-    """The largest centred square of the picture, resized to size x size."""
-    return fit(picture, (size, size))
-
-
 class AnnotatedFolder(Dataset):
     """A folder of plain pictures made into training pairs by an annotator (annotators.ANNOTATORS).
 
@@ -149,7 +144,7 @@ class AnnotatedFolder(Dataset):
             picture = read_image(str(self.paths[i]))
         except ImageError as e:
             raise DataError(f"{self.paths[i]}: {e}; replace or remove it") from None
-        return square(picture, self.size) if self.sizes is None else fit(picture, self.sizes[i])
+        return fit(picture, (self.size, self.size) if self.sizes is None else self.sizes[i])
 
     def hint(self, i, target=None):
         target = self.target(i) if target is None else target
