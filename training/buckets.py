@@ -6,7 +6,7 @@ so the model sees whole compositions at the shapes it will be asked to generate.
 """
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import cv2
 import torch
@@ -77,17 +77,14 @@ class BucketBatchSampler(ResumableSampler):
 
     def __init__(self, sizes, batch_size, seed=0, start=0, rank=0, world=1):
         self.sizes, self.batch_size = sizes, batch_size
-        # every pass has the same number of batches: it depends on how many pictures each bucket has
-        super().__init__(len(self.batches_of_pass(0, seed)), seed, start, rank, world)
+        batches_per_pass = sum(math.ceil(n / batch_size) for n in Counter(sizes).values())
+        super().__init__(batches_per_pass, seed, start, rank, world)
 
-    def batches_of_pass(self, epoch, seed):
-        generator = torch.Generator().manual_seed(seed * 7919 + epoch)
+    def permutation(self, epoch):
+        generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
         members = defaultdict(list)
         for i in torch.randperm(len(self.sizes), generator=generator).tolist():
             members[self.sizes[i]].append(i)
         batches = [group[k:k + self.batch_size] for group in members.values()
                    for k in range(0, len(group), self.batch_size)]
         return [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
-
-    def permutation(self, epoch):
-        return self.batches_of_pass(epoch, self.seed)

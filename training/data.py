@@ -17,12 +17,16 @@ class DataError(ValueError):
     """A dataset problem; the message names the file (and prompt.json line) at fault."""
 
 
+def unreadable(path, error):
+    return DataError(f"{path} could not be read as an image ({type(error).__name__}: {error}); replace or remove it")
+
+
 def read_rgb(path):
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path} could not be read as an image ({type(e).__name__}: {e}); replace or remove it") from None
+        raise unreadable(path, e) from None
 
 
 def as_hint(source):
@@ -38,8 +42,7 @@ def bucket_of_each(paths, buckets):
         try:
             sizes.append(nearest_bucket(*picture_size(path), buckets))
         except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{path} could not be read as an image ({type(e).__name__}: {e}); "
-                            "replace or remove it") from None
+            raise unreadable(path, e) from None
     return sizes
 
 
