@@ -14,14 +14,34 @@ from torch import nn
 
 from ldm.attention import zero_module
 from ldm.diffusion import LatentDiffusion
+from ldm.precision import weights_dtype
 from ldm.unet import TimestepEmbedSequential, UNetConfig, UNetModel, build_encoder, time_embedding, timestep_embedding
 
 NUM_CONTROLS = 13  # SD 1.x/2.x: one per encoder block (12 input blocks) plus the middle block
+CONTROL_PREFIX = "control_model."  # where a ControlLDM keeps its ControlNet's weights
 
 
 def guess_mode_scales(strength=1.0, n=NUM_CONTROLS):
     """The release's guess-mode scales: deeper blocks count more, strength * 0.825 ** (12 - i) for SD."""
     return [strength * 0.825 ** float(n - 1 - i) for i in range(n)]
+
+
+def block_weights(n, strength=1.0, soft=False, block_scales=None):
+    """The multiplier of each of a ControlNet's n residuals: its strength, the release's soft (guess-mode)
+    scales if asked, times per-block scales if given (the release's `control_scales`)."""
+    weights = guess_mode_scales(strength, n) if soft else [strength] * n
+    if block_scales is None:
+        return weights
+    if len(block_scales) != n:
+        raise ValueError(f"got {len(block_scales)} control scales; this ControlNet has {n} outputs")
+    return [w * s for w, s in zip(weights, block_scales)]
+
+
+def sum_residuals(a, b):
+    """The residuals of two ControlNets added block by block (None: that net adds nothing there)."""
+    if a is None:
+        return b
+    return [y if x is None else x if y is None else x + y for x, y in zip(a, b)]
 
 
 def zero_conv(channels):
@@ -39,74 +59,90 @@ def hint_encoder(hint_channels, model_channels):
 
 
 class ControlNet(nn.Module):
-    """The trainable copy of the UNet encoder; returns one residual per locked skip connection + the middle."""
+    """The trainable copy of the UNet encoder; returns the residuals to add to the locked UNet, one per skip
+    connection and one for the middle block, already weighted.
+
+    Everything that decides a net's residuals is the net's own: its weighting per call (strength, the soft
+    guess-mode scales, per-block scales) and its configuration (`global_average_pooling` for ControlNet 1.1
+    shuffle, `only_mid_control`), so several nets side by side each keep theirs.
+    """
 
     config_class = UNetConfig  # yaml params are its fields
 
-    def __init__(self, hint_channels, **params):
+    def __init__(self, hint_channels, global_average_pooling=False, only_mid_control=False, **params):
         super().__init__()
         params.pop("out_channels", None)  # the control has no decoder
         self.config = cfg = UNetConfig(**params)
         self.model_channels = cfg.model_channels
-        self.dtype = torch.float16 if cfg.use_fp16 else torch.float32
+        self.global_average_pooling = global_average_pooling  # only global statistics of the control pass
+        self.only_mid_control = only_mid_control  # residuals for the middle block only
         self.time_embed = time_embedding(cfg.model_channels)
         self.input_hint_block = hint_encoder(hint_channels, cfg.model_channels)
         self.input_blocks, self.middle_block, block_channels = build_encoder(cfg)
         self.zero_convs = nn.ModuleList(zero_conv(ch) for ch in block_channels)
         self.middle_block_out = zero_conv(block_channels[-1])
         self.num_outputs = len(block_channels) + 1
+        if cfg.use_fp16:  # the release's switch: the net computes in fp16
+            self.half()
+
+    @property
+    def dtype(self):
+        return weights_dtype(self.time_embed)
 
     def encode_hint(self, hint):
         """The condition image's features (B, model_channels, H, W); they depend on nothing else, so a sampler
         may compute them once per generation and pass them to every step as `hint_features`."""
-        return self.input_hint_block(hint, None, None)
+        return self.input_hint_block(hint.to(self.dtype), None, None)
 
-    def forward(self, x, hint, timesteps, context, hint_features=None):
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
-        guided_hint = self.encode_hint(hint) if hint_features is None else hint_features
+    def forward(self, x, hint, timesteps, context, hint_features=None, strength=1.0, soft=False, block_scales=None):
+        """Residuals (B, C_i, H_i, W_i) in the net's dtype; None where `only_mid_control` adds nothing."""
+        # 1. timestep embedding and condition features
+        dtype = self.dtype
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))
+        guided_hint = self.encode_hint(hint) if hint_features is None else hint_features.to(dtype)
+        context = context.to(dtype)
+        # 2. the encoder copy; the condition enters once, after the first conv
         outs = []
-        h = x.type(self.dtype)
+        h = x.to(dtype)
         for i, (module, zero) in enumerate(zip(self.input_blocks, self.zero_convs)):
             h = module(h, emb, context)
             if i == 0:
-                h = h + guided_hint  # the condition enters once, after the first conv
-            outs.append(zero(h, emb, context))
+                h = h + guided_hint
+            outs.append(None if self.only_mid_control else zero(h, emb, context))
         h = self.middle_block(h, emb, context)
         outs.append(self.middle_block_out(h, emb, context))
+        # 3. the net's weighting
+        weights = block_weights(self.num_outputs, strength, soft, block_scales)
+        outs = [None if o is None else o * w for o, w in zip(outs, weights)]
+        if self.global_average_pooling:
+            outs = [None if o is None else o.mean(dim=(2, 3), keepdim=True) for o in outs]
         return outs
 
 
 class ControlledUnetModel(UNetModel):
-    """The locked SD UNet with control residuals added to its middle output and skip connections.
+    """The locked SD UNet, to which ControlNet residuals are added (UNetModel's `control`).
 
     The encoder runs without autograd: it is never trained, and this saves the memory of its activations.
     """
 
+    @torch.no_grad()
+    def encode(self, x, timesteps, context):
+        return super().encode(x, timesteps, context)
+
     def forward(self, x, timesteps, context=None, control=None, only_mid_control=False):
-        hs = []
-        with torch.no_grad():
-            emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
-            h = x.type(self.dtype)
-            for module in self.input_blocks:
-                h = module(h, emb, context)
-                hs.append(h)
-            h = self.middle_block(h, emb, context)
-        control = list(control) if control is not None else None
-        if control is not None:
-            h = h + control.pop()
-        for module in self.output_blocks:
-            skip = hs.pop()
-            if control is not None and not only_mid_control:
-                skip = skip + control.pop()
-            h = module(torch.cat([h, skip], dim=1), emb, context)
-        return self.out(h.type(x.dtype))
+        # only_mid_control: the release's argument; ControlNet(only_mid_control=True) is the way to ask for it
+        if only_mid_control and control is not None:
+            control = [None] * (len(control) - 1) + [control[-1]]
+        return super().forward(x, timesteps, context, control)
 
 
 class ControlLDM(LatentDiffusion):
     """Stable Diffusion with a ControlNet. `cond = {"c_concat": [hint], "c_crossattn": [text context]}`.
 
-    control_scales: one multiplier per control output (13 for SD: input blocks first, middle last).
+    control_scales: the release's attribute, one multiplier per control output (13 for SD); `apply_model`
+        reads it only when its call names no `control_scales`.
     sd_locked: train only the control (True), or the UNet decoder too.
+    only_mid_control, global_average_pooling: set on the ControlNet, whose properties they are.
     """
 
     def __init__(self, control_model, *, control_key="hint", only_mid_control=False, global_average_pooling=False,
@@ -114,25 +150,35 @@ class ControlLDM(LatentDiffusion):
         super().__init__(**kwargs)
         self.control_model = control_model
         self.control_key = control_key
-        self.only_mid_control = only_mid_control
-        self.global_average_pooling = global_average_pooling
+        control_model.only_mid_control = only_mid_control
+        control_model.global_average_pooling = global_average_pooling
         self.sd_locked = sd_locked  # also sets which UNet weights need gradients
         self.control_scales = [1.0] * control_model.num_outputs
 
     def apply_model(self, x_noisy, t, cond, control_scales=None):
         context = torch.cat(cond["c_crossattn"], 1)
-        unet = self.model.diffusion_model
-        if cond.get("c_concat") is None:
-            return unet(x_noisy, t, context=context, control=None, only_mid_control=self.only_mid_control)
-        hint = torch.cat(cond["c_concat"], 1)
-        control = self.control_model(x_noisy, hint, t, context)
-        scales = self.control_scales if control_scales is None else control_scales
-        if len(scales) != len(control):
-            raise ValueError(f"control_scales has {len(scales)} values; this control has {len(control)} outputs")
-        control = [c * s for c, s in zip(control, scales)]
-        if self.global_average_pooling:  # ControlNet 1.1 shuffle: only global statistics of the control pass
-            control = [c.mean(dim=(2, 3), keepdim=True) for c in control]
-        return unet(x_noisy, t, context=context, control=control, only_mid_control=self.only_mid_control)
+        control = None
+        if cond.get("c_concat") is not None:
+            scales = self.control_scales if control_scales is None else control_scales
+            control = self.control_model(x_noisy, torch.cat(cond["c_concat"], 1), t, context, block_scales=scales)
+        return self.denoise(x_noisy, t, {"c_crossattn": [context]}, control)
+
+    # The release's attributes, now the ControlNet's own.
+    @property
+    def only_mid_control(self):
+        return self.control_model.only_mid_control
+
+    @only_mid_control.setter
+    def only_mid_control(self, value):
+        self.control_model.only_mid_control = bool(value)
+
+    @property
+    def global_average_pooling(self):
+        return self.control_model.global_average_pooling
+
+    @global_average_pooling.setter
+    def global_average_pooling(self, value):
+        self.control_model.global_average_pooling = bool(value)
 
     @property
     def sd_locked(self):

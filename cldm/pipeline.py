@@ -7,8 +7,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cldm.cldm import guess_mode_scales
+from cldm.cldm import sum_residuals
 from cldm.samplers import SAMPLERS, sample
+from ldm.ddim import classifier_free_guidance
+from ldm.precision import check_finite, weights_dtype
 
 # The control modes of the A1111 ControlNet extension: "prompt" weighs the control's blocks softly (deeper
 # blocks more, the release's guess-mode scales); "control" gives the control to the conditional branch only,
@@ -53,16 +55,21 @@ class GuidedDenoiser:
 
     The unconditional and conditional halves run as one batch [uncond; cond]. A control that skips the
     unconditional branch (guess mode, "control" mode) runs on the conditional half only and adds zeros to
-    the other, which leaves that half exactly as without the control.
+    the other, which leaves that half exactly as without the control. Each call is one sampling step; a
+    NaN or infinity stops the generation with the part and the step named.
     """
 
-    def __init__(self, model, context, uncond_context, controls, guidance_scale, guess_mode=False):
+    def __init__(self, model, context, uncond_context, controls, guidance_scale, guess_mode=False, steps=None):
         self.model, self.controls, self.guess_mode = model, controls, guess_mode
         self.guided = guidance_scale != 1.0
         self.guidance_scale = guidance_scale
         self.context = torch.cat([uncond_context, context]) if self.guided else context
         self.hints = [hint_tensor(c.hint, context.shape[0], context.device) for c in controls]
         self.hint_features = [None] * len(controls)  # computed at a control's first step, reused by the others
+        self.step, self.steps = 0, steps
+
+    def net(self, control):
+        return control.net or self.model.control_model
 
     def residuals(self, x, t, progress):
         """Per-block control residuals for the whole batch, or None when no control acts at this step."""
@@ -70,40 +77,31 @@ class GuidedDenoiser:
         for i, (control, hint) in enumerate(zip(self.controls, self.hints)):
             if not control.active(progress):
                 continue
-            net = control.net or self.model.control_model
+            net = self.net(control)
             if self.hint_features[i] is None:
                 self.hint_features[i] = net.encode_hint(hint)
             features = self.hint_features[i]
-            soft = self.guess_mode or control.mode == "prompt"
-            blocks = net.num_outputs
-            scales = guess_mode_scales(control.strength, blocks) if soft else [control.strength] * blocks
-            cond_only = self.guided and (self.guess_mode or control.mode == "control")
-            if cond_only:
+            weighting = dict(strength=control.strength, soft=self.guess_mode or control.mode == "prompt")
+            if self.guided and (self.guess_mode or control.mode == "control"):  # conditional half only
                 n = x.shape[0] // 2
-                outputs = net(x[n:], hint, t[n:], self.context[n:], hint_features=features)
-                outputs = [torch.cat([torch.zeros_like(o), o]) for o in outputs]
+                outputs = net(x[n:], hint, t[n:], self.context[n:], hint_features=features, **weighting)
+                outputs = [None if o is None else torch.cat([torch.zeros_like(o), o]) for o in outputs]
             else:
                 copies = x.shape[0] // hint.shape[0]
-                outputs = net(x, hint, t, self.context, hint_features=torch.cat([features] * copies))
-            outputs = [o * s for o, s in zip(outputs, scales)]
-            if getattr(self.model, "global_average_pooling", False):  # ControlNet 1.1 shuffle: global statistics
-                outputs = [o.mean(dim=(2, 3), keepdim=True) for o in outputs]
-            total = outputs if total is None else [a + b for a, b in zip(total, outputs)]
+                outputs = net(x, hint, t, self.context, hint_features=torch.cat([features] * copies), **weighting)
+            check_finite(outputs, "ControlNet", net.dtype, self.step, self.steps)
+            total = sum_residuals(total, outputs)
         return total
 
-    def __call__(self, x, t, progress):
-        if self.guided:
-            x, t = torch.cat([x, x]), torch.cat([t, t])
+    def model_output(self, x, t, progress):
         residuals = self.residuals(x, t, progress) if self.controls else None
-        if residuals is None:
-            out = self.model.apply_model(x, t, {"c_crossattn": [self.context], "c_concat": None})
-        else:
-            out = self.model.model.diffusion_model(x, t, context=self.context, control=residuals,
-                                                   only_mid_control=getattr(self.model, "only_mid_control", False))
-        if not self.guided:
-            return out
-        out_uncond, out_cond = out.chunk(2)
-        return out_uncond + self.guidance_scale * (out_cond - out_uncond)
+        return self.model.denoise(x, t, {"c_crossattn": [self.context]}, residuals)
+
+    def __call__(self, x, t, progress):
+        out = classifier_free_guidance(lambda x2, t2: self.model_output(x2, t2, progress), x, t, self.guidance_scale)
+        check_finite(out, "UNet", weights_dtype(self.model.model), self.step, self.steps)
+        self.step += 1
+        return out
 
 
 @torch.no_grad()
@@ -129,12 +127,13 @@ def generate(model, hint, prompt, added_prompt="", negative_prompt="", num_sampl
         raise ValueError(f"all condition images must have the same size, got {sorted(sizes)}")
     height, width = sizes.pop() if sizes else size
     full_prompt = ", ".join(p for p in (prompt, added_prompt) if p)
-    context = model.get_learned_conditioning([full_prompt] * num_samples)
-    uncond_context = model.get_learned_conditioning([negative_prompt] * num_samples)
-    denoise = GuidedDenoiser(model, context, uncond_context, controls, guidance_scale, guess_mode)
+    context = check_finite(model.get_learned_conditioning([full_prompt] * num_samples), "text encoder")
+    uncond_context = check_finite(model.get_learned_conditioning([negative_prompt] * num_samples), "text encoder")
+    denoise = GuidedDenoiser(model, context, uncond_context, controls, guidance_scale, guess_mode, steps)
     generator = torch.Generator(device=device).manual_seed(seed)
+    # the starting noise and the latents the sampler updates are fp32 whatever the model computes in
     x_T = torch.randn((num_samples, model.channels, height // 8, width // 8), generator=generator, device=device)
     latents = sample(model, denoise, x_T, steps, sampler, eta, generator, verbose)
-    images = model.decode_first_stage(latents)
+    images = check_finite(model.decode_first_stage(latents), "VAE decoder", weights_dtype(model.first_stage_model))
     images = (images.permute(0, 2, 3, 1) * 127.5 + 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
     return list(images), seed

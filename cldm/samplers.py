@@ -8,16 +8,16 @@ step), which is what control start/end are measured in.
 import inspect
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, UniPCMultistepScheduler
 from tqdm.auto import tqdm
 
 from ldm.ddim import DDIMSampler
 
+# name -> (diffusers scheduler class name, its settings); diffusers is imported only when one is used
 SCHEDULERS = {
-    "Euler a": (EulerAncestralDiscreteScheduler, {}),
-    "DPM++ 2M Karras": (DPMSolverMultistepScheduler,
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler",
                         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
-    "UniPC": (UniPCMultistepScheduler, {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
 }
 SAMPLERS = ("DDIM", *SCHEDULERS)
 
@@ -26,7 +26,10 @@ def diffusers_scheduler(model, name):
     """A diffusers scheduler on the model's own noise schedule (its betas, its parameterization)."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {list(SAMPLERS)}")
-    cls, extra = SCHEDULERS[name]
+    import diffusers
+
+    class_name, extra = SCHEDULERS[name]
+    cls = getattr(diffusers, class_name)
     prediction = "v_prediction" if model.parameterization == "v" else "epsilon"
     return cls(num_train_timesteps=model.num_timesteps, trained_betas=model.betas.detach().cpu().double().numpy(),
                prediction_type=prediction, timestep_spacing="leading", steps_offset=1, **extra)
@@ -40,7 +43,7 @@ def sample(model, denoise, x_T, steps, sampler="DDIM", eta=0.0, generator=None, 
     scheduler.set_timesteps(steps, device=x_T.device)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     extra = {"generator": generator} if takes_generator else {}
-    x = x_T * scheduler.init_noise_sigma
+    x = x_T.float() * scheduler.init_noise_sigma  # the sampler arithmetic stays fp32 (ldm.precision)
     timesteps = scheduler.timesteps
     for i, t in enumerate(tqdm(timesteps, desc=sampler, disable=not verbose)):
         ts = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
@@ -51,11 +54,4 @@ def sample(model, denoise, x_T, steps, sampler="DDIM", eta=0.0, generator=None, 
 
 def sample_ddim(model, denoise, x_T, steps, eta=0.0, generator=None, verbose=True):
     """The release's DDIM (ldm.ddim), stepping on the given denoiser."""
-    ddim = DDIMSampler(model)
-    ddim.make_schedule(steps, ddim_eta=eta)
-    x = x_T
-    timesteps = ddim.ddim_timesteps[::-1]
-    for i, step in enumerate(tqdm(timesteps, desc="DDIM", disable=not verbose)):
-        ts = torch.full((x.shape[0],), int(step), device=x.device, dtype=torch.long)
-        x, _ = ddim.step(x, denoise(x, ts, i / len(timesteps)), ts, len(timesteps) - i - 1, generator=generator)
-    return x
+    return DDIMSampler(model).run(denoise, x_T, steps, eta, generator, verbose)[0]

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.precision import weights_dtype
+
 
 def Normalize(channels):
     return nn.GroupNorm(32, channels, eps=1e-6)
@@ -177,10 +179,13 @@ class AutoencoderKL(nn.Module):
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
 
     def encode(self, x):
-        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
+        """The latent distribution of images x, in x's dtype (ldm.precision); computed in the VAE's."""
+        moments = self.quant_conv(self.encoder(x.to(weights_dtype(self.encoder))))
+        return DiagonalGaussianDistribution(moments.to(x.dtype))
 
     def decode(self, z):
-        return self.decoder(self.post_quant_conv(z))
+        """Images from latents z, in z's dtype; computed in the decoder's."""
+        return self.decoder(self.post_quant_conv(z.to(weights_dtype(self.decoder)))).to(z.dtype)
 
     def forward(self, x, sample_posterior=True):
         posterior = self.encode(x)

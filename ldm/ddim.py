@@ -36,17 +36,31 @@ def cat_cond(a, b):
     return None
 
 
+def classifier_free_guidance(run, x, t, scale):
+    """Classifier-free guidance (Ho and Salimans 2022): uncond + scale * (cond - uncond).
+
+    `run(x2, t2)` evaluates the model on the batch [x; x], unconditional half first. With scale 1 there is no
+    unconditional half: the caller's `run` then gets x alone and gives the conditional output.
+    """
+    if scale == 1.0:
+        return run(x, t)
+    out_uncond, out_cond = run(torch.cat([x, x]), torch.cat([t, t])).chunk(2)
+    return out_uncond + scale * (out_cond - out_uncond)
+
+
 def guided_model_output(model, x, t, cond, uncond, scale):
-    """Model output with classifier-free guidance: uncond + scale * (cond - uncond)."""
+    """`model.apply_model` with classifier-free guidance over the release's conditioning dicts."""
     if uncond is None or scale == 1.0:
         return model.apply_model(x, t, cond)
     both = cat_cond(uncond, cond)
-    if both is not None:
-        out_uncond, out_cond = model.apply_model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
-    else:
-        out_cond = model.apply_model(x, t, cond)
-        out_uncond = model.apply_model(x, t, uncond)
-    return out_uncond + scale * (out_cond - out_uncond)
+
+    def run(x2, t2):
+        if both is not None:
+            return model.apply_model(x2, t2, both)
+        n = x.shape[0]  # conditionings of different structure (e.g. guess mode): two calls
+        return torch.cat([model.apply_model(x2[:n], t2[:n], uncond), model.apply_model(x2[n:], t2[n:], cond)])
+
+    return classifier_free_guidance(run, x, t, scale)
 
 
 class DDIMSampler:
@@ -75,26 +89,37 @@ class DDIMSampler:
         unsupported = sorted(k for k, v in unused.items() if v not in (None, False))
         if unsupported:
             raise TypeError(f"DDIMSampler.sample does not support {unsupported}")
-        self.make_schedule(S, ddim_eta=eta)
         device = self.model.betas.device
         if x_T is None:
             x_T = torch.randn((batch_size, *shape), generator=generator, device=device)
-        img = x_T.to(device)
+
+        def denoise(x, t, progress):
+            return guided_model_output(self.model, x, t, conditioning, unconditional_conditioning,
+                                       unconditional_guidance_scale)
+
+        return self.run(denoise, x_T.to(device), S, eta, generator, verbose, mask=mask, x0=x0,
+                        temperature=temperature, callback=callback, img_callback=img_callback, log_every_t=log_every_t)
+
+    def run(self, denoise, x_T, steps, eta=0.0, generator=None, verbose=True, mask=None, x0=None, temperature=1.0,
+            callback=None, img_callback=None, log_every_t=100):
+        """The DDIM loop over `denoise(x, t, progress)` (the guided model output at timesteps t; progress is the
+        fraction of steps done), from x_T in `steps` steps; returns (x_0, intermediates)."""
+        self.make_schedule(steps, ddim_eta=eta)
+        img = x_T.float()  # the sampler arithmetic stays fp32 whatever the model computes in (ldm.precision)
         intermediates = {"x_inter": [img], "pred_x0": [img]}
-        steps = np.flip(self.ddim_timesteps)
-        for i, step in enumerate(tqdm(steps, desc="DDIM", disable=not verbose)):
-            index = len(steps) - i - 1
-            ts = torch.full((batch_size,), int(step), device=device, dtype=torch.long)
+        timesteps = np.flip(self.ddim_timesteps)
+        for i, step in enumerate(tqdm(timesteps, desc="DDIM", disable=not verbose)):
+            index = len(timesteps) - i - 1
+            ts = torch.full((img.shape[0],), int(step), device=img.device, dtype=torch.long)
             if mask is not None:  # inpainting: keep the known region on the forward-noised original
-                img = self.model.q_sample(x0, ts, torch.randn(x0.shape, generator=generator, device=device)) * mask \
-                    + (1.0 - mask) * img
-            img, pred_x0 = self.p_sample_ddim(img, conditioning, ts, index, unconditional_guidance_scale,
-                                              unconditional_conditioning, temperature, generator)
+                noise = torch.randn(x0.shape, generator=generator, device=img.device)
+                img = self.model.q_sample(x0, ts, noise) * mask + (1.0 - mask) * img
+            img, pred_x0 = self.step(img, denoise(img, ts, i / len(timesteps)), ts, index, temperature, generator)
             if callback:
                 callback(i)
             if img_callback:
                 img_callback(pred_x0, i)
-            if index % log_every_t == 0 or index == len(steps) - 1:
+            if index % log_every_t == 0 or index == len(timesteps) - 1:
                 intermediates["x_inter"].append(img)
                 intermediates["pred_x0"].append(pred_x0)
         return img, intermediates

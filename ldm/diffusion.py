@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.precision import computing_in_fp32, weights_dtype
+
 # The schedule buffers; released checkpoints store all but lvlb_weights at top level, with logvar.
 SCHEDULE_BUFFERS = (
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
@@ -77,11 +79,13 @@ class DiffusionWrapper(nn.Module):
         self.diffusion_model = diffusion_model
         self.conditioning_key = conditioning_key
 
-    def forward(self, x, t, c_concat=None, c_crossattn=None):
+    def forward(self, x, t, c_concat=None, c_crossattn=None, control=None):
         if self.conditioning_key in ("concat", "hybrid"):
             x = torch.cat([x, *c_concat], dim=1)
         context = torch.cat(c_crossattn, 1) if self.conditioning_key != "concat" else None
-        return self.diffusion_model(x, t, context=context)
+        if control is None:  # a plain UNet may not take the argument
+            return self.diffusion_model(x, t, context=context)
+        return self.diffusion_model(x, t, context=context, control=control)
 
 
 class LatentDiffusion(nn.Module):
@@ -128,6 +132,17 @@ class LatentDiffusion(nn.Module):
         else:
             self.register_buffer("logvar", logvar)
 
+    def _apply(self, fn, recurse=True):
+        """`.to(dtype)`, `.half()`, `.bfloat16()` cast the networks; the noise schedule follows the device but
+        stays fp32 (ldm.precision: the sampler arithmetic needs it)."""
+        schedule = {name: b for name, b in self._buffers.items() if name in SCHEDULE_BUFFERS or name == "logvar"}
+        super()._apply(fn, recurse)
+        for name, original in schedule.items():
+            moved = self._buffers[name]
+            if moved is not None and moved.dtype != original.dtype:
+                self._buffers[name] = original.to(moved.device)
+        return self
+
     # -- conditioning and the VAE -------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -150,16 +165,27 @@ class LatentDiffusion(nn.Module):
 
     @torch.no_grad()
     def decode_first_stage(self, z):
-        return self.first_stage_model.decode(z / self.scale_factor)
+        """Images in [-1, 1], in z's dtype. An fp16 VAE whose decode overflows decodes again in fp32."""
+        vae = self.first_stage_model
+        images = vae.decode(z / self.scale_factor)
+        if weights_dtype(vae) == torch.float16 and not torch.isfinite(images).all():
+            with computing_in_fp32(vae):
+                images = vae.decode(z / self.scale_factor)
+        return images
 
     # -- the denoiser -------------------------------------------------------------------------------------
 
     def apply_model(self, x_noisy, t, cond):
+        return self.denoise(x_noisy, t, cond)
+
+    def denoise(self, x_noisy, t, cond, control=None):
+        """The UNet's prediction (noise, or v), with ControlNet residuals `control` added if given: the one
+        place where controls meet the locked UNet, for `apply_model`, the samplers and training."""
         if not isinstance(cond, dict):
             cond = cond if isinstance(cond, list) else [cond]
             key = "c_concat" if self.model.conditioning_key == "concat" else "c_crossattn"
             cond = {key: cond}
-        return self.model(x_noisy, t, **cond)
+        return self.model(x_noisy, t, **cond, control=control)
 
     # -- the forward process and the loss -------------------------------------------------------------------
 

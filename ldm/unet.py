@@ -14,10 +14,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ldm.attention import SpatialTransformer, zero_module
+from ldm.precision import weights_dtype
 
 
 def timestep_embedding(timesteps, dim, max_period=10000):
-    """Sinusoidal embedding of (B,) timesteps -> (B, dim), cosines first as in the LDM release."""
+    """Sinusoidal embedding of (B,) timesteps -> (B, dim) fp32, cosines first as in the LDM release.
+
+    Always fp32 (ldm.precision): t * frequency reaches 999 radians, where bf16 would be off by whole radians.
+    """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
     args = timesteps[:, None].float() * freqs[None]
@@ -27,15 +31,10 @@ def timestep_embedding(timesteps, dim, max_period=10000):
     return embedding
 
 
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in fp32 whatever the activations' dtype: fp16 statistics overflow."""
-
-    def forward(self, x):
-        return super().forward(x.float()).type(x.dtype)
-
-
 def normalization(channels):
-    return GroupNorm32(32, channels)
+    # The release upcast to fp32 here because fp16 statistics overflow; torch's GroupNorm kernels accumulate
+    # fp16 and bf16 inputs in fp32 themselves, so no fp32 copy of the activations is needed (ldm.precision).
+    return nn.GroupNorm(32, channels)
 
 
 class ResBlock(nn.Module):
@@ -237,8 +236,18 @@ def set_gradient_checkpointing(module, enabled):
             m.use_checkpoint = enabled
 
 
+def add_residual(h, residual):
+    """h plus a ControlNet residual (cast to h's dtype), or h itself when there is none."""
+    return h if residual is None else h + residual.to(h.dtype)
+
+
 class UNetModel(nn.Module):
-    """eps/v prediction from a noisy latent x (B, C, H, W), timesteps (B,) and text context (B, T, D)."""
+    """eps/v prediction from a noisy latent x (B, C, H, W), timesteps (B,) and text context (B, T, D).
+
+    `control` takes ControlNet residuals to add: one per skip connection, in the encoder's order, then one
+    for the middle block (None adds nothing). The UNet only adds what it is given; the ControlNets weigh them.
+    It computes in its weights' dtype and returns the prediction in x's dtype (ldm.precision).
+    """
 
     config_class = UNetConfig  # yaml params are its fields
 
@@ -246,22 +255,38 @@ class UNetModel(nn.Module):
         super().__init__()
         self.config = cfg = UNetConfig(**params)
         self.model_channels = cfg.model_channels
-        self.dtype = torch.float16 if cfg.use_fp16 else torch.float32
         self.time_embed = time_embedding(cfg.model_channels)
         self.input_blocks, self.middle_block, block_channels = build_encoder(cfg)
         self.output_blocks, ch = build_decoder(cfg, block_channels)
         self.out = nn.Sequential(
             normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(cfg.model_channels, cfg.out_channels, 3, padding=1))
         )
+        if cfg.use_fp16:  # the release's switch: the UNet computes in fp16
+            self.half()
 
-    def forward(self, x, timesteps, context=None):
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+    @property
+    def dtype(self):
+        return weights_dtype(self.time_embed)
+
+    def encode(self, x, timesteps, context):
+        """The encoder half: (middle block output, skip connections, timestep embedding)."""
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         hs = []
-        h = x.type(self.dtype)
+        h = x
         for module in self.input_blocks:
             h = module(h, emb, context)
             hs.append(h)
-        h = self.middle_block(h, emb, context)
+        return self.middle_block(h, emb, context), hs, emb
+
+    def forward(self, x, timesteps, context=None, control=None):
+        dtype = self.dtype
+        context = None if context is None else context.to(dtype)
+        h, hs, emb = self.encode(x.to(dtype), timesteps, context)
+        residuals = list(control) if control is not None else [None] * (len(hs) + 1)
+        if len(residuals) != len(hs) + 1:
+            raise ValueError(f"got {len(residuals)} control residuals; this UNet takes {len(hs) + 1} "
+                             "(one per skip connection, then the middle block)")
+        h = add_residual(h, residuals.pop())
         for module in self.output_blocks:
-            h = module(torch.cat([h, hs.pop()], dim=1), emb, context)
-        return self.out(h.type(x.dtype))
+            h = module(torch.cat([h, add_residual(hs.pop(), residuals.pop())], dim=1), emb, context)
+        return self.out(h).to(x.dtype)
