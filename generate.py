@@ -29,10 +29,11 @@ from tqdm.auto import tqdm
 from annotators import ANNOTATORS, ImageError, condition_map, list_pictures, read_image, resize_image
 from cldm.defaults import load_default_model
 from cldm.lowvram import low_vram
-from cldm.model import create_model, load_checkpoint, load_control_net
+from cldm.model import load_control_net, load_model
 from cldm.outputs import read_params, save_png
 from cldm.pipeline import CONTROL_MODES, Control, generate
 from cldm.samplers import SAMPLERS
+from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
 
 SETTINGS = ("prompt", "added_prompt", "negative_prompt", "num_samples", "steps", "guidance_scale", "strength",
             "guess_mode", "eta", "sampler", "control_start", "control_end", "control_mode")
@@ -75,6 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=-1)
     p.add_argument("--samples", type=int, default=1)
     p.add_argument("--low-vram", action="store_true", help="keep only the running part of the model on the GPU")
+    add_precision_argument(p, default=None)  # None: the saved one with --reproduce, else auto
     p.add_argument("--out", default="outputs/sample.png", help="output file; the condition map goes beside it")
     p.add_argument("--out-dir", default="outputs", help="output folder for --input-dir")
     return p.parse_args(argv)
@@ -87,12 +89,11 @@ def condition(args, picture):
     return resize_image(picture, args.resolution)
 
 
-def load_model(args, device):
+def model_for(args, device, precision):
+    dtype = PRECISIONS[precision]
     if not args.ckpt:
-        return load_default_model(device)
-    model = create_model(args.config).eval()
-    load_checkpoint(model, *args.ckpt)
-    return model.to(device)
+        return load_default_model(device, dtype)
+    return load_model(args.config, *args.ckpt, dtype=dtype, device=device)
 
 
 def settings_of(args):
@@ -102,31 +103,36 @@ def settings_of(args):
                 control_end=args.control_end, control_mode=args.control_mode)
 
 
-def run(model, hint, settings, seed, extra, out, device, low_vram_mode):
+def run(model, hint, settings, seed, extra, out, device, low_vram_mode, precision):
     """Generate, then save the map as <out>-map.png and the images as <out> (<out>_<i> for several)."""
     out = Path(out)
     size = (hint.shape[1], hint.shape[0])
     extra = [replace(c, hint=cv2.resize(c.hint, size, interpolation=cv2.INTER_LINEAR)) for c in extra]
-    with low_vram(model, device) if low_vram_mode else nullcontext():
+    with low_vram(model, device, nets=[c.net for c in extra]) if low_vram_mode else nullcontext():
         images, seed = generate(model, hint, seed=seed, controls=extra, **settings)
     map_path = save_png(hint, out.with_name(f"{out.stem}-map.png"), {})
     for i, image in enumerate(images):
         path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
-        record = {**settings, "seed": seed, "sample": i, "hint": map_path.name}
+        record = {**settings, "seed": seed, "sample": i, "hint": map_path.name, "precision": precision}
         print(f"wrote {save_png(image, path, record)} (seed {seed})")
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(args, "cpu" if args.low_vram else device)
+    saved = read_params(args.reproduce) if args.reproduce else None
+    if args.precision is None and saved is not None:
+        precision = saved.get("precision", "fp32")  # images saved before precisions existed were fp32
+    else:
+        precision = resolve_precision(args.precision or "auto", device)
+    print(f"computing in {precision} on {device}")
+    model = model_for(args, "cpu" if args.low_vram else device, precision)
     settings, seed = settings_of(args), args.seed
-    if args.reproduce:
-        saved = read_params(args.reproduce)
+    if saved is not None:
         settings = {k: saved[k] for k in SETTINGS if k in saved}
         seed = saved["seed"]
         hint = read_image(str(Path(args.reproduce).parent / saved["hint"]))
-        run(model, hint, settings, seed, [], args.out, device, args.low_vram)
+        run(model, hint, settings, seed, [], args.out, device, args.low_vram, precision)
         return
     extra = [Control(read_image(h), float(scale), net=load_control_net(model, ckpt).to(model.betas.device))
              for ckpt, h, scale in args.extra_control]
@@ -137,7 +143,8 @@ def main(argv=None):
             raise SystemExit(str(error)) from error
         for path in tqdm(files, desc="pictures"):
             hint = condition(args, read_image(str(path)))
-            run(model, hint, settings, seed, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram)
+            run(model, hint, settings, seed, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram,
+                precision)
         return
     if args.hint:
         hint = resize_image(read_image(args.hint), args.resolution)
@@ -145,7 +152,7 @@ def main(argv=None):
         hint = condition(args, read_image(args.image))
     else:
         hint = circle_outline(args.resolution)
-    run(model, hint, settings, seed, extra, args.out, device, args.low_vram)
+    run(model, hint, settings, seed, extra, args.out, device, args.low_vram, precision)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from cldm.model import create_model, load_checkpoint
+from cldm.model import load_model
 from ldm.unet import set_gradient_checkpointing
 from training.buckets import BucketBatchSampler, bucket_sizes
 from training.cache import CachedPairs, build_cache
@@ -81,9 +81,8 @@ def is_training_checkpoint(paths):
 
 
 def build(args):
-    model = create_model(args.config)
-    if args.resume and not is_training_checkpoint(args.resume):
-        load_checkpoint(model, *args.resume, strict=args.stage != "vae")
+    initial = [] if is_training_checkpoint(args.resume) else args.resume  # a step-*.ckpt is restored by Lightning
+    model = load_model(args.config, *initial, strict=args.stage != "vae", for_training=True)
     if args.stage == "control":
         model.sd_locked = args.sd_locked
         model.only_mid_control = args.only_mid_control

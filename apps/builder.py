@@ -20,6 +20,7 @@ from cldm.lowvram import low_vram
 from cldm.outputs import next_path, save_png
 from cldm.pipeline import CONTROL_MODES, generate
 from cldm.samplers import SAMPLERS
+from ldm.precision import PRECISIONS, add_precision_argument, precision_name, resolve_precision, weights_dtype
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ class Runner:
         self.task, self.model, self.note, self.toy = task, model, note, toy
         self.output_dir, self.annotator_weights = output_dir, annotator_weights
         self.low_vram_device = low_vram_device  # keep the model in CPU memory, run it part by part there
+        self.precision = precision_name(weights_dtype(model.model)) if model is not None else None
+        if model is not None:
+            self.note += f" Computing in {self.precision}."
 
     def detect(self, image, image_resolution, detect_resolution=None, **params):
         """The condition map at the generation size: image resolution's grid, sides multiples of 64."""
@@ -123,7 +127,7 @@ class Runner:
         saved = []
         for i, image in enumerate(images):
             record = {**settings, "seed": used_seed, "sample": i, "hint": map_path.name, "annotator": params,
-                      "size": list(detected.shape[:2])}
+                      "size": list(detected.shape[:2]), "precision": self.precision}
             saved.append(save_png(image, next_path(self.output_dir, self.task.name), record).name)
         info = f"Seed {used_seed}. Saved {', '.join(saved)} and {map_path.name} in {self.output_dir}/."
         return [detected, *images], info
@@ -240,6 +244,7 @@ def parse_args(task, argv=None):
                                                                        "(default: all cores but one)")
     p.add_argument("--low-vram", action="store_true", default=config.SAVE_MEMORY,
                    help="keep only the running part of the model on the GPU (small GPUs)")
+    add_precision_argument(p, config.PRECISION)
     return p.parse_args(argv)
 
 
@@ -252,7 +257,10 @@ def compute_threads(requested=None):
 
 def make_runner(task, args):
     offload = args.low_vram and torch.cuda.is_available()
-    model, note, toy = resolve_model(task.control, args.control, args.base, args.config, "cpu" if offload else None)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = PRECISIONS[resolve_precision(args.precision, device)]
+    model, note, toy = resolve_model(task.control, args.control, args.base, args.config, "cpu" if offload else None,
+                                     dtype)
     return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None, toy)
 
 

@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch
 
 from cldm.defaults import load_default_model
-from cldm.model import create_model, load_checkpoint, normalize_keys, read_any
+from cldm.model import load_model, normalize_keys, read_any
 from ldm.checkpoint import missing_file_message
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -19,18 +19,19 @@ class Resolved(NamedTuple):
     toy: bool = False  # the shipped default model (its own prompt and resolution defaults suit it)
 
 
-def resolve_model(control_file, control=None, base=None, config=None, device=None):
+def resolve_model(control_file, control=None, base=None, config=None, device=None, dtype=None):
     """The model (or None) and a note for the user, for an app whose usual control file is `control_file`.
 
     `control` (a path) is what the user asked for; without it, models/<control_file> is used when present,
     else the shipped toy model. A missing file gives no model and a note naming it and where to get it.
+    The model's networks are in `dtype` (None: fp32).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     wanted = Path(control) if control else MODELS / control_file
     if not wanted.is_file():
         if control:
             return Resolved(None, missing_file_message(wanted) + ". The annotator works meanwhile.")
-        return Resolved(load_default_model(device), "Running the shipped toy model (shapes on plain backgrounds, "
+        return Resolved(load_default_model(device, dtype), "Running the shipped toy model (shapes on plain backgrounds, "
                         f"128x128). For real images get {control_file}: {missing_file_message(wanted)}", toy=True)
     state = normalize_keys(read_any(wanted))
     sources = [state]
@@ -40,7 +41,6 @@ def resolve_model(control_file, control=None, base=None, config=None, device=Non
             return Resolved(None, f"{wanted.name} holds only the control; it needs an SD base: "
                                   f"{missing_file_message(base)}")
         sources = [base, state]
-    model = create_model(config or MODELS / "cldm_v15.yaml")
-    load_checkpoint(model, *sources)
+    model = load_model(config or MODELS / "cldm_v15.yaml", *sources, dtype=dtype, device=device)
     names = [wanted.name] if len(sources) == 1 else [base.name, wanted.name]
-    return Resolved(model.eval().to(device), f"Running {' + '.join(names)}.")
+    return Resolved(model, f"Running {' + '.join(names)}.")

@@ -13,8 +13,7 @@ import torch
 from diffusers import ControlNetModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, create_unet_diffusers_config_from_ldm
 
-from cldm.cldm import ControlNet
-from cldm.model import CONTROL_PREFIX
+from cldm.cldm import CONTROL_PREFIX, ControlNet
 from ldm.checkpoint import CheckpointError, read_state_dict, save_safetensors
 from ldm.config import load_yaml
 

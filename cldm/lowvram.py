@@ -7,26 +7,33 @@ largest part (the UNet, 3.4 GB in fp32), at the cost of a transfer each time the
 from contextlib import contextmanager
 
 
-def units(model):
-    """The parts moved together, in the order a generation runs them, with a name for each."""
+def units(model, nets=()):
+    """The parts moved together, in the order a generation runs them, with a name for each; `nets` are
+    ControlNets beside the model's own (several controls), each its own part."""
     vae = model.first_stage_model
     parts = [("text encoder", [model.cond_stage_model])]
-    if hasattr(model, "control_model"):
-        # the sampler runs the hint encoder on its own, once per generation
-        parts.append(("control", [model.control_model, model.control_model.input_hint_block]))
+    # the sampler runs a net's hint encoder on its own, once per generation
+    own = [model.control_model] if hasattr(model, "control_model") else []
+    for i, net in enumerate(own + [n for n in nets if n is not None]):
+        parts.append(("control" if i < len(own) else f"control {i + 1 - len(own)}", [net, net.input_hint_block]))
     parts += [("unet", [model.model.diffusion_model]), ("vae encoder", [vae.encoder, vae.quant_conv]),
               ("vae decoder", [vae.post_quant_conv, vae.decoder])]
     return parts
 
 
 @contextmanager
-def low_vram(model, device, trace=None):
-    """Within the block, `model` computes on `device` holding one part there at a time.
+def low_vram(model, device, trace=None, nets=()):
+    """Within the block, `model` and the extra ControlNets `nets` compute on `device`, holding one part there at
+    a time.
 
     `trace`, a list, receives the name of each part as it moves onto the device.
     """
     home = next(model.parameters()).device
+    nets = [n for n in nets if n is not None]
+    homes = [next(n.parameters()).device for n in nets]
     model.to("cpu")
+    for net in nets:
+        net.to("cpu")
     for name, buffer in model._buffers.items():  # the noise schedule: small, and the sampler needs it there
         model._buffers[name] = buffer.to(device)
     active = {"unit": None}
@@ -46,10 +53,13 @@ def low_vram(model, device, trace=None):
 
         return hook
 
-    handles = [m.register_forward_pre_hook(bring(name, modules)) for name, modules in units(model) for m in modules]
+    handles = [m.register_forward_pre_hook(bring(name, modules))
+               for name, modules in units(model, nets) for m in modules]
     try:
         yield model
     finally:
         for handle in handles:
             handle.remove()
         model.to(home)
+        for net, net_home in zip(nets, homes):
+            net.to(net_home)

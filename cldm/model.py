@@ -4,14 +4,18 @@
 `model.load_state_dict(load_state_dict(path), strict=False)` works as it always did. `load_checkpoint`
 is the careful way: it accepts every layout users have (full SD, full ControlLDM, control-only, diffusers
 ControlNet folders), ignores EMA copies, and explains a mismatch instead of loading half a model.
+`load_model` is the one way the apps, the CLI and training get a model: config, checkpoints, precision.
 """
 
+import copy
+import json
 from pathlib import Path
 
 import torch
 
-from cldm.cldm import ControlLDM, ControlledUnetModel, ControlNet
-from ldm.checkpoint import CheckpointError, cross_attention_width, family, read_state_dict, summarize_keys
+from cldm.cldm import CONTROL_PREFIX, ControlLDM, ControlledUnetModel, ControlNet
+from ldm.checkpoint import (CheckpointError, check_finite_weights, cross_attention_width, family, read_state_dict,
+                            summarize_keys)
 from ldm.config import LDM_TARGETS, instantiate, load_yaml
 from ldm.diffusion import SCHEDULE_BUFFERS
 
@@ -21,7 +25,6 @@ TARGETS = {
     "cldm.cldm.ControlNet": ControlNet,
     "cldm.cldm.ControlledUnetModel": ControlledUnetModel,
 }
-CONTROL_PREFIX = "control_model."
 # Older SD 1.x files name the CLIP text encoder without its `text_model.` level.
 LEGACY_PREFIXES = {
     f"cond_stage_model.transformer.{part}.": f"cond_stage_model.transformer.text_model.{part}."
@@ -31,13 +34,29 @@ LEGACY_PREFIXES = {
 OPTIONAL_KEYS = set(SCHEDULE_BUFFERS) | {"logvar"}
 
 
-def create_model(config_path, device=None):
-    """The model a release yaml describes, with freshly initialised weights (on `device`, e.g. "meta")."""
+def create_model(config_path, device=None, dtype=None):
+    """The model a release yaml describes, with freshly initialised weights (on `device`, e.g. "meta"), its
+    networks in `dtype` (None: as the yaml says, fp32 unless `use_fp16: True`); see ldm.precision."""
     config = load_yaml(config_path)
     if device is None:
-        return instantiate(config["model"], TARGETS).cpu()
-    with torch.device(device):
-        return instantiate(config["model"], TARGETS)
+        model = instantiate(config["model"], TARGETS).cpu()
+    else:
+        with torch.device(device):
+            model = instantiate(config["model"], TARGETS)
+    return model if dtype is None else model.to(dtype)
+
+
+def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_training=False):
+    """The model of `config` with `checkpoints` loaded in order (e.g. an SD base, then a control), in `dtype` on
+    `device`: the one loader of the apps, the CLI and training. Weights are loaded in fp32 and then cast, so the
+    model holds no fp32 copy. In eval mode, unless `for_training` (the modes it was built with: frozen parts
+    in eval, the rest in train)."""
+    model = create_model(config)
+    if checkpoints:
+        load_checkpoint(model, *checkpoints, strict=strict)
+    if not for_training:
+        model.eval()
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
 
 def load_state_dict(ckpt_path, location="cpu"):
@@ -48,7 +67,7 @@ def load_state_dict(ckpt_path, location="cpu"):
 def read_any(source):
     """A state dict in the release layout from a file, a diffusers ControlNet folder, or a dict."""
     if isinstance(source, dict):
-        return source
+        return check_finite_weights(source, "the state dict")
     path = Path(source)
     if path.is_dir():
         from cldm.diffusers_interop import read_diffusers_controlnet  # slow to import; only folders need it
@@ -120,10 +139,10 @@ def load_checkpoint(model, *sources, strict=True):
     return missing
 
 
-def load_control_net(model, source):
-    """A second ControlNet, shaped like `model`'s own, with the control weights of `source` (any layout above)."""
-    import copy
-
+def load_control_net(model, source, global_average_pooling=None):
+    """A second ControlNet, shaped like `model`'s own and in its dtype, with the control weights of `source`
+    (any layout above). Pooling is the net's own: `global_average_pooling` (ControlNet 1.1 shuffle), or None
+    for what a diffusers folder's config says (off for other files), never the host model's setting."""
     state = normalize_keys(read_any(source))
     state = {k[len(CONTROL_PREFIX):]: v for k, v in state.items() if k.startswith(CONTROL_PREFIX)}
     if not state:
@@ -136,4 +155,15 @@ def load_control_net(model, source):
     if missing or unexpected:
         raise CheckpointError(f"{source} does not fit this model's ControlNet: missing {summarize_keys(missing)}, "
                               f"unexpected {summarize_keys(unexpected)}; is it for another SD family?")
+    if global_average_pooling is None:
+        global_average_pooling = diffusers_pooling(source)
+    net.global_average_pooling, net.only_mid_control = bool(global_average_pooling), False
     return net.eval()
+
+
+def diffusers_pooling(source):
+    """A diffusers ControlNet folder's `global_pool_conditions` (False for anything else)."""
+    config = Path(source) / "config.json" if not isinstance(source, dict) else None
+    if config is None or not config.is_file():
+        return False
+    return bool(json.loads(config.read_text()).get("global_pool_conditions", False))

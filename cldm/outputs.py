@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from ldm.checkpoint import atomic_path
+
 PARAMS_KEY = "controlnet"  # JSON of every generation parameter
 SUMMARY_KEY = "parameters"  # the one-line summary the web UIs show (prompt, then "Steps: ..., Seed: ...")
 
@@ -21,15 +23,12 @@ def summary(params):
 
 def save_png(image, path, params):
     """Write `image` (HWC uint8) to `path` atomically, with `params` (JSON-able) in its text chunks."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMS_KEY, json.dumps(params))
     info.add_text(SUMMARY_KEY, summary(params))
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
+    return Path(path)
 
 
 def read_params(path):

@@ -5,7 +5,8 @@ All functions work on state dicts in the release layout; the `tool_*.py` scripts
 
 from pathlib import Path
 
-from cldm.model import CONTROL_PREFIX, TARGETS, normalize_keys
+from cldm.cldm import CONTROL_PREFIX
+from cldm.model import TARGETS, normalize_keys
 from ldm.checkpoint import CheckpointError, cross_attention_width, family, save_safetensors
 from ldm.config import instantiate, load_yaml
 

@@ -6,8 +6,8 @@ plain containers, so a checkpoint cannot run code. safetensors is the format we 
 
 import os
 import pickle
-import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import safetensors.torch
@@ -70,25 +70,45 @@ def read_state_dict(path, location="cpu"):
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
     if not tensors:
         raise CheckpointError(f"{path} holds no tensors ({type(obj).__name__}); it is not a model checkpoint")
-    return tensors
+    return check_finite_weights(tensors, path)
+
+
+def check_finite_weights(state, where):
+    """`state` unchanged, or an error naming the tensors that hold NaN or infinity: such weights load without
+    complaint and then make every image black."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CheckpointError(f"{where}: tensor {bad[0]}{more} holds NaN or infinite values, so every image would "
+                              "come out black. The file is damaged or comes from a diverged training run: fetch it "
+                              "again, or use an earlier checkpoint")
+    return state
+
+
+@contextmanager
+def atomic_path(path, commit=True):
+    """A temporary path beside `path` to write to; when the block succeeds it replaces `path` in one step, so a
+    crash leaves the old file or the new one, never half of one. The name is the same in every process, so
+    all ranks of a distributed run can be handed it; only the one with commit=True moves it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if not commit:
+        yield tmp
+        return
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
 
 
 def save_safetensors(state_dict, path, metadata=None):
-    """Write atomically: a crash leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a safetensors file atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         safetensors.torch.save_file(tensors, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's private 0600 would make the result unreadable to others
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def cross_attention_width(state, prefix):

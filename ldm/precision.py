@@ -52,6 +52,13 @@ def resolve_precision(name="auto", device="cpu"):
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def add_precision_argument(parser, default="auto"):
+    """The `--precision` flag every entry script takes."""
+    parser.add_argument("--precision", choices=CHOICES, default=default,
+                        help="the dtype the model computes in; auto: fp16 on CUDA, bf16 on a CPU with native bf16 "
+                             "(AVX512-BF16 or AMX), fp32 otherwise")
+
+
 def precision_name(dtype):
     """'fp32', 'fp16' or 'bf16' for a torch dtype."""
     for name, d in PRECISIONS.items():

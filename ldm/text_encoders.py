@@ -14,7 +14,6 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-from transformers.utils import logging as hf_logging
 
 # Architectures of the text towers the releases use, by the names their yamls give.
 CLIP_TEXT_ARCHS = {
@@ -79,7 +78,6 @@ class FrozenCLIPEmbedder(nn.Module):
         arch = _architecture(arch, version, CLIP_TEXT_ARCHS)
         config = CLIPTextConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=max_length, hidden_act="quick_gelu",
                                 bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **arch)
-        hf_logging.set_verbosity_error()  # silence "weights not initialised": the checkpoint provides them
         # Checkpoints keep the `transformer.text_model.` level of transformers 4.x; today's CLIPTextModel
         # has no such level, so one is added by nesting.
         self.transformer = _Nest(text_model=CLIPTextModel(config))

@@ -83,6 +83,7 @@ def test_saved_png_parameters_reproduce_the_image(default_model, tmp_path):
     assert np.array_equal(hint, gallery[0])
     for key in ("sample", "annotator", "size"):
         params.pop(key)
+    assert params.pop("precision") == "fp32"  # the default model as the fixture loads it
     images, _ = generate(default_model, hint, verbose=False, **params)
     assert np.array_equal(images[0], gallery[1]) and np.array_equal(np.asarray(Image.open(saved[0])), gallery[1])
 

@@ -1,6 +1,5 @@
 """Checkpoints written atomically every N steps, and sample grids every N steps."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ from PIL import Image
 
 from cldm.diffusers_interop import export_control_only
 from cldm.pipeline import generate
-from ldm.checkpoint import save_safetensors
+from ldm.checkpoint import atomic_path, save_safetensors
 
 
 class AtomicCheckpoint(pl.Callback):
@@ -33,10 +32,9 @@ class AtomicCheckpoint(pl.Callback):
     def save(self, trainer, pl_module, step):
         self.last_saved = step
         final = self.dirpath / f"step-{step:06d}.ckpt"
-        tmp = final.with_name(f".{final.name}.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP; only rank 0 writes
+        with atomic_path(final, commit=trainer.is_global_zero) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP; only rank 0 writes
         if trainer.is_global_zero:
-            os.replace(tmp, final)
             weights = self.dirpath / f"{pl_module.stage}-{step:06d}.safetensors"
             if pl_module.stage == "control":
                 export_control_only(pl_module.model, weights)
