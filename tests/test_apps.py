@@ -101,6 +101,19 @@ def test_default_model_without_release_files_is_the_toy():
     assert toy and note.startswith("Running the shipped toy model") and hasattr(model, "control_model")
 
 
+def test_the_precision_flag_and_the_page_saying_which_runs(tmp_path):
+    import torch
+
+    from apps.builder import make_runner, parse_args
+
+    task = task_of("gradio_canny2image")
+    runner = make_runner(task, parse_args(task, ["--precision", "bf16", "--output-dir", str(tmp_path)]))
+    assert runner.model.model.diffusion_model.dtype == torch.bfloat16 and runner.precision == "bf16"
+    assert runner.note.endswith("Computing in bf16.")
+    runner(*values(task, data.astronaut(), steps=1))
+    assert read_params(next(tmp_path.glob("canny-0*.png")))["precision"] == "bf16"
+
+
 @pytest.mark.parametrize("image,message", [
     (None, "no image"),
     (np.zeros((0, 5, 3), np.uint8), "empty"),

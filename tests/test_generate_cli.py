@@ -36,3 +36,17 @@ def test_a_folder_with_an_extra_control(tmp_path):
               str(tmp_path / "out")])
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["a-map.png", "a_0.png", "a_1.png", "b-map.png", "b_0.png", "b_1.png"]
+
+
+def test_the_precision_is_saved_and_reproduced_bit_for_bit(tmp_path, capsys):
+    first = tmp_path / "bf16.png"
+    cli.main(["--precision", "bf16", "--resolution", "64", "--steps", "3", "--seed", "7", "--out", str(first)])
+    assert "computing in bf16" in capsys.readouterr().out
+    assert read_params(first)["precision"] == "bf16"
+    again, other = tmp_path / "again.png", tmp_path / "fp32.png"
+    cli.main(["--reproduce", str(first), "--out", str(again)])  # takes bf16 from the saved parameters
+    assert "computing in bf16" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
+    cli.main(["--reproduce", str(first), "--precision", "fp32", "--out", str(other)])  # unless told otherwise
+    assert read_params(other)["precision"] == "fp32"
+    assert not np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(other)))
