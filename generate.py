@@ -33,6 +33,7 @@ from cldm.model import load_control_net, load_model
 from cldm.outputs import read_params, save_png
 from cldm.pipeline import CONTROL_MODES, Control, generate
 from cldm.samplers import SAMPLERS
+from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
 
 SETTINGS = ("prompt", "added_prompt", "negative_prompt", "num_samples", "steps", "guidance_scale", "strength",
@@ -77,6 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=1)
     p.add_argument("--low-vram", action="store_true", help="keep only the running part of the model on the GPU")
     add_precision_argument(p, default=None)  # None: the saved one with --reproduce, else auto
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNets")
     p.add_argument("--out", default="outputs/sample.png", help="output file; the condition map goes beside it")
     p.add_argument("--out-dir", default="outputs", help="output folder for --input-dir")
     return p.parse_args(argv)
@@ -132,10 +134,12 @@ def main(argv=None):
         settings = {k: saved[k] for k in SETTINGS if k in saved}
         seed = saved["seed"]
         hint = read_image(str(Path(args.reproduce).parent / saved["hint"]))
+        speed_up(model, compile=args.compile)
         run(model, hint, settings, seed, [], args.out, device, args.low_vram, precision)
         return
     extra = [Control(read_image(h), float(scale), net=load_control_net(model, ckpt).to(model.betas.device))
              for ckpt, h, scale in args.extra_control]
+    speed_up(model, compile=args.compile, nets=[c.net for c in extra])
     if args.input_dir:
         try:
             files = list_pictures(args.input_dir)

@@ -20,6 +20,7 @@ from cldm.lowvram import low_vram
 from cldm.outputs import next_path, save_png
 from cldm.pipeline import CONTROL_MODES, generate
 from cldm.samplers import SAMPLERS
+from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, precision_name, resolve_precision, weights_dtype
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,8 @@ def parse_args(task, argv=None):
     p.add_argument("--low-vram", action="store_true", default=config.SAVE_MEMORY,
                    help="keep only the running part of the model on the GPU (small GPUs)")
     add_precision_argument(p, config.PRECISION)
+    p.add_argument("--compile", action="store_true", default=config.COMPILE,
+                   help="torch.compile the UNet and ControlNet (the first request then takes a while longer)")
     return p.parse_args(argv)
 
 
@@ -261,6 +264,8 @@ def make_runner(task, args):
     dtype = PRECISIONS[resolve_precision(args.precision, device)]
     model, note, toy = resolve_model(task.control, args.control, args.base, args.config, "cpu" if offload else None,
                                      dtype)
+    if model is not None:
+        speed_up(model, compile=args.compile)
     return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None, toy)
 
 

@@ -8,7 +8,10 @@ measure, as the ControlNet++ paper does by re-detecting the condition on the out
   shape (background) colour;
 - edge F1 between Canny edges of the output and the outline, each matched within EDGE_TOLERANCE pixels.
 
-    python bench/controllability.py [--count 200] [--seed 1000] [--data DIR] [--steps 20]
+With `--precision bf16` (or fp16) the model computes in that precision and the same cases also run in fp32,
+so the IoU difference the precision costs is measured on identical seeds (target: within 0.01).
+
+    python bench/controllability.py [--count 200] [--seed 1000] [--data DIR] [--steps 20] [--precision auto]
 """
 
 import argparse
@@ -26,9 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 from cldm.defaults import load_default_model  # noqa: E402
 from cldm.pipeline import generate  # noqa: E402
+from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision  # noqa: E402
 from training.data import PairDataset  # noqa: E402
 from training.metrics import score  # noqa: E402
 from training.shapes import make_sample, prompt_colors  # noqa: E402
+
 
 def held_out_cases(args):
     if args.data:
@@ -50,19 +55,25 @@ def main():
     parser.add_argument("--data", help="a dataset folder (release layout) of outlines to use instead")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=9.0)
+    add_precision_argument(parser)
     args = parser.parse_args()
+    precision = resolve_precision(args.precision)
     print(f"command: python bench/controllability.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
-    model = load_default_model()
-    results = {"control": [], "strength 0": []}
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, computing in {precision}")
+    model = load_default_model(dtype=PRECISIONS[precision])
+    fp32_model = load_default_model() if precision != "fp32" else None
+    results = {"control": [], "strength 0": [], "control in fp32": []}
     start = time.perf_counter()
     for i, (hint, prompt) in enumerate(held_out_cases(args)):
         try:
             color, background = prompt_colors(prompt)
         except ValueError as error:
             raise SystemExit(str(error)) from error
-        for name, strength in (("control", 1.0), ("strength 0", 0.0)):
-            images, _ = generate(model, hint, prompt, steps=args.steps, guidance_scale=args.guidance,
+        runs = [("control", model, 1.0), ("strength 0", model, 0.0)]
+        if fp32_model is not None:
+            runs.append(("control in fp32", fp32_model, 1.0))
+        for name, runner, strength in runs:
+            images, _ = generate(runner, hint, prompt, steps=args.steps, guidance_scale=args.guidance,
                                  strength=strength, seed=i, verbose=False)
             results[name].append(score(images[0], hint, color, background))
     elapsed = time.perf_counter() - start
@@ -78,6 +89,11 @@ def main():
     gain = mean_iou - np.mean([r["iou"] for r in results["strength 0"]])
     verdict = "meets" if mean_iou >= 0.85 and gain >= 0.4 else "misses"
     print(f"\nbar (mean IoU >= 0.85 and >= 0.40 above the baseline): {verdict} (IoU {mean_iou:.3f}, gain {gain:+.3f})")
+    if fp32_model is not None:
+        fp32_iou = np.mean([r["iou"] for r in results["control in fp32"]])
+        verdict = "meets" if abs(mean_iou - fp32_iou) <= 0.01 else "misses"
+        print(f"{precision} against fp32 on the same seeds: IoU {mean_iou:.3f} vs {fp32_iou:.3f}, difference "
+              f"{mean_iou - fp32_iou:+.3f} (target within 0.01: {verdict})")
 
 
 if __name__ == "__main__":

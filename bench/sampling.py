@@ -1,14 +1,20 @@
-"""Seconds per classifier-free-guidance sampling step at SD 1.5 size (random weights, batch 1).
+"""Seconds per classifier-free-guidance sampling step at SD 1.5 size (random weights, batch 1), per precision.
 
-Ours (ControlLDM.apply_model through the DDIM guidance helper) against diffusers' UNet2DConditionModel +
-ControlNetModel on identical weights (converted with diffusers' own single-file helpers), run the way
-diffusers' pipeline runs them (cond and uncond batched), and against the limit: the step's FLOPs divided
-by this machine's measured fp32 matmul rate.
+Ours (ControlLDM.apply_model through the DDIM guidance helper, the hint encoded at every call as diffusers
+does) against diffusers' UNet2DConditionModel + ControlNetModel on identical weights (converted with
+diffusers' own single-file helpers), cond and uncond batched as diffusers' pipeline runs them: diffusers
+in fp32, and diffusers cast to the same precision as ours, timed interleaved in one run. Also: the limit
+(the step's FLOPs / this machine's measured matmul rate in that precision), the error of each precision
+against our fp32 (relative L2 of the guided eps), and, on the shipped default model (trained weights:
+random SD weights make noise whose pixel error means nothing), the largest pixel difference of a decoded
+20-step image against fp32, in 1/255.
 
-    python bench/sampling.py [--sizes 256 512] [--repeats 5]
+    python bench/sampling.py [--sizes 256 512] [--precisions fp32 bf16 fp16] [--compile] [--channels-last]
+                             [--device cuda] [--repeats 5]
 """
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -26,6 +32,8 @@ from cldm.diffusers_interop import diffusers_models as to_diffusers  # noqa: E40
 from cldm.model import create_model  # noqa: E402
 from ldm.config import load_yaml  # noqa: E402
 from ldm.ddim import guided_model_output  # noqa: E402
+from ldm.precision import PRECISIONS, cpu_has_native_bf16  # noqa: E402
+from cldm.speed import speed_up  # noqa: E402
 
 CONFIG = ROOT / "models/cldm_v15.yaml"
 GUIDANCE = 9.0
@@ -44,12 +52,19 @@ def diffusers_models(model):
 
 
 def diffusers_step(unet, controlnet, x, t, context, uncontext, hint):
-    x2, t2, ctx2, hint2 = torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncontext, context]), torch.cat([hint, hint])
+    dtype = unet.dtype
+    x2, t2 = torch.cat([x, x]).to(dtype), torch.cat([t, t])
+    ctx2, hint2 = torch.cat([uncontext, context]).to(dtype), torch.cat([hint, hint]).to(dtype)
     down, mid = controlnet(x2, t2, encoder_hidden_states=ctx2, controlnet_cond=hint2, return_dict=False)
     eps = unet(x2, t2, encoder_hidden_states=ctx2, down_block_additional_residuals=down,
-               mid_block_additional_residual=mid).sample
+               mid_block_additional_residual=mid).sample.float()
     uncond, cond = eps.chunk(2)
     return uncond + GUIDANCE * (cond - uncond)
+
+
+def synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def timed(fn, repeats):
@@ -58,65 +73,118 @@ def timed(fn, repeats):
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def timed_pair(fn_a, fn_b, repeats):
-    """Median seconds of each, interleaved (a, b, a, b, ...) so drifts of the machine hit both alike."""
-    fn_a(), fn_b()  # warm-up
-    times_a, times_b = [], []
+def timed_interleaved(fns, repeats):
+    """Median seconds of each function, run in turn (a, b, c, a, b, c, ...) so drifts of the machine hit all
+    alike; each is warmed up first (compiled ones compile there)."""
+    for fn in fns:
+        fn()
+    synchronize()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+        for fn, ts in zip(fns, times):
             start = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times_a), statistics.median(times_b)
+            synchronize()
+            ts.append(time.perf_counter() - start)
+    return [statistics.median(ts) for ts in times]
 
 
-def matmul_rate(n=2048, repeats=5):
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_rate(dtype=torch.float32, device="cpu", n=2048, repeats=5):
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     return 2 * n**3 / timed(lambda: a @ b, repeats)
 
 
+def relative_error(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@torch.no_grad()
+def default_model_image_errors(precisions, steps=20, size=128, device="cpu"):
+    """Largest pixel difference (1/255) of a decoded `steps`-step image of the shipped model against fp32."""
+    from cldm.defaults import load_default_model
+    from cldm.pipeline import generate
+    from generate import circle_outline
+
+    prompt = "a crimson circle on a light sky blue background"
+    images = {p: generate(load_default_model(device, PRECISIONS[p]), circle_outline(size), prompt, steps=steps,
+                          seed=0, verbose=False)[0][0].astype(int) for p in {"fp32", *precisions}}
+    return {p: int(abs(images[p] - images["fp32"]).max()) for p in precisions}
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=["fp32", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile our UNet and ControlNet")
+    parser.add_argument("--channels-last", action="store_true", help="our networks in channels-last memory format")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--force", action="store_true", help="time bf16 even on a CPU that only emulates it")
     args = parser.parse_args()
     print(f"command: python bench/sampling.py {' '.join(sys.argv[1:])}".rstrip())
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "no GPU used"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, fp32 CPU")
+          f"{torch.get_num_threads()} threads, native bf16 on the CPU: {cpu_has_native_bf16()}, {gpu}")
+    precisions = list(args.precisions)
+    if args.device == "cpu" and "bf16" in precisions and not cpu_has_native_bf16() and not args.force:
+        print("bf16 skipped: this CPU has no native bf16 (AVX512-BF16 or AMX) and emulates it about 50x slower "
+              "than fp32; --force times it anyway")
+        precisions.remove("bf16")
     torch.manual_seed(0)
-    model = create_model(CONFIG).eval()
-    randomize(model)
-    unet, controlnet = diffusers_models(model)
-    rate = matmul_rate()
-    print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s")
+    reference = create_model(CONFIG).eval()
+    randomize(reference)
+    unet32, control32 = diffusers_models(reference)
+    reference.to(args.device)
+    unet32.to(args.device), control32.to(args.device)
+    rates = {p: matmul_rate(PRECISIONS[p], args.device) for p in precisions}
+    print("matmul rate: " + ", ".join(f"{p} {r / 1e9:.1f} GFLOP/s" for p, r in rates.items()))
+    print(f"ours: {'compiled, ' if args.compile else ''}{'channels-last' if args.channels_last else 'contiguous'}")
     rows = []
-    for size in args.sizes:
-        gen = torch.Generator().manual_seed(size)
-        x = torch.randn(1, 4, size // 8, size // 8, generator=gen)
-        t = torch.tensor([500])
-        context, uncontext = torch.randn(1, 77, 768, generator=gen), torch.randn(1, 77, 768, generator=gen)
-        hint = torch.rand(1, 3, size, size, generator=gen)
-        cond = {"c_concat": [hint], "c_crossattn": [context]}
-        uncond = {"c_concat": [hint], "c_crossattn": [uncontext]}
-        with torch.no_grad():
-            ours_fn = lambda: guided_model_output(model, x, t, cond, uncond, GUIDANCE)  # noqa: E731
-            theirs_fn = lambda: diffusers_step(unet, controlnet, x, t, context, uncontext, hint)  # noqa: E731
-            diff = (ours_fn() - theirs_fn()).abs().max().item()
-            with FlopCounterMode(display=False) as counter:
-                ours_fn()
-            flops = counter.get_total_flops()
-            ours, theirs = timed_pair(ours_fn, theirs_fn, args.repeats)
-        rows.append((size, ours, theirs, flops / rate, flops, diff))
+    for precision in precisions:
+        dtype = PRECISIONS[precision]
+        ours = speed_up(copy.deepcopy(reference).to(dtype), args.compile, args.channels_last)
+        peers = [(unet32, control32)] if dtype == torch.float32 else [
+            (unet32, control32), (copy.deepcopy(unet32).to(dtype), copy.deepcopy(control32).to(dtype))]
+        for size in args.sizes:
+            gen = torch.Generator().manual_seed(size)
+            x = torch.randn(1, 4, size // 8, size // 8, generator=gen).to(args.device)
+            t = torch.tensor([500], device=args.device)
+            context = torch.randn(1, 77, 768, generator=gen).to(args.device)
+            uncontext = torch.randn(1, 77, 768, generator=gen).to(args.device)
+            hint = torch.rand(1, 3, size, size, generator=gen).to(args.device)
+            cond = {"c_concat": [hint], "c_crossattn": [context]}
+            uncond = {"c_concat": [hint], "c_crossattn": [uncontext]}
+            with torch.no_grad():
+                fns = [lambda: guided_model_output(ours, x, t, cond, uncond, GUIDANCE)] + [
+                    lambda u=u, c=c: diffusers_step(u, c, x, t, context, uncontext, hint) for u, c in peers]
+                exact = guided_model_output(reference, x, t, cond, uncond, GUIDANCE)
+                errors = [relative_error(fn(), exact) for fn in fns]
+                with FlopCounterMode(display=False) as counter:
+                    guided_model_output(reference, x, t, cond, uncond, GUIDANCE)
+                flops = counter.get_total_flops()
+                times = timed_interleaved(fns, args.repeats)
+            rows.append((size, precision, times, flops, rates[precision], errors))
+        del ours, peers
+    image_errors = default_model_image_errors([p for p in precisions if p != "fp32"], device=args.device)
+
     print()
-    print("| size | ours s/step | diffusers s/step | ours/diffusers | limit s/step | ours/limit | step GFLOP | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|")
-    for size, ours, theirs, limit, flops, diff in rows:
-        print(f"| {size}x{size} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} | {limit:.2f} | {ours / limit:.2f} "
-              f"| {flops / 1e9:.0f} | {diff:.1e} |")
+    print("| size | precision | ours s/step | diffusers fp32 s/step | ours/diffusers fp32 | diffusers same precision "
+          "s/step | ours/diffusers same | limit s/step | ours/limit | step GFLOP | eps error ours / diffusers |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size, precision, times, flops, rate, errors in rows:
+        ours, fp32 = times[0], times[1]
+        same = times[2] if len(times) > 2 else fp32
+        limit = flops / rate
+        print(f"| {size}x{size} | {precision} | {ours:.2f} | {fp32:.2f} | {ours / fp32:.2f} | {same:.2f} | "
+              f"{ours / same:.2f} | {limit:.2f} | {ours / limit:.2f} | {flops / 1e9:.0f} | "
+              f"{errors[0]:.1e} / {errors[-1]:.1e} |")
+    for precision, error in image_errors.items():
+        print(f"default model, 20 DDIM steps, 128x128: largest pixel difference {precision} vs fp32: {error}/255")
 
 
 if __name__ == "__main__":

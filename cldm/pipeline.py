@@ -68,16 +68,13 @@ class GuidedDenoiser:
         self.hint_features = [None] * len(controls)  # computed at a control's first step, reused by the others
         self.step, self.steps = 0, steps
 
-    def net(self, control):
-        return control.net or self.model.control_model
-
     def residuals(self, x, t, progress):
         """Per-block control residuals for the whole batch, or None when no control acts at this step."""
         total = None
         for i, (control, hint) in enumerate(zip(self.controls, self.hints)):
             if not control.active(progress):
                 continue
-            net = self.net(control)
+            net = control.net or self.model.control_model
             if self.hint_features[i] is None:
                 self.hint_features[i] = net.encode_hint(hint)
             features = self.hint_features[i]

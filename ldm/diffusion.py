@@ -83,8 +83,6 @@ class DiffusionWrapper(nn.Module):
         if self.conditioning_key in ("concat", "hybrid"):
             x = torch.cat([x, *c_concat], dim=1)
         context = torch.cat(c_crossattn, 1) if self.conditioning_key != "concat" else None
-        if control is None:  # a plain UNet may not take the argument
-            return self.diffusion_model(x, t, context=context)
         return self.diffusion_model(x, t, context=context, control=control)
 
 
