@@ -34,7 +34,7 @@ from cldm.outputs import read_params, save_png
 from cldm.pipeline import CONTROL_MODES, Control, generate
 from cldm.samplers import SAMPLERS
 from cldm.speed import speed_up
-from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
+from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
 
 SETTINGS = ("prompt", "added_prompt", "negative_prompt", "num_samples", "steps", "guidance_scale", "strength",
             "guess_mode", "eta", "sampler", "control_start", "control_end", "control_mode")
@@ -105,7 +105,7 @@ def settings_of(args):
                 control_end=args.control_end, control_mode=args.control_mode)
 
 
-def run(model, hint, settings, seed, extra, out, device, low_vram_mode, precision):
+def run(model, hint, settings, seed, extra, out, device, low_vram_mode):
     """Generate, then save the map as <out>-map.png and the images as <out> (<out>_<i> for several)."""
     out = Path(out)
     size = (hint.shape[1], hint.shape[0])
@@ -115,7 +115,7 @@ def run(model, hint, settings, seed, extra, out, device, low_vram_mode, precisio
     map_path = save_png(hint, out.with_name(f"{out.stem}-map.png"), {})
     for i, image in enumerate(images):
         path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
-        record = {**settings, "seed": seed, "sample": i, "hint": map_path.name, "precision": precision}
+        record = {**settings, "seed": seed, "sample": i, "hint": map_path.name, "precision": precision_of(model)}
         print(f"wrote {save_png(image, path, record)} (seed {seed})")
 
 
@@ -135,7 +135,7 @@ def main(argv=None):
         seed = saved["seed"]
         hint = read_image(str(Path(args.reproduce).parent / saved["hint"]))
         speed_up(model, compile=args.compile)
-        run(model, hint, settings, seed, [], args.out, device, args.low_vram, precision)
+        run(model, hint, settings, seed, [], args.out, device, args.low_vram)
         return
     extra = [Control(read_image(h), float(scale), net=load_control_net(model, ckpt).to(model.betas.device))
              for ckpt, h, scale in args.extra_control]
@@ -147,8 +147,7 @@ def main(argv=None):
             raise SystemExit(str(error)) from error
         for path in tqdm(files, desc="pictures"):
             hint = condition(args, read_image(str(path)))
-            run(model, hint, settings, seed, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram,
-                precision)
+            run(model, hint, settings, seed, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram)
         return
     if args.hint:
         hint = resize_image(read_image(args.hint), args.resolution)
@@ -156,7 +155,7 @@ def main(argv=None):
         hint = condition(args, read_image(args.image))
     else:
         hint = circle_outline(args.resolution)
-    run(model, hint, settings, seed, extra, args.out, device, args.low_vram, precision)
+    run(model, hint, settings, seed, extra, args.out, device, args.low_vram)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from cldm.outputs import next_path, save_png
 from cldm.pipeline import CONTROL_MODES, generate
 from cldm.samplers import SAMPLERS
 from cldm.speed import speed_up
-from ldm.precision import PRECISIONS, add_precision_argument, precision_name, resolve_precision, weights_dtype
+from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Runner:
         self.task, self.model, self.note, self.toy = task, model, note, toy
         self.output_dir, self.annotator_weights = output_dir, annotator_weights
         self.low_vram_device = low_vram_device  # keep the model in CPU memory, run it part by part there
-        self.precision = precision_name(weights_dtype(model.model)) if model is not None else None
+        self.precision = precision_of(model) if model is not None else None
         if model is not None:
             self.note += f" Computing in {self.precision}."
 

@@ -31,8 +31,9 @@ def resolve_model(control_file, control=None, base=None, config=None, device=Non
     if not wanted.is_file():
         if control:
             return Resolved(None, missing_file_message(wanted) + ". The annotator works meanwhile.")
-        return Resolved(load_default_model(device, dtype), "Running the shipped toy model (shapes on plain backgrounds, "
-                        f"128x128). For real images get {control_file}: {missing_file_message(wanted)}", toy=True)
+        note = ("Running the shipped toy model (shapes on plain backgrounds, 128x128). "
+                f"For real images get {control_file}: {missing_file_message(wanted)}")
+        return Resolved(load_default_model(device, dtype), note, toy=True)
     state = normalize_keys(read_any(wanted))
     sources = [state]
     if not any(k.startswith("model.diffusion_model.") for k in state):  # control-only (1.1, extracted)

@@ -164,21 +164,10 @@ class ControlLDM(LatentDiffusion):
         return self.denoise(x_noisy, t, {"c_crossattn": [context]}, control)
 
     # The release's attributes, now the ControlNet's own.
-    @property
-    def only_mid_control(self):
-        return self.control_model.only_mid_control
-
-    @only_mid_control.setter
-    def only_mid_control(self, value):
-        self.control_model.only_mid_control = bool(value)
-
-    @property
-    def global_average_pooling(self):
-        return self.control_model.global_average_pooling
-
-    @global_average_pooling.setter
-    def global_average_pooling(self, value):
-        self.control_model.global_average_pooling = bool(value)
+    only_mid_control = property(lambda self: self.control_model.only_mid_control,
+                                lambda self, on: setattr(self.control_model, "only_mid_control", bool(on)))
+    global_average_pooling = property(lambda self: self.control_model.global_average_pooling,
+                                      lambda self, on: setattr(self.control_model, "global_average_pooling", bool(on)))
 
     @property
     def sd_locked(self):

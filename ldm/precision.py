@@ -75,6 +75,11 @@ def weights_dtype(module):
     return torch.float32
 
 
+def precision_of(model):
+    """'fp32', 'fp16' or 'bf16': what a diffusion model's UNet computes in, as generation records it."""
+    return precision_name(weights_dtype(model.model))
+
+
 @contextmanager
 def computing_in_fp32(module):
     """Within the block, `module` computes in fp32; afterwards its weights are back in their dtype, bit for bit
@@ -102,5 +107,5 @@ def check_finite(values, part, dtype=None, step=None, steps=None):
     name = precision_name(dtype) if dtype in PRECISIONS.values() else str(dtype)
     raise NonFiniteError(
         f"the {part} produced NaN or infinite values{when}, computing in {name}. In fp16 this is usually an "
-        "overflow: run in bf16 or fp32 (--precision bf16 or fp32). If it happens in fp32 too, the weights "
-        "themselves are broken: check the checkpoint.")
+        "overflow: run in bf16 or fp32 (--precision bf16 or fp32; an fp16 VAE decode already retries in fp32 by "
+        "itself). If it happens in fp32 too, the weights themselves are broken: check the checkpoint.")
