@@ -100,7 +100,7 @@ class Runner:
         self.low_vram_device = low_vram_device  # keep the model in CPU memory, run it part by part there
         self.precision = precision_of(model) if model is not None else None
         if model is not None:
-            self.note += f" Computing in {self.precision}."
+            self.note += f"\n\nComputing in {self.precision}."
 
     def detect(self, image, image_resolution, detect_resolution=None, **params):
         """The condition map at the generation size: image resolution's grid, sides multiples of 64."""
