@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -64,7 +65,7 @@ def main():
     fp32_model = load_default_model() if precision != "fp32" else None
     results = {"control": [], "strength 0": [], "control in fp32": []}
     start = time.perf_counter()
-    for i, (hint, prompt) in enumerate(held_out_cases(args)):
+    for i, (hint, prompt) in enumerate(tqdm(held_out_cases(args), total=args.count, desc="outlines")):
         try:
             color, background = prompt_colors(prompt)
         except ValueError as error:
