@@ -10,7 +10,7 @@ from torch import nn
 from cldm.cldm import sum_residuals
 from cldm.samplers import SAMPLERS, sample
 from ldm.ddim import classifier_free_guidance
-from ldm.precision import check_finite, weights_dtype
+from ldm.precision import all_finite, check_finite, non_finite_error, weights_dtype
 
 # The control modes of the A1111 ControlNet extension: "prompt" weighs the control's blocks softly (deeper
 # blocks more, the release's guess-mode scales); "control" gives the control to the conditional branch only,
@@ -67,6 +67,7 @@ class GuidedDenoiser:
         self.hints = [hint_tensor(c.hint, context.shape[0], context.device) for c in controls]
         self.hint_features = [None] * len(controls)  # computed at a control's first step, reused by the others
         self.step, self.steps = 0, steps
+        self.finite = []  # (part, dtype, flag) of this step, read together: one device sync a step
 
     def residuals(self, x, t, progress):
         """Per-block control residuals for the whole batch, or None when no control acts at this step."""
@@ -86,7 +87,7 @@ class GuidedDenoiser:
             else:
                 copies = x.shape[0] // hint.shape[0]
                 outputs = net(x, hint, t, self.context, hint_features=torch.cat([features] * copies), **weighting)
-            check_finite(outputs, "ControlNet", net.dtype, self.step, self.steps)
+            self.finite.append(("ControlNet", net.dtype, all_finite(outputs)))
             total = sum_residuals(total, outputs)
         return total
 
@@ -96,7 +97,11 @@ class GuidedDenoiser:
 
     def __call__(self, x, t, progress):
         out = classifier_free_guidance(lambda x2, t2: self.model_output(x2, t2, progress), x, t, self.guidance_scale)
-        check_finite(out, "UNet", weights_dtype(self.model.model), self.step, self.steps)
+        self.finite.append(("UNet", weights_dtype(self.model.model), all_finite(out)))
+        if not torch.stack([flag for _, _, flag in self.finite]).all():
+            part, dtype, _ = next(check for check in self.finite if not check[2])
+            raise non_finite_error(part, dtype, self.step, self.steps)
+        self.finite.clear()
         self.step += 1
         return out
 

@@ -96,16 +96,29 @@ class NonFiniteError(RuntimeError):
     """A generation produced NaN or infinity; the message names the part, the step and what to try."""
 
 
-def check_finite(values, part, dtype=None, step=None, steps=None):
-    """`values` (a tensor, or a list of tensors and Nones) unchanged; NaN or infinity in them stops the generation
-    with a message naming the part, the step and what to try, instead of becoming a black picture."""
+def all_finite(values):
+    """A 0-d bool tensor, on the values' device: no NaN or infinity in `values` (a tensor, or a list of tensors
+    and Nones). Reading it is a device sync, so callers gather several before they look."""
     tensors = [v for v in (values if isinstance(values, (list, tuple)) else [values]) if v is not None]
-    if not tensors or torch.stack([torch.isfinite(t).all() for t in tensors]).all():
-        return values
+    if not tensors:
+        return torch.tensor(True)
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+
+
+def non_finite_error(part, dtype, step=None, steps=None):
+    """The message for NaN or infinity where a generation made them: the part, the step and what to try."""
     when = f" at step {step + 1} of {steps}" if step is not None else ""
-    dtype = dtype or tensors[0].dtype
     name = precision_name(dtype) if dtype in PRECISIONS.values() else str(dtype)
-    raise NonFiniteError(
+    return NonFiniteError(
         f"the {part} produced NaN or infinite values{when}, computing in {name}. In fp16 this is usually an "
         "overflow: run in bf16 or fp32 (--precision bf16 or fp32; an fp16 VAE decode already retries in fp32 by "
         "itself). If it happens in fp32 too, the weights themselves are broken: check the checkpoint.")
+
+
+def check_finite(values, part, dtype=None):
+    """`values` unchanged; NaN or infinity in them stops the generation with a message instead of becoming a
+    black picture."""
+    if not all_finite(values):
+        first = next(v for v in (values if isinstance(values, (list, tuple)) else [values]) if v is not None)
+        raise non_finite_error(part, dtype or first.dtype)
+    return values
