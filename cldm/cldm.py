@@ -44,6 +44,12 @@ def sum_residuals(a, b):
     return [y if x is None else x if y is None else x + y for x, y in zip(a, b)]
 
 
+def control_nets(model, extra=()):
+    """The ControlNets a generation runs: the model's own (if it has one), then the `extra` ones given."""
+    own = [model.control_model] if hasattr(model, "control_model") else []
+    return own + [n for n in extra if n is not None]
+
+
 def zero_conv(channels):
     return TimestepEmbedSequential(zero_module(nn.Conv2d(channels, channels, 1)))
 

@@ -6,6 +6,8 @@ largest part (the UNet, 3.4 GB in fp32), at the cost of a transfer each time the
 
 from contextlib import contextmanager
 
+from cldm.cldm import control_nets
+
 
 def units(model, nets=()):
     """The parts moved together, in the order a generation runs them, with a name for each; `nets` are
@@ -13,9 +15,9 @@ def units(model, nets=()):
     vae = model.first_stage_model
     parts = [("text encoder", [model.cond_stage_model])]
     # the sampler runs a net's hint encoder on its own, once per generation
-    own = [model.control_model] if hasattr(model, "control_model") else []
-    for i, net in enumerate(own + [n for n in nets if n is not None]):
-        parts.append(("control" if i < len(own) else f"control {i + 1 - len(own)}", [net, net.input_hint_block]))
+    own = len(control_nets(model))
+    for i, net in enumerate(control_nets(model, nets)):
+        parts.append(("control" if i < own else f"control {i + 1 - own}", [net, net.input_hint_block]))
     parts += [("unet", [model.model.diffusion_model]), ("vae encoder", [vae.encoder, vae.quant_conv]),
               ("vae decoder", [vae.post_quant_conv, vae.decoder])]
     return parts

@@ -5,17 +5,13 @@ measures them; the README says where each helped and where it did not.
 
 import torch
 
-
-def step_networks(model, nets=()):
-    """The networks that run at every sampling step: the UNet, the model's ControlNet, and extra `nets`."""
-    own = [model.control_model] if hasattr(model, "control_model") else []
-    return [model.model.diffusion_model, *own, *(n for n in nets if n is not None)]
+from cldm.cldm import control_nets
 
 
 def speed_up(model, compile=False, channels_last=False, nets=()):
     """`model` (and the extra ControlNets `nets`) with the chosen speed-ups applied in place. torch.compile is
     applied with `Module.compile`, which keeps the checkpoint keys; it compiles on the first step."""
-    for net in step_networks(model, nets):
+    for net in [model.model.diffusion_model, *control_nets(model, nets)]:
         if channels_last:
             net.to(memory_format=torch.channels_last)
         if compile:
