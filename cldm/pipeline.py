@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from cldm.cldm import sum_residuals
-from cldm.samplers import SAMPLERS, sample
+from cldm.img2img import start_from
+from cldm.samplers import SAMPLERS, sample, skipped_steps
 from ldm.ddim import classifier_free_guidance
 from ldm.precision import all_finite, check_finite, non_finite_error, weights_dtype
 
@@ -22,7 +23,7 @@ CONTROL_MODES = ("balanced", "prompt", "control")
 class Control:
     """One ControlNet's part in a generation: its condition image, its weight and the steps it acts on."""
 
-    hint: np.ndarray  # HWC uint8, sides multiples of 64
+    hint: np.ndarray  # HWC, sides multiples of 64: uint8, or float32 in [-1, 1] (the inpaint condition)
     strength: float = 1.0
     start: float = 0.0  # fraction of the sampling steps done when it starts acting
     end: float = 1.0  # ... and when it stops
@@ -40,13 +41,18 @@ class Control:
 
 
 def hint_tensor(hint, num_samples, device):
-    """HWC uint8 condition image -> (N, 3, H, W) float in [0, 1], as the release feeds it."""
+    """HWC condition -> (N, 3, H, W) float: uint8 maps scaled to [0, 1] as the release feeds them; float32
+    conditions (values in [-1, 1], like the inpaint control's) as they are."""
     hint = np.asarray(hint)
-    if hint.ndim != 3 or hint.shape[2] != 3 or hint.dtype != np.uint8:
-        raise ValueError(f"the condition image must be HxWx3 uint8, got {hint.shape} {hint.dtype}")
+    if hint.ndim != 3 or hint.shape[2] != 3 or hint.dtype not in (np.uint8, np.float32):
+        raise ValueError(f"the condition image must be HxWx3 uint8 (or float32 in [-1, 1]), got {hint.shape} "
+                         f"{hint.dtype}")
     if hint.shape[0] % 64 or hint.shape[1] % 64:
         raise ValueError(f"the condition image's sides must be multiples of 64, got {hint.shape[1]}x{hint.shape[0]}")
-    x = torch.from_numpy(hint.copy()).float().div(255.0).to(device)
+    if hint.dtype == np.float32 and not (np.isfinite(hint).all() and -1 <= hint.min() <= hint.max() <= 1):
+        raise ValueError("a float32 condition must hold finite values in [-1, 1]")
+    x = torch.from_numpy(hint.copy()).float().to(device)
+    x = x / 255.0 if hint.dtype == np.uint8 else x
     return x.permute(2, 0, 1)[None].repeat(num_samples, 1, 1, 1)
 
 
@@ -109,12 +115,17 @@ class GuidedDenoiser:
 @torch.no_grad()
 def generate(model, hint, prompt, added_prompt="", negative_prompt="", num_samples=1, steps=20, guidance_scale=9.0,
              strength=1.0, guess_mode=False, eta=0.0, seed=-1, verbose=True, size=None, sampler="DDIM",
-             control_start=0.0, control_end=1.0, control_mode="balanced", controls=()):
+             control_start=0.0, control_end=1.0, control_mode="balanced", controls=(), init_image=None, denoise=1.0,
+             mask=None, mask_blur=0.0):
     """Images (list of HWC uint8) following `hint` (HWC uint8, sides multiples of 64) and the prompt.
 
     `controls` adds more ControlNets (each a `Control` with its own image, strength, range and mode) to the
     model's own. hint=None and no controls samples from the text alone, at `size` (H, W). seed=-1 draws a
     random seed; the seed used is returned alongside the images.
+
+    Image-to-image: `init_image` (HWC uint8, the generation's size) noised to strength `denoise` and the
+    remaining steps run (1: the init image is ignored; 0: it comes back through the VAE). Inpainting: `mask`
+    (white = repaint) repaints the init image there only, softened by `mask_blur` pixels (cldm.img2img).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
@@ -124,18 +135,26 @@ def generate(model, hint, prompt, added_prompt="", negative_prompt="", num_sampl
     controls = own + list(controls)
     if controls and not hasattr(model, "control_model") and any(c.net is None for c in controls):
         raise ValueError("this model has no ControlNet: pass hint=None, or Control(..., net=a ControlNet)")
+    if mask is not None and init_image is None:
+        raise ValueError("a mask needs the picture it applies to: give init_image too")
     sizes = {np.asarray(c.hint).shape[:2] for c in controls}
+    if init_image is not None:
+        sizes.add(np.asarray(init_image).shape[:2])
     if len(sizes) > 1:
-        raise ValueError(f"all condition images must have the same size, got {sorted(sizes)}")
+        raise ValueError(f"the condition images and the init image must have the same size, got {sorted(sizes)}")
     height, width = sizes.pop() if sizes else size
     full_prompt = ", ".join(p for p in (prompt, added_prompt) if p)
     context = check_finite(model.get_learned_conditioning([full_prompt] * num_samples), "text encoder")
     uncond_context = check_finite(model.get_learned_conditioning([negative_prompt] * num_samples), "text encoder")
-    denoise = GuidedDenoiser(model, context, uncond_context, controls, guidance_scale, guess_mode, steps)
+    steps_run = steps - skipped_steps(steps, denoise) if init_image is not None else steps
+    denoiser = GuidedDenoiser(model, context, uncond_context, controls, guidance_scale, guess_mode, steps_run)
     generator = torch.Generator(device=device).manual_seed(seed)
     # the starting noise and the latents the sampler updates are fp32 whatever the model computes in
     x_T = torch.randn((num_samples, model.channels, height // 8, width // 8), generator=generator, device=device)
-    latents = sample(model, denoise, x_T, steps, sampler, eta, generator, verbose)
+    start = None if init_image is None else start_from(model, init_image, num_samples, mask, mask_blur)
+    latents = sample(model, denoiser, x_T, steps, sampler, eta, generator, verbose, init=start and start.latent,
+                     denoise=denoise, keep=start and start.keep)
     images = check_finite(model.decode_first_stage(latents), "VAE decoder", weights_dtype(model.first_stage_model))
+    images = start.composite(images) if start else images
     images = (images.permute(0, 2, 3, 1) * 127.5 + 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
     return list(images), seed

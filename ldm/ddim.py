@@ -101,13 +101,15 @@ class DDIMSampler:
                         temperature=temperature, callback=callback, img_callback=img_callback, log_every_t=log_every_t)
 
     def run(self, denoise, x_T, steps, eta=0.0, generator=None, verbose=True, mask=None, x0=None, temperature=1.0,
-            callback=None, img_callback=None, log_every_t=100):
+            callback=None, img_callback=None, log_every_t=100, first=0):
         """The DDIM loop over `denoise(x, t, progress)` (the guided model output at timesteps t; progress is the
-        fraction of steps done), from x_T in `steps` steps; returns (x_0, intermediates)."""
+        fraction of the steps run that is done), from x_T in `steps` steps, of which the first `first` are left
+        out (image-to-image: x_T is then already at the level of the first step run); returns (x_0,
+        intermediates)."""
         self.make_schedule(steps, ddim_eta=eta)
         img = x_T.float()  # the sampler arithmetic stays fp32 whatever the model computes in (ldm.precision)
         intermediates = {"x_inter": [img], "pred_x0": [img]}
-        timesteps = np.flip(self.ddim_timesteps)
+        timesteps = np.flip(self.ddim_timesteps)[first:]
         for i, step in enumerate(tqdm(timesteps, desc="DDIM", disable=not verbose)):
             index = len(timesteps) - i - 1
             ts = torch.full((img.shape[0],), int(step), device=img.device, dtype=torch.long)
