@@ -8,6 +8,10 @@
     # a ready-made condition map, a second ControlNet with its own map and scale, another sampler
     python generate.py --prompt "a dancer" --hint pose.png --extra-control control_depth.safetensors depth.png 0.6 \
         --sampler "DPM++ 2M Karras"
+    # image-to-image, and inpainting with the 1.1 inpaint control (its condition is the masked picture)
+    python generate.py --prompt "a stone house" --image house.jpg --annotator canny --init-image house.jpg --denoise 0.6
+    python generate.py --prompt "a red door" --init-image house.jpg --mask door-mask.png --inpaint-control \
+        --ckpt models/v1-5-pruned.ckpt models/control_v11p_sd15_inpaint.pth
     # the same image again, from the parameters saved in a result
     python generate.py --reproduce outputs/house-00001.png
 
@@ -18,7 +22,7 @@ generation parameters (and its condition map beside it).
 
 import argparse
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -28,6 +32,7 @@ from tqdm.auto import tqdm
 
 from annotators import ANNOTATORS, ImageError, condition_map, list_pictures, read_image, resize_image
 from cldm.defaults import load_default_model
+from cldm.img2img import inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.model import load_control_net, load_model
 from cldm.outputs import read_params, save_png
@@ -37,7 +42,7 @@ from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
 
 SETTINGS = ("prompt", "added_prompt", "negative_prompt", "num_samples", "steps", "guidance_scale", "strength",
-            "guess_mode", "eta", "sampler", "control_start", "control_end", "control_mode")
+            "guess_mode", "eta", "sampler", "control_start", "control_end", "control_mode", "denoise", "mask_blur")
 
 
 def circle_outline(size=128):
@@ -74,6 +79,14 @@ def parse_args(argv=None):
     p.add_argument("--control-start", type=float, default=0.0)
     p.add_argument("--control-end", type=float, default=1.0)
     p.add_argument("--control-mode", choices=CONTROL_MODES, default="balanced")
+    p.add_argument("--init-image", help="image-to-image: start from this picture instead of pure noise")
+    p.add_argument("--denoise", type=float, default=1.0,
+                   help="how much of --init-image is redrawn: 0 keeps it, 1 ignores it (default)")
+    p.add_argument("--mask", help="inpainting: redraw --init-image only where this picture is white")
+    p.add_argument("--mask-blur", type=float, default=5.0, help="soften the mask's edge by this many pixels")
+    p.add_argument("--inpaint-control", action="store_true",
+                   help="the ControlNet is an inpaint one (control_v11p_sd15_inpaint): its condition is "
+                        "--init-image with the --mask pixels at -1")
     p.add_argument("--seed", type=int, default=-1)
     p.add_argument("--samples", type=int, default=1)
     p.add_argument("--low-vram", action="store_true", help="keep only the running part of the model on the GPU")
@@ -102,21 +115,64 @@ def settings_of(args):
     return dict(prompt=args.prompt, added_prompt=args.added_prompt, negative_prompt=args.negative_prompt,
                 num_samples=args.samples, steps=args.steps, guidance_scale=args.guidance, strength=args.strength,
                 guess_mode=args.guess_mode, eta=args.eta, sampler=args.sampler, control_start=args.control_start,
-                control_end=args.control_end, control_mode=args.control_mode)
+                control_end=args.control_end, control_mode=args.control_mode, denoise=args.denoise,
+                mask_blur=args.mask_blur)
 
 
-def run(model, hint, settings, seed, extra, out, device, low_vram_mode):
-    """Generate, then save the map as <out>-map.png and the images as <out> (<out>_<i> for several)."""
+@dataclass
+class Start:
+    """Image-to-image's picture and inpainting's mask (HWC / HW uint8), and whether the control is inpaint's."""
+
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    inpaint_control: bool = False
+
+    def sized(self, size):
+        """The picture and mask at the generation size (W, H)."""
+        fit = lambda a: None if a is None else cv2.resize(a, size, interpolation=cv2.INTER_AREA)  # noqa: E731
+        return replace(self, image=fit(self.image), mask=fit(self.mask))
+
+    def condition(self, blur):
+        """The inpaint control's condition, and the map saved to show it (the -1 pixels black)."""
+        condition = inpaint_condition(self.image, self.mask, blur)
+        return condition, (condition.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def start_of(args, resolution):
+    if args.mask and not args.init_image:
+        raise SystemExit("--mask needs --init-image: the picture the mask applies to")
+    if args.inpaint_control and not args.mask:
+        raise SystemExit("--inpaint-control needs --init-image and --mask")
+    image = read_image(args.init_image) if args.init_image else None
+    if image is not None:
+        image = resize_image(image, resolution)
+    mask = read_image(args.mask) if args.mask else None
+    return Start(image, mask, args.inpaint_control)
+
+
+def run(model, hint, settings, seed, extra, out, device, low_vram_mode, start=Start()):
+    """Generate, then save the map as <out>-map.png (the starting picture and mask as <out>-init.png and
+    <out>-mask.png) and the images as <out> (<out>_<i> for several)."""
     out = Path(out)
-    size = (hint.shape[1], hint.shape[0])
+    if hint is None and start.image is None:
+        raise SystemExit("nothing to generate from: give --hint, --image or --init-image")
+    size = (hint.shape[1], hint.shape[0]) if hint is not None else (start.image.shape[1], start.image.shape[0])
     extra = [replace(c, hint=cv2.resize(c.hint, size, interpolation=cv2.INTER_LINEAR)) for c in extra]
+    start = start.sized(size)
+    shown = hint
+    if start.inpaint_control:
+        hint, shown = start.condition(settings["mask_blur"])
     with low_vram(model, device, nets=[c.net for c in extra]) if low_vram_mode else nullcontext():
-        images, seed = generate(model, hint, seed=seed, controls=extra, **settings)
-    map_path = save_png(hint, out.with_name(f"{out.stem}-map.png"), {})
+        images, seed = generate(model, hint, seed=seed, controls=extra, init_image=start.image, mask=start.mask,
+                                **settings)
+    record = {**settings, "seed": seed, "precision": precision_of(model), "inpaint_control": start.inpaint_control}
+    for name, picture in (("hint", shown), ("init_image", start.image), ("mask", start.mask)):
+        if picture is not None:
+            stem = {"hint": "map", "init_image": "init"}.get(name, name)
+            record[name] = save_png(picture, out.with_name(f"{out.stem}-{stem}.png"), {}).name
     for i, image in enumerate(images):
         path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
-        record = {**settings, "seed": seed, "sample": i, "hint": map_path.name, "precision": precision_of(model)}
-        print(f"wrote {save_png(image, path, record)} (seed {seed})")
+        print(f"wrote {save_png(image, path, {**record, 'sample': i})} (seed {seed})")
 
 
 def main(argv=None):
@@ -133,9 +189,12 @@ def main(argv=None):
     if saved is not None:
         settings = {k: saved[k] for k in SETTINGS if k in saved}
         seed = saved["seed"]
-        hint = read_image(str(Path(args.reproduce).parent / saved["hint"]))
+        beside = {name: read_image(str(Path(args.reproduce).parent / saved[name])) if saved.get(name) else None
+                  for name in ("hint", "init_image", "mask")}
+        start = Start(beside["init_image"], beside["mask"], saved.get("inpaint_control", False))
         speed_up(model, compile=args.compile)
-        run(model, hint, settings, seed, [], args.out, device, args.low_vram)
+        run(model, None if start.inpaint_control else beside["hint"], settings, seed, [], args.out, device,
+            args.low_vram, start)
         return
     extra = [Control(read_image(h), float(scale), net=load_control_net(model, ckpt).to(model.betas.device))
              for ckpt, h, scale in args.extra_control]
@@ -149,13 +208,16 @@ def main(argv=None):
             hint = condition(args, read_image(str(path)))
             run(model, hint, settings, seed, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram)
         return
+    start = start_of(args, args.resolution)
     if args.hint:
         hint = resize_image(read_image(args.hint), args.resolution)
     elif args.image:
         hint = condition(args, read_image(args.image))
+    elif start.image is not None:
+        hint = None  # image-to-image or inpainting without a map (or with inpaint's own condition)
     else:
         hint = circle_outline(args.resolution)
-    run(model, hint, settings, seed, extra, args.out, device, args.low_vram)
+    run(model, hint, settings, seed, extra, args.out, device, args.low_vram, start)
 
 
 if __name__ == "__main__":

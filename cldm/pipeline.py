@@ -116,7 +116,7 @@ class GuidedDenoiser:
 def generate(model, hint, prompt, added_prompt="", negative_prompt="", num_samples=1, steps=20, guidance_scale=9.0,
              strength=1.0, guess_mode=False, eta=0.0, seed=-1, verbose=True, size=None, sampler="DDIM",
              control_start=0.0, control_end=1.0, control_mode="balanced", controls=(), init_image=None, denoise=1.0,
-             mask=None, mask_blur=0.0):
+             mask=None, mask_blur=5.0):
     """Images (list of HWC uint8) following `hint` (HWC uint8, sides multiples of 64) and the prompt.
 
     `controls` adds more ControlNets (each a `Control` with its own image, strength, range and mode) to the

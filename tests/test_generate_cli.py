@@ -50,3 +50,40 @@ def test_the_precision_is_saved_and_reproduced_bit_for_bit(tmp_path, capsys):
     cli.main(["--reproduce", str(first), "--precision", "fp32", "--out", str(other)])  # unless told otherwise
     assert read_params(other)["precision"] == "fp32"
     assert not np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(other)))
+
+
+def test_inpainting_with_the_inpaint_condition_then_reproduced(tmp_path):
+    """The toy's control stands in for an inpaint ControlNet: the CLI feeds it the masked picture (-1 under the
+    mask, shown black in the saved map), keeps the picture outside the mask and reproduces the result."""
+    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.fromarray(data.coffee()).save(photo)  # 400x600
+    drawn = np.zeros(data.coffee().shape[:2], np.uint8)
+    drawn[100:300, 200:400] = 255
+    Image.fromarray(drawn).save(mask)
+    first = tmp_path / "cup.png"
+    cli.main(["--init-image", str(photo), "--mask", str(mask), "--inpaint-control", "--mask-blur", "0",
+              "--resolution", "64", "--steps", "3", "--seed", "5", "--out", str(first)])
+    params = read_params(first)
+    assert params["inpaint_control"] and params["init_image"] == "cup-init.png" and params["mask"] == "cup-mask.png"
+    shown = np.asarray(Image.open(tmp_path / "cup-map.png"))
+    init = np.asarray(Image.open(tmp_path / "cup-init.png"))
+    saved_mask = np.asarray(Image.open(tmp_path / "cup-mask.png"))
+    assert shown.shape == init.shape == saved_mask.shape == (64, 128, 3)  # 400x600 at 64, sides rounded to 64
+    assert (shown[saved_mask[..., 0] > 127] == 0).all()
+    result = np.asarray(Image.open(first))
+    outside = saved_mask[..., 0] == 0
+    assert np.array_equal(result[outside], init[outside])
+    assert np.abs(result.astype(int) - init)[~outside].mean() > 5
+    again = tmp_path / "again.png"
+    cli.main(["--reproduce", str(first), "--out", str(again)])
+    assert np.array_equal(result, np.asarray(Image.open(again)))
+
+
+def test_image_to_image_from_a_photo(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(data.astronaut()).save(photo)
+    out = tmp_path / "astronaut.png"
+    cli.main(["--init-image", str(photo), "--denoise", "0.3", "--resolution", "64", "--steps", "4", "--out", str(out)])
+    params = read_params(out)
+    assert params["denoise"] == 0.3 and params["init_image"] == "astronaut-init.png" and "hint" not in params
+    assert np.asarray(Image.open(out)).shape == (64, 64, 3)
