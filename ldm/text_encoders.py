@@ -86,6 +86,9 @@ class FrozenCLIPEmbedder(nn.Module):
         embeddings.register_buffer("position_ids", torch.arange(max_length)[None], persistent=True)
         embeddings.register_load_state_dict_pre_hook(_keep_position_ids)
         self.max_length, self.layer, self.layer_idx = max_length, layer, layer_idx
+        # Some fine-tunes were trained on longer prompts and an earlier layer (the 1.1 anime lineart control:
+        # 3 windows of 75 tokens, the penultimate layer); `clip_skip` and `windows` reproduce that.
+        self.clip_skip, self.windows = 1, 1
         if freeze:
             self.requires_grad_(False)
 
@@ -94,17 +97,29 @@ class FrozenCLIPEmbedder(nn.Module):
         return self.transformer.text_model.embeddings.token_embedding.weight.device
 
     def tokenize(self, text):
-        # Pads with <|endoftext|> (49407), as the SD 1.x tokenizer does; padded positions matter to the UNet.
-        batch = clip_tokenizer()(list(text), truncation=True, max_length=self.max_length, padding="max_length",
-                                 return_tensors="pt")
-        return batch["input_ids"]
+        """(B * windows, 77) token ids: each prompt's first windows * 75 tokens, 75 to a window, each window
+        between <|startoftext|> and <|endoftext|> and padded with <|endoftext|> (49407) as the SD 1.x tokenizer
+        pads; padded positions matter to the UNet. One window is the usual truncating tokenization."""
+        tokenizer, inner = clip_tokenizer(), self.max_length - 2
+        rows = []
+        for ids in tokenizer(list(text), add_special_tokens=False, verbose=False)["input_ids"]:
+            for k in range(self.windows):
+                row = [tokenizer.bos_token_id, *ids[k * inner:(k + 1) * inner], tokenizer.eos_token_id]
+                rows.append(row + [tokenizer.pad_token_id] * (self.max_length - len(row)))
+        return torch.tensor(rows)
 
     def forward(self, text):
         tokens = self.tokenize(text).to(self.device)
-        out = self.transformer.text_model(input_ids=tokens, output_hidden_states=self.layer == "hidden")
-        if self.layer == "last":
-            return out.last_hidden_state
-        return out.hidden_states[self.layer_idx]
+        model = self.transformer.text_model
+        hidden = self.layer == "hidden" or self.clip_skip > 1
+        out = model(input_ids=tokens, output_hidden_states=hidden)
+        if self.clip_skip > 1:
+            states = model.final_layer_norm(out.hidden_states[-self.clip_skip])
+        elif self.layer == "last":
+            states = out.last_hidden_state
+        else:
+            states = out.hidden_states[self.layer_idx]
+        return states.reshape(len(text), self.windows * self.max_length, -1)
 
     def encode(self, text):
         return self(text)

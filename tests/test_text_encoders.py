@@ -58,3 +58,24 @@ def test_unknown_text_encoder_names_the_known_ones():
         FrozenCLIPEmbedder(version="someone/other-clip")
     with pytest.raises(ValueError, match="exactly the keys"):
         FrozenCLIPEmbedder(arch=dict(hidden_size=8))
+
+
+def test_three_windows_and_clip_skip_as_the_anime_lineart_control_was_trained():
+    torch.manual_seed(0)
+    encoder = FrozenCLIPEmbedder(arch=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                           num_attention_heads=2))
+    one = encoder(PROMPTS)
+    encoder.windows = 3
+    very_long = " ".join(["a detailed landscape with mountains, rivers and trees"] * 30)  # 270 tokens
+    ids = encoder.tokenize([very_long])
+    plain = open_clip.tokenize([very_long], context_length=400)[0]
+    words = plain[1:int((plain == 49407).nonzero()[0])]  # the tokens without start and end
+    assert len(words) > 225 and ids.shape == (3, 77) and (ids[:, 0] == 49406).all() and (ids[:, 76] == 49407).all()
+    assert all(torch.equal(ids[k, 1:76], words[75 * k:75 * (k + 1)]) for k in range(3))
+    three = encoder(PROMPTS)
+    assert three.shape == (len(PROMPTS), 231, 16)
+    torch.testing.assert_close(three[:-1, :77], one[:-1], rtol=0, atol=1e-6)  # short prompts: first window equal
+    encoder.clip_skip = 2
+    model = encoder.transformer.text_model
+    hidden = model(input_ids=encoder.tokenize(PROMPTS[:1]), output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(encoder(PROMPTS[:1]), model.final_layer_norm(hidden).reshape(1, 231, 16))
