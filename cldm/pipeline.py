@@ -60,9 +60,9 @@ class GuidedDenoiser:
     """(x_t, t, progress) -> the model's output with classifier-free guidance and every active control added.
 
     The unconditional and conditional halves run as one batch [uncond; cond]. A control that skips the
-    unconditional branch (guess mode, "control" mode) runs on the conditional half only and adds zeros to
-    the other, which leaves that half exactly as without the control. Each call is one sampling step; a
-    NaN or infinity stops the generation with the part and the step named.
+    unconditional branch (guess mode, "control" mode, a pooled net) runs on the conditional half only and adds
+    zeros to the other, which leaves that half exactly as without the control. Each call is one sampling step;
+    a NaN or infinity stops the generation with the part and the step named.
     """
 
     def __init__(self, model, context, uncond_context, controls, guidance_scale, guess_mode=False, steps=None):
@@ -86,7 +86,10 @@ class GuidedDenoiser:
                 self.hint_features[i] = net.encode_hint(hint)
             features = self.hint_features[i]
             weighting = dict(strength=control.strength, soft=self.guess_mode or control.mode == "prompt")
-            if self.guided and (self.guess_mode or control.mode == "control"):  # conditional half only
+            # a pooled net (1.1 shuffle) passes only global statistics, which the release trained on the
+            # conditional side of classifier-free guidance alone
+            cond_only = self.guess_mode or control.mode == "control" or net.global_average_pooling
+            if self.guided and cond_only:  # conditional half only
                 n = x.shape[0] // 2
                 outputs = net(x[n:], hint, t[n:], self.context[n:], hint_features=features, **weighting)
                 outputs = [None if o is None else torch.cat([torch.zeros_like(o), o]) for o in outputs]

@@ -78,6 +78,20 @@ def test_control_modes(model):
 
 
 @torch.no_grad()
+def test_a_pooled_net_acts_on_the_conditional_side_only(model):
+    """The 1.1 shuffle control as the release runs it: pooled residuals, on the conditional half of guidance."""
+    n = model.control_model.num_outputs
+    model.global_average_pooling = True
+    try:
+        pooled = latents_of(model, hint(), PROMPT, steps=3, seed=1)
+        close(pooled, release_path(model, hint(), 1, 3, [1.0] * n, uncond_control=False))
+    finally:
+        model.global_average_pooling = False
+    unpooled = latents_of(model, hint(), PROMPT, steps=3, seed=1, control_mode="control")
+    assert (pooled - unpooled).abs().max() > 1e-4
+
+
+@torch.no_grad()
 def test_control_range_and_strength_zero(model):
     off = latents_of(model, None, PROMPT, steps=4, seed=2, size=(64, 64))
     assert torch.equal(latents_of(model, hint(), PROMPT, steps=4, seed=2, strength=0.0), off)
