@@ -3,7 +3,7 @@
 Command-line flags override these values (run any app with --help).
 """
 
-CONFIG = "models/cldm_v15.yaml"  # the yaml for real SD checkpoints (models/cldm_v21.yaml for SD 2.1 controls)
+CONFIG = None  # the yaml for real SD checkpoints; None: the one beside the control file, else models/cldm_v15.yaml
 BASE = None  # an SD checkpoint for control-only files (ControlNet 1.1); None: models/v1-5-pruned.ckpt if present
 PRECISION = "auto"  # fp32, fp16, bf16, or auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32
 COMPILE = False  # torch.compile the UNet and ControlNet (faster steps on GPUs; the first request compiles)

@@ -1,12 +1,15 @@
-"""Condition detectors: each maps an RGB uint8 image (H, W, 3) to a uint8 condition map (h, w, 3).
+"""Condition detectors: each maps an RGB uint8 image (H, W, 3) to a uint8 condition map (h, w, 3), for the
+1.0 controls (canny ... seg) and the 1.1 ones (lineart ... tile).
 
 Parameters and their defaults are in each function's signature (the apps build their sliders from them).
 Network weights load lazily, on first use, from annotators/ckpts/, a folder given as `weights=`, or the
 model hub (see annotators.weights). This package imports nothing from ldm/ or cldm/.
 """
 
-from annotators.depth import depth, normal
+from annotators.depth import depth, depth_leres, depth_zoe, normal, normalbae
 from annotators.edges import canny, fake_scribble, hed, mlsd, scribble
+from annotators.lines import invert, lineart, lineart_anime, scribble_from_photo, softedge
+from annotators.picture import shuffle, tile
 from annotators.pose import mediapipe_openpose, openpose, pose
 from annotators.seg import seg
 from annotators.util import HWC3, ImageError, list_pictures, read_image, resize_image, to_rgb_uint8
@@ -24,19 +27,38 @@ ANNOTATORS = {
     "depth": depth,
     "normal": normal,
     "seg": seg,
+    "lineart": lineart,
+    "lineart_anime": lineart_anime,
+    "softedge": softedge,
+    "scribble_from_photo": scribble_from_photo,
+    "invert": invert,
+    "depth_leres": depth_leres,
+    "depth_zoe": depth_zoe,
+    "normalbae": normalbae,
+    "shuffle": shuffle,
+    "tile": tile,
 }
 
 
 
 def condition_map(image, annotator, resolution, detect_resolution=None, nearest=False, **params):
     """A picture -> the condition map at the generation size: the picture's `resize_image` grid at
-    `resolution`, the annotator run at `detect_resolution` (default: the same) and its map resized to that
-    grid (`nearest` for maps whose exact colours matter: pose skeletons, segments)."""
+    `resolution`, the annotator run at `detect_resolution` (default: the same; annotators without that
+    parameter see the picture as it is) and its map resized to that grid (`nearest` for maps whose exact
+    colours matter: pose skeletons, segments). annotator=None: the picture is the map."""
+    import inspect
+
     import cv2
 
     image = to_rgb_uint8(image)
     target = resize_image(image, resolution)
-    detected = ANNOTATORS[annotator](image, detect_resolution=detect_resolution or resolution, **params)
+    if annotator is None:
+        detected = image
+    else:
+        detect = ANNOTATORS[annotator]
+        if "detect_resolution" in inspect.signature(detect).parameters:
+            params["detect_resolution"] = detect_resolution or resolution
+        detected = detect(image, **params)
     interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
     return cv2.resize(detected, (target.shape[1], target.shape[0]), interpolation=interpolation)
 

@@ -1,13 +1,18 @@
-"""MiDaS (DPT-Hybrid) depth, and the normal map the release derives from it."""
+"""Depth (MiDaS DPT-Hybrid, LeReS, ZoeDepth), the normal map the 1.0 release derives from MiDaS depth, and
+normals estimated directly (NormalBAE, for the 1.1 normal control). Depth maps are near = bright."""
 
 from functools import lru_cache
 
 import numpy as np
 
+from annotators.edges import run_detector
 from annotators.util import device, prepare
 from annotators.weights import weights_dir
 
 MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"
+LERES_FILES = ["res101.pth", "latest_net_G.pth"]
+ZOE_FILE = "ZoeD_M12_N.pt"
+NORMALBAE_FILE = "scannet.pt"
 
 
 @lru_cache(maxsize=2)
@@ -16,6 +21,27 @@ def midas_detector(location=None):
 
     folder = weights_dir([MIDAS_FILE], location)
     return MidasDetector.from_pretrained(str(folder), model_type="dpt_hybrid", filename=MIDAS_FILE).to(device())
+
+
+@lru_cache(maxsize=2)
+def leres_detector(location=None):
+    from controlnet_aux import LeresDetector
+
+    return LeresDetector.from_pretrained(str(weights_dir(LERES_FILES, location))).to(device())
+
+
+@lru_cache(maxsize=2)
+def zoe_detector(location=None):
+    from controlnet_aux import ZoeDetector
+
+    return ZoeDetector.from_pretrained(str(weights_dir([ZOE_FILE], location))).to(device())
+
+
+@lru_cache(maxsize=2)
+def normalbae_detector(location=None):
+    from controlnet_aux import NormalBaeDetector
+
+    return NormalBaeDetector.from_pretrained(str(weights_dir([NORMALBAE_FILE], location))).to(device())
 
 
 def depth_and_normal(image, background_threshold=0.4, detect_resolution=384, weights=None):
@@ -33,3 +59,19 @@ def depth(image, detect_resolution=384, weights=None):
 def normal(image, background_threshold=0.4, detect_resolution=384, weights=None):
     """Normals from the depth's gradients; depth below `background_threshold` (relative) counts as flat."""
     return depth_and_normal(image, background_threshold, detect_resolution, weights)[1]
+
+
+def depth_leres(image, remove_near=0, remove_background=0, detect_resolution=512, weights=None):
+    """LeReS depth; `remove_near` / `remove_background` (percent) cut the nearest and farthest depths to black."""
+    return run_detector(leres_detector(weights), image, detect_resolution, thr_a=remove_near,
+                        thr_b=remove_background)
+
+
+def depth_zoe(image, detect_resolution=512, weights=None):
+    """ZoeDepth (metric depth, scaled between its 2nd and 85th percentiles), the 1.1 depth app's default."""
+    return run_detector(zoe_detector(weights), image, detect_resolution)
+
+
+def normalbae(image, detect_resolution=512, weights=None):
+    """Surface normals (NormalBAE, ScanNet's convention: blue faces the viewer, red left, green up)."""
+    return run_detector(normalbae_detector(weights), image, detect_resolution)

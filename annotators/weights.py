@@ -19,6 +19,14 @@ FILES = {
     "hand_pose_model.pth": "147 MB",
     "facenet.pth": "154 MB",
     "dpt_hybrid-midas-501f0c75.pt": "492 MB",
+    "sk_model.pth": "17 MB",
+    "sk_model2.pth": "17 MB",
+    "netG.pth": "218 MB",
+    "table5_pidinet.pth": "3 MB",
+    "res101.pth": "531 MB",
+    "latest_net_G.pth": "218 MB",
+    "ZoeD_M12_N.pt": "1.4 GB",
+    "scannet.pt": "291 MB",
 }
 SEG_REPO = "openmmlab/upernet-convnext-small"  # UperNet + ConvNeXt trained on ADE20K, a transformers folder
 

@@ -9,13 +9,15 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import cv2
 import gradio as gr
 import numpy as np
 import torch
 
 import config
-from annotators import ANNOTATORS, ImageError, WeightsError, condition_map, read_image, to_rgb_uint8
+from annotators import ANNOTATORS, ImageError, WeightsError, condition_map, read_image, resize_image, to_rgb_uint8
 from apps.models import resolve_model
+from cldm.img2img import inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.outputs import next_path, save_png
 from cldm.pipeline import CONTROL_MODES, generate
@@ -73,21 +75,54 @@ def component(param, default):
     return gr.Slider(label=label, minimum=param.minimum, maximum=param.maximum, step=param.step, value=value)
 
 
+# How the shipped toy model serves an app: "control" it follows the maps with its outline control (edges,
+# lines, scribbles); "plain" it runs without a control (image-to-image and inpainting need none); None it
+# cannot follow the condition, so the app shows the map and says which files to get.
+TOY_MODES = ("control", "plain", None)
+NO_ANNOTATOR = "none"  # the "Preprocessor" choice that takes the upload as the map itself
+
+
 @dataclass
 class Task:
     name: str  # the outputs' file stem
     title: str
-    annotator: str  # a key of annotators.ANNOTATORS
-    control: str  # the release's control file for this condition, looked for in models/
-    extra: list = field(default_factory=list)  # Slider / Choice / Check for the annotator's parameters
+    annotator: str | None  # a key of annotators.ANNOTATORS; None: the condition is built from the picture
+    control: str | tuple  # the control file(s) for this condition, looked for in models/ in this order
+    extra: list = field(default_factory=list)  # Slider / Choice / Check for the annotators' parameters
     detect_resolution: int | None = 512  # None: the annotator runs at the image resolution (no slider)
     nearest: bool = False  # resize the map without blending (pose skeletons, segment colours)
     canvas: bool = False  # draw the input instead of uploading it
     prompt: str = ""
+    alternatives: tuple = ()  # other annotators offered beside `annotator` (and "none": the upload is the map)
+    start: str | None = None  # "img2img": start from the picture (Denoise slider); "inpaint": paint a mask on it
+    base: str | None = None  # the SD base its control-only file needs, when not models/v1-5-pruned.ckpt
+    text_windows: int = 1  # prompt windows of 75 tokens, and the CLIP layer counted from the last, that the
+    clip_skip: int = 1  # control was trained with (1.1 anime lineart: 3 and 2)
+    toy: str | None = "control"  # one of TOY_MODES
+    pooled: bool = False  # the control's residuals are pooled (1.1 shuffle), whatever yaml it is loaded with
+
+    def __post_init__(self):
+        if self.toy not in TOY_MODES:
+            raise ValueError(f"toy must be one of {TOY_MODES}, got {self.toy!r}")
+        self.control = (self.control,) if isinstance(self.control, str) else tuple(self.control)
+
+    @property
+    def annotators(self):
+        return [a for a in (self.annotator, *self.alternatives) if a]
 
     def annotator_defaults(self):
-        parameters = inspect.signature(ANNOTATORS[self.annotator]).parameters
-        return {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+        defaults = {}
+        for name in self.annotators:
+            if name != NO_ANNOTATOR:
+                parameters = inspect.signature(ANNOTATORS[name]).parameters.items()
+                defaults.update({k: p.default for k, p in parameters if p.default is not inspect.Parameter.empty})
+        return defaults
+
+    def settings(self):
+        """The names of the app's own inputs after the annotator parameters, in the page's order."""
+        uploads_a_map = self.annotator is not None and not self.canvas
+        return [*(["preprocessor"] if uploads_a_map else []), *(["denoise"] if self.start else []),
+                *(["mask_blur"] if self.start == "inpaint" else [])]
 
 
 class Runner:
@@ -99,39 +134,68 @@ class Runner:
         self.output_dir, self.annotator_weights = output_dir, annotator_weights
         self.low_vram_device = low_vram_device  # keep the model in CPU memory, run it part by part there
         self.precision = precision_of(model) if model is not None else None
-        if model is not None:
+        self.generates = model is not None and not (toy and task.toy is None)
+        if model is not None and not self.generates:
+            self.note += ("\n\nThe toy model follows outlines only, not these maps: the app shows the map, and "
+                          "generates once the control file is in place.")
+        elif model is not None:
             self.note += f"\n\nComputing in {self.precision}."
 
-    def detect(self, image, image_resolution, detect_resolution=None, **params):
+    def detect(self, picture, image_resolution, detect_resolution=None, annotator=None, **params):
         """The condition map at the generation size: image resolution's grid, sides multiples of 64."""
-        image = drawing(image) if self.task.canvas else image
-        if "weights" in inspect.signature(ANNOTATORS[self.task.annotator]).parameters and self.annotator_weights:
+        annotator = annotator or self.task.annotator
+        if annotator == NO_ANNOTATOR:
+            return condition_map(picture, None, image_resolution, nearest=self.task.nearest)
+        accepted = inspect.signature(ANNOTATORS[annotator]).parameters
+        params = {k: v for k, v in params.items() if k in accepted}
+        if "weights" in accepted and self.annotator_weights:
             params["weights"] = self.annotator_weights
-        return condition_map(image, self.task.annotator, image_resolution, detect_resolution, self.task.nearest,
-                             **params)
+        return condition_map(picture, annotator, image_resolution, detect_resolution, self.task.nearest, **params)
+
+    def condition(self, image, resolution, detect_resolution, params, app):
+        """(the control's condition, the map shown and saved, the starting picture, the mask) for the UI's input."""
+        if self.task.start == "inpaint":
+            picture, mask = painted(image)
+            init = resize_image(picture, resolution)
+            mask = cv2.resize(mask, (init.shape[1], init.shape[0]), interpolation=cv2.INTER_LINEAR)
+            condition = inpaint_condition(init, mask, float(app["mask_blur"]))
+            return condition, (condition.clip(0, 1) * 255).round().astype(np.uint8), init, mask
+        picture = drawing(image) if self.task.canvas else image
+        detected = self.detect(picture, resolution, detect_resolution, app.get("preprocessor"), **params)
+        init = resize_image(to_rgb_uint8(picture), resolution) if self.task.start == "img2img" else None
+        return detected, detected, init, None
 
     def __call__(self, image, prompt, added_prompt, negative_prompt, num_samples, image_resolution, detect_resolution,
                  steps, guidance_scale, seed, eta, strength, guess_mode, control_start, control_end, control_mode,
                  sampler, *extra):
-        params = dict(zip([s.name for s in self.task.extra], extra))
-        detected = self.detect(image, int(image_resolution), int(detect_resolution) or None, **params)
-        if self.model is None:
-            return [detected], self.note
+        params = dict(zip([s.name for s in self.task.extra] + self.task.settings(), extra))
+        app = {name: params.pop(name) for name in self.task.settings()}
+        condition, shown, init, mask = self.condition(image, int(image_resolution), int(detect_resolution) or None,
+                                                      params, app)
+        if not self.generates:
+            return [shown], self.note
         settings = dict(prompt=prompt, added_prompt=added_prompt, negative_prompt=negative_prompt,
                         num_samples=int(num_samples), steps=int(steps), guidance_scale=float(guidance_scale),
                         strength=float(strength), guess_mode=bool(guess_mode), eta=float(eta),
                         sampler=sampler, control_start=float(control_start), control_end=float(control_end),
                         control_mode=control_mode)
+        if self.task.start:
+            settings.update(denoise=float(app["denoise"]), mask_blur=float(app.get("mask_blur", 0.0)))
+        hint = None if self.toy and self.task.toy == "plain" else condition
         with low_vram(self.model, self.low_vram_device) if self.low_vram_device else nullcontext():
-            images, used_seed = generate(self.model, detected, seed=int(seed), **settings)
-        map_path = save_png(detected, next_path(self.output_dir, f"{self.task.name}-map"), {"annotator": params})
-        saved = []
-        for i, image in enumerate(images):
-            record = {**settings, "seed": used_seed, "sample": i, "hint": map_path.name, "annotator": params,
-                      "size": list(detected.shape[:2]), "precision": self.precision}
-            saved.append(save_png(image, next_path(self.output_dir, self.task.name), record).name)
-        info = f"Seed {used_seed}. Saved {', '.join(saved)} and {map_path.name} in {self.output_dir}/."
-        return [detected, *images], info
+            images, used_seed = generate(self.model, hint, seed=int(seed), init_image=init, mask=mask, **settings)
+        record = {**settings, "seed": used_seed, "annotator": params, "size": list(shown.shape[:2]),
+                  "precision": self.precision}
+        for key, picture in (("hint", shown), ("init_image", init), ("mask", mask)):
+            if picture is not None:
+                stem = {"hint": "map", "init_image": "init"}.get(key, key)
+                record[key] = save_png(picture, next_path(self.output_dir, f"{self.task.name}-{stem}"),
+                                       {"annotator": params} if key == "hint" else {}).name
+        saved = [save_png(image, next_path(self.output_dir, self.task.name), {**record, "sample": i}).name
+                 for i, image in enumerate(images)]
+        beside = ", ".join(record[k] for k in ("hint", "init_image", "mask") if k in record)
+        info = f"Seed {used_seed}. Saved {', '.join(saved)} and {beside} in {self.output_dir}/."
+        return [shown, *images], info
 
 
 def uploaded_image(**kwargs):
@@ -153,6 +217,19 @@ def uploaded_image(**kwargs):
 
     image.preprocess = preprocess
     return image
+
+
+def painted(editor_value):
+    """An inpaint editor's value -> (the picture RGB uint8, the mask: 255 where painted over)."""
+    if not isinstance(editor_value, dict) or editor_value.get("background") is None:
+        raise ImageError("no picture was given: upload one, then paint over what to redraw")
+    picture = to_rgb_uint8(editor_value["background"])
+    strokes = [np.asarray(layer) for layer in editor_value.get("layers") or [] if layer is not None]
+    alpha = [layer[..., 3] for layer in strokes if layer.ndim == 3 and layer.shape[2] == 4]
+    mask = np.max(alpha, axis=0) if alpha else np.zeros(picture.shape[:2], np.uint8)
+    if mask.shape != picture.shape[:2] or not mask.any():
+        raise ImageError("paint over the part of the picture to redraw (the brush marks the mask)")
+    return picture, np.where(mask > 0, 255, 0).astype(np.uint8)
 
 
 def drawing(editor_value):
@@ -179,6 +256,18 @@ def friendly(runner):
     return run
 
 
+def app_settings(task):
+    """The components of Task.settings(), in its order."""
+    components = {
+        "preprocessor": lambda: gr.Radio(label="Preprocessor", choices=[*task.annotators, NO_ANNOTATOR],
+                                         value=task.annotator),
+        "denoise": lambda: gr.Slider(label="Denoise (0 keeps the picture, 1 redraws it all)", minimum=0.0,
+                                     maximum=1.0, value=1.0, step=0.01),
+        "mask_blur": lambda: gr.Slider(label="Mask Blur", minimum=0.0, maximum=16.0, value=5.0, step=0.1),
+    }
+    return [components[name]() for name in task.settings()]
+
+
 def build_demo(task, runner):
     toy = runner.toy
     defaults = TOY_DEFAULTS if toy else REAL_DEFAULTS
@@ -193,6 +282,10 @@ def build_demo(task, runner):
                     image = gr.ImageEditor(value={"background": white, "layers": [], "composite": None},
                                            type="numpy", label="Draw (black on white)", canvas_size=(512, 512),
                                            brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"))
+                elif task.start == "inpaint":
+                    image = gr.ImageEditor(type="numpy", label="Picture: upload, then paint over what to redraw",
+                                           sources=["upload", "clipboard"], layers=False, transforms=(),
+                                           brush=gr.Brush(colors=["#ffffff"], default_size=32, color_mode="fixed"))
                 else:
                     image = uploaded_image(label="Input image", sources=["upload", "clipboard"])
                 prompt = gr.Textbox(label="Prompt", value=TOY_PROMPT if toy else task.prompt)
@@ -211,6 +304,7 @@ def build_demo(task, runner):
                     control_end = gr.Slider(label="Control End", minimum=0.0, maximum=1.0, value=1.0, step=0.01)
                     control_mode = gr.Radio(label="Control Mode", choices=list(CONTROL_MODES), value="balanced")
                     extra = [component(param, annotator_defaults[param.name]) for param in task.extra]
+                    extra += app_settings(task)
                     sampler = gr.Dropdown(label="Sampler", choices=list(SAMPLERS), value="DDIM")
                     steps = gr.Slider(label="Steps", minimum=1, maximum=100, value=20, step=1)
                     guidance = gr.Slider(label="Guidance Scale", minimum=0.1, maximum=30.0, value=9.0, step=0.1)
@@ -230,11 +324,13 @@ def build_demo(task, runner):
 
 def parse_args(task, argv=None):
     p = argparse.ArgumentParser(description=task.title)
-    p.add_argument("--control", help=f"control checkpoint (default: models/{task.control} if present, "
-                                     "else the shipped toy model)")
-    p.add_argument("--base", default=config.BASE,
-                   help="SD checkpoint for control-only files (default: models/v1-5-pruned.ckpt)")
-    p.add_argument("--config", default=config.CONFIG, help="model yaml for real checkpoints")
+    files = " or ".join(f"models/{name}" for name in task.control)
+    p.add_argument("--control", help=f"control checkpoint (default: {files} if present, else the shipped toy model)")
+    p.add_argument("--base", default=config.BASE or (f"models/{task.base}" if task.base else None),
+                   help=f"SD checkpoint for control-only files (default: models/{task.base or 'v1-5-pruned.ckpt'})")
+    p.add_argument("--config", default=config.CONFIG,
+                   help="model yaml for real checkpoints (default: the yaml beside the control file, else "
+                        "models/cldm_v15.yaml)")
     p.add_argument("--annotator-ckpts", default=config.ANNOTATOR_CKPTS, help="folder of annotator weights")
     p.add_argument("--output-dir", default=config.OUTPUT_DIR)
     p.add_argument("--host", default=config.HOST, help="address to bind (default 127.0.0.1: this machine only)")
@@ -264,6 +360,14 @@ def make_runner(task, args):
     dtype = PRECISIONS[resolve_precision(args.precision, device)]
     model, note, toy = resolve_model(task.control, args.control, args.base, args.config, "cpu" if offload else None,
                                      dtype)
+    if model is not None and not toy:
+        text_encoder = model.cond_stage_model
+        if (task.text_windows, task.clip_skip) != (1, 1) and not hasattr(text_encoder, "windows"):
+            raise SystemExit(f"{task.title} needs an SD 1.x base (CLIP text encoder), not {type(text_encoder)}")
+        if hasattr(text_encoder, "windows"):
+            text_encoder.windows, text_encoder.clip_skip = task.text_windows, task.clip_skip
+        if task.pooled:
+            model.control_model.global_average_pooling = True
     if model is not None:
         speed_up(model, compile=args.compile)
     return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None, toy)

@@ -19,20 +19,26 @@ class Resolved(NamedTuple):
     toy: bool = False  # the shipped default model (its own prompt and resolution defaults suit it)
 
 
-def resolve_model(control_file, control=None, base=None, config=None, device=None, dtype=None):
-    """The model (or None) and a note for the user, for an app whose usual control file is `control_file`.
+def resolve_model(control_files, control=None, base=None, config=None, device=None, dtype=None):
+    """The model (or None) and a note for the user, for an app whose usual control files are `control_files`
+    (a name, or names in order of preference: the 1.0 file, then the 1.1 one).
 
-    `control` (a path) is what the user asked for; without it, models/<control_file> is used when present,
-    else the shipped toy model. A missing file gives no model and a note naming it and where to get it.
-    The model's networks are in `dtype` (None: fp32).
+    `control` (a path) is what the user asked for; without it, the first of models/<control_files> present is
+    used, else the shipped toy model. A control-only file (1.1, extracted) is loaded onto `base` (default
+    models/v1-5-pruned.ckpt), with `config`, else the yaml beside the control file (the 1.1 release ships one
+    per control), else models/cldm_v15.yaml. A missing file gives no model and a note naming it and where to
+    get it. The model's networks are in `dtype` (None: fp32).
     """
+    control_files = (control_files,) if isinstance(control_files, (str, Path)) else tuple(control_files)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    wanted = Path(control) if control else MODELS / control_file
+    present = [MODELS / name for name in control_files if (MODELS / name).is_file()]
+    wanted = Path(control) if control else (present or [MODELS / control_files[0]])[0]
     if not wanted.is_file():
         if control:
             return Resolved(None, missing_file_message(wanted) + ". The annotator works meanwhile.")
+        others = "".join(f" (or {name})" for name in control_files[1:])
         note = ("Running the shipped toy model (shapes on plain backgrounds, 128x128). "
-                f"For real images get {control_file}: {missing_file_message(wanted)}")
+                f"For real images get {control_files[0]}{others}: {missing_file_message(wanted)}")
         return Resolved(load_default_model(device, dtype), note, toy=True)
     state = normalize_keys(read_any(wanted))
     sources = [state]
@@ -42,6 +48,8 @@ def resolve_model(control_file, control=None, base=None, config=None, device=Non
             return Resolved(None, f"{wanted.name} holds only the control; it needs an SD base: "
                                   f"{missing_file_message(base)}")
         sources = [base, state]
-    model = load_model(config or MODELS / "cldm_v15.yaml", *sources, dtype=dtype, device=device)
+    own_yaml = wanted.with_suffix(".yaml")
+    config = config or (own_yaml if own_yaml.is_file() else MODELS / "cldm_v15.yaml")
+    model = load_model(config, *sources, dtype=dtype, device=device)
     names = [wanted.name] if len(sources) == 1 else [base.name, wanted.name]
-    return Resolved(model, f"Running {' + '.join(names)}.")
+    return Resolved(model, f"Running {' + '.join(names)} ({Path(config).name}).")

@@ -11,7 +11,7 @@ import torch
 
 
 def save(state, path):
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
+    torch.save(half(state), path)
 
 
 def drop_first_level(state):
@@ -60,5 +60,73 @@ def write_upernet(folder):
     SegformerImageProcessor(size={"height": 128, "width": 128}).save_pretrained(folder)
 
 
+def with_module_prefix(state):
+    """Files saved from torch.nn.DataParallel name every weight under `module.`."""
+    return {f"module.{k}": v for k, v in state.items()}
+
+
+def half(state):
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def write_lineart(folder):
+    from controlnet_aux.lineart import Generator
+
+    torch.manual_seed(0)
+    save(Generator(3, 1, 3).state_dict(), Path(folder) / "sk_model.pth")
+    save(Generator(3, 1, 3).state_dict(), Path(folder) / "sk_model2.pth")  # the coarse model, same network
+
+
+def write_lineart_anime(folder):
+    import functools
+
+    from controlnet_aux.lineart_anime import UnetGenerator
+
+    norm = functools.partial(torch.nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    net = UnetGenerator(3, 1, 8, 64, norm_layer=norm, use_dropout=False)
+    save(with_module_prefix(net.state_dict()), Path(folder) / "netG.pth")
+
+
+def write_pidinet(folder):
+    """A PiDiNet training checkpoint: {"state_dict": {"module.<key>": ...}}."""
+    from controlnet_aux.pidi.model import pidinet
+
+    torch.save({"epoch": 0, "state_dict": half(with_module_prefix(pidinet().state_dict()))},
+               Path(folder) / "table5_pidinet.pth")
+
+
+def write_normalbae(folder):
+    import contextlib
+    import io
+    import types
+
+    from controlnet_aux.normalbae.nets.NNET import NNET
+
+    args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
+                                 importance_ratio=0.7)
+    with contextlib.redirect_stdout(io.StringIO()):  # the encoder's constructor prints
+        net = NNET(args)
+    torch.save({"model": half(with_module_prefix(net.state_dict()))}, Path(folder) / "scannet.pt")
+
+
+def write_leres(folder):
+    from controlnet_aux.leres.leres.multi_depth_model_woauxi import RelDepthModel
+    from controlnet_aux.leres.pix2pix.models import networks
+
+    depth = RelDepthModel(backbone="resnext101")
+    torch.save({"depth_model": half(with_module_prefix(depth.state_dict()))}, Path(folder) / "res101.pth")
+    refine = networks.define_G(2, 1, 64, "unet_1024", "none", False, "normal", 0.02, [])  # the "boost" pass
+    save(refine.state_dict(), Path(folder) / "latest_net_G.pth")
+
+
+def write_zoe(folder):
+    from controlnet_aux.zoe.zoedepth.models.zoedepth.zoedepth_v1 import ZoeDepth
+    from controlnet_aux.zoe.zoedepth.utils.config import get_config
+
+    model = ZoeDepth.build_from_config(get_config("zoedepth", "infer"))
+    torch.save({"model": half(model.state_dict())}, Path(folder) / "ZoeD_M12_N.pt")
+
+
 WRITERS = {"hed": write_hed, "mlsd": write_mlsd, "openpose": write_openpose, "midas": write_midas,
-           "upernet": write_upernet}
+           "upernet": write_upernet, "lineart": write_lineart, "lineart_anime": write_lineart_anime,
+           "pidinet": write_pidinet, "normalbae": write_normalbae, "leres": write_leres, "zoe": write_zoe}

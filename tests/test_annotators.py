@@ -145,3 +145,78 @@ def test_read_image_handles_16_bit_and_refuses_broken_files(tmp_path):
     for broken in (good[: len(good) // 2], b"not an image at all"):
         with pytest.raises(ImageError, match="not a readable image"):
             read_image(broken)
+
+
+NEW_NETWORK_ANNOTATORS = [
+    ("lineart", ["lineart"], {}, "LineartDetector", {}),
+    ("lineart", ["lineart"], {"coarse": True}, "LineartDetector", {"coarse": True}),
+    ("lineart_anime", ["lineart_anime"], {}, "LineartAnimeDetector", {}),
+    ("softedge", ["pidinet"], {}, "PidiNetDetector", {}),
+    ("softedge", ["pidinet"], {"safe": True}, "PidiNetDetector", {"safe": True}),
+    ("softedge", ["hed"], {"detector": "hed", "safe": True}, "HEDdetector", {"safe": True}),
+    ("normalbae", ["normalbae"], {}, "NormalBaeDetector", {}),
+    ("depth_leres", ["leres"], {"remove_background": 10}, "LeresDetector", {"thr_b": 10}),
+]
+
+
+@pytest.mark.parametrize("name,files,params,detector,aux_params", NEW_NETWORK_ANNOTATORS)
+def test_1_1_network_annotators_load_the_release_files_and_equal_controlnet_aux(
+        name, files, params, detector, aux_params, annotator_weights):
+    """Each 1.1 detector loads its file (written here in the release's format) through its real loading code,
+    and its map equals controlnet-aux's own output for the same photo and resolution."""
+    import controlnet_aux
+
+    folder = annotator_weights(*files)
+    out = ANNOTATORS[name](data.chelsea(), detect_resolution=128, weights=str(folder), **params)
+    assert_map(out, 128)
+    aux = getattr(controlnet_aux, detector).from_pretrained(str(folder))
+    expected = aux(data.chelsea(), detect_resolution=128, image_resolution=128, output_type="np", **aux_params)
+    assert np.array_equal(out, HWC3(np.asarray(expected)))
+
+
+def test_zoe_depth_loads_its_file_and_maps_a_photo(annotator_weights):
+    from controlnet_aux.zoe.zoedepth.models.base_models.midas import PrepForMidas
+
+    from annotators.depth import zoe_detector
+
+    folder = str(annotator_weights("zoe"))
+    # BEiT-L at its own 384x512 takes a minute a photo on two cores: run it at 128 here (the loading code,
+    # the wrapper and the depth scaling are the same)
+    zoe_detector(folder).model.core.prep = PrepForMidas(keep_aspect_ratio=True, img_size=(128, 128))
+    out = ANNOTATORS["depth_zoe"](data.chelsea(), detect_resolution=128, weights=folder)
+    assert_map(out, 128)
+    assert out.max() == 255 and out.min() == 0  # scaled between its percentiles: both ends reached
+
+
+def test_scribbles_from_a_photo_are_binary_strokes(annotator_weights):
+    folder = str(annotator_weights("hed", "pidinet"))
+    for detector in ("hed", "pidinet", "xdog"):
+        out = ANNOTATORS["scribble_from_photo"](data.astronaut(), detector=detector, detect_resolution=128,
+                                                weights=folder)
+        assert_map(out, 128)
+        assert set(np.unique(out)) <= {0, 255}
+    xdog = ANNOTATORS["scribble_from_photo"](data.astronaut(), detector="xdog", detect_resolution=256)
+    assert 0.02 < (xdog[..., 0] == 255).mean() < 0.4  # real photo: strokes along her outline, not everywhere
+
+
+def test_content_shuffle_is_seeded_and_keeps_the_colours():
+    photo = data.coffee()
+    one = ANNOTATORS["shuffle"](photo, seed=1, detect_resolution=128)
+    assert_map(one, 128)
+    assert np.array_equal(one, ANNOTATORS["shuffle"](photo, seed=1, detect_resolution=128))
+    assert not np.array_equal(one, ANNOTATORS["shuffle"](photo, seed=2, detect_resolution=128))
+    before = np.random.get_state()[1].copy()
+    ANNOTATORS["shuffle"](photo, seed=3, detect_resolution=128)
+    assert np.array_equal(before, np.random.get_state()[1])  # numpy's global generator is left as it was
+    resized = resize_image(photo, 128)
+    assert np.abs(one.reshape(-1, 3).mean(0) - resized.reshape(-1, 3).mean(0)).max() < 25
+    assert np.abs(one.astype(int) - resized).mean() > 20  # but not where they were
+
+
+def test_tile_and_invert_reshape_the_picture_itself():
+    photo = data.rocket()  # 427x640
+    assert np.array_equal(ANNOTATORS["tile"](photo), photo)
+    assert ANNOTATORS["tile"](photo, downsample=4.0).shape == (107, 160, 3)
+    with pytest.raises(ValueError, match=">= 1"):
+        ANNOTATORS["tile"](photo, downsample=0.5)
+    assert np.array_equal(ANNOTATORS["invert"](photo), 255 - photo)
