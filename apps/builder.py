@@ -144,7 +144,7 @@ class Runner:
     def detect(self, picture, image_resolution, detect_resolution=None, annotator=None, **params):
         """The condition map at the generation size: image resolution's grid, sides multiples of 64."""
         annotator = annotator or self.task.annotator
-        if annotator == NO_ANNOTATOR:
+        if annotator in (None, NO_ANNOTATOR):
             return condition_map(picture, None, image_resolution, nearest=self.task.nearest)
         accepted = inspect.signature(ANNOTATORS[annotator]).parameters
         params = {k: v for k, v in params.items() if k in accepted}

@@ -20,7 +20,8 @@ from tests.helpers import ROOT
 
 APPS = sorted(p.stem for p in ROOT.glob("gradio_*2image*.py"))
 WEIGHTS = {"hed": ["hed"], "fake_scribble": ["hed"], "mlsd": ["mlsd"], "depth": ["midas"], "normal": ["midas"],
-           "seg": ["upernet"]}
+           "seg": ["upernet"], "lineart": ["lineart"], "lineart_anime": ["lineart_anime"], "softedge": ["pidinet"],
+           "normalbae": ["normalbae"]}
 NOTE = "The shipped default model (tests)."
 
 
@@ -40,26 +41,46 @@ def values(task, image, seed=1, steps=2, resolution=64, sampler="DDIM", **change
     extra = [changes.get(p.name, defaults[p.name] if p.value is None else p.value) for p in task.extra]
     if task.annotator == "pose":
         extra[0] = "mediapipe"  # offline
+    settings = {"preprocessor": task.annotator, "denoise": 1.0, "mask_blur": 5.0}
+    extra += [changes.get(name, settings[name]) for name in task.settings()]
     detect = 0 if task.detect_resolution is None else resolution
     return [image, TOY_PROMPT, "", "", 1, resolution, detect, steps, 9.0, seed, 0.0, 1.0, False, 0.0, 1.0,
             "balanced", sampler, *extra]
 
 
-def test_the_ten_apps_and_the_annotator_app_exist():
-    assert len(APPS) == 10 and (ROOT / "gradio_annotator.py").is_file()
+def test_the_eighteen_apps_and_the_annotator_app_exist():
+    assert len(APPS) == 18 and (ROOT / "gradio_annotator.py").is_file()
     assert isinstance(build_annotator_demo(), gr.Blocks)
+
+
+def painted_astronaut():
+    """What the inpaint editor gives: the upload as background, the brush strokes (white, opaque) as a layer."""
+    strokes = np.zeros((*data.astronaut().shape[:2], 4), np.uint8)
+    strokes[100:300, 150:350] = 255
+    return {"background": data.astronaut(), "layers": [strokes], "composite": None}
+
+
+def app_input(task):
+    if task.canvas:
+        return {"composite": drawn_circle()}
+    return painted_astronaut() if task.start == "inpaint" else data.astronaut()
 
 
 @pytest.mark.parametrize("app", APPS)
 def test_app_builds_and_returns_the_map_and_images(app, default_model, annotator_weights, tmp_path):
+    """On the toy model: the map and an image where the toy can serve the app (outlines; image-to-image and
+    inpainting without a control), else the map and a page saying why there is no image."""
     task = task_of(app)
     weights = annotator_weights(*WEIGHTS.get(task.annotator, []))
     runner = Runner(task, default_model, NOTE, tmp_path, str(weights), toy=True)
     assert isinstance(build_demo(task, runner), gr.Blocks)
-    image = {"composite": drawn_circle()} if task.canvas else data.astronaut()
-    gallery, info = runner(*values(task, image))
-    assert len(gallery) == 2 and all(g.shape == (64, 64, 3) and g.dtype == np.uint8 for g in gallery)
-    assert "Seed 1" in info and len(list(tmp_path.glob("*.png"))) == 2
+    gallery, info = runner(*values(task, app_input(task)))
+    assert all(g.shape == (64, 64, 3) and g.dtype == np.uint8 for g in gallery)
+    if task.toy is None:
+        assert len(gallery) == 1 and "follows outlines only" in info and not list(tmp_path.glob("*.png"))
+    else:
+        saved = 2 + (task.start is not None) + (task.start == "inpaint")  # image, map, init picture, mask
+        assert len(gallery) == 2 and "Seed 1" in info and len(list(tmp_path.glob("*.png"))) == saved
 
 
 def drawn_circle():

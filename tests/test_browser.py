@@ -85,3 +85,36 @@ def test_draw_on_the_canvas_and_run(browser, tmp_path):
         assert len(hint) == 1
         stroke = (np.asarray(Image.open(hint[0]))[..., 0] > 127).mean()
         assert 0.002 < stroke < 0.3  # the drawn circle, white on black
+
+
+def test_paint_a_mask_in_the_inpaint_app_and_run(browser, tmp_path):
+    """Upload a picture to the inpaint app's editor, paint a stroke over it, run: the saved mask is the stroke,
+    and the result keeps the picture away from it."""
+    photo = tmp_path / "photo.png"
+    Image.fromarray(data.coffee()).resize((192, 128)).save(photo)
+    with page_of("gradio_inpaint2image", browser, tmp_path) as page:
+        page.locator("input[type=file]").first.set_input_files(str(photo))
+        canvas = page.locator("canvas").first
+        canvas.wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)  # the upload is drawn onto the canvas
+        brush = page.get_by_role("button", name="Brush")
+        if brush.count():
+            brush.first.click()
+        box = canvas.bounding_box()
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] * 0.3, y)
+        page.mouse.down()
+        for i in range(1, 21):  # a horizontal stroke across the middle
+            page.mouse.move(box["x"] + box["width"] * (0.3 + 0.4 * i / 20), y)
+        page.mouse.up()
+        run_and_keep_screenshot(page, "browser_inpaint.png")
+        outputs = tmp_path / "outputs"
+        mask = np.asarray(Image.open(next(outputs.glob("inpaint-mask-*.png"))).convert("L"))
+        init = np.asarray(Image.open(next(outputs.glob("inpaint-init-*.png")))).astype(int)
+        result = np.asarray(Image.open(next(outputs.glob("inpaint-0*.png")))).astype(int)
+        assert 0.01 < (mask > 127).mean() < 0.6  # the stroke, not nothing and not everything
+        rows = np.nonzero((mask > 127).any(axis=1))[0]
+        assert rows.min() > 0 and rows.max() < mask.shape[0] - 1  # a band across the middle
+        far = np.ones_like(mask, bool)
+        far[max(0, rows.min() - 20):rows.max() + 20] = False  # beyond the mask blur's reach
+        assert np.abs(result - init)[far].max() <= 1
