@@ -4,6 +4,7 @@ model, saved PNGs reproduce their image, missing files and bad inputs give messa
 import importlib
 import socket
 
+import cv2
 import gradio as gr
 import numpy as np
 import pytest
@@ -202,3 +203,68 @@ def test_concurrent_requests_are_all_served(served_canny, tmp_path):
             for s in (1, 2, 3)]
     infos = [job.result(timeout=120)[1] for job in jobs]
     assert [info.split(".")[0] for info in infos] == ["Seed 1", "Seed 2", "Seed 3"]
+
+
+@pytest.fixture(scope="module")
+def release_files(tmp_path_factory):
+    """A models/ folder as the 1.1 release lays it out, at test size: an SD base, and a control-only file with
+    its yaml beside it (the shuffle one: global_average_pooling)."""
+    import yaml
+
+    from ldm.checkpoint import save_safetensors
+    from tests.helpers import TINY_V15, tiny_model
+
+    folder = tmp_path_factory.mktemp("models")
+    state = tiny_model(TINY_V15).state_dict()
+    save_safetensors({k: v for k, v in state.items() if not k.startswith("control_model.")},
+                     folder / "v1-5-pruned.safetensors")
+    save_safetensors({k: v for k, v in state.items() if k.startswith("control_model.")},
+                     folder / "control_v11e_sd15_shuffle.safetensors")
+    config = yaml.safe_load(TINY_V15.read_text())
+    config["model"]["params"]["global_average_pooling"] = True
+    (folder / "control_v11e_sd15_shuffle.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def test_a_1_1_control_file_is_found_with_its_yaml_and_base(release_files, monkeypatch):
+    import apps.models
+
+    monkeypatch.setattr(apps.models, "MODELS", release_files)
+    model, note, toy = resolve_model(("control_sd15_shuffle.pth", "control_v11e_sd15_shuffle.safetensors"),
+                                     base=release_files / "v1-5-pruned.safetensors")
+    assert not toy and note == ("Running v1-5-pruned.safetensors + control_v11e_sd15_shuffle.safetensors "
+                                "(control_v11e_sd15_shuffle.yaml).")
+    assert model.control_model.global_average_pooling
+
+
+def test_the_1_1_apps_generate_on_real_checkpoints(release_files, tmp_path):
+    """Each 1.1 app on a (tiny, random) real model: the condition it feeds the control, and images."""
+    from apps.builder import make_runner, parse_args
+
+    base, control = release_files / "v1-5-pruned.safetensors", release_files / "control_v11e_sd15_shuffle.safetensors"
+    fed = {}
+    for app in ("gradio_inpaint2image", "gradio_tile2image", "gradio_ip2p2image", "gradio_shuffle2image",
+                "gradio_lineart_anime2image"):
+        task = task_of(app)
+        runner = make_runner(task, parse_args(task, ["--control", str(control), "--base", str(base), "--config",
+                                                      str(ROOT / "tests/configs/cldm_tiny_v15.yaml"),
+                                                      "--output-dir", str(tmp_path / app)]))
+        model = runner.model
+        generate_ = model.get_learned_conditioning
+        model.get_learned_conditioning = lambda c, app=app: fed.setdefault(app, generate_(c))
+        picture = painted_astronaut() if task.start == "inpaint" else data.astronaut()
+        preprocessor = "invert" if "invert" in task.alternatives else task.annotator  # no weights needed
+        gallery, info = runner(*values(task, picture, denoise=0.5, mask_blur=0.0, preprocessor=preprocessor))
+        assert len(gallery) == 2 and "Seed 1" in info, app
+        if app == "gradio_inpaint2image":
+            shown = gallery[0]
+            mask = np.asarray(Image.open(next((tmp_path / app).glob("inpaint-mask-*.png"))))
+            init = np.asarray(Image.open(next((tmp_path / app).glob("inpaint-init-*.png"))))
+            assert (shown[mask > 127] == 0).all() and np.array_equal(shown[mask == 0], init[mask == 0])
+        if app == "gradio_ip2p2image":
+            # as the 1.1 ip2p app feeds it: the upload resized straight to the generation grid, bilinear
+            assert np.array_equal(gallery[0], cv2.resize(data.astronaut(), (64, 64), interpolation=cv2.INTER_LINEAR))
+        if app == "gradio_shuffle2image":
+            assert model.control_model.global_average_pooling  # by the task, whatever the yaml says
+    assert fed["gradio_lineart_anime2image"].shape[1] == 3 * 77  # three prompt windows, as it was trained
+    assert fed["gradio_tile2image"].shape[1] == 77
