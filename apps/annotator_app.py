@@ -1,6 +1,7 @@
 """gradio_annotator.py's UI: every annotator on its own tab, its parameters taken from its signature."""
 
 import inspect
+import typing
 
 import gradio as gr
 
@@ -8,8 +9,10 @@ from annotators import ANNOTATORS, ImageError, WeightsError
 from apps.builder import uploaded_image
 
 
-def parameter_component(name, default):
+def parameter_component(name, default, annotation=None):
     label = name.replace("_", " ").capitalize()
+    if typing.get_origin(annotation) is typing.Literal:
+        return gr.Radio(label=label, choices=list(typing.get_args(annotation)), value=default)
     if isinstance(default, bool):
         return gr.Checkbox(label=label, value=default)
     if isinstance(default, (int, float)):
@@ -37,7 +40,7 @@ def build_annotator_demo():
                 with gr.Row():
                     with gr.Column():
                         image = uploaded_image(label="Input image")
-                        fields = [parameter_component(name, p.default) for name, p in parameters]
+                        fields = [parameter_component(name, p.default, p.annotation) for name, p in parameters]
                         run = gr.Button("Run", variant="primary")
                     output = gr.Image(label=f"{key} map")
                 run.click(fn=runner(annotate, [name for name, _ in parameters]), inputs=[image, *fields],

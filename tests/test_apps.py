@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from annotators import ANNOTATORS
 from apps.annotator_app import build_annotator_demo
 from apps.builder import TOY_PROMPT, Runner, build_demo, friendly
 from apps.models import resolve_model
@@ -51,7 +52,11 @@ def values(task, image, seed=1, steps=2, resolution=64, sampler="DDIM", **change
 
 def test_the_eighteen_apps_and_the_annotator_app_exist():
     assert len(APPS) == 18 and (ROOT / "gradio_annotator.py").is_file()
-    assert isinstance(build_annotator_demo(), gr.Blocks)
+    demo = build_annotator_demo()
+    tabs = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
+    assert tabs == list(ANNOTATORS)  # every annotator, 1.0 and 1.1
+    radios = {tuple(block.choices) for block in demo.blocks.values() if isinstance(block, gr.Radio)}
+    assert (("pidinet", "pidinet"), ("hed", "hed")) in radios  # softedge's detector, from its Literal annotation
 
 
 def painted_astronaut():
