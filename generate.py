@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from annotators import ANNOTATORS, ImageError, condition_map, list_pictures, read_image, resize_image
 from cldm.defaults import load_default_model
-from cldm.img2img import inpaint_condition
+from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.model import load_control_net, load_model
 from cldm.outputs import read_params, save_png
@@ -120,7 +120,7 @@ def settings_of(args):
 
 
 @dataclass
-class Start:
+class Img2Img:
     """Image-to-image's picture and inpainting's mask (HWC / HW uint8), and whether the control is inpaint's."""
 
     image: np.ndarray | None = None
@@ -135,7 +135,7 @@ class Start:
     def condition(self, blur):
         """The inpaint control's condition, and the map saved to show it (the -1 pixels black)."""
         condition = inpaint_condition(self.image, self.mask, blur)
-        return condition, (condition.clip(0, 1) * 255).round().astype(np.uint8)
+        return condition, condition_picture(condition)
 
 
 def start_of(args, resolution):
@@ -147,10 +147,10 @@ def start_of(args, resolution):
     if image is not None:
         image = resize_image(image, resolution)
     mask = read_image(args.mask) if args.mask else None
-    return Start(image, mask, args.inpaint_control)
+    return Img2Img(image, mask, args.inpaint_control)
 
 
-def run(model, hint, settings, seed, extra, out, device, low_vram_mode, start=Start()):
+def run(model, hint, settings, seed, extra, out, device, low_vram_mode, start=Img2Img()):
     """Generate, then save the map as <out>-map.png (the starting picture and mask as <out>-init.png and
     <out>-mask.png) and the images as <out> (<out>_<i> for several)."""
     out = Path(out)
@@ -191,7 +191,7 @@ def main(argv=None):
         seed = saved["seed"]
         beside = {name: read_image(str(Path(args.reproduce).parent / saved[name])) if saved.get(name) else None
                   for name in ("hint", "init_image", "mask")}
-        start = Start(beside["init_image"], beside["mask"], saved.get("inpaint_control", False))
+        start = Img2Img(beside["init_image"], beside["mask"], saved.get("inpaint_control", False))
         speed_up(model, compile=args.compile)
         run(model, None if start.inpaint_control else beside["hint"], settings, seed, [], args.out, device,
             args.low_vram, start)

@@ -17,7 +17,7 @@ import torch
 import config
 from annotators import ANNOTATORS, ImageError, WeightsError, condition_map, read_image, resize_image, to_rgb_uint8
 from apps.models import resolve_model
-from cldm.img2img import inpaint_condition
+from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.outputs import next_path, save_png
 from cldm.pipeline import CONTROL_MODES, generate
@@ -159,7 +159,7 @@ class Runner:
             init = resize_image(picture, resolution)
             mask = cv2.resize(mask, (init.shape[1], init.shape[0]), interpolation=cv2.INTER_LINEAR)
             condition = inpaint_condition(init, mask, float(app["mask_blur"]))
-            return condition, (condition.clip(0, 1) * 255).round().astype(np.uint8), init, mask
+            return condition, condition_picture(condition), init, mask
         picture = drawing(image) if self.task.canvas else image
         detected = self.detect(picture, resolution, detect_resolution, app.get("preprocessor"), **params)
         init = resize_image(to_rgb_uint8(picture), resolution) if self.task.start == "img2img" else None
@@ -186,7 +186,9 @@ class Runner:
             images, used_seed = generate(self.model, hint, seed=int(seed), init_image=init, mask=mask, **settings)
         record = {**settings, "seed": used_seed, "annotator": params, "size": list(shown.shape[:2]),
                   "precision": self.precision}
-        for key, picture in (("hint", shown), ("init_image", init), ("mask", mask)):
+        if self.task.start == "inpaint":  # the condition is made again from the picture and the mask
+            record["inpaint_control"] = hint is not None
+        for key, picture in (("hint", None if hint is None else shown), ("init_image", init), ("mask", mask)):
             if picture is not None:
                 stem = {"hint": "map", "init_image": "init"}.get(key, key)
                 record[key] = save_png(picture, next_path(self.output_dir, f"{self.task.name}-{stem}"),
@@ -226,10 +228,11 @@ def painted(editor_value):
     picture = to_rgb_uint8(editor_value["background"])
     strokes = [np.asarray(layer) for layer in editor_value.get("layers") or [] if layer is not None]
     alpha = [layer[..., 3] for layer in strokes if layer.ndim == 3 and layer.shape[2] == 4]
-    mask = np.max(alpha, axis=0) if alpha else np.zeros(picture.shape[:2], np.uint8)
-    if mask.shape != picture.shape[:2] or not mask.any():
+    if not any(a.any() for a in alpha):
         raise ImageError("paint over the part of the picture to redraw (the brush marks the mask)")
-    return picture, np.where(mask > 0, 255, 0).astype(np.uint8)
+    mask = np.where(np.max([cv2.resize(a, picture.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+                            for a in alpha], axis=0) > 0, 255, 0).astype(np.uint8)
+    return picture, mask
 
 
 def drawing(editor_value):

@@ -51,6 +51,11 @@ def inpaint_condition(image, mask, blur=0.0):
     return condition
 
 
+def condition_picture(condition):
+    """A float condition in [-1, 1] as the picture to show and save: the repainted (-1) pixels black."""
+    return (np.asarray(condition).clip(0, 1) * 255).round().astype(np.uint8)
+
+
 @dataclass
 class Start:
     """A generation's starting picture: its latent, and where a mask says to repaint it."""

@@ -273,3 +273,24 @@ def test_the_1_1_apps_generate_on_real_checkpoints(release_files, tmp_path):
             assert model.control_model.global_average_pooling  # by the task, whatever the yaml says
     assert fed["gradio_lineart_anime2image"].shape[1] == 3 * 77  # three prompt windows, as it was trained
     assert fed["gradio_tile2image"].shape[1] == 77
+
+
+@pytest.mark.parametrize("app", ["gradio_tile2image", "gradio_inpaint2image"])
+def test_image_to_image_and_inpainting_from_the_apps_reproduce_on_the_command_line(app, default_model, tmp_path):
+    import generate as cli
+
+    task = task_of(app)
+    picture = painted_astronaut() if task.start == "inpaint" else data.astronaut()
+    gallery, _ = Runner(task, default_model, NOTE, tmp_path, toy=True)(*values(task, picture, denoise=0.6))
+    saved = next(p for p in tmp_path.glob(f"{task.name}-0*.png"))
+    assert "hint" not in read_params(saved)  # the toy ran them without a control: nothing to feed it
+    again = tmp_path / "again.png"
+    cli.main(["--reproduce", str(saved), "--out", str(again)])
+    assert np.array_equal(np.asarray(Image.open(again)), gallery[1])
+
+
+def test_an_unpainted_inpaint_upload_is_a_message(default_model, tmp_path):
+    task = task_of("gradio_inpaint2image")
+    unpainted = {"background": data.astronaut(), "layers": [np.zeros((512, 512, 4), np.uint8)], "composite": None}
+    with pytest.raises(gr.Error, match="paint over the part"):
+        friendly(Runner(task, default_model, NOTE, tmp_path, toy=True))(*values(task, unpainted))
