@@ -85,7 +85,8 @@ def test_app_builds_and_returns_the_map_and_images(app, default_model, annotator
     if task.toy is None:
         assert len(gallery) == 1 and "follows outlines only" in info and not list(tmp_path.glob("*.png"))
     else:
-        saved = 2 + (task.start is not None) + (task.start == "inpaint")  # image, map, init picture, mask
+        # the image; the map when the toy's control used it; the starting picture and the mask
+        saved = 1 + (task.toy == "control") + (task.start is not None) + (task.start == "inpaint")
         assert len(gallery) == 2 and "Seed 1" in info and len(list(tmp_path.glob("*.png"))) == saved
 
 
