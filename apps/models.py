@@ -39,6 +39,10 @@ def resolve_model(control_files, control=None, base=None, config=None, device=No
         others = "".join(f" (or {name})" for name in control_files[1:])
         note = ("Running the shipped toy model (shapes on plain backgrounds, 128x128). "
                 f"For real images get {control_files[0]}{others}: {missing_file_message(wanted)}")
+        if control_files[0].startswith("control_v11"):  # the 1.1 files hold only the control
+            base_name = Path(base).name if base else DEFAULT_BASE.name
+            note += (f", with its yaml ({Path(control_files[0]).stem}.yaml) beside it; it runs on the SD base "
+                     f"{base_name} in the same folder")
         return Resolved(load_default_model(device, dtype), note, toy=True)
     state = normalize_keys(read_any(wanted))
     sources = [state]
@@ -46,7 +50,7 @@ def resolve_model(control_files, control=None, base=None, config=None, device=No
         base = Path(base) if base else DEFAULT_BASE
         if not base.is_file():
             return Resolved(None, f"{wanted.name} holds only the control; it needs an SD base: "
-                                  f"{missing_file_message(base)}")
+                                  f"{missing_file_message(base)} (or name another with --base)")
         sources = [base, state]
     own_yaml = wanted.with_suffix(".yaml")
     config = config or (own_yaml if own_yaml.is_file() else MODELS / "cldm_v15.yaml")

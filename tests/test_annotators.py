@@ -148,28 +148,31 @@ def test_read_image_handles_16_bit_and_refuses_broken_files(tmp_path):
 
 
 NEW_NETWORK_ANNOTATORS = [
-    ("lineart", ["lineart"], {}, "LineartDetector", {}),
-    ("lineart", ["lineart"], {"coarse": True}, "LineartDetector", {"coarse": True}),
-    ("lineart_anime", ["lineart_anime"], {}, "LineartAnimeDetector", {}),
-    ("softedge", ["pidinet"], {}, "PidiNetDetector", {}),
-    ("softedge", ["pidinet"], {"safe": True}, "PidiNetDetector", {"safe": True}),
-    ("softedge", ["hed"], {"detector": "hed", "safe": True}, "HEDdetector", {"safe": True}),
-    ("normalbae", ["normalbae"], {}, "NormalBaeDetector", {}),
-    ("depth_leres", ["leres"], {"remove_background": 10}, "LeresDetector", {"thr_b": 10}),
+    ("lineart", ["lineart"], {}, "lines.lineart_detector", {}),
+    ("lineart", ["lineart"], {"coarse": True}, "lines.lineart_detector", {"coarse": True}),
+    ("lineart_anime", ["lineart_anime"], {}, "lines.lineart_anime_detector", {}),
+    ("softedge", ["pidinet"], {}, "lines.pidinet_detector", {}),
+    ("softedge", ["pidinet"], {"safe": True}, "lines.pidinet_detector", {"safe": True}),
+    ("softedge", ["hed"], {"detector": "hed", "safe": True}, "edges.hed_detector", {"safe": True}),
+    ("normalbae", ["normalbae"], {}, "depth.normalbae_detector", {}),
+    ("depth_leres", ["leres"], {"remove_background": 10}, "depth.leres_detector", {"thr_b": 10}),
 ]
 
 
 @pytest.mark.parametrize("name,files,params,detector,aux_params", NEW_NETWORK_ANNOTATORS)
 def test_1_1_network_annotators_load_the_release_files_and_equal_controlnet_aux(
         name, files, params, detector, aux_params, annotator_weights):
-    """Each 1.1 detector loads its file (written here in the release's format) through its real loading code,
-    and its map equals controlnet-aux's own output for the same photo and resolution."""
-    import controlnet_aux
+    """Each 1.1 detector loads its file (written here in the release's format) through its real loading code
+    (controlnet-aux's from_pretrained), and the map equals that controlnet-aux detector's own output for the
+    same photo and resolution."""
+    import importlib
 
-    folder = annotator_weights(*files)
-    out = ANNOTATORS[name](data.chelsea(), detect_resolution=128, weights=str(folder), **params)
+    folder = str(annotator_weights(*files))
+    out = ANNOTATORS[name](data.chelsea(), detect_resolution=128, weights=folder, **params)
     assert_map(out, 128)
-    aux = getattr(controlnet_aux, detector).from_pretrained(str(folder))
+    module, getter = detector.split(".")
+    aux = getattr(importlib.import_module(f"annotators.{module}"), getter)(folder)  # the loaded detector
+    assert type(aux).__module__.startswith("controlnet_aux")
     expected = aux(data.chelsea(), detect_resolution=128, image_resolution=128, output_type="np", **aux_params)
     assert np.array_equal(out, HWC3(np.asarray(expected)))
 

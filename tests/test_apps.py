@@ -295,3 +295,13 @@ def test_an_unpainted_inpaint_upload_is_a_message(default_model, tmp_path):
     unpainted = {"background": data.astronaut(), "layers": [np.zeros((512, 512, 4), np.uint8)], "composite": None}
     with pytest.raises(gr.Error, match="paint over the part"):
         friendly(Runner(task, default_model, NOTE, tmp_path, toy=True))(*values(task, unpainted))
+
+
+def test_a_1_1_app_without_its_files_names_the_control_its_yaml_and_its_base():
+    from apps.builder import parse_args
+
+    task = task_of("gradio_lineart_anime2image")
+    args = parse_args(task, [])
+    _, note, toy = resolve_model(task.control, args.control, args.base, args.config)
+    assert toy and "control_v11p_sd15s2_lineart_anime.pth" in note and "huggingface.co/lllyasviel/ControlNet-v1-1" in note
+    assert "control_v11p_sd15s2_lineart_anime.yaml" in note and "anything-v3-full.safetensors" in note
