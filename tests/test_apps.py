@@ -303,5 +303,6 @@ def test_a_1_1_app_without_its_files_names_the_control_its_yaml_and_its_base():
     task = task_of("gradio_lineart_anime2image")
     args = parse_args(task, [])
     _, note, toy = resolve_model(task.control, args.control, args.base, args.config)
-    assert toy and "control_v11p_sd15s2_lineart_anime.pth" in note and "huggingface.co/lllyasviel/ControlNet-v1-1" in note
+    assert toy and "control_v11p_sd15s2_lineart_anime.pth" in note
+    assert "huggingface.co/lllyasviel/ControlNet-v1-1" in note
     assert "control_v11p_sd15s2_lineart_anime.yaml" in note and "anything-v3-full.safetensors" in note
