@@ -1,47 +1,29 @@
 """Depth (MiDaS DPT-Hybrid, LeReS, ZoeDepth), the normal map the 1.0 release derives from MiDaS depth, and
 normals estimated directly (NormalBAE, for the 1.1 normal control). Depth maps are near = bright."""
 
-from functools import lru_cache
-
 import numpy as np
 
 from annotators.edges import run_detector
-from annotators.util import device, prepare
-from annotators.weights import weights_dir
+from annotators.util import prepare
+from annotators.weights import aux_detector
 
 MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"
-LERES_FILES = ["res101.pth", "latest_net_G.pth"]
-ZOE_FILE = "ZoeD_M12_N.pt"
-NORMALBAE_FILE = "scannet.pt"
 
 
-@lru_cache(maxsize=2)
 def midas_detector(location=None):
-    from controlnet_aux import MidasDetector
-
-    folder = weights_dir([MIDAS_FILE], location)
-    return MidasDetector.from_pretrained(str(folder), model_type="dpt_hybrid", filename=MIDAS_FILE).to(device())
+    return aux_detector("MidasDetector", (MIDAS_FILE,), location, model_type="dpt_hybrid", filename=MIDAS_FILE)
 
 
-@lru_cache(maxsize=2)
 def leres_detector(location=None):
-    from controlnet_aux import LeresDetector
-
-    return LeresDetector.from_pretrained(str(weights_dir(LERES_FILES, location))).to(device())
+    return aux_detector("LeresDetector", ("res101.pth", "latest_net_G.pth"), location)
 
 
-@lru_cache(maxsize=2)
 def zoe_detector(location=None):
-    from controlnet_aux import ZoeDetector
-
-    return ZoeDetector.from_pretrained(str(weights_dir([ZOE_FILE], location))).to(device())
+    return aux_detector("ZoeDetector", ("ZoeD_M12_N.pt",), location)
 
 
-@lru_cache(maxsize=2)
 def normalbae_detector(location=None):
-    from controlnet_aux import NormalBaeDetector
-
-    return NormalBaeDetector.from_pretrained(str(weights_dir([NORMALBAE_FILE], location))).to(device())
+    return aux_detector("NormalBaeDetector", ("scannet.pt",), location)
 
 
 def depth_and_normal(image, background_threshold=0.4, detect_resolution=384, weights=None):

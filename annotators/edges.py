@@ -4,13 +4,11 @@ Each takes an RGB uint8 image of any size and returns an (H, W, 3) uint8 map at 
 side, sides multiples of 64), white lines on black as the released controls were trained on.
 """
 
-from functools import lru_cache
-
 import cv2
 import numpy as np
 
-from annotators.util import as_map, device, prepare
-from annotators.weights import weights_dir
+from annotators.util import as_map, prepare
+from annotators.weights import aux_detector
 
 
 def canny(image, low_threshold=100, high_threshold=200, detect_resolution=512):
@@ -23,18 +21,12 @@ def scribble(image, threshold=127, detect_resolution=512):
     return as_map(np.where(img.min(axis=2) < threshold, 255, 0).astype(np.uint8))
 
 
-@lru_cache(maxsize=2)
 def hed_detector(location=None):
-    from controlnet_aux import HEDdetector
-
-    return HEDdetector.from_pretrained(str(weights_dir(["ControlNetHED.pth"], location))).to(device())
+    return aux_detector("HEDdetector", ("ControlNetHED.pth",), location)
 
 
-@lru_cache(maxsize=2)
 def mlsd_detector(location=None):
-    from controlnet_aux import MLSDdetector
-
-    return MLSDdetector.from_pretrained(str(weights_dir(["mlsd_large_512_fp32.pth"], location))).to(device())
+    return aux_detector("MLSDdetector", ("mlsd_large_512_fp32.pth",), location)
 
 
 def run_detector(detector, image, detect_resolution, **params):

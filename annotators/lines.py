@@ -5,38 +5,26 @@ Each returns white lines on black, what the 1.1 controls see (the 1.1 apps inver
 output on the way in; the map here is already that input).
 """
 
-from functools import lru_cache
 from typing import Literal
 
 import cv2
 import numpy as np
 
 from annotators.edges import hed_detector, run_detector
-from annotators.util import as_map, device, prepare, to_rgb_uint8
-from annotators.weights import weights_dir
-
-LINEART_FILES = ["sk_model.pth", "sk_model2.pth"]
+from annotators.util import as_map, prepare, to_rgb_uint8
+from annotators.weights import aux_detector
 
 
-@lru_cache(maxsize=2)
 def lineart_detector(location=None):
-    from controlnet_aux import LineartDetector
-
-    return LineartDetector.from_pretrained(str(weights_dir(LINEART_FILES, location))).to(device())
+    return aux_detector("LineartDetector", ("sk_model.pth", "sk_model2.pth"), location)
 
 
-@lru_cache(maxsize=2)
 def lineart_anime_detector(location=None):
-    from controlnet_aux import LineartAnimeDetector
-
-    return LineartAnimeDetector.from_pretrained(str(weights_dir(["netG.pth"], location))).to(device())
+    return aux_detector("LineartAnimeDetector", ("netG.pth",), location)
 
 
-@lru_cache(maxsize=2)
 def pidinet_detector(location=None):
-    from controlnet_aux import PidiNetDetector
-
-    return PidiNetDetector.from_pretrained(str(weights_dir(["table5_pidinet.pth"], location))).to(device())
+    return aux_detector("PidiNetDetector", ("table5_pidinet.pth",), location)
 
 
 def lineart(image, coarse=False, detect_resolution=512, weights=None):

@@ -10,8 +10,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from annotators.util import device, prepare
-from annotators.weights import WeightsError, weights_dir
+from annotators.util import prepare
+from annotators.weights import WeightsError, aux_detector
 
 OPENPOSE_FILES = ["body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"]
 
@@ -22,11 +22,8 @@ BLAZEPOSE_TO_OPENPOSE = [0, None, 12, 14, 16, 11, 13, 15, 24, 26, 28, 23, 25, 27
 SHOULDERS = (11, 12)
 
 
-@lru_cache(maxsize=2)
 def openpose_detector(location=None):
-    from controlnet_aux import OpenposeDetector
-
-    return OpenposeDetector.from_pretrained(str(weights_dir(OPENPOSE_FILES, location))).to(device())
+    return aux_detector("OpenposeDetector", tuple(OPENPOSE_FILES), location)
 
 
 def detect_openpose(image, include_hand=False, include_face=False, detect_resolution=512, weights=None):

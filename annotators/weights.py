@@ -5,6 +5,7 @@ so a folder of them from another install works here unchanged.
 """
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 CKPT_DIR = Path(__file__).resolve().parent / "ckpts"
@@ -60,6 +61,18 @@ def weights_dir(filenames, location=None):
         raise WeightsError(f"could not download {', '.join(missing)} ({type(error).__name__}). "
                            + where_to_get(missing)) from error
     return CKPT_DIR
+
+
+@lru_cache(maxsize=16)
+def aux_detector(name, files, location=None, **options):
+    """controlnet-aux's detector class `name`, loaded once from the folder holding `files` (see weights_dir)
+    and moved to the GPU when there is one."""
+    import controlnet_aux
+
+    from annotators.util import device
+
+    folder = weights_dir(list(files), location)
+    return getattr(controlnet_aux, name).from_pretrained(str(folder), **options).to(device())
 
 
 def where_to_get(filenames):
