@@ -37,6 +37,31 @@ def block_weights(n, strength=1.0, soft=False, block_scales=None):
     return [w * s for w, s in zip(weights, block_scales)]
 
 
+BLOCK_WEIGHT_PRESETS = ("uniform", "soft", "only_mid")
+
+
+def parse_block_weights(value, n=NUM_CONTROLS):
+    """Per-block weights of a control: a preset ("uniform": all ones; "soft": the release's guess-mode scales,
+    deeper blocks more; "only_mid": the middle block alone), n numbers, or their text "1, 0.5, ..."
+    (shallowest block first, the middle block last). None means uniform, as do n ones."""
+    if value is None or value == "uniform":
+        return None
+    if value == "soft":
+        return guess_mode_scales(1.0, n)
+    if value == "only_mid":
+        return [0.0] * (n - 1) + [1.0]
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in value.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError(f"block weights {value!r} are neither a preset {BLOCK_WEIGHT_PRESETS} nor numbers "
+                             f"like '1, 1, 0.5'") from None
+    value = [float(v) for v in value]
+    if len(value) != n:
+        raise ValueError(f"got {len(value)} block weights; this ControlNet has {n} blocks (the middle one last)")
+    return value
+
+
 def sum_residuals(a, b):
     """The residuals of two ControlNets added block by block (None: that net adds nothing there)."""
     if a is None:
@@ -100,29 +125,42 @@ class ControlNet(nn.Module):
         may compute them once per generation and pass them to every step as `hint_features`."""
         return self.input_hint_block(hint.to(self.dtype), None, None)
 
-    def forward(self, x, hint, timesteps, context, hint_features=None, strength=1.0, soft=False, block_scales=None):
-        """Residuals (B, C_i, H_i, W_i) in the net's dtype; None where `only_mid_control` adds nothing."""
+    def forward(self, x, hint, timesteps, context, hint_features=None, strength=1.0, soft=False, block_scales=None,
+                region=None):
+        """Residuals (B, C_i, H_i, W_i) in the net's dtype; None where `only_mid_control` adds nothing.
+
+        `region` (B or 1, 1, H, W) in [0, 1], at any resolution, limits the control to part of the picture:
+        each residual is multiplied by it, resized to the residual's size by area averaging."""
         # 1. timestep embedding and condition features
         dtype = self.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))
         guided_hint = self.encode_hint(hint) if hint_features is None else hint_features.to(dtype)
         context = context.to(dtype)
         # 2. the encoder copy; the condition enters once, after the first conv
-        outs = []
+        outs, sizes = [], []
         h = x.to(dtype)
         for i, (module, zero) in enumerate(zip(self.input_blocks, self.zero_convs)):
             h = module(h, emb, context)
             if i == 0:
                 h = h + guided_hint
             outs.append(None if self.only_mid_control else zero(h, emb, context))
+            sizes.append(h.shape[2:])
         h = self.middle_block(h, emb, context)
         outs.append(self.middle_block_out(h, emb, context))
+        sizes.append(h.shape[2:])
         # 3. the net's weighting
         weights = block_weights(self.num_outputs, strength, soft, block_scales)
         outs = [None if o is None else o * w for o, w in zip(outs, weights)]
         if self.global_average_pooling:
             outs = [None if o is None else o.mean(dim=(2, 3), keepdim=True) for o in outs]
+        if region is not None:  # a pooled residual acts uniformly inside the region, at its block's size
+            outs = [None if o is None else o * region_at(region, size, dtype) for o, size in zip(outs, sizes)]
         return outs
+
+
+def region_at(region, size, dtype):
+    """A region mask averaged down to one residual's (h, w)."""
+    return torch.nn.functional.interpolate(region.float(), size=tuple(size), mode="area").to(dtype)
 
 
 class ControlledUnetModel(UNetModel):

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cldm.cldm import sum_residuals
-from cldm.img2img import start_from
+from cldm.cldm import parse_block_weights, sum_residuals
+from cldm.img2img import mask_array, start_from
 from cldm.samplers import SAMPLERS, sample, skipped_steps
 from ldm.ddim import classifier_free_guidance
 from ldm.precision import all_finite, check_finite, non_finite_error, weights_dtype
@@ -29,6 +29,8 @@ class Control:
     end: float = 1.0  # ... and when it stops
     mode: str = "balanced"
     net: nn.Module | None = None  # a ControlNet; None: the model's own control_model
+    block_weights: object = "uniform"  # a preset or one weight per block (cldm.cldm.parse_block_weights)
+    region_mask: np.ndarray | None = None  # HW (or HWC), white where the control acts; any size of this shape
 
     def __post_init__(self):
         if self.mode not in CONTROL_MODES:
@@ -56,6 +58,14 @@ def hint_tensor(hint, num_samples, device):
     return x.permute(2, 0, 1)[None].repeat(num_samples, 1, 1, 1)
 
 
+def region_tensor(mask, device):
+    """A control's region mask (HW or HWC; uint8, bool or float in [0, 1]; white = acts) -> (1, 1, H, W)."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    return torch.from_numpy(mask_array(mask, mask.shape[:2]))[None, None].to(device)
+
+
 class GuidedDenoiser:
     """(x_t, t, progress) -> the model's output with classifier-free guidance and every active control added.
 
@@ -71,6 +81,9 @@ class GuidedDenoiser:
         self.guidance_scale = guidance_scale
         self.context = torch.cat([uncond_context, context]) if self.guided else context
         self.hints = [hint_tensor(c.hint, context.shape[0], context.device) for c in controls]
+        self.regions = [region_tensor(c.region_mask, context.device) for c in controls]
+        self.block_scales = [parse_block_weights(c.block_weights, (c.net or model.control_model).num_outputs)
+                             for c in controls]
         self.hint_features = [None] * len(controls)  # computed at a control's first step, reused by the others
         self.step, self.steps = 0, steps
         self.finite = []  # (part, dtype, flag) of this step, read together: one device sync a step
@@ -78,14 +91,16 @@ class GuidedDenoiser:
     def residuals(self, x, t, progress):
         """Per-block control residuals for the whole batch, or None when no control acts at this step."""
         total = None
-        for i, (control, hint) in enumerate(zip(self.controls, self.hints)):
+        for i, (control, hint, region, scales) in enumerate(zip(self.controls, self.hints, self.regions,
+                                                                 self.block_scales)):
             if not control.active(progress):
                 continue
             net = control.net or self.model.control_model
             if self.hint_features[i] is None:
                 self.hint_features[i] = net.encode_hint(hint)
             features = self.hint_features[i]
-            weighting = dict(strength=control.strength, soft=self.guess_mode or control.mode == "prompt")
+            weighting = dict(strength=control.strength, soft=self.guess_mode or control.mode == "prompt",
+                             block_scales=scales, region=region)
             # a pooled net (1.1 shuffle) passes only global statistics, which the release trained on the
             # conditional side of classifier-free guidance alone
             cond_only = self.guess_mode or control.mode == "control" or net.global_average_pooling
@@ -119,11 +134,12 @@ class GuidedDenoiser:
 def generate(model, hint, prompt, added_prompt="", negative_prompt="", num_samples=1, steps=20, guidance_scale=9.0,
              strength=1.0, guess_mode=False, eta=0.0, seed=-1, verbose=True, size=None, sampler="DDIM",
              control_start=0.0, control_end=1.0, control_mode="balanced", controls=(), init_image=None, denoise=1.0,
-             mask=None, mask_blur=5.0):
+             mask=None, mask_blur=5.0, block_weights="uniform", region_mask=None):
     """Images (list of HWC uint8) following `hint` (HWC uint8, sides multiples of 64) and the prompt.
 
-    `controls` adds more ControlNets (each a `Control` with its own image, strength, range and mode) to the
-    model's own. hint=None and no controls samples from the text alone, at `size` (H, W). seed=-1 draws a
+    `block_weights` (a preset or 13 numbers) and `region_mask` (white where it acts) shape the model's own
+    control; `controls` adds more ControlNets, each a `Control` with its own image, strength, range, mode,
+    block weights and region. hint=None and no controls samples from the text alone, at `size` (H, W). seed=-1 draws a
     random seed; the seed used is returned alongside the images.
 
     Image-to-image: `init_image` (HWC uint8, the generation's size) noised to strength `denoise` and the
@@ -134,7 +150,8 @@ def generate(model, hint, prompt, added_prompt="", negative_prompt="", num_sampl
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
     seed = random.randint(0, 2**31 - 1) if seed == -1 else int(seed)
     device = model.betas.device
-    own = [] if hint is None else [Control(hint, strength, control_start, control_end, control_mode)]
+    own = [] if hint is None else [Control(hint, strength, control_start, control_end, control_mode,
+                                           block_weights=block_weights, region_mask=region_mask)]
     controls = own + list(controls)
     if controls and not hasattr(model, "control_model") and any(c.net is None for c in controls):
         raise ValueError("this model has no ControlNet: pass hint=None, or Control(..., net=a ControlNet)")
