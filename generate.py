@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from annotators import ANNOTATORS, ImageError, condition_map, list_pictures, read_image, resize_image
+from cldm.cldm import BLOCK_WEIGHT_PRESETS
 from cldm.defaults import load_default_model
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
@@ -42,7 +43,8 @@ from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
 
 SETTINGS = ("prompt", "added_prompt", "negative_prompt", "num_samples", "steps", "guidance_scale", "strength",
-            "guess_mode", "eta", "sampler", "control_start", "control_end", "control_mode", "denoise", "mask_blur")
+            "guess_mode", "eta", "sampler", "control_start", "control_end", "control_mode", "denoise", "mask_blur",
+            "block_weights")
 
 
 def circle_outline(size=128):
@@ -79,6 +81,10 @@ def parse_args(argv=None):
     p.add_argument("--control-start", type=float, default=0.0)
     p.add_argument("--control-end", type=float, default=1.0)
     p.add_argument("--control-mode", choices=CONTROL_MODES, default="balanced")
+    p.add_argument("--block-weights", default="uniform",
+                   help=f"the control's weight per block: a preset ({', '.join(BLOCK_WEIGHT_PRESETS)}) or 13 "
+                        "numbers '1, 1, ..., 1', shallowest block first, the middle block last")
+    p.add_argument("--region-mask", help="a picture, white where the control acts (default: everywhere)")
     p.add_argument("--init-image", help="image-to-image: start from this picture instead of pure noise")
     p.add_argument("--denoise", type=float, default=1.0,
                    help="how much of --init-image is redrawn: 0 keeps it, 1 ignores it (default)")
@@ -116,21 +122,23 @@ def settings_of(args):
                 num_samples=args.samples, steps=args.steps, guidance_scale=args.guidance, strength=args.strength,
                 guess_mode=args.guess_mode, eta=args.eta, sampler=args.sampler, control_start=args.control_start,
                 control_end=args.control_end, control_mode=args.control_mode, denoise=args.denoise,
-                mask_blur=args.mask_blur)
+                mask_blur=args.mask_blur, block_weights=args.block_weights)
 
 
 @dataclass
-class Img2Img:
-    """Image-to-image's picture and inpainting's mask (HWC / HW uint8), and whether the control is inpaint's."""
+class Pictures:
+    """What a generation reads beside its condition map (HWC / HW uint8): image-to-image's starting picture,
+    inpainting's mask and whether the control is inpaint's, and the control's region mask."""
 
     image: np.ndarray | None = None
     mask: np.ndarray | None = None
     inpaint_control: bool = False
+    region: np.ndarray | None = None
 
     def sized(self, size):
-        """The picture and mask at the generation size (W, H)."""
+        """The pictures at the generation size (W, H)."""
         fit = lambda a: None if a is None else cv2.resize(a, size, interpolation=cv2.INTER_AREA)  # noqa: E731
-        return replace(self, image=fit(self.image), mask=fit(self.mask))
+        return replace(self, image=fit(self.image), mask=fit(self.mask), region=fit(self.region))
 
     def condition(self, blur):
         """The inpaint control's condition, and the map saved to show it (the -1 pixels black)."""
@@ -138,7 +146,7 @@ class Img2Img:
         return condition, condition_picture(condition)
 
 
-def start_of(args, resolution):
+def pictures_of(args, resolution):
     if args.mask and not args.init_image:
         raise SystemExit("--mask needs --init-image: the picture the mask applies to")
     if args.inpaint_control and not args.mask:
@@ -147,12 +155,13 @@ def start_of(args, resolution):
     if image is not None:
         image = resize_image(image, resolution)
     mask = read_image(args.mask) if args.mask else None
-    return Img2Img(image, mask, args.inpaint_control)
+    region = read_image(args.region_mask) if args.region_mask else None
+    return Pictures(image, mask, args.inpaint_control, region)
 
 
-def run(model, hint, settings, seed, extra, out, device, low_vram_mode, start=Img2Img()):
-    """Generate, then save the map as <out>-map.png (the starting picture and mask as <out>-init.png and
-    <out>-mask.png) and the images as <out> (<out>_<i> for several)."""
+def run(model, hint, settings, seed, extra, out, device, low_vram_mode, start=Pictures()):
+    """Generate, then save the map as <out>-map.png (the starting picture, the mask and the region mask as
+    <out>-init.png, <out>-mask.png and <out>-region.png) and the images as <out> (<out>_<i> for several)."""
     out = Path(out)
     if hint is None and start.image is None:
         raise SystemExit("nothing to generate from: give --hint, --image or --init-image")
@@ -164,11 +173,12 @@ def run(model, hint, settings, seed, extra, out, device, low_vram_mode, start=Im
         hint, shown = start.condition(settings["mask_blur"])
     with low_vram(model, device, nets=[c.net for c in extra]) if low_vram_mode else nullcontext():
         images, seed = generate(model, hint, seed=seed, controls=extra, init_image=start.image, mask=start.mask,
-                                **settings)
+                                region_mask=start.region, **settings)
     record = {**settings, "seed": seed, "precision": precision_of(model), "inpaint_control": start.inpaint_control}
-    for name, picture in (("hint", shown), ("init_image", start.image), ("mask", start.mask)):
+    for name, picture in (("hint", shown), ("init_image", start.image), ("mask", start.mask),
+                          ("region_mask", start.region)):
         if picture is not None:
-            stem = {"hint": "map", "init_image": "init"}.get(name, name)
+            stem = {"hint": "map", "init_image": "init", "region_mask": "region"}.get(name, name)
             record[name] = save_png(picture, out.with_name(f"{out.stem}-{stem}.png"), {}).name
     for i, image in enumerate(images):
         path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
@@ -190,8 +200,9 @@ def main(argv=None):
         settings = {k: saved[k] for k in SETTINGS if k in saved}
         seed = saved["seed"]
         beside = {name: read_image(str(Path(args.reproduce).parent / saved[name])) if saved.get(name) else None
-                  for name in ("hint", "init_image", "mask")}
-        start = Img2Img(beside["init_image"], beside["mask"], saved.get("inpaint_control", False))
+                  for name in ("hint", "init_image", "mask", "region_mask")}
+        start = Pictures(beside["init_image"], beside["mask"], saved.get("inpaint_control", False),
+                         beside["region_mask"])
         speed_up(model, compile=args.compile)
         run(model, None if start.inpaint_control else beside["hint"], settings, seed, [], args.out, device,
             args.low_vram, start)
@@ -208,7 +219,7 @@ def main(argv=None):
             hint = condition(args, read_image(str(path)))
             run(model, hint, settings, seed, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram)
         return
-    start = start_of(args, args.resolution)
+    start = pictures_of(args, args.resolution)
     if args.hint:
         hint = resize_image(read_image(args.hint), args.resolution)
     elif args.image:

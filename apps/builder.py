@@ -17,6 +17,7 @@ import torch
 import config
 from annotators import ANNOTATORS, ImageError, WeightsError, condition_map, read_image, resize_image, to_rgb_uint8
 from apps.models import resolve_model
+from cldm.cldm import BLOCK_WEIGHT_PRESETS
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.outputs import next_path, save_png
@@ -122,7 +123,7 @@ class Task:
         """The names of the app's own inputs after the annotator parameters, in the page's order."""
         uploads_a_map = self.annotator is not None and not self.canvas
         return [*(["preprocessor"] if uploads_a_map else []), *(["denoise"] if self.start else []),
-                *(["mask_blur"] if self.start == "inpaint" else [])]
+                *(["mask_blur"] if self.start == "inpaint" else []), "block_weights", "region_mask"]
 
 
 class Runner:
@@ -181,21 +182,27 @@ class Runner:
                         control_mode=control_mode)
         if self.task.start:
             settings.update(denoise=float(app["denoise"]), mask_blur=float(app.get("mask_blur", 0.0)))
+        settings["block_weights"] = app["block_weights"].strip() or "uniform"
+        region = app["region_mask"]
+        if region is not None:
+            region = cv2.resize(to_rgb_uint8(region), shown.shape[1::-1], interpolation=cv2.INTER_AREA)
         hint = None if self.toy and self.task.toy == "plain" else condition
         with low_vram(self.model, self.low_vram_device) if self.low_vram_device else nullcontext():
-            images, used_seed = generate(self.model, hint, seed=int(seed), init_image=init, mask=mask, **settings)
+            images, used_seed = generate(self.model, hint, seed=int(seed), init_image=init, mask=mask,
+                                         region_mask=region, **settings)
         record = {**settings, "seed": used_seed, "annotator": params, "size": list(shown.shape[:2]),
                   "precision": self.precision}
         if self.task.start == "inpaint":  # the condition is made again from the picture and the mask
             record["inpaint_control"] = hint is not None
-        for key, picture in (("hint", None if hint is None else shown), ("init_image", init), ("mask", mask)):
+        for key, picture in (("hint", None if hint is None else shown), ("init_image", init), ("mask", mask),
+                             ("region_mask", region)):
             if picture is not None:
-                stem = {"hint": "map", "init_image": "init"}.get(key, key)
+                stem = {"hint": "map", "init_image": "init", "region_mask": "region"}.get(key, key)
                 record[key] = save_png(picture, next_path(self.output_dir, f"{self.task.name}-{stem}"),
                                        {"annotator": params} if key == "hint" else {}).name
         saved = [save_png(image, next_path(self.output_dir, self.task.name), {**record, "sample": i}).name
                  for i, image in enumerate(images)]
-        beside = ", ".join(record[k] for k in ("hint", "init_image", "mask") if k in record)
+        beside = ", ".join(record[k] for k in ("hint", "init_image", "mask", "region_mask") if k in record)
         info = f"Seed {used_seed}. Saved {', '.join(saved)} and {beside} in {self.output_dir}/."
         return [shown, *images], info
 
@@ -267,6 +274,10 @@ def app_settings(task):
         "denoise": lambda: gr.Slider(label="Denoise (0 keeps the picture, 1 redraws it all)", minimum=0.0,
                                      maximum=1.0, value=1.0, step=0.01),
         "mask_blur": lambda: gr.Slider(label="Mask Blur", minimum=0.0, maximum=16.0, value=5.0, step=0.1),
+        "block_weights": lambda: gr.Textbox(label=f"Block weights: {', '.join(BLOCK_WEIGHT_PRESETS)}, or 13 numbers "
+                                                  "(shallowest block first, the middle block last)", value="uniform"),
+        "region_mask": lambda: uploaded_image(label="Region mask (white where the control acts; none: everywhere)",
+                                              sources=["upload", "clipboard"]),
     }
     return [components[name]() for name in task.settings()]
 

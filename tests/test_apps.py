@@ -43,7 +43,8 @@ def values(task, image, seed=1, steps=2, resolution=64, sampler="DDIM", **change
     extra = [changes.get(p.name, defaults[p.name] if p.value is None else p.value) for p in task.extra]
     if task.annotator == "pose":
         extra[0] = "mediapipe"  # offline
-    settings = {"preprocessor": task.annotator, "denoise": 1.0, "mask_blur": 5.0}
+    settings = {"preprocessor": task.annotator, "denoise": 1.0, "mask_blur": 5.0, "block_weights": "uniform",
+                "region_mask": None}
     extra += [changes.get(name, settings[name]) for name in task.settings()]
     detect = 0 if task.detect_resolution is None else resolution
     return [image, TOY_PROMPT, "", "", 1, resolution, detect, steps, 9.0, seed, 0.0, 1.0, False, 0.0, 1.0,
@@ -306,3 +307,23 @@ def test_a_1_1_app_without_its_files_names_the_control_its_yaml_and_its_base():
     assert toy and "control_v11p_sd15s2_lineart_anime.pth" in note
     assert "huggingface.co/lllyasviel/ControlNet-v1-1" in note
     assert "control_v11p_sd15s2_lineart_anime.yaml" in note and "anything-v3-full.safetensors" in note
+
+
+def test_block_weights_and_a_region_mask_from_the_app_reproduce(default_model, tmp_path):
+    import generate as cli
+
+    task = task_of("gradio_canny2image")
+    left = np.zeros((300, 300, 3), np.uint8)
+    left[:, :150] = 255  # any size: resized to the generation's
+    runner = Runner(task, default_model, NOTE, tmp_path, toy=True)
+    gallery, info = runner(*values(task, data.astronaut(), block_weights="only_mid", region_mask=left))
+    saved = next(tmp_path.glob("canny-0*.png"))
+    params = read_params(saved)
+    assert params["block_weights"] == "only_mid" and params["region_mask"] in info
+    region = np.asarray(Image.open(tmp_path / params["region_mask"]))
+    assert region.shape == (64, 64, 3) and region[:, :30].min() == 255 and region[:, 34:].max() == 0
+    again = tmp_path / "again.png"
+    cli.main(["--reproduce", str(saved), "--out", str(again)])
+    assert np.array_equal(np.asarray(Image.open(again)), gallery[1])
+    plain, _ = runner(*values(task, data.astronaut()))
+    assert not np.array_equal(plain[1], gallery[1])

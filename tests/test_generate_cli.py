@@ -87,3 +87,20 @@ def test_image_to_image_from_a_photo(tmp_path):
     params = read_params(out)
     assert params["denoise"] == 0.3 and params["init_image"] == "astronaut-init.png" and "hint" not in params
     assert np.asarray(Image.open(out)).shape == (64, 64, 3)
+
+
+def test_block_weights_and_a_region_mask_are_saved_and_reproduced(tmp_path):
+    region = tmp_path / "left.png"
+    left = np.zeros((64, 64), np.uint8)
+    left[:, :32] = 255
+    Image.fromarray(left).save(region)
+    first, plain = tmp_path / "first.png", tmp_path / "plain.png"
+    common = ["--resolution", "64", "--steps", "3", "--seed", "9"]
+    cli.main([*common, "--block-weights", "soft", "--region-mask", str(region), "--out", str(first)])
+    params = read_params(first)
+    assert params["block_weights"] == "soft" and params["region_mask"] == "first-region.png"
+    again = tmp_path / "again.png"
+    cli.main(["--reproduce", str(first), "--out", str(again)])
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
+    cli.main([*common, "--out", str(plain)])
+    assert not np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(plain)))
