@@ -6,12 +6,14 @@ written and read as OpenPose JSON, so a pose can be edited in any OpenPose tool 
 """
 
 import json
+import warnings
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 
-from annotators.util import prepare
-from annotators.weights import WeightsError, aux_detector
+from annotators.util import AnnotatorNotice, prepare
+from annotators.weights import WeightsError, aux_detector, weights_on_disk
 
 OPENPOSE_FILES = ["body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"]
 
@@ -20,6 +22,7 @@ OPENPOSE_FILES = ["body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"]
 # left hip/knee/ankle, right eye, left eye, right ear, left ear.
 BLAZEPOSE_TO_OPENPOSE = [0, None, 12, 14, 16, 11, 13, 15, 24, 26, 28, 23, 25, 27, 5, 2, 8, 7]
 SHOULDERS = (11, 12)
+MIN_KEYPOINTS = 6  # a head and shoulders, or a torso: less is no person to draw
 
 
 def openpose_detector(location=None):
@@ -41,8 +44,10 @@ def mediapipe_pose():
     return mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1)
 
 
-def detect_mediapipe(image, min_visibility=0.5, detect_resolution=512):
-    """(poses, (H, W)) from mediapipe's bundled BlazePose model: one person, body only, no download."""
+def detect_mediapipe(image, min_visibility=0.5, detect_resolution=512, min_keypoints=MIN_KEYPOINTS):
+    """(poses, (H, W)) from mediapipe's bundled BlazePose model: one person, body only, no download. A person
+    with fewer than `min_keypoints` of the 18 points visible counts as no person: BlazePose always returns a
+    full skeleton once its detector fires, and its visibility scores are what tell a body from a shadow."""
     from controlnet_aux.open_pose import BodyResult, Keypoint, PoseResult
 
     img = prepare(image, detect_resolution)
@@ -61,6 +66,8 @@ def detect_mediapipe(image, min_visibility=0.5, detect_resolution=512):
             ok, x, y = visible[index], marks[index].x, marks[index].y
         keypoints.append(Keypoint(x, y, 1.0, i) if ok else None)
     found = [k for k in keypoints if k is not None]
+    if len(found) < min_keypoints:
+        return [], img.shape[:2]
     return [PoseResult(BodyResult(keypoints, float(len(found)), len(found)), None, None, None)], img.shape[:2]
 
 
@@ -81,12 +88,20 @@ def mediapipe_openpose(image, min_visibility=0.5, detect_resolution=512):
     return draw(poses, size)
 
 
-def pose(image, detector="openpose", include_hand=False, include_face=False, detect_resolution=512, weights=None):
-    """The pose app's detector: OpenPose (the release's; downloads its weights) or mediapipe (offline, body only)."""
+def pose(image, detector: Literal["auto", "openpose", "mediapipe"] = "auto", include_hand=False,
+         include_face=False, detect_resolution=512, weights=None):
+    """The pose app's detector: OpenPose (the release's; downloads its weights), mediapipe (offline, body
+    only), or auto: OpenPose when its weights are on disk, else mediapipe, with a warning that says so."""
+    if detector == "auto":
+        detector = "openpose" if weights_on_disk(OPENPOSE_FILES, weights) else "mediapipe"
+        if detector == "mediapipe":
+            warnings.warn("The OpenPose weights are not on disk, so the pose comes from mediapipe's bundled "
+                          "detector (body only). Choose the openpose detector to download them.", AnnotatorNotice,
+                          stacklevel=2)
     if detector == "mediapipe":
         return mediapipe_openpose(image, detect_resolution=detect_resolution)
     if detector != "openpose":
-        raise ValueError(f"pose detector {detector!r} is not 'openpose' or 'mediapipe'")
+        raise ValueError(f"pose detector {detector!r} is not 'auto', 'openpose' or 'mediapipe'")
     try:
         return openpose(image, include_hand, include_face, detect_resolution, weights)
     except WeightsError as error:

@@ -11,6 +11,10 @@ MAX_PIXELS = 8192 * 8192  # larger images are refused before decoding (decompres
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
+class AnnotatorNotice(UserWarning):
+    """What an annotator tells the user about how it ran (a fallback it took); the apps show it on the page."""
+
+
 class ImageError(ValueError):
     """An input picture that cannot be used; the message says why and what to give instead."""
 

@@ -43,11 +43,16 @@ def search_dirs(location=None):
     return dirs + [CKPT_DIR]
 
 
+def weights_on_disk(filenames, location=None):
+    """The folder holding every one of `filenames`, looked for without downloading; None if none does."""
+    return next((folder for folder in search_dirs(location) if all((folder / n).is_file() for n in filenames)), None)
+
+
 def weights_dir(filenames, location=None):
     """The folder holding every one of `filenames`, downloading missing ones into annotators/ckpts if online."""
-    for folder in search_dirs(location):
-        if all((folder / name).is_file() for name in filenames):
-            return folder
+    found = weights_on_disk(filenames, location)
+    if found:
+        return found
     if location:  # a folder named explicitly is never silently replaced by a download
         missing = [name for name in filenames if not (Path(location) / name).is_file()]
         raise WeightsError(f"{', '.join(missing)} not found in {location}. " + where_to_get(missing))

@@ -6,6 +6,7 @@ import argparse
 import inspect
 import logging
 import os
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -15,7 +16,16 @@ import numpy as np
 import torch
 
 import config
-from annotators import ANNOTATORS, ImageError, WeightsError, condition_map, read_image, resize_image, to_rgb_uint8
+from annotators import (
+    ANNOTATORS,
+    AnnotatorNotice,
+    ImageError,
+    WeightsError,
+    condition_map,
+    read_image,
+    resize_image,
+    to_rgb_uint8,
+)
 from apps.models import resolve_model
 from cldm.cldm import BLOCK_WEIGHT_PRESETS
 from cldm.img2img import condition_picture, inpaint_condition
@@ -171,10 +181,13 @@ class Runner:
                  sampler, *extra):
         params = dict(zip([s.name for s in self.task.extra] + self.task.settings(), extra))
         app = {name: params.pop(name) for name in self.task.settings()}
-        condition, shown, init, mask = self.condition(image, int(image_resolution), int(detect_resolution) or None,
-                                                      params, app)
+        with warnings.catch_warnings(record=True) as notices:
+            warnings.simplefilter("always", AnnotatorNotice)
+            condition, shown, init, mask = self.condition(image, int(image_resolution), int(detect_resolution) or None,
+                                                          params, app)
+        said = "".join(f" {n.message}" for n in notices if issubclass(n.category, AnnotatorNotice))
         if not self.generates:
-            return [shown], self.note
+            return [shown], self.note + said
         settings = dict(prompt=prompt, added_prompt=added_prompt, negative_prompt=negative_prompt,
                         num_samples=int(num_samples), steps=int(steps), guidance_scale=float(guidance_scale),
                         strength=float(strength), guess_mode=bool(guess_mode), eta=float(eta),
@@ -203,7 +216,7 @@ class Runner:
         saved = [save_png(image, next_path(self.output_dir, self.task.name), {**record, "sample": i}).name
                  for i, image in enumerate(images)]
         beside = ", ".join(record[k] for k in ("hint", "init_image", "mask", "region_mask") if k in record)
-        info = f"Seed {used_seed}. Saved {', '.join(saved)} and {beside} in {self.output_dir}/."
+        info = f"Seed {used_seed}. Saved {', '.join(saved)} and {beside} in {self.output_dir}/.{said}"
         return [shown, *images], info
 
 

@@ -223,3 +223,14 @@ def test_tile_and_invert_reshape_the_picture_itself():
     with pytest.raises(ValueError, match=">= 1"):
         ANNOTATORS["tile"](photo, downsample=0.5)
     assert np.array_equal(ANNOTATORS["invert"](photo), 255 - photo)
+
+
+@pytest.mark.parametrize("photo,people", [("astronaut", 1), ("coffee", 0), ("rocket", 0), ("chelsea", 0)])
+def test_the_offline_pose_detector_draws_people_only(photo, people, tmp_path):
+    from annotators import AnnotatorNotice
+
+    poses, _ = detect_mediapipe(getattr(data, photo)(), detect_resolution=512)
+    assert len(poses) == people
+    with pytest.warns(AnnotatorNotice, match="mediapipe"):  # auto, with no OpenPose weights on disk
+        drawn = ANNOTATORS["pose"](getattr(data, photo)(), weights=str(tmp_path))
+    assert (drawn.max() > 0) == bool(people)

@@ -38,11 +38,9 @@ def task_of(app):
 
 def values(task, image, seed=1, steps=2, resolution=64, sampler="DDIM", **changes):
     """The UI's inputs in order: image, prompts, samples, resolutions, steps, guidance, seed, eta, strength,
-    guess mode, control start/end, control mode, sampler, then the task's annotator parameters."""
+    guess mode, control start/end, control mode, sampler, the task's annotator parameters, then its settings."""
     defaults = task.annotator_defaults()
     extra = [changes.get(p.name, defaults[p.name] if p.value is None else p.value) for p in task.extra]
-    if task.annotator == "pose":
-        extra[0] = "mediapipe"  # offline
     settings = {"preprocessor": task.annotator, "denoise": 1.0, "mask_blur": 5.0, "block_weights": "uniform",
                 "region_mask": None}
     extra += [changes.get(name, settings[name]) for name in task.settings()]
@@ -327,3 +325,12 @@ def test_block_weights_and_a_region_mask_from_the_app_reproduce(default_model, t
     assert np.array_equal(np.asarray(Image.open(again)), gallery[1])
     plain, _ = runner(*values(task, data.astronaut()))
     assert not np.array_equal(plain[1], gallery[1])
+
+
+def test_the_pose_app_runs_offline_and_says_which_detector_it_used(default_model, tmp_path, monkeypatch):
+    monkeypatch.delenv("CONTROLNET_ANNOTATOR_CKPTS", raising=False)
+    task = task_of("gradio_pose2image")
+    gallery, info = Runner(task, default_model, NOTE, tmp_path, str(tmp_path / "no-weights"), toy=True)(
+        *values(task, data.astronaut(), resolution=256))
+    assert "mediapipe's bundled detector" in info
+    assert (gallery[0] > 0).mean() > 0.005  # her skeleton
