@@ -25,12 +25,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from annotators import ANNOTATORS, ImageError, condition_map, list_pictures, read_image, resize_image
+from annotators import ANNOTATORS, RESIZE_MODES, ImageError, condition_map, fit, list_pictures, read_image, resize_image
 from cldm.cldm import BLOCK_WEIGHT_PRESETS
 from cldm.defaults import load_default_model
 from cldm.img2img import condition_picture, inpaint_condition
@@ -44,7 +43,7 @@ from ldm.precision import PRECISIONS, add_precision_argument, precision_of, reso
 
 SETTINGS = ("prompt", "added_prompt", "negative_prompt", "num_samples", "steps", "guidance_scale", "strength",
             "guess_mode", "eta", "sampler", "control_start", "control_end", "control_mode", "denoise", "mask_blur",
-            "block_weights")
+            "block_weights", "resize_mode")
 
 
 def circle_outline(size=128):
@@ -85,6 +84,9 @@ def parse_args(argv=None):
                    help=f"the control's weight per block: a preset ({', '.join(BLOCK_WEIGHT_PRESETS)}) or 13 "
                         "numbers '1, 1, ..., 1', shallowest block first, the middle block last")
     p.add_argument("--region-mask", help="a picture, white where the control acts (default: everywhere)")
+    p.add_argument("--resize-mode", choices=RESIZE_MODES, default="just_resize",
+                   help="how a picture of another shape than the generation's (extra control maps, masks, the "
+                        "init image) is fitted to it")
     p.add_argument("--init-image", help="image-to-image: start from this picture instead of pure noise")
     p.add_argument("--denoise", type=float, default=1.0,
                    help="how much of --init-image is redrawn: 0 keeps it, 1 ignores it (default)")
@@ -122,7 +124,7 @@ def settings_of(args):
                 num_samples=args.samples, steps=args.steps, guidance_scale=args.guidance, strength=args.strength,
                 guess_mode=args.guess_mode, eta=args.eta, sampler=args.sampler, control_start=args.control_start,
                 control_end=args.control_end, control_mode=args.control_mode, denoise=args.denoise,
-                mask_blur=args.mask_blur, block_weights=args.block_weights)
+                mask_blur=args.mask_blur, block_weights=args.block_weights, resize_mode=args.resize_mode)
 
 
 @dataclass
@@ -135,10 +137,10 @@ class Pictures:
     inpaint_control: bool = False
     region: np.ndarray | None = None
 
-    def sized(self, size):
-        """The pictures at the generation size (W, H)."""
-        fit = lambda a: None if a is None else cv2.resize(a, size, interpolation=cv2.INTER_AREA)  # noqa: E731
-        return replace(self, image=fit(self.image), mask=fit(self.mask), region=fit(self.region))
+    def sized(self, size, mode="just_resize"):
+        """The pictures at the generation size (H, W), fitted by resize `mode`."""
+        sized = lambda a: None if a is None else fit(a, size, mode)  # noqa: E731
+        return replace(self, image=sized(self.image), mask=sized(self.mask), region=sized(self.region))
 
     def condition(self, blur):
         """The inpaint control's condition, and the map saved to show it (the -1 pixels black)."""
@@ -165,15 +167,17 @@ def run(model, hint, settings, seed, extra, out, device, low_vram_mode, start=Pi
     out = Path(out)
     if hint is None and start.image is None:
         raise SystemExit("nothing to generate from: give --hint, --image or --init-image")
-    size = (hint.shape[1], hint.shape[0]) if hint is not None else (start.image.shape[1], start.image.shape[0])
-    extra = [replace(c, hint=cv2.resize(c.hint, size, interpolation=cv2.INTER_LINEAR)) for c in extra]
-    start = start.sized(size)
+    size = hint.shape[:2] if hint is not None else start.image.shape[:2]
+    mode = settings.get("resize_mode", "just_resize")  # how the pictures are fitted, not a generate() argument
+    generation = {k: v for k, v in settings.items() if k != "resize_mode"}
+    extra = [replace(c, hint=fit(c.hint, size, mode)) for c in extra]
+    start = start.sized(size, mode)
     shown = hint
     if start.inpaint_control:
         hint, shown = start.condition(settings["mask_blur"])
     with low_vram(model, device, nets=[c.net for c in extra]) if low_vram_mode else nullcontext():
         images, seed = generate(model, hint, seed=seed, controls=extra, init_image=start.image, mask=start.mask,
-                                region_mask=start.region, **settings)
+                                region_mask=start.region, **generation)
     record = {**settings, "seed": seed, "precision": precision_of(model), "inpaint_control": start.inpaint_control}
     for name, picture in (("hint", shown), ("init_image", start.image), ("mask", start.mask),
                           ("region_mask", start.region)):

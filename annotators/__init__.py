@@ -12,7 +12,17 @@ from annotators.lines import invert, lineart, lineart_anime, scribble_from_photo
 from annotators.picture import shuffle, tile
 from annotators.pose import mediapipe_openpose, openpose, pose
 from annotators.seg import seg
-from annotators.util import HWC3, AnnotatorNotice, ImageError, list_pictures, read_image, resize_image, to_rgb_uint8
+from annotators.util import (
+    HWC3,
+    RESIZE_MODES,
+    AnnotatorNotice,
+    ImageError,
+    fit,
+    list_pictures,
+    read_image,
+    resize_image,
+    to_rgb_uint8,
+)
 from annotators.weights import WeightsError
 
 ANNOTATORS = {
@@ -63,6 +73,6 @@ def condition_map(image, annotator, resolution, detect_resolution=None, nearest=
     return cv2.resize(detected, (target.shape[1], target.shape[0]), interpolation=interpolation)
 
 
-__all__ = ["ANNOTATORS", "AnnotatorNotice", "HWC3", "ImageError", "WeightsError", "condition_map", "list_pictures",
-           "read_image", "resize_image", "to_rgb_uint8",
+__all__ = ["ANNOTATORS", "AnnotatorNotice", "HWC3", "ImageError", "RESIZE_MODES", "WeightsError", "condition_map",
+           "fit", "list_pictures", "read_image", "resize_image", "to_rgb_uint8",
            *(f.__name__ for f in ANNOTATORS.values())]

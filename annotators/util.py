@@ -89,6 +89,33 @@ def resize_image(image, resolution, max_side=2048):
     return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
 
 
+RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill")
+
+
+def fit(image, size, mode="just_resize", nearest=False):
+    """A picture (or mask, map) brought to size (H, W), the A1111 extension's three ways when the shapes differ:
+    stretch it ("just_resize"); scale it to cover and cut the overflow evenly ("crop_and_resize"); or scale it
+    to fit inside and fill the rest with black, which no control reads as structure ("resize_and_fill")."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r} is not one of {RESIZE_MODES}")
+    image = np.asarray(image)
+    height, width = size
+    h, w = image.shape[:2]
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if h * w > height * width else cv2.INTER_LINEAR
+    if mode == "just_resize" or (h, w) == (height, width):
+        return cv2.resize(image, (width, height), interpolation=interpolation)
+    scale = (max if mode == "crop_and_resize" else min)(height / h, width / w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    scaled = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    if mode == "crop_and_resize":
+        top, left = (new_h - height) // 2, (new_w - width) // 2
+        return scaled[top:top + height, left:left + width]
+    out = np.zeros((height, width, *image.shape[2:]), image.dtype)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    out[top:top + new_h, left:left + new_w] = scaled
+    return out
+
+
 def prepare(image, detect_resolution):
     """Any picture -> RGB uint8 at the detect resolution (shorter side, sides multiples of 64)."""
     return resize_image(to_rgb_uint8(image), detect_resolution)

@@ -18,10 +18,12 @@ import torch
 import config
 from annotators import (
     ANNOTATORS,
+    RESIZE_MODES,
     AnnotatorNotice,
     ImageError,
     WeightsError,
     condition_map,
+    fit,
     read_image,
     resize_image,
     to_rgb_uint8,
@@ -132,8 +134,10 @@ class Task:
     def settings(self):
         """The names of the app's own inputs after the annotator parameters, in the page's order."""
         uploads_a_map = self.annotator is not None and not self.canvas
-        return [*(["preprocessor"] if uploads_a_map else []), *(["denoise"] if self.start else []),
-                *(["mask_blur"] if self.start == "inpaint" else []), "block_weights", "region_mask"]
+        return [*(["preprocessor"] if uploads_a_map else []),
+                *(["pixel_perfect"] if self.detect_resolution is not None else []),
+                *(["denoise"] if self.start else []), *(["mask_blur"] if self.start == "inpaint" else []),
+                "block_weights", "region_mask", "resize_mode"]
 
 
 class Runner:
@@ -181,6 +185,8 @@ class Runner:
                  sampler, *extra):
         params = dict(zip([s.name for s in self.task.extra] + self.task.settings(), extra))
         app = {name: params.pop(name) for name in self.task.settings()}
+        if app.get("pixel_perfect"):  # the annotator sees the picture at the size it is generated at
+            detect_resolution = image_resolution
         with warnings.catch_warnings(record=True) as notices:
             warnings.simplefilter("always", AnnotatorNotice)
             condition, shown, init, mask = self.condition(image, int(image_resolution), int(detect_resolution) or None,
@@ -198,7 +204,7 @@ class Runner:
         settings["block_weights"] = app["block_weights"].strip() or "uniform"
         region = app["region_mask"]
         if region is not None:
-            region = cv2.resize(to_rgb_uint8(region), shown.shape[1::-1], interpolation=cv2.INTER_AREA)
+            region = fit(to_rgb_uint8(region), shown.shape[:2], app["resize_mode"])
         hint = None if self.toy and self.task.toy == "plain" else condition
         with low_vram(self.model, self.low_vram_device) if self.low_vram_device else nullcontext():
             images, used_seed = generate(self.model, hint, seed=int(seed), init_image=init, mask=mask,
@@ -291,6 +297,9 @@ def app_settings(task):
                                                   "(shallowest block first, the middle block last)", value="uniform"),
         "region_mask": lambda: uploaded_image(label="Region mask (white where the control acts; none: everywhere)",
                                               sources=["upload", "clipboard"]),
+        "resize_mode": lambda: gr.Radio(label="Resize mode (a region mask of another shape)",
+                                        choices=list(RESIZE_MODES), value="just_resize"),
+        "pixel_perfect": lambda: gr.Checkbox(label="Pixel perfect (detect at the image resolution)", value=False),
     }
     return [components[name]() for name in task.settings()]
 

@@ -111,7 +111,7 @@ def main():
         Image.fromarray(picture).save(path)
         client = Client(url, verbose=False)
         values = [PROMPT, "", "", 1, args.size, 0, args.steps, GUIDANCE, 0, 0.0, 1.0, False, 0.0, 1.0, "balanced",
-                  "DDIM", 100, 200, "canny", "uniform", None]
+                  "DDIM", 100, 200, "canny", "uniform", None, "just_resize"]
         try:
             http = timed(lambda: client.predict(handle_file(str(path)), *values, api_name="/generate"),
                                args.repeats)

@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from cldm.diffusers_interop import diffusers_models as to_diffusers  # noqa: E402
 from cldm.model import create_model  # noqa: E402
+from cldm.speed import speed_up  # noqa: E402
 from ldm.config import load_yaml  # noqa: E402
 from ldm.ddim import guided_model_output  # noqa: E402
 from ldm.precision import PRECISIONS, cpu_has_native_bf16  # noqa: E402
-from cldm.speed import speed_up  # noqa: E402
 
 CONFIG = ROOT / "models/cldm_v15.yaml"
 GUIDANCE = 9.0

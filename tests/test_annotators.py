@@ -234,3 +234,21 @@ def test_the_offline_pose_detector_draws_people_only(photo, people, tmp_path):
     with pytest.warns(AnnotatorNotice, match="mediapipe"):  # auto, with no OpenPose weights on disk
         drawn = ANNOTATORS["pose"](getattr(data, photo)(), weights=str(tmp_path))
     assert (drawn.max() > 0) == bool(people)
+
+
+def test_the_three_resize_modes():
+    from annotators import fit
+
+    wide = np.zeros((100, 200, 3), np.uint8)
+    wide[:, :100] = 255  # left half white
+    stretched = fit(wide, (64, 64), "just_resize")
+    assert stretched.shape == (64, 64, 3) and stretched[:, :30].min() == 255 and stretched[:, 34:].max() == 0
+    cropped = fit(wide, (64, 64), "crop_and_resize")  # scaled to 64x128, the middle 64 columns kept
+    assert cropped.shape == (64, 64, 3) and cropped[:, :30].min() == 255 and cropped[:, 34:].max() == 0
+    filled = fit(wide, (64, 64), "resize_and_fill")  # scaled to 32x64, black bands above and below
+    assert filled.shape == (64, 64, 3) and filled[:16].max() == 0 and filled[48:].max() == 0
+    assert filled[16:48, :30].min() == 255 and filled[16:48, 34:].max() == 0
+    tall_mask = np.zeros((300, 100), np.uint8)
+    assert fit(tall_mask, (64, 128), "crop_and_resize").shape == (64, 128)
+    with pytest.raises(ValueError, match="resize mode"):
+        fit(wide, (64, 64), "stretch")

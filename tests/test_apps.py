@@ -41,8 +41,8 @@ def values(task, image, seed=1, steps=2, resolution=64, sampler="DDIM", **change
     guess mode, control start/end, control mode, sampler, the task's annotator parameters, then its settings."""
     defaults = task.annotator_defaults()
     extra = [changes.get(p.name, defaults[p.name] if p.value is None else p.value) for p in task.extra]
-    settings = {"preprocessor": task.annotator, "denoise": 1.0, "mask_blur": 5.0, "block_weights": "uniform",
-                "region_mask": None}
+    settings = {"preprocessor": task.annotator, "pixel_perfect": False, "denoise": 1.0, "mask_blur": 5.0,
+                "block_weights": "uniform", "region_mask": None, "resize_mode": "just_resize"}
     extra += [changes.get(name, settings[name]) for name in task.settings()]
     detect = 0 if task.detect_resolution is None else resolution
     return [image, TOY_PROMPT, "", "", 1, resolution, detect, steps, 9.0, seed, 0.0, 1.0, False, 0.0, 1.0,
@@ -314,7 +314,8 @@ def test_block_weights_and_a_region_mask_from_the_app_reproduce(default_model, t
     left = np.zeros((300, 300, 3), np.uint8)
     left[:, :150] = 255  # any size: resized to the generation's
     runner = Runner(task, default_model, NOTE, tmp_path, toy=True)
-    gallery, info = runner(*values(task, data.astronaut(), block_weights="only_mid", region_mask=left))
+    gallery, info = runner(*values(task, data.astronaut(), block_weights="only_mid", region_mask=left,
+                                   resize_mode="crop_and_resize"))
     saved = next(tmp_path.glob("canny-0*.png"))
     params = read_params(saved)
     assert params["block_weights"] == "only_mid" and params["region_mask"] in info

@@ -91,14 +91,17 @@ def test_image_to_image_from_a_photo(tmp_path):
 
 def test_block_weights_and_a_region_mask_are_saved_and_reproduced(tmp_path):
     region = tmp_path / "left.png"
-    left = np.zeros((64, 64), np.uint8)
-    left[:, :32] = 255
+    left = np.zeros((64, 128), np.uint8)  # wider than the generation: fitted by the resize mode
+    left[:, :64] = 255
     Image.fromarray(left).save(region)
     first, plain = tmp_path / "first.png", tmp_path / "plain.png"
     common = ["--resolution", "64", "--steps", "3", "--seed", "9"]
-    cli.main([*common, "--block-weights", "soft", "--region-mask", str(region), "--out", str(first)])
+    cli.main([*common, "--block-weights", "soft", "--region-mask", str(region), "--resize-mode", "resize_and_fill",
+              "--out", str(first)])
     params = read_params(first)
     assert params["block_weights"] == "soft" and params["region_mask"] == "first-region.png"
+    saved_region = np.asarray(Image.open(tmp_path / "first-region.png"))[..., 0]
+    assert saved_region[:16].max() == 0 and saved_region[16:48, :30].min() == 255  # fitted inside, bands black
     again = tmp_path / "again.png"
     cli.main(["--reproduce", str(first), "--out", str(again)])
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
