@@ -29,21 +29,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from annotators import ANNOTATORS, RESIZE_MODES, ImageError, condition_map, fit, list_pictures, read_image, resize_image
-from cldm.cldm import BLOCK_WEIGHT_PRESETS
+from annotators import ANNOTATORS, ImageError, condition_map, fit, list_pictures, read_image, resize_image
 from cldm.defaults import load_default_model
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.model import load_control_net, load_model
 from cldm.outputs import read_params, save_png
-from cldm.pipeline import CONTROL_MODES, Control, generate
-from cldm.samplers import SAMPLERS
+from cldm.pipeline import Control, generate
+from cldm.settings import Settings, add_arguments, from_args
 from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
 
-SETTINGS = ("prompt", "added_prompt", "negative_prompt", "num_samples", "steps", "guidance_scale", "strength",
-            "guess_mode", "eta", "sampler", "control_start", "control_end", "control_mode", "denoise", "mask_blur",
-            "block_weights", "resize_mode")
+# the command line's own defaults: the shipped toy model's prompt and size
+CLI_DEFAULTS = Settings(prompt="a crimson circle on a light sky blue background", image_resolution=128)
 
 
 def circle_outline(size=128):
@@ -56,47 +54,24 @@ def circle_outline(size=128):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompt", default="a crimson circle on a light sky blue background")
-    p.add_argument("--added-prompt", default="")
-    p.add_argument("--negative-prompt", default="")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--hint", help="a condition map (edges, pose, ...) used as it is")
     source.add_argument("--image", help="a picture turned into a condition map by --annotator")
     source.add_argument("--input-dir", help="every picture in this folder, through --annotator (or as maps)")
     source.add_argument("--reproduce", help="a PNG saved by this project: generate it again from its parameters")
     p.add_argument("--annotator", choices=sorted(ANNOTATORS), help="detector for --image / --input-dir")
-    p.add_argument("--detect-resolution", type=int, default=512)
     p.add_argument("--config", default="models/cldm_v15.yaml", help="model yaml, used with --ckpt")
     p.add_argument("--ckpt", nargs="*", default=[], help="checkpoints to load in order (base, then control)")
     p.add_argument("--extra-control", nargs=3, action="append", default=[], metavar=("CKPT", "HINT", "SCALE"),
                    help="another ControlNet with its own condition map and scale (repeatable)")
-    p.add_argument("--resolution", type=int, default=128, help="shorter side, rounded to a multiple of 64")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=9.0)
-    p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--guess-mode", action="store_true")
-    p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--sampler", choices=SAMPLERS, default="DDIM")
-    p.add_argument("--control-start", type=float, default=0.0)
-    p.add_argument("--control-end", type=float, default=1.0)
-    p.add_argument("--control-mode", choices=CONTROL_MODES, default="balanced")
-    p.add_argument("--block-weights", default="uniform",
-                   help=f"the control's weight per block: a preset ({', '.join(BLOCK_WEIGHT_PRESETS)}) or 13 "
-                        "numbers '1, 1, ..., 1', shallowest block first, the middle block last")
+    add_arguments(p, CLI_DEFAULTS)  # every generation setting: --steps, --sampler, --image-resolution, ...
     p.add_argument("--region-mask", help="a picture, white where the control acts (default: everywhere)")
-    p.add_argument("--resize-mode", choices=RESIZE_MODES, default="just_resize",
-                   help="how a picture of another shape than the generation's (extra control maps, masks, the "
-                        "init image) is fitted to it")
-    p.add_argument("--init-image", help="image-to-image: start from this picture instead of pure noise")
-    p.add_argument("--denoise", type=float, default=1.0,
-                   help="how much of --init-image is redrawn: 0 keeps it, 1 ignores it (default)")
+    p.add_argument("--init-image", help="image-to-image: start from this picture instead of pure noise "
+                                        "(--denoise says how much of it is redrawn)")
     p.add_argument("--mask", help="inpainting: redraw --init-image only where this picture is white")
-    p.add_argument("--mask-blur", type=float, default=5.0, help="soften the mask's edge by this many pixels")
     p.add_argument("--inpaint-control", action="store_true",
                    help="the ControlNet is an inpaint one (control_v11p_sd15_inpaint): its condition is "
                         "--init-image with the --mask pixels at -1")
-    p.add_argument("--seed", type=int, default=-1)
-    p.add_argument("--samples", type=int, default=1)
     p.add_argument("--low-vram", action="store_true", help="keep only the running part of the model on the GPU")
     add_precision_argument(p, default=None)  # None: the saved one with --reproduce, else auto
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNets")
@@ -105,11 +80,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def condition(args, picture):
+def condition(args, settings, picture):
     """A picture -> the condition map at the generation size (through the annotator, if one is named)."""
     if args.annotator:
-        return condition_map(picture, args.annotator, args.resolution, args.detect_resolution)
-    return resize_image(picture, args.resolution)
+        detect = settings.image_resolution if settings.pixel_perfect else settings.detect_resolution
+        return condition_map(picture, args.annotator, settings.image_resolution, detect)
+    return resize_image(picture, settings.image_resolution)
 
 
 def model_for(args, device, precision):
@@ -117,14 +93,6 @@ def model_for(args, device, precision):
     if not args.ckpt:
         return load_default_model(device, dtype)
     return load_model(args.config, *args.ckpt, dtype=dtype, device=device)
-
-
-def settings_of(args):
-    return dict(prompt=args.prompt, added_prompt=args.added_prompt, negative_prompt=args.negative_prompt,
-                num_samples=args.samples, steps=args.steps, guidance_scale=args.guidance, strength=args.strength,
-                guess_mode=args.guess_mode, eta=args.eta, sampler=args.sampler, control_start=args.control_start,
-                control_end=args.control_end, control_mode=args.control_mode, denoise=args.denoise,
-                mask_blur=args.mask_blur, block_weights=args.block_weights, resize_mode=args.resize_mode)
 
 
 @dataclass
@@ -161,24 +129,23 @@ def pictures_of(args, resolution):
     return Pictures(image, mask, args.inpaint_control, region)
 
 
-def run(model, hint, settings, seed, extra, out, device, low_vram_mode, start=Pictures()):
+def run(model, hint, settings, extra, out, device, low_vram_mode, start=Pictures()):
     """Generate, then save the map as <out>-map.png (the starting picture, the mask and the region mask as
     <out>-init.png, <out>-mask.png and <out>-region.png) and the images as <out> (<out>_<i> for several)."""
     out = Path(out)
     if hint is None and start.image is None:
         raise SystemExit("nothing to generate from: give --hint, --image or --init-image")
     size = hint.shape[:2] if hint is not None else start.image.shape[:2]
-    mode = settings.get("resize_mode", "just_resize")  # how the pictures are fitted, not a generate() argument
-    generation = {k: v for k, v in settings.items() if k != "resize_mode"}
-    extra = [replace(c, hint=fit(c.hint, size, mode)) for c in extra]
-    start = start.sized(size, mode)
+    extra = [replace(c, hint=fit(c.hint, size, settings.resize_mode)) for c in extra]
+    start = start.sized(size, settings.resize_mode)
     shown = hint
     if start.inpaint_control:
-        hint, shown = start.condition(settings["mask_blur"])
+        hint, shown = start.condition(settings.mask_blur)
     with low_vram(model, device, nets=[c.net for c in extra]) if low_vram_mode else nullcontext():
-        images, seed = generate(model, hint, seed=seed, controls=extra, init_image=start.image, mask=start.mask,
-                                region_mask=start.region, **generation)
-    record = {**settings, "seed": seed, "precision": precision_of(model), "inpaint_control": start.inpaint_control}
+        images, seed = generate(model, hint, settings=settings, controls=extra, init_image=start.image,
+                                mask=start.mask, region_mask=start.region, verbose=True)
+    record = {**settings.record(), "seed": seed, "precision": precision_of(model),
+              "inpaint_control": start.inpaint_control}
     for name, picture in (("hint", shown), ("init_image", start.image), ("mask", start.mask),
                           ("region_mask", start.region)):
         if picture is not None:
@@ -199,16 +166,15 @@ def main(argv=None):
         precision = resolve_precision(args.precision or "auto", device)
     print(f"computing in {precision} on {device}")
     model = model_for(args, "cpu" if args.low_vram else device, precision)
-    settings, seed = settings_of(args), args.seed
+    settings = from_args(args, CLI_DEFAULTS)
     if saved is not None:
-        settings = {k: saved[k] for k in SETTINGS if k in saved}
-        seed = saved["seed"]
+        settings = Settings.from_record(saved).with_values(seed=saved["seed"])
         beside = {name: read_image(str(Path(args.reproduce).parent / saved[name])) if saved.get(name) else None
                   for name in ("hint", "init_image", "mask", "region_mask")}
         start = Pictures(beside["init_image"], beside["mask"], saved.get("inpaint_control", False),
                          beside["region_mask"])
         speed_up(model, compile=args.compile)
-        run(model, None if start.inpaint_control else beside["hint"], settings, seed, [], args.out, device,
+        run(model, None if start.inpaint_control else beside["hint"], settings, [], args.out, device,
             args.low_vram, start)
         return
     extra = [Control(read_image(h), float(scale), net=load_control_net(model, ckpt).to(model.betas.device))
@@ -220,19 +186,19 @@ def main(argv=None):
         except ImageError as error:
             raise SystemExit(str(error)) from error
         for path in tqdm(files, desc="pictures"):
-            hint = condition(args, read_image(str(path)))
-            run(model, hint, settings, seed, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram)
+            hint = condition(args, settings, read_image(str(path)))
+            run(model, hint, settings, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram)
         return
-    start = pictures_of(args, args.resolution)
+    start = pictures_of(args, settings.image_resolution)
     if args.hint:
-        hint = resize_image(read_image(args.hint), args.resolution)
+        hint = resize_image(read_image(args.hint), settings.image_resolution)
     elif args.image:
-        hint = condition(args, read_image(args.image))
+        hint = condition(args, settings, read_image(args.image))
     elif start.image is not None:
         hint = None  # image-to-image or inpainting without a map (or with inpaint's own condition)
     else:
-        hint = circle_outline(args.resolution)
-    run(model, hint, settings, seed, extra, args.out, device, args.low_vram, start)
+        hint = circle_outline(settings.image_resolution)
+    run(model, hint, settings, extra, args.out, device, args.low_vram, start)
 
 
 if __name__ == "__main__":

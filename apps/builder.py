@@ -33,7 +33,8 @@ from cldm.cldm import BLOCK_WEIGHT_PRESETS
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.outputs import next_path, save_png
-from cldm.pipeline import CONTROL_MODES, generate
+from cldm.pipeline import generate
+from cldm.settings import CONTROL_MODES
 from cldm.samplers import SAMPLERS
 from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision

@@ -10,13 +10,10 @@ from torch import nn
 from cldm.cldm import parse_block_weights, sum_residuals
 from cldm.img2img import mask_array, start_from
 from cldm.samplers import SAMPLERS, sample, skipped_steps
+from cldm.settings import CONTROL_MODES, Settings
 from ldm.ddim import classifier_free_guidance
 from ldm.precision import all_finite, check_finite, non_finite_error, weights_dtype
 
-# The control modes of the A1111 ControlNet extension: "prompt" weighs the control's blocks softly (deeper
-# blocks more, the release's guess-mode scales); "control" gives the control to the conditional branch only,
-# so classifier-free guidance amplifies it.
-CONTROL_MODES = ("balanced", "prompt", "control")
 
 
 @dataclass
@@ -131,27 +128,30 @@ class GuidedDenoiser:
 
 
 @torch.no_grad()
-def generate(model, hint, prompt, added_prompt="", negative_prompt="", num_samples=1, steps=20, guidance_scale=9.0,
-             strength=1.0, guess_mode=False, eta=0.0, seed=-1, verbose=True, size=None, sampler="DDIM",
-             control_start=0.0, control_end=1.0, control_mode="balanced", controls=(), init_image=None, denoise=1.0,
-             mask=None, mask_blur=5.0, block_weights="uniform", region_mask=None):
-    """Images (list of HWC uint8) following `hint` (HWC uint8, sides multiples of 64) and the prompt.
+def generate(model, hint, prompt=None, *, settings=None, controls=(), init_image=None, mask=None, region_mask=None,
+             size=None, verbose=True, **values):
+    """Images (list of HWC uint8) following `hint` (HWC uint8, sides multiples of 64) and the prompt, and the
+    seed used (a random one for seed=-1).
 
-    `block_weights` (a preset or 13 numbers) and `region_mask` (white where it acts) shape the model's own
-    control; `controls` adds more ControlNets, each a `Control` with its own image, strength, range, mode,
-    block weights and region. hint=None and no controls samples from the text alone, at `size` (H, W). seed=-1 draws a
-    random seed; the seed used is returned alongside the images.
+    `settings` (cldm.settings.Settings; default: its defaults) and any of its fields given as keywords
+    (steps=30, sampler="Euler a", ...) say how. The model's own control is weighed by their strength,
+    control start/end, mode and block weights, and acts where `region_mask` is white; `controls` adds more
+    ControlNets, each a `Control` with its own image, strength, range, mode, block weights and region.
+    hint=None and no controls samples from the text alone, at `size` (H, W).
 
     Image-to-image: `init_image` (HWC uint8, the generation's size) noised to strength `denoise` and the
     remaining steps run (1: the init image is ignored; 0: it comes back through the VAE). Inpainting: `mask`
     (white = repaint) repaints the init image there only, softened by `mask_blur` pixels (cldm.img2img).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
-    seed = random.randint(0, 2**31 - 1) if seed == -1 else int(seed)
+    if prompt is not None:
+        values["prompt"] = prompt
+    s = (settings or Settings()).with_values(**values)
+    if s.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {s.sampler!r}; choose one of {list(SAMPLERS)}")
+    seed = random.randint(0, 2**31 - 1) if s.seed == -1 else s.seed
     device = model.betas.device
-    own = [] if hint is None else [Control(hint, strength, control_start, control_end, control_mode,
-                                           block_weights=block_weights, region_mask=region_mask)]
+    own = [] if hint is None else [Control(hint, s.strength, s.control_start, s.control_end, s.control_mode,
+                                           block_weights=s.block_weights, region_mask=region_mask)]
     controls = own + list(controls)
     if controls and not hasattr(model, "control_model") and any(c.net is None for c in controls):
         raise ValueError("this model has no ControlNet: pass hint=None, or Control(..., net=a ControlNet)")
@@ -163,17 +163,18 @@ def generate(model, hint, prompt, added_prompt="", negative_prompt="", num_sampl
     if len(sizes) > 1:
         raise ValueError(f"the condition images and the init image must have the same size, got {sorted(sizes)}")
     height, width = sizes.pop() if sizes else size
-    full_prompt = ", ".join(p for p in (prompt, added_prompt) if p)
-    context = check_finite(model.get_learned_conditioning([full_prompt] * num_samples), "text encoder")
-    uncond_context = check_finite(model.get_learned_conditioning([negative_prompt] * num_samples), "text encoder")
-    steps_run = steps - skipped_steps(steps, denoise) if init_image is not None else steps
-    denoiser = GuidedDenoiser(model, context, uncond_context, controls, guidance_scale, guess_mode, steps_run)
+    n = s.num_samples
+    full_prompt = ", ".join(p for p in (s.prompt, s.added_prompt) if p)
+    context = check_finite(model.get_learned_conditioning([full_prompt] * n), "text encoder")
+    uncond_context = check_finite(model.get_learned_conditioning([s.negative_prompt] * n), "text encoder")
+    steps_run = s.steps - skipped_steps(s.steps, s.denoise) if init_image is not None else s.steps
+    denoiser = GuidedDenoiser(model, context, uncond_context, controls, s.guidance_scale, s.guess_mode, steps_run)
     generator = torch.Generator(device=device).manual_seed(seed)
     # the starting noise and the latents the sampler updates are fp32 whatever the model computes in
-    x_T = torch.randn((num_samples, model.channels, height // 8, width // 8), generator=generator, device=device)
-    start = None if init_image is None else start_from(model, init_image, num_samples, mask, mask_blur)
-    latents = sample(model, denoiser, x_T, steps, sampler, eta, generator, verbose, init=start and start.latent,
-                     denoise=denoise, keep=start and start.keep)
+    x_T = torch.randn((n, model.channels, height // 8, width // 8), generator=generator, device=device)
+    start = None if init_image is None else start_from(model, init_image, n, mask, s.mask_blur)
+    latents = sample(model, denoiser, x_T, s.steps, s.sampler, s.eta, generator, verbose,
+                     init=start and start.latent, denoise=s.denoise, keep=start and start.keep)
     images = check_finite(model.decode_first_stage(latents), "VAE decoder", weights_dtype(model.first_stage_model))
     images = start.composite(images) if start else images
     images = (images.permute(0, 2, 3, 1) * 127.5 + 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
