@@ -7,7 +7,7 @@ import numpy as np
 from annotators.util import prepare, to_rgb_uint8
 
 
-def shuffle(image, seed=0, detect_resolution=512):
+def shuffle(image, shuffle_seed=0, detect_resolution=512):
     """The picture's content scrambled along a smooth random flow (grid of 256 pixels), reproducibly per seed:
     the shuffle control takes colours and style from it, not layout."""
     from controlnet_aux import ContentShuffleDetector
@@ -16,7 +16,7 @@ def shuffle(image, seed=0, detect_resolution=512):
     side = min(img.shape[:2])
     state = np.random.get_state()  # the detector draws from numpy's global generator: seed it, then restore
     try:
-        np.random.seed(int(seed))
+        np.random.seed(int(shuffle_seed))
         return ContentShuffleDetector()(img, detect_resolution=side, image_resolution=side, output_type="np")
     finally:
         np.random.set_state(state)

@@ -8,7 +8,7 @@ import logging
 import os
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import gradio as gr
@@ -18,7 +18,6 @@ import torch
 import config
 from annotators import (
     ANNOTATORS,
-    RESIZE_MODES,
     AnnotatorNotice,
     ImageError,
     WeightsError,
@@ -29,23 +28,26 @@ from annotators import (
     to_rgb_uint8,
 )
 from apps.models import resolve_model
-from cldm.cldm import BLOCK_WEIGHT_PRESETS
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.outputs import next_path, save_png
 from cldm.pipeline import generate
-from cldm.settings import CONTROL_MODES
-from cldm.samplers import SAMPLERS
+from cldm.settings import Settings, field_of
 from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
 
 log = logging.getLogger(__name__)
 
-REAL_DEFAULTS = {"image_resolution": 512, "added_prompt": "best quality, extremely detailed",
-                 "negative_prompt": "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, "
-                                    "fewer digits, cropped, worst quality, low quality"}
-TOY_DEFAULTS = {"image_resolution": 128, "added_prompt": "", "negative_prompt": ""}
+REAL_DEFAULTS = Settings(added_prompt="best quality, extremely detailed",
+                         negative_prompt="longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, "
+                                         "fewer digits, cropped, worst quality, low quality")
 TOY_PROMPT = "a crimson circle on a light sky blue background"
+TOY_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)
+# the Settings an app shows, in the page's order; the prompt is above the Run button, the rest below it
+PAGE_SETTINGS = ("prompt", "num_samples", "image_resolution", "detect_resolution", "pixel_perfect", "strength",
+                 "guess_mode", "control_start", "control_end", "control_mode", "block_weights", "resize_mode",
+                 "denoise", "mask_blur", "sampler", "steps", "guidance_scale", "seed", "eta", "added_prompt",
+                 "negative_prompt")
 
 
 @dataclass
@@ -133,12 +135,21 @@ class Task:
         return defaults
 
     def settings(self):
-        """The names of the app's own inputs after the annotator parameters, in the page's order."""
+        """The Settings this app's page shows, in its order."""
+        hidden = {*(() if self.detect_resolution is not None else ("detect_resolution", "pixel_perfect")),
+                  *(() if self.start else ("denoise",)), *(() if self.start == "inpaint" else ("mask_blur",))}
+        return [name for name in PAGE_SETTINGS if name not in hidden]
+
+    def inputs(self):
+        """The names of the page's inputs after the picture, in order: the HTTP API's parameters too."""
         uploads_a_map = self.annotator is not None and not self.canvas
-        return [*(["preprocessor"] if uploads_a_map else []),
-                *(["pixel_perfect"] if self.detect_resolution is not None else []),
-                *(["denoise"] if self.start else []), *(["mask_blur"] if self.start == "inpaint" else []),
-                "block_weights", "region_mask", "resize_mode"]
+        return [*self.settings(), *(["preprocessor"] if uploads_a_map else []), *(p.name for p in self.extra),
+                "region_mask"]
+
+    def defaults(self, toy):
+        """The Settings the page starts from: the toy model's prompt and size, or the real models' prompts."""
+        base = TOY_DEFAULTS if toy else replace(REAL_DEFAULTS, prompt=self.prompt)
+        return replace(base, detect_resolution=self.detect_resolution or base.detect_resolution)
 
 
 class Runner:
@@ -168,50 +179,45 @@ class Runner:
             params["weights"] = self.annotator_weights
         return condition_map(picture, annotator, image_resolution, detect_resolution, self.task.nearest, **params)
 
-    def condition(self, image, resolution, detect_resolution, params, app):
+    def condition(self, image, resolution, detect_resolution, params, preprocessor, mask_blur):
         """(the control's condition, the map shown and saved, the starting picture, the mask) for the UI's input."""
         if self.task.start == "inpaint":
             picture, mask = painted(image)
             init = resize_image(picture, resolution)
             mask = cv2.resize(mask, (init.shape[1], init.shape[0]), interpolation=cv2.INTER_LINEAR)
-            condition = inpaint_condition(init, mask, float(app["mask_blur"]))
+            condition = inpaint_condition(init, mask, mask_blur)
             return condition, condition_picture(condition), init, mask
         picture = drawing(image) if self.task.canvas else image
-        detected = self.detect(picture, resolution, detect_resolution, app.get("preprocessor"), **params)
+        detected = self.detect(picture, resolution, detect_resolution, preprocessor, **params)
         init = resize_image(to_rgb_uint8(picture), resolution) if self.task.start == "img2img" else None
         return detected, detected, init, None
 
-    def __call__(self, image, prompt, added_prompt, negative_prompt, num_samples, image_resolution, detect_resolution,
-                 steps, guidance_scale, seed, eta, strength, guess_mode, control_start, control_end, control_mode,
-                 sampler, *extra):
-        params = dict(zip([s.name for s in self.task.extra] + self.task.settings(), extra))
-        app = {name: params.pop(name) for name in self.task.settings()}
-        if app.get("pixel_perfect"):  # the annotator sees the picture at the size it is generated at
-            detect_resolution = image_resolution
+    def __call__(self, image, **values):
+        """The page's input picture and its other inputs by name (Task.inputs(); any left out take the page's
+        defaults) -> (the map and the images, what happened)."""
+        params = {p.name: values.pop(p.name) for p in self.task.extra if p.name in values}
+        preprocessor, region = values.pop("preprocessor", None), values.pop("region_mask", None)
+        settings = self.task.defaults(self.toy).with_values(**values)
+        if settings.block_weights.strip() in ("", "uniform"):
+            settings = replace(settings, block_weights="uniform")
+        detect_resolution = None if self.task.detect_resolution is None else settings.detect_resolution
+        if settings.pixel_perfect:  # the annotator sees the picture at the size it is generated at
+            detect_resolution = settings.image_resolution
         with warnings.catch_warnings(record=True) as notices:
             warnings.simplefilter("always", AnnotatorNotice)
-            condition, shown, init, mask = self.condition(image, int(image_resolution), int(detect_resolution) or None,
-                                                          params, app)
+            condition, shown, init, mask = self.condition(image, settings.image_resolution, detect_resolution,
+                                                          params, preprocessor, settings.mask_blur)
         said = "".join(f" {n.message}" for n in notices if issubclass(n.category, AnnotatorNotice))
         if not self.generates:
             return [shown], self.note + said
-        settings = dict(prompt=prompt, added_prompt=added_prompt, negative_prompt=negative_prompt,
-                        num_samples=int(num_samples), steps=int(steps), guidance_scale=float(guidance_scale),
-                        strength=float(strength), guess_mode=bool(guess_mode), eta=float(eta),
-                        sampler=sampler, control_start=float(control_start), control_end=float(control_end),
-                        control_mode=control_mode)
-        if self.task.start:
-            settings.update(denoise=float(app["denoise"]), mask_blur=float(app.get("mask_blur", 0.0)))
-        settings["block_weights"] = app["block_weights"].strip() or "uniform"
-        region = app["region_mask"]
         if region is not None:
-            region = fit(to_rgb_uint8(region), shown.shape[:2], app["resize_mode"])
+            region = fit(to_rgb_uint8(region), shown.shape[:2], settings.resize_mode)
         hint = None if self.toy and self.task.toy == "plain" else condition
         with low_vram(self.model, self.low_vram_device) if self.low_vram_device else nullcontext():
-            images, used_seed = generate(self.model, hint, seed=int(seed), init_image=init, mask=mask,
-                                         region_mask=region, **settings)
-        record = {**settings, "seed": used_seed, "annotator": params, "size": list(shown.shape[:2]),
-                  "precision": self.precision}
+            images, used_seed = generate(self.model, hint, settings=settings, init_image=init, mask=mask,
+                                         region_mask=region)
+        record = {**settings.record(), "seed": used_seed, "annotator": params, "preprocessor": preprocessor,
+                  "size": list(shown.shape[:2]), "precision": self.precision}
         if self.task.start == "inpaint":  # the condition is made again from the picture and the mask
             record["inpaint_control"] = hint is not None
         for key, picture in (("hint", None if hint is None else shown), ("init_image", init), ("mask", mask),
@@ -271,92 +277,95 @@ def drawing(editor_value):
     return to_rgb_uint8(editor_value)
 
 
-def friendly(runner):
-    """The runner behind a UI that shows errors as messages, never as tracebacks."""
+def friendly(runner, names=(), defaults=()):
+    """The runner behind a UI, taking the page's inputs in the order of `names` (which the HTTP API then
+    names, with `defaults` for those a caller leaves out), showing errors as messages, never as tracebacks."""
 
-    def run(*values, progress=gr.Progress(track_tqdm=True)):
+    def run(image, *values, progress=gr.Progress(track_tqdm=True)):
         try:
-            return runner(*values)
+            return runner(image, **dict(zip(names, values)))
         except (ImageError, WeightsError, ValueError) as error:
             raise gr.Error(str(error)) from error
         except Exception as error:  # keep the server up and say something useful; details go to the log
             log.exception("generation failed")
             raise gr.Error(f"generation failed: {type(error).__name__}: {error}") from error
 
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    run.__signature__ = inspect.Signature(
+        [inspect.Parameter("image", positional),
+         *(inspect.Parameter(name, positional, default=value) for name, value in zip(names, defaults)),
+         inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress(track_tqdm=True))])
     return run
 
 
-def app_settings(task):
-    """The components of Task.settings(), in its order."""
-    components = {
-        "preprocessor": lambda: gr.Radio(label="Preprocessor", choices=[*task.annotators, NO_ANNOTATOR],
-                                         value=task.annotator),
-        "denoise": lambda: gr.Slider(label="Denoise (0 keeps the picture, 1 redraws it all)", minimum=0.0,
-                                     maximum=1.0, value=1.0, step=0.01),
-        "mask_blur": lambda: gr.Slider(label="Mask Blur", minimum=0.0, maximum=16.0, value=5.0, step=0.1),
-        "block_weights": lambda: gr.Textbox(label=f"Block weights: {', '.join(BLOCK_WEIGHT_PRESETS)}, or 13 numbers "
-                                                  "(shallowest block first, the middle block last)", value="uniform"),
-        "region_mask": lambda: uploaded_image(label="Region mask (white where the control acts; none: everywhere)",
-                                              sources=["upload", "clipboard"]),
-        "resize_mode": lambda: gr.Radio(label="Resize mode (a region mask of another shape)",
-                                        choices=list(RESIZE_MODES), value="just_resize"),
-        "pixel_perfect": lambda: gr.Checkbox(label="Pixel perfect (detect at the image resolution)", value=False),
-    }
-    return [components[name]() for name in task.settings()]
+def settings_component(name, value):
+    """The control of one Settings field, made from its metadata."""
+    f = field_of(name)
+    label, help_text, number_range, choices = (f.metadata[k] for k in ("label", "help", "range", "choices"))
+    info = help_text or None
+    if f.type is bool:
+        return gr.Checkbox(label=label, value=value, info=info)
+    if choices:
+        widget = gr.Dropdown if name == "sampler" else gr.Radio
+        return widget(label=label, choices=list(choices), value=value, info=info)
+    if number_range:
+        minimum, maximum, step = number_range
+        return gr.Slider(label=label, minimum=minimum, maximum=maximum, step=step, value=value, info=info)
+    return gr.Textbox(label=label, value=value, info=info)
+
+
+def page_component(task, name, value):
+    """A page input that is not a setting: the preprocessor choice, the region mask."""
+    if name == "preprocessor":
+        return gr.Radio(label="Preprocessor", choices=[*task.annotators, NO_ANNOTATOR], value=value)
+    return uploaded_image(label="Region mask (white where the control acts; none: everywhere)",
+                          sources=["upload", "clipboard"])
 
 
 def build_demo(task, runner):
-    toy = runner.toy
-    defaults = TOY_DEFAULTS if toy else REAL_DEFAULTS
-    annotator_defaults = task.annotator_defaults()
+    defaults = task.defaults(runner.toy)
+    values = {**task.annotator_defaults(), **{p.name: p.value for p in task.extra if p.value is not None},
+              **{name: getattr(defaults, name) for name in task.settings()}, "preprocessor": task.annotator,
+              "region_mask": None}
+    names = task.inputs()
     with gr.Blocks(title=task.title) as demo:
         gr.Markdown(f"## {task.title}")
         gr.Markdown(runner.note)
         with gr.Row():
             with gr.Column():
-                if task.canvas:
-                    white = np.full((512, 512, 3), 255, np.uint8)
-                    image = gr.ImageEditor(value={"background": white, "layers": [], "composite": None},
-                                           type="numpy", label="Draw (black on white)", canvas_size=(512, 512),
-                                           brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"))
-                elif task.start == "inpaint":
-                    image = gr.ImageEditor(type="numpy", label="Picture: upload, then paint over what to redraw",
-                                           sources=["upload", "clipboard"], layers=False, transforms=(),
-                                           brush=gr.Brush(colors=["#ffffff"], default_size=32, color_mode="fixed"))
-                else:
-                    image = uploaded_image(label="Input image", sources=["upload", "clipboard"])
-                prompt = gr.Textbox(label="Prompt", value=TOY_PROMPT if toy else task.prompt)
+                image = picture_input(task)
+                components = {"prompt": settings_component("prompt", values["prompt"])}
                 run = gr.Button("Run", variant="primary")
                 with gr.Accordion("Advanced options", open=False):
-                    num_samples = gr.Slider(label="Images", minimum=1, maximum=12, value=1, step=1)
-                    image_resolution = gr.Slider(label="Image Resolution", minimum=64, maximum=1024,
-                                                 value=defaults["image_resolution"], step=64)
-                    detects = task.detect_resolution is not None  # else the annotator runs at image resolution
-                    detect_resolution = gr.Slider(label="Detect Resolution", minimum=64 if detects else 0,
-                                                  maximum=1024, value=task.detect_resolution or 0, step=64,
-                                                  visible=detects)
-                    strength = gr.Slider(label="Control Strength", minimum=0.0, maximum=2.0, value=1.0, step=0.01)
-                    guess_mode = gr.Checkbox(label="Guess Mode", value=False)
-                    control_start = gr.Slider(label="Control Start", minimum=0.0, maximum=1.0, value=0.0, step=0.01)
-                    control_end = gr.Slider(label="Control End", minimum=0.0, maximum=1.0, value=1.0, step=0.01)
-                    control_mode = gr.Radio(label="Control Mode", choices=list(CONTROL_MODES), value="balanced")
-                    extra = [component(param, annotator_defaults[param.name]) for param in task.extra]
-                    extra += app_settings(task)
-                    sampler = gr.Dropdown(label="Sampler", choices=list(SAMPLERS), value="DDIM")
-                    steps = gr.Slider(label="Steps", minimum=1, maximum=100, value=20, step=1)
-                    guidance = gr.Slider(label="Guidance Scale", minimum=0.1, maximum=30.0, value=9.0, step=0.1)
-                    seed = gr.Slider(label="Seed", minimum=-1, maximum=2147483647, step=1, value=-1)
-                    eta = gr.Number(label="eta (DDIM)", value=0.0)
-                    added_prompt = gr.Textbox(label="Added Prompt", value=defaults["added_prompt"])
-                    negative_prompt = gr.Textbox(label="Negative Prompt", value=defaults["negative_prompt"])
+                    annotator_params = {p.name: p for p in task.extra}
+                    for name in names[1:]:
+                        if name in annotator_params:
+                            components[name] = component(annotator_params[name], values[name])
+                        elif name in ("preprocessor", "region_mask"):
+                            components[name] = page_component(task, name, values[name])
+                        else:
+                            components[name] = settings_component(name, values[name])
             with gr.Column():
                 gallery = gr.Gallery(label="Output", columns=2, height="auto", format="png")
                 info = gr.Markdown()
-        inputs = [image, prompt, added_prompt, negative_prompt, num_samples, image_resolution, detect_resolution,
-                  steps, guidance, seed, eta, strength, guess_mode, control_start, control_end, control_mode,
-                  sampler, *extra]
-        run.click(fn=friendly(runner), inputs=inputs, outputs=[gallery, info], api_name="generate")
+        run.click(fn=friendly(runner, names, [values[name] for name in names]),
+                  inputs=[image, *(components[name] for name in names)], outputs=[gallery, info],
+                  api_name="generate")
     return demo
+
+
+def picture_input(task):
+    """The page's picture: a drawing canvas, an upload to paint a mask on, or a plain upload."""
+    if task.canvas:
+        white = np.full((512, 512, 3), 255, np.uint8)
+        return gr.ImageEditor(value={"background": white, "layers": [], "composite": None}, type="numpy",
+                              label="Draw (black on white)", canvas_size=(512, 512),
+                              brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"))
+    if task.start == "inpaint":
+        return gr.ImageEditor(type="numpy", label="Picture: upload, then paint over what to redraw",
+                              sources=["upload", "clipboard"], layers=False, transforms=(),
+                              brush=gr.Brush(colors=["#ffffff"], default_size=32, color_mode="fixed"))
+    return uploaded_image(label="Input image", sources=["upload", "clipboard"])
 
 
 def parse_args(task, argv=None):

@@ -110,11 +110,10 @@ def main():
         path = Path(outputs) / "photo.png"
         Image.fromarray(picture).save(path)
         client = Client(url, verbose=False)
-        values = [PROMPT, "", "", 1, args.size, 0, args.steps, GUIDANCE, 0, 0.0, 1.0, False, 0.0, 1.0, "balanced",
-                  "DDIM", 100, 200, "canny", "uniform", None, "just_resize"]
+        values = dict(prompt=PROMPT, image_resolution=args.size, steps=args.steps, guidance_scale=GUIDANCE, seed=0)
         try:
-            http = timed(lambda: client.predict(handle_file(str(path)), *values, api_name="/generate"),
-                               args.repeats)
+            http = timed(lambda: client.predict(handle_file(str(path)), api_name="/generate", **values),
+                         args.repeats)
         finally:
             demo.close()
 

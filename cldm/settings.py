@@ -110,3 +110,8 @@ def add_arguments(parser, defaults=Settings(), skip=()):
 def from_args(args, base=Settings()):
     """The settings the parsed flags give."""
     return replace(base, **{f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)})
+
+
+def field_of(name):
+    """The Settings field called `name` (its type and metadata)."""
+    return next(f for f in fields(Settings) if f.name == name)

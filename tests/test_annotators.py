@@ -204,12 +204,12 @@ def test_scribbles_from_a_photo_are_binary_strokes(annotator_weights):
 
 def test_content_shuffle_is_seeded_and_keeps_the_colours():
     photo = data.coffee()
-    one = ANNOTATORS["shuffle"](photo, seed=1, detect_resolution=128)
+    one = ANNOTATORS["shuffle"](photo, shuffle_seed=1, detect_resolution=128)
     assert_map(one, 128)
-    assert np.array_equal(one, ANNOTATORS["shuffle"](photo, seed=1, detect_resolution=128))
-    assert not np.array_equal(one, ANNOTATORS["shuffle"](photo, seed=2, detect_resolution=128))
+    assert np.array_equal(one, ANNOTATORS["shuffle"](photo, shuffle_seed=1, detect_resolution=128))
+    assert not np.array_equal(one, ANNOTATORS["shuffle"](photo, shuffle_seed=2, detect_resolution=128))
     before = np.random.get_state()[1].copy()
-    ANNOTATORS["shuffle"](photo, seed=3, detect_resolution=128)
+    ANNOTATORS["shuffle"](photo, shuffle_seed=3, detect_resolution=128)
     assert np.array_equal(before, np.random.get_state()[1])  # numpy's global generator is left as it was
     resized = resize_image(photo, 128)
     assert np.abs(one.reshape(-1, 3).mean(0) - resized.reshape(-1, 3).mean(0)).max() < 25

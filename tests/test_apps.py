@@ -18,6 +18,7 @@ from apps.models import resolve_model
 from cldm.defaults import load_default_model
 from cldm.outputs import read_params
 from cldm.pipeline import generate
+from cldm.settings import Settings
 from tests.helpers import ROOT
 
 APPS = sorted(p.stem for p in ROOT.glob("gradio_*2image*.py"))
@@ -36,17 +37,20 @@ def task_of(app):
     return importlib.import_module(app).task
 
 
-def values(task, image, seed=1, steps=2, resolution=64, sampler="DDIM", **changes):
-    """The UI's inputs in order: image, prompts, samples, resolutions, steps, guidance, seed, eta, strength,
-    guess mode, control start/end, control mode, sampler, the task's annotator parameters, then its settings."""
-    defaults = task.annotator_defaults()
-    extra = [changes.get(p.name, defaults[p.name] if p.value is None else p.value) for p in task.extra]
-    settings = {"preprocessor": task.annotator, "pixel_perfect": False, "denoise": 1.0, "mask_blur": 5.0,
-                "block_weights": "uniform", "region_mask": None, "resize_mode": "just_resize"}
-    extra += [changes.get(name, settings[name]) for name in task.settings()]
-    detect = 0 if task.detect_resolution is None else resolution
-    return [image, TOY_PROMPT, "", "", 1, resolution, detect, steps, 9.0, seed, 0.0, 1.0, False, 0.0, 1.0,
-            "balanced", sampler, *extra]
+def values(task, seed=1, steps=2, resolution=64, **changes):
+    """The page's inputs by name (the HTTP API's parameters) at test size: the toy's prompt, a 64-pixel image,
+    two steps, a fixed seed; the others take the page's defaults."""
+    named = {"prompt": TOY_PROMPT, "added_prompt": "", "negative_prompt": "", "seed": seed, "steps": steps,
+             "image_resolution": resolution, **changes}
+    if task.detect_resolution is not None:
+        named.setdefault("detect_resolution", resolution)
+    return named
+
+
+def through_the_page(runner, task, image, **changes):
+    """The runner as the page calls it: inputs in the page's order, errors as messages."""
+    named = values(task, **changes)
+    return friendly(runner, list(named))(image, *named.values())
 
 
 def test_the_eighteen_apps_and_the_annotator_app_exist():
@@ -79,7 +83,7 @@ def test_app_builds_and_returns_the_map_and_images(app, default_model, annotator
     weights = annotator_weights(*WEIGHTS.get(task.annotator, []))
     runner = Runner(task, default_model, NOTE, tmp_path, str(weights), toy=True)
     assert isinstance(build_demo(task, runner), gr.Blocks)
-    gallery, info = runner(*values(task, app_input(task)))
+    gallery, info = runner(app_input(task), **values(task))
     assert all(g.shape == (64, 64, 3) and g.dtype == np.uint8 for g in gallery)
     if task.toy is None:
         assert len(gallery) == 1 and "follows outlines only" in info and not list(tmp_path.glob("*.png"))
@@ -103,15 +107,15 @@ def drawn_circle():
 def test_saved_png_parameters_reproduce_the_image(default_model, tmp_path):
     task = task_of("gradio_canny2image")
     runner = Runner(task, default_model, NOTE, tmp_path)
-    gallery, _ = runner(*values(task, data.astronaut(), seed=-1, steps=3, sampler="Euler a"))
+    gallery, _ = runner(data.astronaut(), **values(task, seed=-1, steps=3, sampler="Euler a"))
     saved = sorted(p for p in tmp_path.glob("canny-0*.png"))
     params = read_params(saved[0])
-    hint = np.asarray(Image.open(tmp_path / params.pop("hint")).convert("RGB"))
+    hint = np.asarray(Image.open(tmp_path / params["hint"]).convert("RGB"))
     assert np.array_equal(hint, gallery[0])
-    for key in ("sample", "annotator", "size"):
-        params.pop(key)
-    assert params.pop("precision") == "fp32"  # the default model as the fixture loads it
-    images, _ = generate(default_model, hint, verbose=False, **params)
+    assert params["precision"] == "fp32"  # the default model as the fixture loads it
+    settings = Settings.from_record(params)  # UI values -> settings -> PNG -> settings
+    assert settings.sampler == "Euler a" and settings.steps == 3 and settings.seed >= 0  # the seed drawn for -1
+    images, _ = generate(default_model, hint, settings=settings, verbose=False)
     assert np.array_equal(images[0], gallery[1]) and np.array_equal(np.asarray(Image.open(saved[0])), gallery[1])
 
 
@@ -119,7 +123,7 @@ def test_a_missing_control_file_still_runs_the_annotator(tmp_path):
     model, note, _ = resolve_model("control_sd15_canny.pth", control=tmp_path / "control_sd15_canny.pth")
     assert model is None and "control_sd15_canny.pth not found" in note and "huggingface.co/lllyasviel" in note
     task = task_of("gradio_canny2image")
-    gallery, info = Runner(task, None, note, tmp_path)(*values(task, data.coffee()))
+    gallery, info = Runner(task, None, note, tmp_path)(data.coffee(), **values(task))
     assert len(gallery) == 1 and gallery[0].shape == (64, 128, 3) and info == note
 
 
@@ -137,7 +141,7 @@ def test_the_precision_flag_and_the_page_saying_which_runs(tmp_path):
     runner = make_runner(task, parse_args(task, ["--precision", "bf16", "--output-dir", str(tmp_path)]))
     assert runner.model.model.diffusion_model.dtype == torch.bfloat16 and runner.precision == "bf16"
     assert runner.note.endswith("Computing in bf16.")
-    runner(*values(task, data.astronaut(), steps=1))
+    runner(data.astronaut(), **values(task, steps=1))
     assert read_params(next(tmp_path.glob("canny-0*.png")))["precision"] == "bf16"
 
 
@@ -149,16 +153,14 @@ def test_the_precision_flag_and_the_page_saying_which_runs(tmp_path):
 def test_bad_inputs_become_messages_not_tracebacks(image, message, default_model, tmp_path):
     task = task_of("gradio_canny2image")
     with pytest.raises(gr.Error, match=message):
-        friendly(Runner(task, default_model, NOTE, tmp_path))(*values(task, image))
+        through_the_page(Runner(task, default_model, NOTE, tmp_path), task, image)
 
 
 def test_empty_canvas_and_empty_prompt(default_model, tmp_path):
     task = task_of("gradio_scribble2image_interactive")
     with pytest.raises(gr.Error, match="canvas is empty"):
-        friendly(Runner(task, default_model, NOTE, tmp_path))(*values(task, {"composite": None}))
-    inputs = values(task, {"composite": drawn_circle()})
-    inputs[1] = ""
-    gallery, _ = Runner(task, default_model, NOTE, tmp_path)(*inputs)
+        through_the_page(Runner(task, default_model, NOTE, tmp_path), task, {"composite": None})
+    gallery, _ = Runner(task, default_model, NOTE, tmp_path)({"composite": drawn_circle()}, **values(task, prompt=""))
     assert len(gallery) == 2
 
 
@@ -187,14 +189,14 @@ def test_http_api_through_gradio_client(served_canny, tmp_path):
     photo = tmp_path / "photo.png"
     Image.fromarray(data.astronaut()).save(photo)
     client = Client(url, verbose=False)
-    gallery, info = client.predict(handle_file(str(photo)), *values(task, None)[1:], api_name="/generate")
+    gallery, info = client.predict(handle_file(str(photo)), api_name="/generate", **values(task))
     assert len(gallery) == 2 and "Seed 1" in info
     assert np.asarray(Image.open(gallery[1]["image"])).shape == (64, 64, 3)
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(photo.read_bytes()[:2000])
     with pytest.raises(Exception, match="broken.png is not a readable image"):
-        client.predict(handle_file(str(broken)), *values(task, None)[1:], api_name="/generate")
+        client.predict(handle_file(str(broken)), api_name="/generate", **values(task))
 
 
 def test_concurrent_requests_are_all_served(served_canny, tmp_path):
@@ -204,7 +206,7 @@ def test_concurrent_requests_are_all_served(served_canny, tmp_path):
     photo = tmp_path / "photo.png"
     Image.fromarray(data.chelsea()).save(photo)
     client = Client(url, verbose=False)
-    jobs = [client.submit(handle_file(str(photo)), *values(task, None, seed=s)[1:], api_name="/generate")
+    jobs = [client.submit(handle_file(str(photo)), api_name="/generate", **values(task, seed=s))
             for s in (1, 2, 3)]
     infos = [job.result(timeout=120)[1] for job in jobs]
     assert [info.split(".")[0] for info in infos] == ["Seed 1", "Seed 2", "Seed 3"]
@@ -259,7 +261,7 @@ def test_the_1_1_apps_generate_on_real_checkpoints(release_files, tmp_path):
         model.get_learned_conditioning = lambda c, app=app: fed.setdefault(app, generate_(c))
         picture = painted_astronaut() if task.start == "inpaint" else data.astronaut()
         preprocessor = "invert" if "invert" in task.alternatives else task.annotator  # no weights needed
-        gallery, info = runner(*values(task, picture, denoise=0.5, mask_blur=0.0, preprocessor=preprocessor))
+        gallery, info = runner(picture, **values(task, denoise=0.5, mask_blur=0.0, preprocessor=preprocessor))
         assert len(gallery) == 2 and "Seed 1" in info, app
         if app == "gradio_inpaint2image":
             shown = gallery[0]
@@ -281,7 +283,7 @@ def test_image_to_image_and_inpainting_from_the_apps_reproduce_on_the_command_li
 
     task = task_of(app)
     picture = painted_astronaut() if task.start == "inpaint" else data.astronaut()
-    gallery, _ = Runner(task, default_model, NOTE, tmp_path, toy=True)(*values(task, picture, denoise=0.6))
+    gallery, _ = Runner(task, default_model, NOTE, tmp_path, toy=True)(picture, **values(task, denoise=0.6))
     saved = next(p for p in tmp_path.glob(f"{task.name}-0*.png"))
     assert "hint" not in read_params(saved)  # the toy ran them without a control: nothing to feed it
     again = tmp_path / "again.png"
@@ -293,7 +295,7 @@ def test_an_unpainted_inpaint_upload_is_a_message(default_model, tmp_path):
     task = task_of("gradio_inpaint2image")
     unpainted = {"background": data.astronaut(), "layers": [np.zeros((512, 512, 4), np.uint8)], "composite": None}
     with pytest.raises(gr.Error, match="paint over the part"):
-        friendly(Runner(task, default_model, NOTE, tmp_path, toy=True))(*values(task, unpainted))
+        through_the_page(Runner(task, default_model, NOTE, tmp_path, toy=True), task, unpainted)
 
 
 def test_a_1_1_app_without_its_files_names_the_control_its_yaml_and_its_base():
@@ -314,7 +316,7 @@ def test_block_weights_and_a_region_mask_from_the_app_reproduce(default_model, t
     left = np.zeros((300, 300, 3), np.uint8)
     left[:, :150] = 255  # any size: resized to the generation's
     runner = Runner(task, default_model, NOTE, tmp_path, toy=True)
-    gallery, info = runner(*values(task, data.astronaut(), block_weights="only_mid", region_mask=left,
+    gallery, info = runner(data.astronaut(), **values(task, block_weights="only_mid", region_mask=left,
                                    resize_mode="crop_and_resize"))
     saved = next(tmp_path.glob("canny-0*.png"))
     params = read_params(saved)
@@ -324,7 +326,7 @@ def test_block_weights_and_a_region_mask_from_the_app_reproduce(default_model, t
     again = tmp_path / "again.png"
     cli.main(["--reproduce", str(saved), "--out", str(again)])
     assert np.array_equal(np.asarray(Image.open(again)), gallery[1])
-    plain, _ = runner(*values(task, data.astronaut()))
+    plain, _ = runner(data.astronaut(), **values(task))
     assert not np.array_equal(plain[1], gallery[1])
 
 
@@ -332,6 +334,6 @@ def test_the_pose_app_runs_offline_and_says_which_detector_it_used(default_model
     monkeypatch.delenv("CONTROLNET_ANNOTATOR_CKPTS", raising=False)
     task = task_of("gradio_pose2image")
     gallery, info = Runner(task, default_model, NOTE, tmp_path, str(tmp_path / "no-weights"), toy=True)(
-        *values(task, data.astronaut(), resolution=256))
+        data.astronaut(), **values(task, resolution=256))
     assert "mediapipe's bundled detector" in info
     assert (gallery[0] > 0).mean() > 0.005  # her skeleton
