@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from annotators import ANNOTATORS, ImageError, condition_map, fit, list_pictures, read_image, resize_image
-from cldm.defaults import load_default_model
+from cldm.defaults import TOY_PROMPT, circle_outline, load_default_model
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.model import load_control_net, load_model
@@ -41,15 +41,7 @@ from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
 
 # the command line's own defaults: the shipped toy model's prompt and size
-CLI_DEFAULTS = Settings(prompt="a crimson circle on a light sky blue background", image_resolution=128)
-
-
-def circle_outline(size=128):
-    """A white circle outline on black: the kind of hint the default model is trained on."""
-    yy, xx = np.mgrid[:size, :size]
-    r = np.hypot(yy - size / 2, xx - size / 2)
-    ring = (np.abs(r - 0.3 * size) <= max(1, size // 64) / 2).astype(np.uint8) * 255
-    return np.repeat(ring[..., None], 3, axis=2)
+CLI_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)
 
 
 def parse_args(argv=None):

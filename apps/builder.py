@@ -6,9 +6,11 @@ import argparse
 import inspect
 import logging
 import os
+import tempfile
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import cv2
 import gradio as gr
@@ -28,6 +30,7 @@ from annotators import (
     to_rgb_uint8,
 )
 from apps.models import resolve_model
+from cldm.defaults import TOY_PROMPT, circle_outline, scribble_outline, star_outline
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.outputs import next_path, save_png
@@ -41,7 +44,6 @@ log = logging.getLogger(__name__)
 REAL_DEFAULTS = Settings(added_prompt="best quality, extremely detailed",
                          negative_prompt="longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, "
                                          "fewer digits, cropped, worst quality, low quality")
-TOY_PROMPT = "a crimson circle on a light sky blue background"
 TOY_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)
 # the Settings an app shows, in the page's order; the prompt is above the Run button, the rest below it
 PAGE_SETTINGS = ("prompt", "num_samples", "image_resolution", "detect_resolution", "pixel_perfect", "strength",
@@ -195,6 +197,8 @@ class Runner:
     def __call__(self, image, **values):
         """The page's input picture and its other inputs by name (Task.inputs(); any left out take the page's
         defaults) -> (the map and the images, what happened)."""
+        if isinstance(image, (str, os.PathLike)):  # a file, as Gradio hands over an example's picture
+            image = read_image(image)
         params = {p.name: values.pop(p.name) for p in self.task.extra if p.name in values}
         preprocessor, region = values.pop("preprocessor", None), values.pop("region_mask", None)
         settings = self.task.defaults(self.toy).with_values(**values)
@@ -351,7 +355,34 @@ def build_demo(task, runner):
         run.click(fn=friendly(runner, names, [values[name] for name in names]),
                   inputs=[image, *(components[name] for name in names)], outputs=[gallery, info],
                   api_name="generate")
+        examples = example_pictures(task)
+        if examples:  # one click: the picture as the map, its prompt, the page's defaults, straight to the images
+            gr.Examples([[str(path), NO_ANNOTATOR, prompt] for path, prompt in examples.values()],
+                        [image, components["preprocessor"], components["prompt"]], [gallery, info],
+                        friendly(runner, ["preprocessor", "prompt"]), run_on_click=True, cache_examples=False,
+                        label="Examples the shipped model follows", example_labels=list(examples))
     return demo
+
+
+EXAMPLES = Path(tempfile.gettempdir()) / "controlnet-examples"
+
+
+def example_pictures(task):
+    """{label: (PNG path, prompt)}: maps the shipped toy model follows, with prompts in its colours, for the
+    apps whose maps are outlines."""
+    if task.toy != "control" or task.canvas or task.annotator is None:
+        return {}
+    examples = {"a circle": (circle_outline(256), TOY_PROMPT),
+                "a drawn star": (star_outline(256), "a gold star on a navy background"),
+                "a scribble": (scribble_outline(256), "a forest green circle on a light yellow background")}
+    EXAMPLES.mkdir(exist_ok=True)
+    paths = {}
+    for label, (picture, prompt) in examples.items():
+        path = EXAMPLES / f"{label.replace(' ', '_')}.png"
+        if not path.is_file():
+            save_png(picture, path, {})
+        paths[label] = (path, prompt)
+    return paths
 
 
 def picture_input(task):

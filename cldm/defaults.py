@@ -6,12 +6,15 @@ and the tests run offline; with real SD weights the same code runs on those inst
 
 from pathlib import Path
 
+import numpy as np
+
 from cldm.model import load_model
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 TOY_CONFIG = MODELS / "toy_cldm.yaml"
 TOY_BASE = MODELS / "toy_sd.safetensors"
 TOY_CONTROL = MODELS / "toy_control.safetensors"
+TOY_PROMPT = "a crimson circle on a light sky blue background"
 
 
 def load_default_model(device="cpu", dtype=None):
@@ -21,3 +24,36 @@ def load_default_model(device="cpu", dtype=None):
         raise FileNotFoundError(f"the default model files {[str(p) for p in missing]} are missing; they ship with "
                                 "the repository (git checkout models/), or rebuild them as models/TOY_MODEL.md says")
     return load_model(TOY_CONFIG, TOY_BASE, TOY_CONTROL, dtype=dtype, device=device)
+
+
+def circle_outline(size=128):
+    """A white circle outline on black: the kind of hint the default model is trained on."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    ring = (np.abs(r - 0.3 * size) <= max(1, size // 64) / 2).astype(np.uint8) * 255
+    return np.repeat(ring[..., None], 3, axis=2)
+
+
+def star_outline(size=128, points=5):
+    """A white star outline on black, drawn as a user would draw one."""
+    import cv2
+
+    angles = np.pi / 2 + np.arange(2 * points) * np.pi / points
+    radii = np.where(np.arange(2 * points) % 2 == 0, 0.38, 0.16) * size
+    corners = np.stack([size / 2 + radii * np.cos(angles), size / 2 - radii * np.sin(angles)], axis=1)
+    star = np.zeros((size, size, 3), np.uint8)
+    cv2.polylines(star, [corners.round().astype(np.int32)], True, (255, 255, 255), max(1, size // 64))
+    return star
+
+
+def scribble_outline(size=128, seed=0):
+    """A wobbly closed loop, white on black: a quick scribble of a blob."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    radii = size * (0.3 + 0.05 * rng.standard_normal(len(angles)))
+    loop = np.stack([size / 2 + radii * np.cos(angles), size / 2 + radii * np.sin(angles)], axis=1)
+    scribble = np.zeros((size, size, 3), np.uint8)
+    cv2.polylines(scribble, [loop.round().astype(np.int32)], True, (255, 255, 255), max(1, size // 48))
+    return scribble

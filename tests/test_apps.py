@@ -337,3 +337,23 @@ def test_the_pose_app_runs_offline_and_says_which_detector_it_used(default_model
         data.astronaut(), **values(task, resolution=256))
     assert "mediapipe's bundled detector" in info
     assert (gallery[0] > 0).mean() > 0.005  # her skeleton
+
+
+def test_examples_the_toy_follows_are_one_click_away(default_model, tmp_path):
+    from apps.builder import example_pictures
+
+    task = task_of("gradio_hed2image")  # HED needs weights the page may not have: the examples need none
+    examples = example_pictures(task)
+    assert list(examples) == ["a circle", "a drawn star", "a scribble"]
+    demo = build_demo(task, Runner(task, default_model, NOTE, tmp_path, toy=True))
+    assert any(isinstance(block, gr.Dataset) and len(block.samples) == 3 for block in demo.blocks.values())
+    run_example = friendly(Runner(task, default_model, NOTE, tmp_path, toy=True), ["preprocessor", "prompt"])
+    path, prompt = examples["a drawn star"]
+    gallery, info = run_example(str(path), "none", prompt)  # the file, as Gradio hands it over
+    star = np.asarray(Image.open(path).convert("RGB").resize((128, 128)))
+    assert len(gallery) == 2 and gallery[0].shape == (128, 128, 3) and "Seed" in info
+    drawn = gallery[1].astype(int)
+    on_line, off_line = star[..., 0] > 127, star[..., 0] == 0
+    # the toy paints the shape the star outlines: its pixels differ along the outline from the background
+    assert np.abs(drawn[on_line] - drawn[off_line].mean(axis=0)).mean() > 20
+    assert not example_pictures(task_of("gradio_depth2image"))  # the toy does not follow depth maps

@@ -118,3 +118,13 @@ def test_paint_a_mask_in_the_inpaint_app_and_run(browser, tmp_path):
         far = np.ones_like(mask, bool)
         far[max(0, rows.min() - 20):rows.max() + 20] = False  # beyond the mask blur's reach
         assert np.abs(result - init)[far].max() <= 1
+
+
+def test_one_click_on_an_example_gives_images(browser, tmp_path):
+    with page_of("gradio_canny2image", browser, tmp_path) as page:
+        page.get_by_text("a drawn star").first.click()
+        gallery = page.locator(".gallery-container img, .grid-wrap img")
+        gallery.nth(1).wait_for(timeout=120_000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser_example.png"), full_page=True)
+        assert len(list((tmp_path / "outputs").glob("canny-0*.png"))) == 1
