@@ -2,8 +2,8 @@
 flags, the parameters saved in a PNG, `--reproduce` and the `generate()` call are all made from `Settings`.
 
 A field's metadata says how it is shown: `label`, `help`, `range` (minimum, maximum, step) for numbers,
-`choices` for a fixed set. Fields in `PICTURE_FIELDS` say how the pictures are prepared (the apps and the
-command line use them); the others are `generate()`'s arguments.
+`choices` for a fixed set. Four fields say how the pictures are prepared (image and detect resolution,
+pixel perfect, resize mode): the apps and the command line use them, `generate()` takes its pictures ready.
 """
 
 import argparse
@@ -17,7 +17,6 @@ from cldm.samplers import SAMPLERS
 # blocks more, the release's guess-mode scales); "control" gives the control to the conditional branch only,
 # so classifier-free guidance amplifies it.
 CONTROL_MODES = ("balanced", "prompt", "control")
-PICTURE_FIELDS = ("image_resolution", "detect_resolution", "pixel_perfect", "resize_mode")
 
 
 def setting(default, label, help="", range=None, choices=None, aliases=()):  # noqa: A002 (the names users read)
@@ -59,18 +58,14 @@ class Settings:
     mask_blur: float = setting(5.0, "Mask Blur", "inpainting: the mask's edge softened by this many pixels",
                                (0.0, 16.0, 0.1))
 
-    def generation(self):
-        """The keyword arguments of `generate()` these settings give."""
-        return {k: v for k, v in asdict(self).items() if k not in PICTURE_FIELDS}
-
     def record(self):
         """The settings as saved in a PNG's parameters (JSON)."""
         return asdict(self)
 
     @classmethod
     def from_record(cls, record):
-        """Settings from saved parameters; keys of other things (the seed used, file names) are left aside and
-        settings saved before they existed take their defaults."""
+        """Settings from saved parameters (whose seed is the one used); keys of other things (file names, the
+        precision) are left aside, and settings saved before they existed take their defaults."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in record.items() if k in names})
 
