@@ -131,9 +131,8 @@ class Task:
     def annotator_defaults(self):
         defaults = {}
         for name in self.annotators:
-            if name != NO_ANNOTATOR:
-                parameters = inspect.signature(ANNOTATORS[name]).parameters.items()
-                defaults.update({k: p.default for k, p in parameters if p.default is not inspect.Parameter.empty})
+            parameters = inspect.signature(ANNOTATORS[name]).parameters.items()
+            defaults.update({k: p.default for k, p in parameters if p.default is not inspect.Parameter.empty})
         return defaults
 
     def settings(self):
