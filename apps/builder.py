@@ -262,13 +262,22 @@ def painted(editor_value):
     if not isinstance(editor_value, dict) or editor_value.get("background") is None:
         raise ImageError("no picture was given: upload one, then paint over what to redraw")
     picture = to_rgb_uint8(editor_value["background"])
-    strokes = [np.asarray(layer) for layer in editor_value.get("layers") or [] if layer is not None]
-    alpha = [layer[..., 3] for layer in strokes if layer.ndim == 3 and layer.shape[2] == 4]
-    if not any(a.any() for a in alpha):
-        raise ImageError("paint over the part of the picture to redraw (the brush marks the mask)")
-    mask = np.where(np.max([cv2.resize(a, picture.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-                            for a in alpha], axis=0) > 0, 255, 0).astype(np.uint8)
+    marks = [layer_mask(np.asarray(layer)) for layer in editor_value.get("layers") or [] if layer is not None]
+    if not any(m.any() for m in marks):
+        raise ImageError("paint over the part of the picture to redraw (the brush marks the mask; through the "
+                         "API, give the mask as a layer: white or opaque where to redraw)")
+    mask = np.max([cv2.resize(m, picture.shape[1::-1], interpolation=cv2.INTER_NEAREST) for m in marks], axis=0)
     return picture, mask
+
+
+def layer_mask(layer):
+    """Where a layer marks: its opaque pixels (brush strokes), or for a layer without alpha (a mask sent
+    through the API) its light ones; 255 there, 0 elsewhere."""
+    if layer.ndim == 3 and layer.shape[2] == 4:
+        marked = layer[..., 3] > 0
+    else:
+        marked = (layer if layer.ndim == 2 else layer.max(axis=2)) > 127
+    return np.where(marked, 255, 0).astype(np.uint8)
 
 
 def drawing(editor_value):

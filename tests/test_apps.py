@@ -291,6 +291,19 @@ def test_image_to_image_and_inpainting_from_the_apps_reproduce_on_the_command_li
     assert np.array_equal(np.asarray(Image.open(again)), gallery[1])
 
 
+def test_an_inpaint_mask_sent_as_a_plain_white_on_black_layer(default_model, tmp_path):
+    """What an HTTP API caller sends: the picture, and the mask as an RGB layer of another size."""
+    task = task_of("gradio_inpaint2image")
+    layer = np.zeros((100, 100, 3), np.uint8)
+    layer[25:75, 25:75] = 255
+    sent = {"background": data.coffee(), "layers": [layer], "composite": None}
+    gallery, info = Runner(task, default_model, NOTE, tmp_path, toy=True)(sent, **values(task, mask_blur=0))
+    mask = np.asarray(Image.open(next(tmp_path.glob("inpaint-mask-*.png"))))
+    assert mask.shape == (64, 128) and 0.2 < (mask > 127).mean() < 0.3  # the middle quarter, stretched
+    init = np.asarray(Image.open(next(tmp_path.glob("inpaint-init-*.png"))))
+    assert np.array_equal(gallery[1][mask == 0], init[mask == 0])
+
+
 def test_an_unpainted_inpaint_upload_is_a_message(default_model, tmp_path):
     task = task_of("gradio_inpaint2image")
     unpainted = {"background": data.astronaut(), "layers": [np.zeros((512, 512, 4), np.uint8)], "composite": None}
