@@ -34,7 +34,7 @@ from cldm.defaults import TOY_PROMPT, circle_outline, load_default_model
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.model import load_control_net, load_model
-from cldm.outputs import read_params, save_png
+from cldm.outputs import BESIDE, read_params, save_beside, save_png
 from cldm.pipeline import Control, generate
 from cldm.settings import Settings, add_arguments, from_args
 from cldm.speed import speed_up
@@ -138,11 +138,8 @@ def run(model, hint, settings, extra, out, device, low_vram_mode, start=Pictures
                                 mask=start.mask, region_mask=start.region, verbose=True)
     record = {**settings.record(), "seed": seed, "precision": precision_of(model),
               "inpaint_control": start.inpaint_control}
-    for name, picture in (("hint", shown), ("init_image", start.image), ("mask", start.mask),
-                          ("region_mask", start.region)):
-        if picture is not None:
-            stem = {"hint": "map", "init_image": "init", "region_mask": "region"}.get(name, name)
-            record[name] = save_png(picture, out.with_name(f"{out.stem}-{stem}.png"), {}).name
+    pictures = {"hint": shown, "init_image": start.image, "mask": start.mask, "region_mask": start.region}
+    record.update(save_beside(pictures, lambda suffix: out.with_name(f"{out.stem}-{suffix}.png")))
     for i, image in enumerate(images):
         path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
         print(f"wrote {save_png(image, path, {**record, 'sample': i})} (seed {seed})")
@@ -162,7 +159,7 @@ def main(argv=None):
     if saved is not None:
         settings = Settings.from_record(saved).with_values(seed=saved["seed"])
         beside = {name: read_image(str(Path(args.reproduce).parent / saved[name])) if saved.get(name) else None
-                  for name in ("hint", "init_image", "mask", "region_mask")}
+                  for name in BESIDE}
         start = Pictures(beside["init_image"], beside["mask"], saved.get("inpaint_control", False),
                          beside["region_mask"])
         speed_up(model, compile=args.compile)

@@ -33,7 +33,7 @@ from apps.models import resolve_model
 from cldm.defaults import TOY_PROMPT, circle_outline, scribble_outline, star_outline
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
-from cldm.outputs import next_path, save_png
+from cldm.outputs import next_path, save_beside, save_png
 from cldm.pipeline import generate
 from cldm.settings import Settings, field_of
 from cldm.speed import speed_up
@@ -223,15 +223,13 @@ class Runner:
                   "size": list(shown.shape[:2]), "precision": self.precision}
         if self.task.start == "inpaint":  # the condition is made again from the picture and the mask
             record["inpaint_control"] = hint is not None
-        for key, picture in (("hint", None if hint is None else shown), ("init_image", init), ("mask", mask),
-                             ("region_mask", region)):
-            if picture is not None:
-                stem = {"hint": "map", "init_image": "init", "region_mask": "region"}.get(key, key)
-                record[key] = save_png(picture, next_path(self.output_dir, f"{self.task.name}-{stem}"),
-                                       {"annotator": params} if key == "hint" else {}).name
+        pictures = {"hint": None if hint is None else shown, "init_image": init, "mask": mask, "region_mask": region}
+        beside = save_beside(pictures, lambda suffix: next_path(self.output_dir, f"{self.task.name}-{suffix}"),
+                             {"hint": {"annotator": params}})
+        record.update(beside)
         saved = [save_png(image, next_path(self.output_dir, self.task.name), {**record, "sample": i}).name
                  for i, image in enumerate(images)]
-        beside = ", ".join(record[k] for k in ("hint", "init_image", "mask", "region_mask") if k in record)
+        beside = ", ".join(beside.values())
         info = f"Seed {used_seed}. Saved {', '.join(saved)} and {beside} in {self.output_dir}/.{said}"
         return [shown, *images], info
 

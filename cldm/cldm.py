@@ -144,17 +144,18 @@ class ControlNet(nn.Module):
             if i == 0:
                 h = h + guided_hint
             outs.append(None if self.only_mid_control else zero(h, emb, context))
-            sizes.append(h.shape[2:])
+            sizes.append(tuple(h.shape[2:]))
         h = self.middle_block(h, emb, context)
         outs.append(self.middle_block_out(h, emb, context))
-        sizes.append(h.shape[2:])
+        sizes.append(tuple(h.shape[2:]))
         # 3. the net's weighting
         weights = block_weights(self.num_outputs, strength, soft, block_scales)
         outs = [None if o is None else o * w for o, w in zip(outs, weights)]
         if self.global_average_pooling:
             outs = [None if o is None else o.mean(dim=(2, 3), keepdim=True) for o in outs]
         if region is not None:  # a pooled residual acts uniformly inside the region, at its block's size
-            outs = [None if o is None else o * region_at(region, size, dtype) for o, size in zip(outs, sizes)]
+            scaled = {size: region_at(region, size, dtype) for size in set(sizes)}  # blocks share a few sizes
+            outs = [None if o is None else o * scaled[size] for o, size in zip(outs, sizes)]
         return outs
 
 

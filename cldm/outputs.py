@@ -31,6 +31,17 @@ def save_png(image, path, params):
     return Path(path)
 
 
+# the pictures a generation reads besides its settings, saved next to its images: record key -> file suffix
+BESIDE = {"hint": "map", "init_image": "init", "mask": "mask", "region_mask": "region"}
+
+
+def save_beside(pictures, path_for, params=None):
+    """Save each picture given (a BESIDE key -> HWC / HW uint8, or None) at `path_for(its suffix)`, with
+    `params[key]` as its parameters; returns {key: file name} for the images' record."""
+    return {key: save_png(picture, path_for(BESIDE[key]), (params or {}).get(key, {})).name
+            for key, picture in pictures.items() if picture is not None}
+
+
 def read_params(path):
     """The parameters saved with a generated PNG."""
     with Image.open(path) as image:
