@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from annotators import ANNOTATORS, ImageError, condition_map, fit, list_pictures, read_image, resize_image
+from apps.units import OWN_CONTROL, control_path
 from cldm.defaults import TOY_PROMPT, circle_outline, load_default_model
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
@@ -145,6 +146,19 @@ def run(model, hint, settings, extra, out, device, low_vram_mode, start=Pictures
         print(f"wrote {save_png(image, path, {**record, 'sample': i})} (seed {seed})")
 
 
+def saved_controls(saved, folder, model):
+    """The extra controls a saved image was made with (an app's control units), their maps and masks read from
+    `folder`: each runs the model's own ControlNet or the file it names."""
+    controls = []
+    for unit in saved.get("controls", []):
+        read = lambda key: read_image(str(folder / unit[key])) if unit.get(key) else None  # noqa: E731
+        net = None if unit["control"] == OWN_CONTROL else load_control_net(model, control_path(unit["control"]))
+        controls.append(Control(read("hint"), unit["strength"], unit["control_start"], unit["control_end"],
+                                unit["control_mode"], net and net.to(model.betas.device), unit["block_weights"],
+                                read("region_mask")))
+    return controls
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -162,8 +176,9 @@ def main(argv=None):
                   for name in BESIDE}
         start = Pictures(beside["init_image"], beside["mask"], saved.get("inpaint_control", False),
                          beside["region_mask"])
-        speed_up(model, compile=args.compile)
-        run(model, None if start.inpaint_control else beside["hint"], settings, [], args.out, device,
+        extra = saved_controls(saved, Path(args.reproduce).parent, model)
+        speed_up(model, compile=args.compile, nets=[c.net for c in extra])
+        run(model, None if start.inpaint_control else beside["hint"], settings, extra, args.out, device,
             args.low_vram, start)
         return
     extra = [Control(read_image(h), float(scale), net=load_control_net(model, ckpt).to(model.betas.device))

@@ -23,6 +23,8 @@ OPENPOSE_FILES = ["body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"]
 BLAZEPOSE_TO_OPENPOSE = [0, None, 12, 14, 16, 11, 13, 15, 24, 26, 28, 23, 25, 27, 5, 2, 8, 7]
 SHOULDERS = (11, 12)
 MIN_KEYPOINTS = 6  # a head and shoulders, or a torso: less is no person to draw
+# OpenPose's BODY_25 -> the 18 COCO points (BODY_25 adds the mid hip, 8, and six foot points, 19-24)
+BODY25_TO_COCO18 = [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
 
 
 def openpose_detector(location=None):
@@ -92,18 +94,25 @@ def pose(image, detector: Literal["auto", "openpose", "mediapipe"] = "auto", inc
          include_face=False, detect_resolution=512, weights=None):
     """The pose app's detector: OpenPose (the release's; downloads its weights), mediapipe (offline, body
     only), or auto: OpenPose when its weights are on disk, else mediapipe, with a warning that says so."""
+    poses, size = detect_poses(image, detector, include_hand, include_face, detect_resolution, weights)
+    return draw(poses, size, include_hand, include_face)
+
+
+def detect_poses(image, detector="auto", include_hand=False, include_face=False, detect_resolution=512,
+                 weights=None):
+    """(poses, (H, W)) of `pose`'s detector, for drawing or editing."""
     if detector == "auto":
         detector = "openpose" if weights_on_disk(OPENPOSE_FILES, weights) else "mediapipe"
         if detector == "mediapipe":
             warnings.warn("The OpenPose weights are not on disk, so the pose comes from mediapipe's bundled "
                           "detector (body only). Choose the openpose detector to download them.", AnnotatorNotice,
-                          stacklevel=2)
+                          stacklevel=3)
     if detector == "mediapipe":
-        return mediapipe_openpose(image, detect_resolution=detect_resolution)
+        return detect_mediapipe(image, detect_resolution=detect_resolution)
     if detector != "openpose":
         raise ValueError(f"pose detector {detector!r} is not 'auto', 'openpose' or 'mediapipe'")
     try:
-        return openpose(image, include_hand, include_face, detect_resolution, weights)
+        return detect_openpose(image, include_hand, include_face, detect_resolution, weights)
     except WeightsError as error:
         raise WeightsError(f"{error} Or choose the mediapipe detector, which needs no download.") from error
 
@@ -140,19 +149,30 @@ def unflat(values, width, height, what):
     return [None if c <= 0 else Keypoint(x / width, y / height, c, i) for i, (x, y, c) in enumerate(points)]
 
 
-def poses_from_json(text):
-    """OpenPose JSON (one frame: canvas size and people) -> (poses, (H, W))."""
+def poses_from_json(text, size=None):
+    """OpenPose JSON (one frame: canvas size and people) -> (poses, (H, W)). A body of OpenPose's 25 points
+    (BODY_25, its default model) is taken to the 18 the controls were trained on; a file without a canvas size
+    (OpenPose's own output) is read at `size` (H, W) when given."""
     from controlnet_aux.open_pose import BodyResult, PoseResult
 
     try:
         data = json.loads(text)
-        width, height = int(data["canvas_width"]), int(data["canvas_height"])
         people = data["people"]
+        if "canvas_width" in data or size is None:
+            width, height = int(data["canvas_width"]), int(data["canvas_height"])
+        else:
+            height, width = size
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"not an OpenPose JSON frame with canvas_width, canvas_height and people: {error}") from error
     poses = []
     for i, person in enumerate(people):
         body = unflat(person.get("pose_keypoints_2d"), width, height, f"person {i} body") or []
+        if len(body) == len(BODY25_TO_COCO18) + 7:
+            body = [body[j] for j in BODY25_TO_COCO18]
+        if body and len(body) != 18:
+            raise ValueError(f"OpenPose JSON: person {i} has {len(body)} body points; the pose controls use "
+                             "OpenPose's 18 (COCO) or 25 (BODY_25)")
+        body = [None if k is None else k._replace(id=j) for j, k in enumerate(body)]
         found = sum(k is not None for k in body)
         poses.append(PoseResult(BodyResult(body, float(found), found),
                                 unflat(person.get("hand_left_keypoints_2d"), width, height, f"person {i} left hand"),

@@ -30,11 +30,25 @@ from annotators import (
     to_rgb_uint8,
 )
 from apps.models import resolve_model
+from apps.pose_editor import detected_json, picture_or_none, pose_editor, pose_picture
+from apps.units import (
+    EXTRA_UNITS,
+    OWN_CONTROL,
+    UNIT_SETTINGS,
+    Unit,
+    control_choices,
+    control_path,
+    layer_mask,
+    region_of,
+    unit_defaults,
+    unit_inputs,
+)
 from cldm.defaults import TOY_PROMPT, circle_outline, scribble_outline, star_outline
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
-from cldm.outputs import next_path, save_beside, save_png
-from cldm.pipeline import generate
+from cldm.model import load_control_net
+from cldm.outputs import BESIDE, next_path, save_beside, save_png
+from cldm.pipeline import Control, generate
 from cldm.settings import Settings, field_of
 from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
@@ -98,6 +112,7 @@ def component(param, default):
 # cannot follow the condition, so the app shows the map and says which files to get.
 TOY_MODES = ("control", "plain", None)
 NO_ANNOTATOR = "none"  # the "Preprocessor" choice that takes the upload as the map itself
+NEAREST_ANNOTATORS = ("pose", "openpose", "openpose_mediapipe", "seg")  # maps whose exact colours matter
 
 
 @dataclass
@@ -118,6 +133,7 @@ class Task:
     clip_skip: int = 1  # control was trained with (1.1 anime lineart: 3 and 2)
     toy: str | None = "control"  # one of TOY_MODES
     pooled: bool = False  # the control's residuals are pooled (1.1 shuffle), whatever yaml it is loaded with
+    pose_editor: bool = False  # the page edits the detected pose (OpenPose JSON) before generating
 
     def __post_init__(self):
         if self.toy not in TOY_MODES:
@@ -135,6 +151,12 @@ class Task:
             defaults.update({k: p.default for k, p in parameters if p.default is not inspect.Parameter.empty})
         return defaults
 
+    @property
+    def unit_preprocessor(self):
+        """What a control unit detects by default: the app's annotator, or nothing when the app's input is
+        not a photo to detect on (a drawing, a picture to inpaint)."""
+        return self.annotator if self.annotator and not self.canvas else NO_ANNOTATOR
+
     def settings(self):
         """The Settings this app's page shows, in its order."""
         hidden = {*(() if self.detect_resolution is not None else ("detect_resolution", "pixel_perfect")),
@@ -145,7 +167,8 @@ class Task:
         """The names of the page's inputs after the picture, in order: the HTTP API's parameters too."""
         uploads_a_map = self.annotator is not None and not self.canvas
         return [*self.settings(), *(["preprocessor"] if uploads_a_map else []), *(p.name for p in self.extra),
-                "region_mask"]
+                "region_mask", *(["pose"] if self.pose_editor else []),
+                *(name for k in EXTRA_UNITS for name in unit_inputs(k))]
 
     def defaults(self, toy):
         """The Settings the page starts from: the toy model's prompt and size, or the real models' prompts."""
@@ -161,6 +184,7 @@ class Runner:
         self.task, self.model, self.note, self.toy = task, model, note, toy
         self.output_dir, self.annotator_weights = output_dir, annotator_weights
         self.low_vram_device = low_vram_device  # keep the model in CPU memory, run it part by part there
+        self.nets = {}  # the units' ControlNets by file
         self.precision = precision_of(model) if model is not None else None
         self.generates = model is not None and not (toy and task.toy is None)
         if model is not None and not self.generates:
@@ -172,34 +196,77 @@ class Runner:
     def detect(self, picture, image_resolution, detect_resolution=None, annotator=None, **params):
         """The condition map at the generation size: image resolution's grid, sides multiples of 64."""
         annotator = annotator or self.task.annotator
+        nearest = self.task.nearest if annotator in (self.task.annotator, NO_ANNOTATOR) else (
+            annotator in NEAREST_ANNOTATORS)
         if annotator in (None, NO_ANNOTATOR):
-            return condition_map(picture, None, image_resolution, nearest=self.task.nearest)
+            return condition_map(picture, None, image_resolution, nearest=nearest)
         accepted = inspect.signature(ANNOTATORS[annotator]).parameters
         params = {k: v for k, v in params.items() if k in accepted}
         if "weights" in accepted and self.annotator_weights:
             params["weights"] = self.annotator_weights
-        return condition_map(picture, annotator, image_resolution, detect_resolution, self.task.nearest, **params)
+        return condition_map(picture, annotator, image_resolution, detect_resolution, nearest, **params)
 
-    def condition(self, image, resolution, detect_resolution, params, preprocessor, mask_blur):
-        """(the control's condition, the map shown and saved, the starting picture, the mask) for the UI's input."""
+    def condition(self, image, resolution, detect_resolution, params, preprocessor, mask_blur, pose=None):
+        """(the control's condition, the map shown and saved, the starting picture, the mask, the picture the
+        condition comes from) for the UI's input (and the pose editor's JSON, which replaces the detection)."""
+        edited = pose_picture(pose) if self.task.pose_editor else None
+        if edited is not None:
+            detected = self.detect(edited, resolution, annotator=NO_ANNOTATOR)
+            return detected, detected, None, None, edited if image is None else image
+        if image is None:
+            raise ImageError("no picture was given: upload one" + (" or add a person in the pose editor"
+                                                                   if self.task.pose_editor else ""))
         if self.task.start == "inpaint":
             picture, mask = painted(image)
             init = resize_image(picture, resolution)
             mask = cv2.resize(mask, (init.shape[1], init.shape[0]), interpolation=cv2.INTER_LINEAR)
             condition = inpaint_condition(init, mask, mask_blur)
-            return condition, condition_picture(condition), init, mask
+            return condition, condition_picture(condition), init, mask, picture
         picture = drawing(image) if self.task.canvas else image
         detected = self.detect(picture, resolution, detect_resolution, preprocessor, **params)
         init = resize_image(to_rgb_uint8(picture), resolution) if self.task.start == "img2img" else None
-        return detected, detected, init, None
+        return detected, detected, init, None, picture
+
+    def unit_controls(self, units, picture, size, settings, detect_resolution):
+        """The enabled extra units -> (their Controls, their maps at the generation size `size`)."""
+        controls, maps = [], []
+        for unit in units:
+            if not unit.enabled:
+                continue
+            detected = self.detect(unit.image if unit.image is not None else picture, settings.image_resolution,
+                                   detect_resolution, unit.preprocessor or self.task.unit_preprocessor)
+            detected = fit(detected, size, settings.resize_mode, nearest=unit.preprocessor in NEAREST_ANNOTATORS)
+            region = region_of(unit.region_mask)
+            net = None if unit.control in (None, "", OWN_CONTROL) else self.control_net(unit.control)
+            controls.append(Control(detected, unit.strength, unit.control_start, unit.control_end, unit.control_mode,
+                                    net, unit.block_weights.strip() or "uniform",
+                                    None if region is None else fit(region, size, settings.resize_mode)))
+            maps.append(detected)
+        return controls, maps
+
+    def pose_json(self, picture, detector, include_hand, include_face, detect_resolution, pixel_perfect,
+                  image_resolution):
+        """The pose editor's JSON for a picture, detected at the resolution a generation would detect at."""
+        resolution = image_resolution if pixel_perfect else detect_resolution
+        return detected_json(picture_or_none(picture), detector, include_hand, include_face, resolution,
+                             self.annotator_weights)
+
+    def control_net(self, name):
+        """A unit's ControlNet file, loaded once, in the model's dtype and on its device."""
+        path = control_path(name)
+        if path not in self.nets:
+            self.nets[path] = load_control_net(self.model, path).to(self.model.betas.device)
+        return self.nets[path]
 
     def __call__(self, image, **values):
         """The page's input picture and its other inputs by name (Task.inputs(); any left out take the page's
-        defaults) -> (the map and the images, what happened)."""
+        defaults) -> (the maps and the images, what happened)."""
         if isinstance(image, (str, os.PathLike)):  # a file, as Gradio hands over an example's picture
             image = read_image(image)
         params = {p.name: values.pop(p.name) for p in self.task.extra if p.name in values}
-        preprocessor, region = values.pop("preprocessor", None), values.pop("region_mask", None)
+        units = [Unit.pop(k, values) for k in EXTRA_UNITS]
+        preprocessor, region = values.pop("preprocessor", None), region_of(values.pop("region_mask", None))
+        pose = values.pop("pose", None)
         settings = self.task.defaults(self.toy).with_values(**values)
         if settings.block_weights.strip() in ("", "uniform"):
             settings = replace(settings, block_weights="uniform")
@@ -208,30 +275,48 @@ class Runner:
             detect_resolution = settings.image_resolution
         with warnings.catch_warnings(record=True) as notices:
             warnings.simplefilter("always", AnnotatorNotice)
-            condition, shown, init, mask = self.condition(image, settings.image_resolution, detect_resolution,
-                                                          params, preprocessor, settings.mask_blur)
+            condition, shown, init, mask, picture = self.condition(image, settings.image_resolution,
+                                                                   detect_resolution, params, preprocessor,
+                                                                   settings.mask_blur, pose)
+            controls, unit_maps = self.unit_controls(units, picture, shown.shape[:2], settings, detect_resolution)
         said = "".join(f" {n.message}" for n in notices if issubclass(n.category, AnnotatorNotice))
         if not self.generates:
-            return [shown], self.note + said
+            return [shown, *unit_maps], self.note + said
         if region is not None:
-            region = fit(to_rgb_uint8(region), shown.shape[:2], settings.resize_mode)
+            region = fit(region, shown.shape[:2], settings.resize_mode)
         hint = None if self.toy and self.task.toy == "plain" else condition
-        with low_vram(self.model, self.low_vram_device) if self.low_vram_device else nullcontext():
-            images, used_seed = generate(self.model, hint, settings=settings, init_image=init, mask=mask,
-                                         region_mask=region)
+        nets = [c.net for c in controls if c.net is not None]
+        with low_vram(self.model, self.low_vram_device, nets=nets) if self.low_vram_device else nullcontext():
+            images, used_seed = generate(self.model, hint, settings=settings, controls=controls, init_image=init,
+                                         mask=mask, region_mask=region)
         record = {**settings.record(), "seed": used_seed, "annotator": params, "preprocessor": preprocessor,
-                  "size": list(shown.shape[:2]), "precision": self.precision}
+                  "size": list(shown.shape[:2]), "precision": self.precision,
+                  **({"pose": pose} if pose_picture(pose) is not None else {})}
         if self.task.start == "inpaint":  # the condition is made again from the picture and the mask
             record["inpaint_control"] = hint is not None
         pictures = {"hint": None if hint is None else shown, "init_image": init, "mask": mask, "region_mask": region}
-        beside = save_beside(pictures, lambda suffix: next_path(self.output_dir, f"{self.task.name}-{suffix}"),
-                             {"hint": {"annotator": params}})
+        path_for = lambda suffix: next_path(self.output_dir, f"{self.task.name}-{suffix}")  # noqa: E731
+        beside = save_beside(pictures, path_for, {"hint": {"annotator": params}})
         record.update(beside)
+        if controls:
+            record["controls"] = self.save_units(units, controls, path_for)
         saved = [save_png(image, next_path(self.output_dir, self.task.name), {**record, "sample": i}).name
                  for i, image in enumerate(images)]
-        beside = ", ".join(beside.values())
-        info = f"Seed {used_seed}. Saved {', '.join(saved)} and {beside} in {self.output_dir}/.{said}"
-        return [shown, *images], info
+        files = ", ".join([*beside.values(), *(c[k] for c in record.get("controls", []) for k in BESIDE if k in c)])
+        info = f"Seed {used_seed}. Saved {', '.join(saved)} and {files} in {self.output_dir}/.{said}"
+        return [shown, *unit_maps, *images], info
+
+    def save_units(self, units, controls, path_for):
+        """Each enabled unit's map and region mask saved beside the images; its part of their record."""
+        enabled = [unit for unit in units if unit.enabled]
+        records = []
+        for unit, control in zip(enabled, controls):
+            pictures = {"hint": control.hint, "region_mask": control.region_mask}
+            preprocessor = unit.preprocessor or self.task.unit_preprocessor
+            records.append({"control": unit.control or OWN_CONTROL, "preprocessor": preprocessor,
+                            **{name: getattr(control, attribute) for name, attribute in UNIT_SETTINGS.items()},
+                            **save_beside(pictures, path_for)})
+        return records
 
 
 def uploaded_image(**kwargs):
@@ -268,16 +353,6 @@ def painted(editor_value):
     return picture, mask
 
 
-def layer_mask(layer):
-    """Where a layer marks: its opaque pixels (brush strokes), or for a layer without alpha (a mask sent
-    through the API) its light ones; 255 there, 0 elsewhere."""
-    if layer.ndim == 3 and layer.shape[2] == 4:
-        marked = layer[..., 3] > 0
-    else:
-        marked = (layer if layer.ndim == 2 else layer.max(axis=2)) > 127
-    return np.where(marked, 255, 0).astype(np.uint8)
-
-
 def drawing(editor_value):
     """A canvas value (gradio ImageEditor dict, or a plain array) -> RGB, strokes dark on white."""
     if isinstance(editor_value, dict):
@@ -301,6 +376,7 @@ def friendly(runner, names=(), defaults=()):
             raise gr.Error(f"generation failed: {type(error).__name__}: {error}") from error
 
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    defaults = [*defaults, *[inspect.Parameter.empty] * (len(names) - len(defaults))]
     run.__signature__ = inspect.Signature(
         [inspect.Parameter("image", positional),
          *(inspect.Parameter(name, positional, default=value) for name, value in zip(names, defaults)),
@@ -325,39 +401,72 @@ def settings_component(name, value):
 
 
 def page_component(task, name, value):
-    """A page input that is not a setting: the preprocessor choice, the region mask."""
+    """A page input that is not a setting: the preprocessor choice, a region mask, a control unit's inputs."""
     if name == "preprocessor":
         return gr.Radio(label="Preprocessor", choices=[*task.annotators, NO_ANNOTATOR], value=value)
-    return uploaded_image(label="Region mask (white where the control acts; none: everywhere)",
-                          sources=["upload", "clipboard"])
+    if name.endswith("region_mask"):
+        return mask_editor()
+    unit_input = name.split("_", 1)[1]  # unit<k>_<input>
+    if unit_input == "enabled":
+        return gr.Checkbox(label="Enable", value=value)
+    if unit_input == "image":
+        return uploaded_image(label="Picture (none: the input image)", sources=["upload", "clipboard"])
+    if unit_input == "preprocessor":
+        return gr.Dropdown(label="Preprocessor", choices=[NO_ANNOTATOR, *ANNOTATORS], value=value)
+    if unit_input == "control":
+        return gr.Dropdown(label="Control file", choices=control_choices(), value=value, allow_custom_value=True,
+                           info="a file in models/ or a path; the app's control runs it on this unit's picture")
+    return settings_component(unit_input, value)
+
+
+def mask_editor():
+    """A region mask, painted white on black (or uploaded: white where the control acts)."""
+    black = np.zeros((512, 512, 3), np.uint8)
+    return gr.ImageEditor(value={"background": black, "layers": [], "composite": None}, type="numpy",
+                          label="Region mask: paint white where the control acts (nothing white: everywhere)",
+                          sources=["upload", "clipboard"], layers=False, transforms=(), canvas_size=(512, 512),
+                          brush=gr.Brush(colors=["#ffffff"], default_size=48, color_mode="fixed"))
 
 
 def build_demo(task, runner):
     defaults = task.defaults(runner.toy)
     values = {**task.annotator_defaults(), **{p.name: p.value for p in task.extra if p.value is not None},
               **{name: getattr(defaults, name) for name in task.settings()}, "preprocessor": task.annotator,
-              "region_mask": None}
+              "region_mask": None, "pose": "", **{k: v for unit in EXTRA_UNITS for k, v in
+                                      unit_defaults(unit, task.unit_preprocessor).items()}}
     names = task.inputs()
+    page_inputs = [name for name in names if not name.startswith("unit") and name != "pose"]
+    annotator_params = {p.name: p for p in task.extra}
+
+    def make(name):
+        if name in annotator_params:
+            return component(annotator_params[name], values[name])
+        if name in ("preprocessor", "region_mask") or name.startswith("unit"):
+            return page_component(task, name, values[name])
+        return settings_component(name, values[name])
+
     with gr.Blocks(title=task.title) as demo:
         gr.Markdown(f"## {task.title}")
         gr.Markdown(runner.note)
         with gr.Row():
             with gr.Column():
                 image = picture_input(task)
-                components = {"prompt": settings_component("prompt", values["prompt"])}
+                editor = pose_editor() if task.pose_editor else None
+                components = {"pose": editor.editor} if editor else {}
+                components["prompt"] = make("prompt")
                 run = gr.Button("Run", variant="primary")
                 with gr.Accordion("Advanced options", open=False):
-                    annotator_params = {p.name: p for p in task.extra}
-                    for name in names[1:]:
-                        if name in annotator_params:
-                            components[name] = component(annotator_params[name], values[name])
-                        elif name in ("preprocessor", "region_mask"):
-                            components[name] = page_component(task, name, values[name])
-                        else:
-                            components[name] = settings_component(name, values[name])
+                    components.update({name: make(name) for name in page_inputs[1:]})
+                for unit in EXTRA_UNITS:
+                    with gr.Accordion(f"Control unit {unit}", open=False):
+                        components.update({name: make(name) for name in unit_inputs(unit)})
             with gr.Column():
                 gallery = gr.Gallery(label="Output", columns=2, height="auto", format="png")
                 info = gr.Markdown()
+        if editor:
+            detect_inputs = ["detector", "include_hand", "include_face", "detect_resolution", "pixel_perfect",
+                             "image_resolution"]
+            editor.wire(image, [components[n] for n in detect_inputs], runner.pose_json)
         run.click(fn=friendly(runner, names, [values[name] for name in names]),
                   inputs=[image, *(components[name] for name in names)], outputs=[gallery, info],
                   api_name="generate")

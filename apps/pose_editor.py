@@ -1,0 +1,103 @@
+"""The pose app's editor: the detected skeleton (or an empty canvas) as OpenPose JSON, edited in the browser
+(apps/pose_editor.js: drag joints, add and remove people, download), uploaded from and read as OpenPose
+files. Generation draws the map from the edited JSON."""
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import gradio as gr
+import numpy as np
+
+from annotators import ImageError, read_image
+from annotators.pose import detect_poses, draw, poses_from_json, poses_to_json
+
+EMPTY_POSE = json.dumps({"canvas_width": 512, "canvas_height": 512, "people": []})
+SCRIPT = (Path(__file__).with_name("pose_editor.js")).read_text()
+TEMPLATE = """
+<div class="pose-editor">
+  <canvas width="512" height="512"></canvas>
+  <div>
+    <button type="button" class="pose-add">Add person</button>
+    <button type="button" class="pose-remove">Remove person</button>
+    <button type="button" class="pose-download">Download JSON</button>
+    <span class="pose-status"></span>
+  </div>
+  <small>Drag a joint to move it; shift-drag moves the whole person.</small>
+</div>
+"""
+CSS = (".pose-editor canvas { width: 100%; max-width: 512px; touch-action: none; cursor: crosshair; }\n"
+       ".pose-editor button { border: 1px solid #888; border-radius: 4px; padding: 2px 8px; margin: 4px 4px 0 0; }")
+
+
+def edited_people(text):
+    """The editor's JSON -> (poses, (H, W)), or None when it holds no one (the picture's pose is detected)."""
+    if not text or not text.strip():
+        return None
+    poses, size = poses_from_json(text)
+    return (poses, size) if poses else None
+
+
+def pose_picture(text):
+    """The map the edited pose draws (body, hands and face as the JSON has them), at its canvas size; None
+    when the editor holds no one."""
+    edited = edited_people(text)
+    if edited is None:
+        return None
+    poses, size = edited
+    return draw(poses, size, hands=True, face=True)
+
+
+def detected_json(picture, detector, include_hand, include_face, detect_resolution, weights=None):
+    """A picture's detected poses as the editor's JSON (an empty canvas of the picture's size when no one is
+    found or no picture is given)."""
+    if picture is None:
+        return EMPTY_POSE
+    poses, size = detect_poses(picture, detector, include_hand, include_face, detect_resolution, weights)
+    return poses_to_json(poses, size)
+
+
+def uploaded_json(path, current):
+    """An uploaded OpenPose file -> the editor's JSON; a file without a canvas size takes the editor's."""
+    try:
+        text = Path(path).read_text()
+        current_size = poses_from_json(current or EMPTY_POSE)[1]
+        poses, size = poses_from_json(text, size=current_size)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise gr.Error(f"could not read that pose file: {error}") from error
+    return poses_to_json(poses, size)
+
+
+class PoseEditor(NamedTuple):
+    editor: gr.HTML  # its value is the OpenPose JSON the page sends with Run (input "pose")
+    detect: gr.Button
+    upload: gr.UploadButton
+
+    def wire(self, image, detect_inputs, detect):
+        """Detect the pose into the editor when a picture is uploaded or Detect is pressed, with
+        `detect(picture, *values of detect_inputs)`; read an uploaded OpenPose file into it."""
+        image.upload(detect, [image, *detect_inputs], self.editor)
+        self.detect.click(detect, [image, *detect_inputs], self.editor)
+        self.upload.upload(uploaded_json, [self.upload, self.editor], self.editor)
+
+
+def pose_editor():
+    """The editor and its Detect and Upload buttons, placed where it is called."""
+    editor = gr.HTML(EMPTY_POSE, html_template=TEMPLATE, css_template=CSS, js_on_load=SCRIPT, label="Pose",
+                     elem_id="pose-editor")
+    with gr.Row():
+        detect = gr.Button("Detect pose", size="sm")
+        upload = gr.UploadButton("Upload OpenPose JSON", file_types=[".json"], size="sm")
+    return PoseEditor(editor, detect, upload)
+
+
+def picture_or_none(value):
+    """The image input's value as a picture (a file path from an example) or None."""
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        try:
+            return read_image(value)
+        except ImageError as error:
+            raise gr.Error(str(error)) from error
+    return np.asarray(value)
