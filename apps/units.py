@@ -13,6 +13,7 @@ import numpy as np
 
 from apps.models import MODELS
 from cldm.settings import Settings
+from ldm.checkpoint import CheckpointError
 
 EXTRA_UNITS = (2, 3)
 OWN_CONTROL = "the app's control"  # a unit that runs the app's own ControlNet on another picture
@@ -65,7 +66,7 @@ def control_path(name):
     if not path.is_file() and (MODELS / name).is_file():
         path = MODELS / name
     if not path.is_file():
-        raise FileNotFoundError(f"control file {name!r} not found (in models/ or as a path); choose "
+        raise CheckpointError(f"control file {name!r} not found (in models/ or as a path); choose "
                                 f"{OWN_CONTROL!r} or put the file in {MODELS}/")
     return path
 

@@ -15,7 +15,7 @@ from annotators import ANNOTATORS
 from apps.annotator_app import build_annotator_demo
 from apps.builder import TOY_PROMPT, Runner, build_demo, friendly
 from apps.models import resolve_model
-from cldm.defaults import load_default_model
+from cldm.defaults import circle_outline, load_default_model, star_outline
 from cldm.outputs import read_params
 from cldm.pipeline import generate
 from cldm.settings import Settings
@@ -146,7 +146,7 @@ def test_the_precision_flag_and_the_page_saying_which_runs(tmp_path):
 
 
 @pytest.mark.parametrize("image,message", [
-    (None, "no image"),
+    (None, "no picture was given"),
     (np.zeros((0, 5, 3), np.uint8), "empty"),
     (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
 ])
@@ -192,6 +192,12 @@ def test_http_api_through_gradio_client(served_canny, tmp_path):
     gallery, info = client.predict(handle_file(str(photo)), api_name="/generate", **values(task))
     assert len(gallery) == 2 and "Seed 1" in info
     assert np.asarray(Image.open(gallery[1]["image"])).shape == (64, 64, 3)
+
+    # a second control unit by name: the app's control twice at half strength is the control once, bit for bit
+    twice, _ = client.predict(handle_file(str(photo)), api_name="/generate",
+                              **values(task, strength=0.5, unit2_enabled=True, unit2_strength=0.5))
+    assert len(twice) == 3
+    assert np.array_equal(np.asarray(Image.open(twice[2]["image"])), np.asarray(Image.open(gallery[1]["image"])))
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(photo.read_bytes()[:2000])
@@ -370,3 +376,52 @@ def test_examples_the_toy_follows_are_one_click_away(default_model, tmp_path):
     # the toy paints the shape the star outlines: its pixels differ along the outline from the background
     assert np.abs(drawn[on_line] - drawn[off_line].mean(axis=0)).mean() > 20
     assert not example_pictures(task_of("gradio_depth2image"))  # the toy does not follow depth maps
+
+
+def test_two_controls_in_an_app(default_model, tmp_path):
+    """The toy's one control used by two units: half strength each is full strength once, bit for bit; a unit
+    with its own picture, range, block weights and region mask changes the image, and its saved record makes
+    the same image again with generate.py --reproduce."""
+    import generate as cli
+
+    task = task_of("gradio_canny2image")
+    runner = Runner(task, default_model, NOTE, tmp_path, toy=True)
+    picture = circle_outline(256)
+    once, _ = runner(picture, **values(task))
+    twice, info = runner(picture, **values(task, strength=0.5, unit2_enabled=True, unit2_strength=0.5))
+    assert len(twice) == 3 and np.array_equal(twice[0], twice[1]) and np.array_equal(once[1], twice[2])
+
+    right = np.zeros((64, 64), np.uint8)
+    right[:, 32:] = 255
+    unit = dict(unit3_enabled=True, unit3_image=star_outline(256), unit3_strength=0.8, unit3_control_start=0.5,
+                unit3_block_weights="soft", unit3_region_mask=right)
+    star, _ = runner(picture, **values(task, **unit))
+    assert len(star) == 3 and not np.array_equal(star[1], star[0]) and not np.array_equal(star[2], once[1])
+    saved = max(tmp_path.glob("canny-0*.png"))
+    (record,) = read_params(saved)["controls"]
+    assert record["strength"] == 0.8 and record["control_start"] == 0.5 and record["block_weights"] == "soft"
+    again = tmp_path / "again.png"
+    cli.main(["--reproduce", str(saved), "--out", str(again)])
+    assert np.array_equal(np.asarray(Image.open(again)), star[2])
+
+    with pytest.raises(gr.Error, match="control_nowhere.pth.{0,4} not found"):
+        through_the_page(runner, task, picture, unit2_enabled=True, unit2_control="control_nowhere.pth")
+    disabled, _ = runner(picture, **values(task, unit2_control="control_nowhere.pth"))  # not enabled: not read
+    assert np.array_equal(disabled[1], once[1])
+
+
+def test_region_masks_drawn_in_the_editor():
+    from apps.units import region_of
+
+    black = np.zeros((32, 48, 4), np.uint8)
+    black[..., 3] = 255
+    assert region_of(None) is None and region_of({"background": black, "layers": []}) is None  # untouched
+    stroke = np.zeros((32, 48, 4), np.uint8)
+    stroke[:, :10] = 255  # a white brush stroke on the left
+    mask = region_of({"background": black, "layers": [stroke], "composite": None})
+    assert mask.shape == (32, 48) and mask[:, :10].min() == 255 and mask[:, 10:].max() == 0
+    uploaded = np.zeros((16, 24, 3), np.uint8)
+    uploaded[:8] = 200  # an uploaded mask: its light part marks
+    mask = region_of({"background": uploaded, "layers": []})
+    assert mask[:8].min() == 255 and mask[8:].max() == 0
+    assert region_of(np.zeros((8, 8), np.uint8)).max() == 0  # a plain black picture: the control acts nowhere

@@ -4,8 +4,11 @@ import warnings
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
-from diffusers.loaders.single_file_utils import (convert_ldm_vae_checkpoint, convert_open_clip_checkpoint,
-                                                 create_vae_diffusers_config_from_ldm)
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
+    create_vae_diffusers_config_from_ldm,
+)
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from cldm.ddim_hacked import DDIMSampler
