@@ -177,7 +177,7 @@ def test_add_a_second_control_with_a_drawn_region_mask(browser, tmp_path):
 def test_drag_a_joint_and_the_pose_map_follows(browser, tmp_path):
     """Upload a photo of a person to the pose app: the editor shows the detected skeleton; drag its nose and
     run: the map changes along the limbs from the nose's old and new places only, and the downloaded JSON
-    has the nose where it was dropped."""
+    has the nose where it was dropped; a person added shows in the map, and goes when removed."""
     photo = tmp_path / "astronaut.png"
     Image.fromarray(data.astronaut()).save(photo)
     frame = json.loads(detected_json(data.astronaut(), "auto", False, False, 512))
@@ -198,6 +198,14 @@ def test_drag_a_joint_and_the_pose_map_follows(browser, tmp_path):
         with page.expect_download() as download:
             page.get_by_role("button", name="Download JSON").click()
         moved = json.loads(open(download.value.path()).read())
+        status = page.locator(".pose-status")
+        page.get_by_role("button", name="Add person").click()
+        page.wait_for_function("document.querySelector('.pose-status').textContent.startsWith('2 people')")
+        with_two = run_and_fetch_map(page)
+        page.get_by_role("button", name="Remove person").click()  # the one just added
+        page.wait_for_function("document.querySelector('.pose-status').textContent.startsWith('1 person')")
+        assert status.inner_text().startswith("1 person") and np.array_equal(run_and_fetch_map(page), edited)
+        assert (with_two != edited).any(axis=2).mean() > 0.01  # a whole skeleton more
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "browser_pose_editor.png"), full_page=True)
         assert box["width"] > 100 and detected.shape == edited.shape
