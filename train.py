@@ -18,10 +18,12 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from cldm.model import load_model
+from evaluation.conditions import CONDITIONS
+from evaluation.harness import cases_from, default_settings
 from ldm.unet import set_gradient_checkpointing
 from training.buckets import BucketBatchSampler, bucket_sizes
 from training.cache import CachedPairs, build_cache
-from training.callbacks import AtomicCheckpoint, ImageLogger, OutlineEval
+from training.callbacks import AtomicCheckpoint, ControllabilityEval, ImageLogger
 from training.data import AnnotatedFolder, PairDataset, as_hint, collate, read_rgb
 from training.module import STAGES, Trainee
 from training.sampler import ResumableSampler
@@ -64,10 +66,15 @@ def parse_args(argv=None):
     p.add_argument("--validation-prompt", action="append", default=[],
                    help="log this prompt instead of dataset items (repeatable; pair each with --validation-hint)")
     p.add_argument("--validation-hint", action="append", default=[], help="the condition image of a validation prompt")
-    p.add_argument("--eval-every", type=int, default=0, help="every N steps, measure how well generated shapes "
-                                                                  "follow held-out outlines (shapes data; 0: never)")
-    p.add_argument("--eval-count", type=int, default=20, help="held-out outlines per evaluation")
-    p.add_argument("--eval-steps", type=int, default=20, help="DDIM steps per evaluated image")
+    p.add_argument("--eval-every", type=int, default=0, help="every N steps, measure how well generated images "
+                   "follow held-out conditions, as bench/controllability.py does (0: never)")
+    p.add_argument("--eval-condition", default="shapes", choices=sorted(CONDITIONS),
+                   help="the condition measured (its annotator re-detects it on the images)")
+    p.add_argument("--eval-data", help="held-out cases for a condition other than shapes: a release-layout folder "
+                                       "or photos with captions (default for shapes: held-out outlines)")
+    p.add_argument("--eval-count", type=int, default=20, help="held-out cases per evaluation (the first N)")
+    p.add_argument("--eval-steps", type=int, default=20, help="sampling steps per evaluated image")
+    p.add_argument("--eval-images", type=int, default=1, help="images per case")
     p.add_argument("--devices", default="auto")
     p.add_argument("--strategy", default="auto", help="e.g. ddp, fsdp, deepspeed_stage_2")
     p.add_argument("--accelerator", default="auto")
@@ -137,6 +144,19 @@ def read_dataset(args):
     return PairDataset(args.data, buckets=buckets)
 
 
+def controllability_eval(args, size):
+    """The --eval-every callback, its held-out cases read once (the first --eval-count of --eval-data)."""
+    condition = CONDITIONS[args.eval_condition]
+    try:
+        cases = cases_from(condition, args.eval_data, args.eval_count, size)
+    except ValueError as error:
+        raise SystemExit(f"--eval-condition {condition.name}: {error}") from error
+    if not cases:
+        raise SystemExit(f"--eval-data {args.eval_data} holds no cases")
+    settings = default_settings(condition, steps=args.eval_steps, num_samples=args.eval_images, seed=0)
+    return ControllabilityEval(args.eval_every, condition, cases, settings)
+
+
 def main(argv=None):
     args = parse_args(argv)
     pl.seed_everything(args.seed, workers=True)
@@ -150,8 +170,7 @@ def main(argv=None):
     if args.eval_every:
         if args.stage != "control":
             raise SystemExit("--eval-every measures a ControlNet: use it with --stage control")
-        size = dataset[0]["hint"].shape[0]
-        callbacks.append(OutlineEval(args.eval_every, args.eval_count, size, steps=args.eval_steps))
+        callbacks.append(controllability_eval(args, size=dataset[0]["hint"].shape[0]))
     if args.cache:
         if args.stage in ("vae", "decoder"):
             raise SystemExit("--cache stores VAE encodings and text encodings, not the images a VAE stage needs")

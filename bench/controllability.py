@@ -1,17 +1,20 @@
-"""How well the shipped default models follow a shape outline, with the control on and off (strength 0).
+"""Controllability as ControlNet++ measures it: generate from held-out condition maps, re-detect the condition
+on every image with the same annotator, and score the agreement, with the control on and at strength 0.
 
-For each held-out hint (a seed disjoint from training, or a dataset folder you give), generate an image and
-measure, as the ControlNet++ paper does by re-detecting the condition on the output:
-- IoU between the generated shape region (pixels nearer the prompt's shape colour than its background
-  colour) and the inside of the hint outline (the outline with its holes filled);
-- colour accuracy: the mean colour inside (outside) the outline within COLOR_TOLERANCE of the prompt's
-  shape (background) colour;
-- edge F1 between Canny edges of the output and the outline, each matched within EDGE_TOLERANCE pixels.
+Conditions and their figures: canny (edge F1, Canny 100/200), hed (MS-SSIM of ControlNetHED soft edges),
+lineart (MS-SSIM), depth (RMSE in 0-255 levels, lower is better), seg (mIoU over ADE20K's 150 classes), pose
+(OpenPose keypoint F1 within 5% of the image), shapes (the toy's outlines: IoU of the shape, colours, edge F1).
+Real conditions sample as ControlNet++ does (UniPC, 20 steps, guidance 7.5, 4 images, negative prompt "worst
+quality, low quality"); shapes as the toy does (DDIM, 20 steps, guidance 9, 1 image).
 
-With `--precision bf16` (or fp16) the model computes in that precision and the same cases also run in fp32,
-so the IoU difference the precision costs is measured on identical seeds (target: within 0.01).
+    python bench/controllability.py                        # the shipped toy on 200 held-out outlines
+    python bench/controllability.py --condition canny --control models/control_v11p_sd15_canny.pth \\
+        --data eval/multigen_canny --out outputs/controllability/canny
 
-    python bench/controllability.py [--count 200] [--seed 1000] [--data DIR] [--steps 20] [--precision auto]
+--data is a folder in the release's layout (prompt.json; the sources are the maps) or of photos with
+captions beside them (photo.jpg + photo.txt; the annotator makes the maps). With --clip FOLDER (a transformers
+CLIP model) the CLIP score of images and prompts is added. With --precision bf16 (or fp16) the same cases also
+run in fp32, so what the precision costs is measured on identical seeds.
 """
 
 import argparse
@@ -21,80 +24,106 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from apps.models import resolve_model  # noqa: E402
 from cldm.defaults import load_default_model  # noqa: E402
-from cldm.pipeline import generate  # noqa: E402
+from evaluation.conditions import CONDITIONS  # noqa: E402
+from evaluation.harness import Run, cases_from, clip_scorer, default_settings, evaluate, write  # noqa: E402
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision  # noqa: E402
-from training.data import PairDataset  # noqa: E402
-from training.metrics import score  # noqa: E402
-from training.shapes import make_sample, prompt_colors  # noqa: E402
+
+SHAPES_BAR = (0.85, 0.40)  # the toy's bar: mean IoU, and its gain over strength 0
 
 
-def held_out_cases(args):
-    if args.data:
-        dataset = PairDataset(args.data)
-        for i in range(min(args.count, len(dataset))):
-            item = dataset[i]
-            yield (item["hint"] * 255).round().astype(np.uint8), item["txt"]
-    else:
-        for i in range(args.count):
-            hint, _, prompt, _ = make_sample(args.seed, i, args.size)
-            yield hint, prompt
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--condition", choices=sorted(CONDITIONS), default="shapes")
+    p.add_argument("--control", help="the ControlNet checkpoint (default: the shipped toy model)")
+    p.add_argument("--base", help="SD checkpoint for a control-only file (default: models/v1-5-pruned.ckpt)")
+    p.add_argument("--config", help="model yaml (default: the yaml beside the control file, else cldm_v15.yaml)")
+    p.add_argument("--data", help="held-out cases: a release-layout folder or photos with captions")
+    p.add_argument("--count", type=int, default=200, help="cases at most")
+    p.add_argument("--size", type=int, default=None, help="shorter side of the maps (default: 512; shapes 128)")
+    p.add_argument("--seed", type=int, default=1000, help="held-out outline seed for shapes (training used 0, 1)")
+    p.add_argument("--sample-seed", type=int, default=0, help="case i is generated with seed sample-seed + i")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the condition's evaluation setting)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the condition's evaluation setting)")
+    p.add_argument("--images", type=int, help="images per case (default: 4; shapes 1)")
+    p.add_argument("--sampler", help="sampler (default: UniPC; shapes DDIM)")
+    p.add_argument("--clip", help="folder of a transformers CLIP model for the CLIP score (e.g. clip-vit-base-patch16)")
+    p.add_argument("--annotator-ckpts", help="folder of annotator weights")
+    p.add_argument("--out", help="folder for results.json, results.csv and grid.png "
+                                 "(default: outputs/controllability/<condition>)")
+    p.add_argument("--no-progress", action="store_true")
+    add_precision_argument(p)
+    return p.parse_args(argv)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=1000, help="held-out dataset seed (training used 0 and 1)")
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--data", help="a dataset folder (release layout) of outlines to use instead")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=9.0)
-    add_precision_argument(parser)
-    args = parser.parse_args()
+def load(args, dtype):
+    if not args.control:
+        return load_default_model(dtype=dtype)
+    model, note, _ = resolve_model((Path(args.control).name,), args.control, args.base, args.config, dtype=dtype)
+    if model is None:
+        raise SystemExit(note)
+    return model
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    condition = CONDITIONS[args.condition]
     precision = resolve_precision(args.precision)
-    print(f"command: python bench/controllability.py {' '.join(sys.argv[1:])}".rstrip())
+    changes = {k: v for k, v in dict(steps=args.steps, guidance_scale=args.guidance, num_samples=args.images,
+                                     sampler=args.sampler, seed=args.sample_seed).items() if v is not None}
+    settings = default_settings(condition, **changes)
+    print(f"command: python bench/controllability.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, computing in {precision}")
-    model = load_default_model(dtype=PRECISIONS[precision])
-    fp32_model = load_default_model() if precision != "fp32" else None
-    results = {"control": [], "strength 0": [], "control in fp32": []}
+    model = load(args, PRECISIONS[precision])
+    size = args.size or (128 if condition.annotator is None else 512)
+    try:
+        cases = cases_from(condition, args.data, args.count, size, args.seed, args.annotator_ckpts)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    if not cases:
+        raise SystemExit(f"no cases in {args.data}")
+    runs = [Run("control", model), Run("strength 0", model, 0.0)]
+    if precision != "fp32":
+        runs.append(Run("control in fp32", load(args, None)))
+    clip = clip_scorer(args.clip) if args.clip else None
     start = time.perf_counter()
-    for i, (hint, prompt) in enumerate(tqdm(held_out_cases(args), total=args.count, desc="outlines")):
-        try:
-            color, background = prompt_colors(prompt)
-        except ValueError as error:
-            raise SystemExit(str(error)) from error
-        runs = [("control", model, 1.0), ("strength 0", model, 0.0)]
-        if fp32_model is not None:
-            runs.append(("control in fp32", fp32_model, 1.0))
-        for name, runner, strength in runs:
-            images, _ = generate(runner, hint, prompt, steps=args.steps, guidance_scale=args.guidance,
-                                 strength=strength, seed=i, verbose=False)
-            results[name].append(score(images[0], hint, color, background))
+    results, shown = evaluate(condition, cases, runs, settings, args.annotator_ckpts, not args.no_progress, clip)
     elapsed = time.perf_counter() - start
-    n = len(results["control"])
-    print(f"{n} held-out outlines, {args.steps} DDIM steps, guidance {args.guidance}, {elapsed:.0f} s in all\n")
-    print("| metric | with control | strength 0 (baseline) | difference |")
-    print("|---|---|---|---|")
-    for metric in ("iou", "color_ok", "background_ok", "edge_f1"):
-        on = np.mean([r[metric] for r in results["control"]])
-        off = np.mean([r[metric] for r in results["strength 0"]])
-        print(f"| {metric} | {on:.3f} | {off:.3f} | {on - off:+.3f} |")
-    mean_iou = np.mean([r["iou"] for r in results["control"]])
-    gain = mean_iou - np.mean([r["iou"] for r in results["strength 0"]])
-    verdict = "meets" if mean_iou >= 0.85 and gain >= 0.4 else "misses"
-    print(f"\nbar (mean IoU >= 0.85 and >= 0.40 above the baseline): {verdict} (IoU {mean_iou:.3f}, gain {gain:+.3f})")
-    if fp32_model is not None:
-        fp32_iou = np.mean([r["iou"] for r in results["control in fp32"]])
-        verdict = "meets" if abs(mean_iou - fp32_iou) <= 0.01 else "misses"
-        print(f"{precision} against fp32 on the same seeds: IoU {mean_iou:.3f} vs {fp32_iou:.3f}, difference "
-              f"{mean_iou - fp32_iou:+.3f} (target within 0.01: {verdict})")
+    out = write(args.out or ROOT / "outputs/controllability" / condition.name, condition, cases, results, shown,
+                settings, {"control": args.control or "the shipped toy model", "precision": precision,
+                           "seconds": elapsed})
+    report(condition, results, settings, len(cases), elapsed, precision)
+    print(f"\nwrote {out}/results.json, results.csv and grid.png")
+    return results
+
+
+def report(condition, results, settings, count, elapsed, precision):
+    print(f"{count} cases of {condition.name}, {settings.num_samples} image(s) each, {settings.sampler} "
+          f"{settings.steps} steps, guidance {settings.guidance_scale}, {elapsed:.0f} s in all\n")
+    names = list(results)
+    print("| metric | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for metric in results[names[0]]["summary"]:
+        print(f"| {metric} | " + " | ".join(f"{results[n]['summary'][metric]:.4f}" for n in names) + " |")
+    on, off = results["control"]["summary"], results["strength 0"]["summary"]
+    better = "higher" if condition.higher_is_better else "lower"
+    print(f"\n{condition.headline} ({better} is better): {on[condition.headline]:.4f} with the control, "
+          f"{off[condition.headline]:.4f} at strength 0")
+    if condition.name == "shapes":
+        gain = on["iou"] - off["iou"]
+        verdict = "meets" if on["iou"] >= SHAPES_BAR[0] and gain >= SHAPES_BAR[1] else "misses"
+        print(f"bar (mean IoU >= {SHAPES_BAR[0]} and >= {SHAPES_BAR[1]:.2f} above the baseline): {verdict} "
+              f"(IoU {on['iou']:.3f}, gain {gain:+.3f})")
+    if "control in fp32" in results:
+        low, full = on[condition.headline], results["control in fp32"]["summary"][condition.headline]
+        print(f"{precision} against fp32 on the same seeds: {condition.headline} {low:.4f} vs {full:.4f}, "
+              f"difference {low - full:+.4f}")
 
 
 if __name__ == "__main__":

@@ -181,6 +181,25 @@ def test_outline_evaluation_every_n_steps(shapes, initial_weights, tmp_path):
     assert sorted(evaluated) == [2, 4] and all(0.0 <= v <= 1.0 for v in evaluated.values())
 
 
+def test_evaluation_of_another_condition_while_training(shapes, initial_weights, tmp_path):
+    """--eval-condition canny on photos with captions: the held-out maps are made once by the annotator, and
+    each evaluation re-detects Canny edges on the images and logs their F1."""
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).save(photos / f"{name}.png")
+        (photos / f"{name}.txt").write_text(f"a photo of {name}")
+    run(shapes, initial_weights, tmp_path / "canny", "--eval-every", "2", "--eval-condition", "canny", "--eval-data",
+        str(photos), "--eval-count", "2", "--eval-steps", "1", steps=2)
+    rows = list(csv.DictReader(open(next((tmp_path / "canny").glob("logs/version_*/metrics.csv")))))
+    evaluated = [float(r["eval/edge_f1"]) for r in rows if r.get("eval/edge_f1")]
+    assert len(evaluated) == 1 and 0.0 <= evaluated[0] <= 1.0
+    with pytest.raises(SystemExit, match="--eval-condition depth: the depth condition needs --data"):
+        run(shapes, initial_weights, tmp_path / "depth", "--eval-every", "2", "--eval-condition", "depth", steps=2)
+
+
 def test_noise_offset_adds_one_constant_per_image_and_channel(shapes, initial_weights, tmp_path):
     trainee = run(shapes, initial_weights, tmp_path / "offset", "--noise-offset", "0.5", steps=2)
     shape = (64, 4, 8, 8)

@@ -77,12 +77,13 @@ class ImageLogger(pl.Callback):
         Image.fromarray(np.concatenate(rows, axis=0)).save(self.dirpath / f"step-{step:06d}.png")
 
 
-class OutlineEval(pl.Callback):
-    """Every N steps, the controllability benchmark's measures on `count` held-out shape outlines (seed 1000,
-    never trained on), logged as eval/iou, eval/color_ok, eval/background_ok, eval/edge_f1."""
+class ControllabilityEval(pl.Callback):
+    """Every N steps, bench/controllability.py's measures of the ControlNet being trained on fixed held-out cases
+    (evaluation.harness: the shapes' outlines, or any condition's maps), logged as eval/<metric>."""
 
-    def __init__(self, every_n_steps, count, size, seed=1000, steps=20):
-        self.every_n_steps, self.count, self.size, self.seed, self.steps = every_n_steps, count, size, seed, steps
+    def __init__(self, every_n_steps, condition, cases, settings, weights=None):
+        self.every_n_steps, self.condition, self.cases = every_n_steps, condition, cases
+        self.settings, self.weights = settings, weights
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
@@ -93,15 +94,11 @@ class OutlineEval(pl.Callback):
 
     @torch.no_grad()
     def evaluate(self, model):
-        from training.metrics import score
-        from training.shapes import make_sample, prompt_colors
+        from evaluation.harness import Run, evaluate
 
         was_training = model.training
         model.eval()
-        scores = []
-        for i in range(self.count):
-            hint, _, prompt, _ = make_sample(self.seed, i, self.size)
-            images, _ = generate(model, hint, prompt, steps=self.steps, seed=i, verbose=False)
-            scores.append(score(images[0], hint, *prompt_colors(prompt)))
+        results, _ = evaluate(self.condition, self.cases, [Run("control", model)], self.settings, self.weights,
+                              progress=False)
         model.train(was_training)
-        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+        return results["control"]["summary"]
