@@ -88,21 +88,28 @@ def where_to_get(filenames):
 
 def seg_dir(location=None):
     """A transformers UperNet folder (config.json + weights + preprocessor_config.json) for the seg detector."""
+    return transformers_dir(SEG_REPO, "UperNet", "330 MB", location)
+
+
+def transformers_dir(repo, what, size, location=None):
+    """The transformers folder of hub repository `repo` (config.json + weights + preprocessor_config.json): in
+    `location` or the usual places, as the folder itself or a subfolder named like the repository; else
+    downloaded into annotators/ckpts/ when online."""
+    name = repo.split("/")[1]
     for folder in search_dirs(location):
-        for candidate in (folder, folder / SEG_REPO.split("/")[1]):
+        for candidate in (folder, folder / name):
             if (candidate / "config.json").is_file():
                 return candidate
-    target = CKPT_DIR / SEG_REPO.split("/")[1]
+    target = CKPT_DIR / name
+    advice = (f"Download the folder https://huggingface.co/{repo} (about {size}: config.json, model.safetensors, "
+              f"preprocessor_config.json) into {target}.")
     if location:
-        raise WeightsError(f"no UperNet folder (config.json and weights) in {location}. " + seg_help(target))
+        raise WeightsError(f"no {what} folder (config.json and weights) in {location}. {advice}")
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(SEG_REPO, local_dir=target))
+        return Path(snapshot_download(repo, local_dir=target))
     except Exception as error:
-        raise WeightsError(f"could not download {SEG_REPO} ({type(error).__name__}). " + seg_help(target)) from error
+        raise WeightsError(f"could not download {repo} ({type(error).__name__}). {advice}") from error
 
 
-def seg_help(target):
-    return (f"Download the folder https://huggingface.co/{SEG_REPO} (about 330 MB: config.json, "
-            f"model.safetensors, preprocessor_config.json) into {target}.")

@@ -1,7 +1,8 @@
 """Controllability as ControlNet++ measures it: generate from held-out condition maps, re-detect the condition
 on every image with the same annotator, and score the agreement, with the control on and at strength 0.
 
-Conditions and their figures: canny (edge F1, Canny 100/200), hed (MS-SSIM of ControlNetHED soft edges),
+Conditions and their figures: canny (edge F1 of kornia's Canny at 0.1/0.2, ControlNet++'s), canny_cv2 (the
+same with the release's OpenCV Canny at 100/200), hed (MS-SSIM of ControlNetHED soft edges),
 lineart (MS-SSIM), depth (RMSE in 0-255 levels, lower is better), seg (mIoU over ADE20K's 150 classes), pose
 (OpenPose keypoint F1 within 5% of the image), shapes (the toy's outlines: IoU of the shape, colours, edge F1).
 Real conditions sample as ControlNet++ does (UniPC, 20 steps, guidance 7.5, 4 images, negative prompt "worst

@@ -2,6 +2,7 @@
 generated images, the score of one case, and the sampling ControlNet++ evaluates it with."""
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -27,14 +28,60 @@ class Condition:
 
 
 CONDITIONS = {
-    "canny": Condition("canny", "canny", "edge_f1", params=dict(low_threshold=100, high_threshold=200)),
+    # ControlNet++'s Canny: kornia's, thresholds 0.1 and 0.2 of the [0, 1] range; canny_cv2 is the release's
+    # annotator (OpenCV, 100 and 200 of 255), their canny_cv2 task
+    "canny": Condition("canny", "kornia_canny", "edge_f1", params=dict(low_threshold=0.1, high_threshold=0.2)),
+    "canny_cv2": Condition("canny_cv2", "canny", "edge_f1", params=dict(low_threshold=100, high_threshold=200)),
     "hed": Condition("hed", "softedge", "ms_ssim", params=dict(detector="hed")),  # ControlNet++'s: ControlNetHED
     "lineart": Condition("lineart", "lineart", "ms_ssim"),
+    # ControlNet++'s depth RMSE re-detects with DPT-Large; depth with the release's annotator (MiDaS DPT-Hybrid)
     "depth": Condition("depth", "depth", "depth_rmse", higher_is_better=False),
+    "depth_dpt": Condition("depth_dpt", "dpt_depth", "depth_rmse", higher_is_better=False),
     "seg": Condition("seg", "seg", "miou", nearest=True),
     "pose": Condition("pose", "pose", "keypoint_f1", params=dict(detector="auto"), nearest=True),
     "shapes": Condition("shapes", None, "iou", sampling=dict(TOY_SAMPLING)),
 }
+
+
+def kornia_canny(image, low_threshold=0.1, high_threshold=0.2):
+    """Canny edges as ControlNet++ detects them (kornia, on the RGB picture in [0, 1]): white on black."""
+    import torch
+    from kornia.filters import canny
+
+    pixels = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)[None].float() / 255.0
+    edges = canny(pixels, low_threshold, high_threshold)[1][0, 0]
+    return np.repeat((edges.numpy() * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+
+
+DPT_REPO = "Intel/dpt-large"
+
+
+@lru_cache(maxsize=2)
+def dpt_model(location=None):
+    from transformers import DPTForDepthEstimation, DPTImageProcessor
+
+    from annotators.weights import transformers_dir
+
+    folder = transformers_dir(DPT_REPO, "DPT-Large", "1.4 GB", location)
+    return DPTImageProcessor.from_pretrained(folder), DPTForDepthEstimation.from_pretrained(folder).eval()
+
+
+def dpt_depth(image, weights=None):
+    """Depth as ControlNet++ re-detects it: DPT-Large (transformers), the map divided by its maximum, in 0-255
+    levels (truncated, as torchvision's to_pil_image does), resized to the picture by PIL's bilinear filter."""
+    import torch
+
+    processor, model = dpt_model(weights)
+    with torch.no_grad():
+        depth = model(**processor(images=image[..., :3], return_tensors="pt")).predicted_depth[0]
+    from PIL import Image
+
+    levels = Image.fromarray((depth / depth.max()).clamp(0, 1).mul(255).to(torch.uint8).numpy())
+    levels = np.asarray(levels.resize(image.shape[1::-1], Image.Resampling.BILINEAR))
+    return np.repeat(levels[..., None], 3, axis=2)
+
+
+DETECTORS = {"kornia_canny": kornia_canny, "dpt_depth": dpt_depth}  # beside annotators.ANNOTATORS
 
 
 def detect(condition, picture, weights=None):
@@ -43,7 +90,7 @@ def detect(condition, picture, weights=None):
 
     from annotators import ANNOTATORS
 
-    annotate = ANNOTATORS[condition.annotator]
+    annotate = DETECTORS.get(condition.annotator) or ANNOTATORS[condition.annotator]
     params = dict(condition.params)
     accepted = inspect.signature(annotate).parameters
     if "detect_resolution" in accepted:
@@ -70,11 +117,11 @@ def score_case(condition, hint, images, prompt, weights=None, segmentation=None)
     if condition.name == "pose":
         return pose_scores(condition, hint, images, weights)
     detected = [detect(condition, image, weights) for image in images]
-    if condition.name == "canny":
+    if condition.name in ("canny", "canny_cv2"):
         return {"edge_f1": metrics.edge_f1(hint, detected)}, detected
     if condition.name in ("hed", "lineart"):
         return metrics.edge_ssim(hint, detected), detected
-    if condition.name == "depth":
+    if condition.name in ("depth", "depth_dpt"):
         return {"depth_rmse": metrics.depth_rmse(hint, detected)}, detected
     if condition.name == "seg":
         from annotators.seg import palette

@@ -30,7 +30,7 @@ def cases_from(condition, data=None, count=200, size=512, seed=1000, weights=Non
     """Up to `count` held-out cases: a dataset folder in the release's layout (prompt.json with source, target
     and prompt: the sources are the maps), or a folder of photos with captions beside them (photo.jpg +
     photo.txt; the condition's annotator makes the maps), or for shapes the generator's outlines of `seed`."""
-    from annotators import list_pictures, read_image, resize_image
+    from annotators import fit, list_pictures, read_image, resize_image
 
     if data is None:
         if condition.annotator is not None:
@@ -41,7 +41,6 @@ def cases_from(condition, data=None, count=200, size=512, seed=1000, weights=Non
         return [Case(f"outline-{i}", make_sample(seed, i, size)[0], make_sample(seed, i, size)[2])
                 for i in range(count)]
     data = Path(data)
-    interpolation = cv2.INTER_NEAREST if condition.nearest else cv2.INTER_LINEAR
     if (data / "prompt.json").is_file():
         from training.data import PairDataset
 
@@ -49,10 +48,8 @@ def cases_from(condition, data=None, count=200, size=512, seed=1000, weights=Non
         cases = []
         for i in range(min(count, len(pairs))):
             hint = (pairs.hint(i) * 255).round().astype(np.uint8)
-            sized = resize_image(hint, size)
-            cases.append(Case(Path(pairs.items[i]["source"]).stem,
-                              cv2.resize(hint, sized.shape[1::-1], interpolation=interpolation),
-                              pairs.items[i]["prompt"]))
+            hint = fit(hint, resize_image(hint, size).shape[:2], nearest=condition.nearest)
+            cases.append(Case(Path(pairs.items[i]["source"]).stem, hint, pairs.items[i]["prompt"]))
         return cases
     from training.data import caption
 

@@ -127,6 +127,19 @@ def write_zoe(folder):
     torch.save({"model": half(model.state_dict())}, Path(folder) / "ZoeD_M12_N.pt")
 
 
+def write_dpt(folder):
+    """A small DPT (ViT) depth model as a transformers folder, where Intel/dpt-large's would be."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                       image_size=64, patch_size=16, backbone_out_indices=[0, 1, 2, 3],
+                       neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16)
+    torch.manual_seed(0)
+    DPTForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 64, "width": 64}, keep_aspect_ratio=False).save_pretrained(folder)
+
+
 WRITERS = {"hed": write_hed, "mlsd": write_mlsd, "openpose": write_openpose, "midas": write_midas,
            "upernet": write_upernet, "lineart": write_lineart, "lineart_anime": write_lineart_anime,
-           "pidinet": write_pidinet, "normalbae": write_normalbae, "leres": write_leres, "zoe": write_zoe}
+           "pidinet": write_pidinet, "normalbae": write_normalbae, "leres": write_leres, "zoe": write_zoe,
+           "dpt": write_dpt}

@@ -18,6 +18,9 @@ def tiny_v21():
     return tiny_model(TINY_V21)
 
 
+SUBFOLDERS = {"upernet": "upernet-convnext-small", "dpt": "dpt-large"}  # transformers folders, named as on the hub
+
+
 @pytest.fixture(scope="session")
 def annotator_weights(tmp_path_factory):
     """A folder of random annotator weights; `annotator_weights(name)` writes one detector's files on demand."""
@@ -29,7 +32,7 @@ def annotator_weights(tmp_path_factory):
     def ensure(*names):
         for name in names:
             if name not in written:
-                WRITERS[name](folder / "upernet-convnext-small" if name == "upernet" else folder)
+                WRITERS[name](folder / SUBFOLDERS[name] if name in SUBFOLDERS else folder)
                 written.add(name)
         return folder
 

@@ -4,6 +4,7 @@ model with random annotator weights, for every condition."""
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -36,6 +37,33 @@ def test_edge_f1_is_controlnet_pp_binary_f1_over_the_images_of_a_condition():
     gt[gt == 255], pred[pred == 255] = 1, 1
     theirs = BinaryF1Score()(pred.flatten(), gt.flatten())
     assert metrics.edge_f1(np.stack([condition] * 3, axis=2), detected) == pytest.approx(float(theirs))
+
+
+def test_canny_as_controlnet_pp_detects_it():
+    from evaluation.conditions import kornia_canny
+
+    square = np.zeros((32, 32, 3), np.uint8)
+    square[8:24, 8:24] = 255
+    edges = kornia_canny(square)[..., 0] > 0
+    inside, outside = np.zeros_like(edges), np.ones_like(edges)
+    inside[11:21, 11:21], outside[4:28, 4:28] = True, False
+    assert edges[7:25, 7:25].any(axis=0)[1:-1].all() and not edges[inside].any() and not edges[outside].any()
+    assert set(np.unique(kornia_canny(square))) == {0, 255}
+
+
+def test_depth_as_controlnet_pp_redetects_it(annotator_weights):
+    """DPT depth divided by its maximum, to 8 bits and resized as eval.py does with torchvision and PIL."""
+    from torchvision.transforms.functional import to_pil_image
+
+    from evaluation.conditions import dpt_depth, dpt_model
+
+    folder = str(annotator_weights("dpt"))
+    photo = np.asarray(Image.fromarray(data.coffee()).resize((128, 96)))
+    processor, model = dpt_model(folder)
+    with torch.no_grad():
+        depth = model(**processor(images=[photo], return_tensors="pt")).predicted_depth[0]
+    theirs = to_pil_image(depth / depth.max()).convert("RGB").resize((128, 96), Image.Resampling.BILINEAR)
+    assert np.array_equal(dpt_depth(photo, folder), np.asarray(theirs))
 
 
 def test_ssim_is_ms_ssim_at_evaluation_size_and_ssim_below():
@@ -146,8 +174,8 @@ def tiny_clip(tmp_path_factory):
     return folder
 
 
-WEIGHTS = {"canny": (), "hed": ("hed",), "lineart": ("lineart",), "depth": ("midas",), "seg": ("upernet",),
-           "pose": ()}
+WEIGHTS = {"canny": (), "canny_cv2": (), "hed": ("hed",), "lineart": ("lineart",), "depth": ("midas",),
+           "depth_dpt": ("dpt",), "seg": ("upernet",), "pose": ()}
 
 
 @pytest.mark.parametrize("condition", sorted(WEIGHTS))
@@ -200,3 +228,29 @@ def test_a_dataset_in_the_release_layout_and_a_condition_without_data(tmp_path, 
     assert 0 <= results["control"]["summary"]["miou"] <= 1
     with pytest.raises(SystemExit, match="the depth condition needs --data"):
         bench.main(["--condition", "depth", "--control", str(tiny_checkpoint), "--config", str(TINY_V15)])
+
+
+def test_hub_test_sets_are_written_as_folders_the_harness_reads(tmp_path):
+    """Rows as a `datasets` split yields them (PIL pictures, captions, maps): without a condition column they
+    become photos with captions, with one the release's layout."""
+    from evaluation.conditions import CONDITIONS
+    from evaluation.export import export, main
+    from evaluation.harness import cases_from
+
+    rows = [{"image": Image.fromarray(getattr(data, name)()), "text": f"a photo of {name}",
+             "control_depth": Image.fromarray(data.camera()).convert("L")} for name in ("astronaut", "coffee")]
+    assert export(rows, tmp_path / "photos", count=1) == 1
+    cases = cases_from(CONDITIONS["canny"], tmp_path / "photos", size=64)
+    assert [c.prompt for c in cases] == ["a photo of astronaut"] and cases[0].hint.max() == 255
+    assert export(rows, tmp_path / "maps", condition_column="control_depth") == 2
+    cases = cases_from(CONDITIONS["depth"], tmp_path / "maps", size=64)
+    camera = cv2.resize(data.camera(), (64, 64), interpolation=cv2.INTER_AREA)
+    assert len(cases) == 2 and cases[1].prompt == "a photo of coffee"
+    assert np.array_equal(cases[0].hint[..., 0], camera)  # the dataset's map, resized
+    with pytest.raises(KeyError, match="no column 'prompt'"):
+        export(rows, tmp_path / "bad", prompt_column="prompt")
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit, match="pip install datasets"):
+            main(["limingcv/MultiGen-20M_canny_eval", "--out", str(tmp_path / "hub")])
