@@ -233,9 +233,10 @@ class Runner:
         for unit in units:
             if not unit.enabled:
                 continue
+            preprocessor = unit.preprocessor or self.task.unit_preprocessor
             detected = self.detect(unit.image if unit.image is not None else picture, settings.image_resolution,
-                                   detect_resolution, unit.preprocessor or self.task.unit_preprocessor)
-            detected = fit(detected, size, settings.resize_mode, nearest=unit.preprocessor in NEAREST_ANNOTATORS)
+                                   detect_resolution, preprocessor)
+            detected = fit(detected, size, settings.resize_mode, nearest=preprocessor in NEAREST_ANNOTATORS)
             region = region_of(unit.region_mask)
             net = None if unit.control in (None, "", OWN_CONTROL) else self.control_net(unit.control)
             controls.append(Control(detected, unit.strength, unit.control_start, unit.control_end, unit.control_mode,
@@ -432,8 +433,9 @@ def build_demo(task, runner):
     defaults = task.defaults(runner.toy)
     values = {**task.annotator_defaults(), **{p.name: p.value for p in task.extra if p.value is not None},
               **{name: getattr(defaults, name) for name in task.settings()}, "preprocessor": task.annotator,
-              "region_mask": None, "pose": "", **{k: v for unit in EXTRA_UNITS for k, v in
-                                      unit_defaults(unit, task.unit_preprocessor).items()}}
+              "region_mask": None, "pose": ""}
+    for unit in EXTRA_UNITS:
+        values.update(unit_defaults(unit, task.unit_preprocessor))
     names = task.inputs()
     page_inputs = [name for name in names if not name.startswith("unit") and name != "pose"]
     annotator_params = {p.name: p for p in task.extra}

@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--base", help="SD checkpoint for a control-only file (default: models/v1-5-pruned.ckpt)")
     p.add_argument("--config", help="model yaml (default: the yaml beside the control file, else cldm_v15.yaml)")
     p.add_argument("--data", help="held-out cases: a release-layout folder or photos with captions")
-    p.add_argument("--count", type=int, default=200, help="cases at most")
+    p.add_argument("--count", type=int, default=200, help="cases at most (0: all of --data)")
     p.add_argument("--size", type=int, default=None, help="shorter side of the maps (default: 512; shapes 128)")
     p.add_argument("--seed", type=int, default=1000, help="held-out outline seed for shapes (training used 0, 1)")
     p.add_argument("--sample-seed", type=int, default=0, help="case i is generated with seed sample-seed + i")

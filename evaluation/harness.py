@@ -27,9 +27,10 @@ class Case:
 
 
 def cases_from(condition, data=None, count=200, size=512, seed=1000, weights=None):
-    """Up to `count` held-out cases: a dataset folder in the release's layout (prompt.json with source, target
-    and prompt: the sources are the maps), or a folder of photos with captions beside them (photo.jpg +
-    photo.txt; the condition's annotator makes the maps), or for shapes the generator's outlines of `seed`."""
+    """Up to `count` held-out cases (0: all of a folder's): a dataset folder in the release's layout (prompt.json
+    with source, target and prompt: the sources are the maps), or a folder of photos with captions beside them
+    (photo.jpg + photo.txt; the condition's annotator makes the maps), or for shapes the generator's outlines of
+    `seed`."""
     from annotators import fit, list_pictures, read_image, resize_image
 
     if data is None:
@@ -46,7 +47,7 @@ def cases_from(condition, data=None, count=200, size=512, seed=1000, weights=Non
 
         pairs = PairDataset(data)
         cases = []
-        for i in range(min(count, len(pairs))):
+        for i in range(min(count or len(pairs), len(pairs))):
             hint = (pairs.hint(i) * 255).round().astype(np.uint8)
             hint = fit(hint, resize_image(hint, size).shape[:2], nearest=condition.nearest)
             cases.append(Case(Path(pairs.items[i]["source"]).stem, hint, pairs.items[i]["prompt"]))
@@ -54,7 +55,7 @@ def cases_from(condition, data=None, count=200, size=512, seed=1000, weights=Non
     from training.data import caption
 
     cases = []
-    for path in list_pictures(data)[:count]:
+    for path in list_pictures(data)[:count or None]:
         photo = resize_image(read_image(str(path)), size)
         cases.append(Case(path.stem, detect(condition, photo, weights), caption(path)))
     return cases
