@@ -26,6 +26,7 @@ from training.cache import CachedPairs, build_cache
 from training.callbacks import AtomicCheckpoint, ControllabilityEval, ImageLogger
 from training.data import AnnotatedFolder, PairDataset, as_hint, collate, read_rgb
 from training.module import STAGES, Trainee
+from training.progress import StepProgress
 from training.sampler import ResumableSampler
 
 
@@ -163,7 +164,7 @@ def main(argv=None):
     out = Path(args.out)
     dataset = read_dataset(args)
     trainee = build(args)
-    callbacks = [AtomicCheckpoint(out / "checkpoints", args.ckpt_every)]
+    callbacks = [AtomicCheckpoint(out / "checkpoints", args.ckpt_every), StepProgress()]
     if args.log_images_every:
         items = validation_items(args) or [dataset[i] for i in range(min(args.log_images, len(dataset)))]
         callbacks.append(ImageLogger(out / "images", args.log_images_every, items, seed=args.seed))

@@ -200,6 +200,17 @@ def test_evaluation_of_another_condition_while_training(shapes, initial_weights,
         run(shapes, initial_weights, tmp_path / "depth", "--eval-every", "2", "--eval-condition", "depth", steps=2)
 
 
+def test_the_progress_bar_counts_steps_out_of_max_steps(shapes, initial_weights, tmp_path, capsys):
+    """Training by steps shows step k/--max-steps, the loss and the rate, and a resumed run starts at its step."""
+    run(shapes, initial_weights, tmp_path / "bar", steps=4)
+    shown = capsys.readouterr().err
+    assert "4/4" in shown and "loss=" in shown and ("step/s" in shown or "s/step" in shown)
+    assert "Epoch" not in shown
+    run(shapes, tmp_path / "bar/checkpoints/step-000004.ckpt", tmp_path / "bar", steps=6)
+    shown = capsys.readouterr().err
+    assert "4/6" in shown and "6/6" in shown and "0/6" not in shown
+
+
 def test_noise_offset_adds_one_constant_per_image_and_channel(shapes, initial_weights, tmp_path):
     trainee = run(shapes, initial_weights, tmp_path / "offset", "--noise-offset", "0.5", steps=2)
     shape = (64, 4, 8, 8)
