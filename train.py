@@ -24,6 +24,7 @@ from ldm.unet import set_gradient_checkpointing
 from training.buckets import BucketBatchSampler, bucket_sizes
 from training.cache import CachedPairs, build_cache
 from training.callbacks import AtomicCheckpoint, ControllabilityEval, ImageLogger
+from training.checkpoint_io import CheckpointSpaceError, DirectCheckpointIO
 from training.data import AnnotatedFolder, PairDataset, as_hint, collate, read_rgb
 from training.module import STAGES, Trainee
 from training.progress import StepProgress
@@ -182,10 +183,13 @@ def main(argv=None):
         devices=args.devices, strategy=args.strategy, accelerator=args.accelerator, callbacks=callbacks,
         default_root_dir=out, enable_checkpointing=False, logger=pl.loggers.CSVLogger(out, name="logs"),
         log_every_n_steps=args.log_every, use_distributed_sampler=False,
-        max_epochs=-1, num_sanity_val_steps=0,
+        max_epochs=-1, num_sanity_val_steps=0, plugins=[DirectCheckpointIO()],
     )
     ckpt_path = args.resume[0] if is_training_checkpoint(args.resume) else None
-    trainer.fit(trainee, datamodule=DataModule(dataset, trainee, args), ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(trainee, datamodule=DataModule(dataset, trainee, args), ckpt_path=ckpt_path, weights_only=True)
+    except CheckpointSpaceError as error:
+        raise SystemExit(f"training stopped at step {trainer.global_step}: {error.strerror}") from error
     return trainee
 
 

@@ -211,6 +211,48 @@ def test_the_progress_bar_counts_steps_out_of_max_steps(shapes, initial_weights,
     assert "4/6" in shown and "6/6" in shown and "0/6" not in shown
 
 
+def test_a_full_disk_stops_training_with_a_message_and_keeps_the_last_checkpoint(shapes, initial_weights,
+                                                                                  tmp_path, monkeypatch):
+    """Checked before writing: too little room stops the run with what is needed and free; a disk that fills
+    during the write leaves no partial file. Either way the previous checkpoint loads, and nothing is written
+    under the system's temporary folder."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import training.checkpoint_io as checkpoint_io
+
+    import lightning_fabric.plugins.io.torch_io as lightning_io
+
+    def through_temp(*args):  # Lightning's own writer: a copy under the temporary folder, then moved
+        raise AssertionError("the checkpoint went through Lightning's temporary copy")
+
+    monkeypatch.setattr(lightning_io, "_atomic_save", through_temp)
+    out = tmp_path / "full"
+    run(shapes, initial_weights, out, steps=4)  # step-000004.ckpt
+    first = (out / "checkpoints/step-000004.ckpt").read_bytes()
+    usage = namedtuple("usage", "total used free")
+    real_disk_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(SystemExit, match=r"stopped at step 8: the checkpoint needs about .* GiB but .* has 0.00 GiB "
+                                         r"free"):
+        run(shapes, out / "checkpoints/step-000004.ckpt", out, steps=8)
+    monkeypatch.setattr(shutil, "disk_usage", real_disk_usage)
+
+    def fills_up(checkpoint, path):
+        open(path, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", fills_up)
+    with pytest.raises(SystemExit, match="filled up while a checkpoint of about .* was written; nothing of it is left"):
+        run(shapes, out / "checkpoints/step-000004.ckpt", out, steps=8)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.suffix == ".ckpt" or ".tmp" in p.name) == [
+        "step-000004.ckpt"]
+    assert (out / "checkpoints/step-000004.ckpt").read_bytes() == first
+    torch.load(out / "checkpoints/step-000004.ckpt", weights_only=False)
+
+
 def test_noise_offset_adds_one_constant_per_image_and_channel(shapes, initial_weights, tmp_path):
     trainee = run(shapes, initial_weights, tmp_path / "offset", "--noise-offset", "0.5", steps=2)
     shape = (64, 4, 8, 8)
