@@ -220,9 +220,9 @@ def test_a_full_disk_stops_training_with_a_message_and_keeps_the_last_checkpoint
     import shutil
     from collections import namedtuple
 
-    import training.checkpoint_io as checkpoint_io
-
     import lightning_fabric.plugins.io.torch_io as lightning_io
+
+    import training.checkpoint_io as checkpoint_io
 
     def through_temp(*args):  # Lightning's own writer: a copy under the temporary folder, then moved
         raise AssertionError("the checkpoint went through Lightning's temporary copy")
