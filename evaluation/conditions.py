@@ -107,13 +107,15 @@ def detect(condition, picture, weights=None):
 def score_case(condition, hint, images, prompt, weights=None, segmentation=None):
     """The scores of one case (a condition map and the images generated from it), and the maps re-detected on
     them. `segmentation` (metrics.SegmentationIoU) accumulates the dataset's mIoU."""
-    if condition.annotator is None:
-        from training.metrics import score
+    if condition.annotator is None:  # the toy's shapes: the region nearer the prompt's shape colour is found
+        from training.metrics import score, shape_region
         from training.shapes import prompt_colors
 
         colours = prompt_colors(prompt)
         scores = [score(image, hint, *colours) for image in images]
-        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}, [hint] * len(images)
+        found = [np.repeat(shape_region(image, *colours)[..., None], 3, axis=2).astype(np.uint8) * 255
+                 for image in images]
+        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}, found
     if condition.name == "pose":
         return pose_scores(condition, hint, images, weights)
     detected = [detect(condition, image, weights) for image in images]

@@ -254,11 +254,12 @@ def test_a_full_disk_stops_training_with_a_message_and_keeps_the_last_checkpoint
 
 
 def test_noise_offset_adds_one_constant_per_image_and_channel(shapes, initial_weights, tmp_path):
+    from training.module import training_noise
+
     trainee = run(shapes, initial_weights, tmp_path / "offset", "--noise-offset", "0.5", steps=2)
     shape = (64, 4, 8, 8)
-    offset = trainee.noise(shape, torch.Generator().manual_seed(0))
-    trainee.noise_offset = 0.0
-    plain = trainee.noise(shape, torch.Generator().manual_seed(0))
+    offset = training_noise(shape, torch.Generator().manual_seed(0), trainee.noise_offset, "cpu")
+    plain = training_noise(shape, torch.Generator().manual_seed(0), 0.0, "cpu")
     difference = offset - plain
     per_channel = difference[..., :1, :1]
     torch.testing.assert_close(difference, per_channel.expand(shape))

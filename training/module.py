@@ -19,6 +19,59 @@ def image_batch(array):
     return array.permute(0, 3, 1, 2).contiguous().float()
 
 
+def step_generator(seed, micro_steps, rank, device):
+    """The generator of every random number of one micro-batch: a function of the run's seed, the micro-batches
+    done and the process, so a resumed run draws what the uninterrupted one would have."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + micro_steps) * 1009 + rank)
+
+
+def diffusion_loss(model, batch, gen, control, prompt_dropout=0.0, noise_offset=0.0):
+    """(loss, logs) of one batch of the release's dict(jpg, txt, hint) (or cached moments and contexts) for a
+    latent diffusion model: a random timestep per image, noise, and the model's p_losses; the hint conditions
+    a ControlNet when `control`."""
+    x0 = latents(model, batch, gen)
+    cond = {"c_crossattn": [text_context(model, batch, gen, prompt_dropout)], "c_concat": None}
+    if control:
+        cond["c_concat"] = [image_batch(batch["hint"])]
+    t = torch.randint(0, model.num_timesteps, (x0.shape[0],), generator=gen, device=x0.device)
+    return model.p_losses(x0, cond, t, noise=training_noise(x0.shape, gen, noise_offset, x0.device))
+
+
+def latents(model, batch, gen):
+    if "moments" in batch:  # cached VAE encodings
+        posterior = DiagonalGaussianDistribution(batch["moments"].float())
+        return model.get_first_stage_encoding(posterior, generator=gen)
+    with torch.no_grad():
+        posterior = model.encode_first_stage(image_batch(batch["jpg"]))
+    return model.get_first_stage_encoding(posterior, generator=gen)
+
+
+def text_context(model, batch, gen, prompt_dropout):
+    prompts = list(batch["txt"])
+    drop = torch.rand(len(prompts), generator=gen, device=gen.device) < prompt_dropout
+    if "context" in batch:  # cached text encodings, with the empty prompt's beside them
+        return torch.where(drop[:, None, None], batch["empty_context"], batch["context"]).float()
+    prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+    encoder = model.cond_stage_model
+    if any(p.requires_grad for p in encoder.parameters()):
+        return encoder.encode(prompts)
+    return model.get_learned_conditioning(prompts)
+
+
+def training_noise(shape, gen, noise_offset, device):
+    """Gaussian noise, plus `noise_offset` times a per-image, per-channel constant ("offset noise").
+
+    SD's schedule leaves sqrt(alpha_bar_T) ~ 0.07 of the image in x_T, enough for a model to learn to read
+    an image's overall colour from the mean of the noise instead of from the prompt; at sampling time that
+    mean is random, and so are the colours of flat backgrounds. The offset hides that leak.
+    """
+    noise = torch.randn(shape, generator=gen, device=device)
+    if noise_offset:
+        offset = torch.randn(shape[:2], generator=gen, device=device)[..., None, None]
+        noise = noise + noise_offset * offset
+    return noise
+
+
 class Trainee(pl.LightningModule):
     """Trains one part of a latent diffusion model.
 
@@ -35,8 +88,8 @@ class Trainee(pl.LightningModule):
         if stage not in STAGES:
             raise ValueError(f"stage {stage!r} is not one of {STAGES}")
         self.model, self.stage = model, stage
-        self.learning_rate, self.prompt_dropout, self.seed, self.kl_weight = learning_rate, prompt_dropout, seed, kl_weight
-        self.noise_offset = noise_offset
+        self.learning_rate, self.prompt_dropout, self.seed = learning_rate, prompt_dropout, seed
+        self.kl_weight, self.noise_offset = kl_weight, noise_offset
         self.micro_steps = 0  # micro-batches done; saved in checkpoints, seeds the randomness of the next one
         if stage == "vae":
             model.first_stage_model.train().requires_grad_(True)
@@ -63,27 +116,7 @@ class Trainee(pl.LightningModule):
 
     def generator(self):
         rank = self.global_rank if self._trainer is not None else 0
-        seed = (self.seed * 1_000_003 + self.micro_steps) * 1009 + rank
-        return torch.Generator(device=self.device).manual_seed(seed)
-
-    def latents(self, batch, gen):
-        if "moments" in batch:  # cached VAE encodings
-            posterior = DiagonalGaussianDistribution(batch["moments"].float())
-            return self.model.get_first_stage_encoding(posterior, generator=gen)
-        with torch.no_grad():
-            posterior = self.model.encode_first_stage(image_batch(batch["jpg"]))
-        return self.model.get_first_stage_encoding(posterior, generator=gen)
-
-    def text_context(self, batch, gen):
-        prompts = list(batch["txt"])
-        drop = torch.rand(len(prompts), generator=gen, device=self.device) < self.prompt_dropout
-        if "context" in batch:  # cached text encodings, with the empty prompt's beside them
-            return torch.where(drop[:, None, None], batch["empty_context"], batch["context"]).float()
-        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-        encoder = self.model.cond_stage_model
-        if any(p.requires_grad for p in encoder.parameters()):
-            return encoder.encode(prompts)
-        return self.model.get_learned_conditioning(prompts)
+        return step_generator(self.seed, self.micro_steps, rank, self.device)
 
     def training_step(self, batch, batch_idx):
         gen = self.generator()
@@ -91,29 +124,11 @@ class Trainee(pl.LightningModule):
         if self.stage in ("vae", "decoder"):
             loss, logs = self.vae_loss(image_batch(batch["jpg"]), gen)
         else:
-            x0 = self.latents(batch, gen)
-            cond = {"c_crossattn": [self.text_context(batch, gen)], "c_concat": None}
-            if self.stage == "control":
-                cond["c_concat"] = [image_batch(batch["hint"])]
-            t = torch.randint(0, self.model.num_timesteps, (x0.shape[0],), generator=gen, device=self.device)
-            noise = self.noise(x0.shape, gen)
-            loss, logs = self.model.p_losses(x0, cond, t, noise=noise)
+            loss, logs = diffusion_loss(self.model, batch, gen, self.stage == "control", self.prompt_dropout,
+                                        self.noise_offset)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, sync_dist=False)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True)
         return loss
-
-    def noise(self, shape, gen):
-        """Gaussian noise, plus `noise_offset` times a per-image, per-channel constant ("offset noise").
-
-        SD's schedule leaves sqrt(alpha_bar_T) ~ 0.07 of the image in x_T, enough for a model to learn to read
-        an image's overall colour from the mean of the noise instead of from the prompt; at sampling time that
-        mean is random, and so are the colours of flat backgrounds. The offset hides that leak.
-        """
-        noise = torch.randn(shape, generator=gen, device=self.device)
-        if self.noise_offset:
-            offset = torch.randn(shape[:2], generator=gen, device=self.device)[..., None, None]
-            noise = noise + self.noise_offset * offset
-        return noise
 
     def vae_loss(self, x, gen):
         with torch.set_grad_enabled(self.stage == "vae"):
