@@ -10,12 +10,13 @@ quality, low quality"); shapes as the toy does (DDIM, 20 steps, guidance 9, 1 im
 
     python bench/controllability.py                        # the shipped toy on 200 held-out outlines
     python bench/controllability.py --condition canny --control models/control_v11p_sd15_canny.pth \\
-        --data eval/multigen_canny --out outputs/controllability/canny
+        --data eval/multigen --out outputs/controllability/canny
 
 --data is a folder in the release's layout (prompt.json; the sources are the maps) or of photos with
-captions beside them (photo.jpg + photo.txt; the annotator makes the maps). With --clip FOLDER (a transformers
-CLIP model) the CLIP score of images and prompts is added. With --precision bf16 (or fp16) the same cases also
-run in fp32, so what the precision costs is measured on identical seeds.
+captions beside them (photo.jpg + photo.txt; the annotator makes the maps). With --clip FOLDER (a
+transformers CLIP model; models/clip-vit-base-patch16 when present) the CLIP score of images and prompts is
+added. With --precision bf16 (or fp16) the same cases also run in fp32, so what the precision costs is measured
+on identical seeds.
 """
 
 import argparse
@@ -37,6 +38,7 @@ from evaluation.harness import Run, cases_from, clip_scorer, default_settings, e
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision  # noqa: E402
 
 SHAPES_BAR = (0.85, 0.40)  # the toy's bar: mean IoU, and its gain over strength 0
+DEFAULT_CLIP = ROOT / "models/clip-vit-base-patch16"  # openai/clip-vit-base-patch16, ControlNet++'s CLIP
 
 
 def parse_args(argv=None):
@@ -54,7 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--guidance", type=float, help="guidance scale (default: the condition's evaluation setting)")
     p.add_argument("--images", type=int, help="images per case (default: 4; shapes 1)")
     p.add_argument("--sampler", help="sampler (default: UniPC; shapes DDIM)")
-    p.add_argument("--clip", help="folder of a transformers CLIP model for the CLIP score (e.g. clip-vit-base-patch16)")
+    p.add_argument("--clip", default=str(DEFAULT_CLIP) if DEFAULT_CLIP.is_dir() else None,
+                   help="folder of a transformers CLIP model for the CLIP score (default: models/"
+                        f"{DEFAULT_CLIP.name} when it is there)")
     p.add_argument("--annotator-ckpts", help="folder of annotator weights")
     p.add_argument("--out", help="folder for results.json, results.csv and grid.png "
                                  "(default: outputs/controllability/<condition>)")
