@@ -142,11 +142,6 @@ def projected(features):
     return features if isinstance(features, torch.Tensor) else features.pooler_output
 
 
-def headline(condition, results):
-    """(metric, {run name: value}) of the figure reported for the condition."""
-    return condition.headline, {name: r["summary"].get(condition.headline, float("nan")) for name, r in results.items()}
-
-
 def write(folder, condition, cases, results, shown, settings, extra=None):
     """results.json (settings, summaries, every case's scores), results.csv (a row per case and run) and
     grid.png (the best and worst cases of the first run: condition, image, re-detected) in `folder`."""
