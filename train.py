@@ -125,7 +125,9 @@ class DataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         trainer, args = self.trainer, self.args
-        batches_done = self.trainee.micro_steps * trainer.world_size
+        if self.trainee.batches_seen is None:  # saved before the position was: assume the same process count
+            self.trainee.batches_seen = self.trainee.micro_steps * trainer.world_size
+        batches_done = self.trainee.batches_seen
         loader = {"num_workers": args.workers, "persistent_workers": args.workers > 0, "collate_fn": collate}
         if self.dataset.sizes is not None:
             sampler = BucketBatchSampler(self.dataset.sizes, args.batch_size, args.seed, batches_done,

@@ -14,6 +14,7 @@ import train
 from ldm.checkpoint import save_safetensors
 from tests.helpers import ROOT, TINY_V15, tiny_model
 from training.data import AnnotatedFolder, DataError, PairDataset
+from training.sampler import ResumableSampler
 from training.shapes import make_sample, write_dataset
 
 
@@ -251,6 +252,38 @@ def test_a_full_disk_stops_training_with_a_message_and_keeps_the_last_checkpoint
         "step-000004.ckpt"]
     assert (out / "checkpoints/step-000004.ckpt").read_bytes() == first
     torch.load(out / "checkpoints/step-000004.ckpt", weights_only=False)
+
+
+def test_a_resume_onto_another_process_count_sees_each_sample_once_per_pass():
+    """Two processes take alternate positions of the stream; one process resumed at the position they reached
+    (batches seen by all of them, as checkpoints save it) takes the rest: each sample once per pass."""
+    size, batch, steps = 24, 2, 3
+    seen = []
+    for rank in range(2):
+        stream = iter(ResumableSampler(size, seed=5, start=0, rank=rank, world=2))
+        seen += [next(stream) for _ in range(steps * batch)]
+    batches_seen = steps * 2  # each of the 2 processes trained `steps` batches
+    stream = iter(ResumableSampler(size, seed=5, start=batches_seen * batch, rank=0, world=1))
+    seen += [next(stream) for _ in range(size - len(seen))]
+    assert sorted(seen) == list(range(size))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
+def test_two_processes_then_one_continue_the_data_stream(shapes, initial_weights, tmp_path):
+    """A real 2-process (DDP, gloo) run saves the batches both processes consumed; resumed on one process the
+    stream continues from there, and the count goes on in that process's units."""
+    out = tmp_path / "ddp"
+    args = ["--config", str(TINY_V15), "--data", str(shapes), "--out", str(out), "--max-steps", "2",
+            "--batch-size", "2", "--learning-rate", "1e-3", "--ckpt-every", "2", "--resume", str(initial_weights),
+            "--devices", "2", "--accelerator", "cpu", "--strategy", "ddp", "--workers", "0"]
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = torch.load(out / "checkpoints/step-000002.ckpt", weights_only=False)
+    assert saved["batches_seen"] == 4  # 2 steps x 2 processes
+    trainee = run(shapes, out / "checkpoints/step-000002.ckpt", out, steps=3)
+    assert trainee.trainer.train_dataloader.sampler.start == 4 * 2  # samples both processes consumed
+    assert trainee.batches_seen == 5
 
 
 def test_noise_offset_adds_one_constant_per_image_and_channel(shapes, initial_weights, tmp_path):

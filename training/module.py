@@ -91,6 +91,9 @@ class Trainee(pl.LightningModule):
         self.learning_rate, self.prompt_dropout, self.seed = learning_rate, prompt_dropout, seed
         self.kl_weight, self.noise_offset = kl_weight, noise_offset
         self.micro_steps = 0  # micro-batches done; saved in checkpoints, seeds the randomness of the next one
+        # batches all processes have trained on: the data stream's position, whatever the number of processes
+        # a run is resumed with (None: a checkpoint from before it was saved)
+        self.batches_seen = 0
         if stage == "vae":
             model.first_stage_model.train().requires_grad_(True)
         if stage == "decoder":
@@ -121,6 +124,7 @@ class Trainee(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         gen = self.generator()
         self.micro_steps += 1
+        self.batches_seen += self.trainer.world_size if self._trainer is not None else 1
         if self.stage in ("vae", "decoder"):
             loss, logs = self.vae_loss(image_batch(batch["jpg"]), gen)
         else:
@@ -143,7 +147,7 @@ class Trainee(pl.LightningModule):
         return loss, {"rec": rec.detach(), "kl": kl.detach()}
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["micro_steps"] = self.micro_steps
+        checkpoint["micro_steps"], checkpoint["batches_seen"] = self.micro_steps, self.batches_seen
 
     def on_load_checkpoint(self, checkpoint):
-        self.micro_steps = checkpoint["micro_steps"]
+        self.micro_steps, self.batches_seen = checkpoint["micro_steps"], checkpoint.get("batches_seen")
