@@ -149,6 +149,27 @@ def test_bad_datasets_name_the_file(tmp_path):
         PairDataset(root)
 
 
+def test_a_large_listing_is_not_checked_file_by_file_at_start(tmp_path, monkeypatch):
+    """3000 listed pairs: a spread of 1000 is looked for before training, not every file; a missing file
+    outside that spread is reported with its line when read; check_all looks for every one first."""
+    from pathlib import Path
+
+    root = write_dataset(tmp_path / "d", 1, seed=1)
+    pair = json.loads((root / "prompt.json").read_text())
+    lines = [json.dumps(pair)] * 3000
+    lines[1501] = json.dumps({**pair, "source": "source/gone.png"})
+    (root / "prompt.json").write_text("\n".join(lines))
+    looked = []
+    is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda self: looked.append(self) or is_file(self))
+    dataset = PairDataset(root)
+    assert len(dataset) == 3000 and len(looked) <= 2 * 1000 + 1
+    with pytest.raises(DataError, match=r"line 1502: source file .*source/gone.png does not exist"):
+        dataset[1501]
+    with pytest.raises(DataError, match=r"line 1502: source file .*source/gone.png does not exist"):
+        PairDataset(root, check_all=True)
+
+
 def test_plain_pictures_through_an_annotator_with_validation_prompts(initial_weights, tmp_path):
     from skimage import data as photos
 

@@ -46,6 +46,9 @@ def bucket_of_each(paths, buckets):
     return sizes
 
 
+FILES_CHECKED_AT_START = 1000
+
+
 class PairDataset(Dataset):
     """Items are dicts: jpg (H, W, 3) float32 in [-1, 1], txt (str), hint (H, W, 3) float32 in [0, 1].
 
@@ -53,7 +56,7 @@ class PairDataset(Dataset):
     nearest its aspect ratio, listed in `sizes`; without, pairs keep their size and `sizes` is None.
     """
 
-    def __init__(self, root, buckets=None):
+    def __init__(self, root, buckets=None, check_all=False):
         self.root = Path(root)
         index = self.root / "prompt.json"
         if not index.is_file():
@@ -70,12 +73,16 @@ class PairDataset(Dataset):
             missing = [k for k in ("source", "target", "prompt") if k not in item]
             if missing:
                 raise DataError(f"{index} line {number} lacks {missing}")
-            for key in ("source", "target"):
-                if not (self.root / item[key]).is_file():
-                    raise DataError(f"{index} line {number}: {key} file {self.root / item[key]} does not exist")
-            self.items.append(item)
+            self.items.append({**item, "line": number})
         if not self.items:
             raise DataError(f"{index} lists no samples")
+        # a spread of the listed files is looked for now (all of them with check_all); the others say which
+        # file and line when a step reads them: listing millions of files costs minutes before the first step
+        step = 1 if check_all else max(1, len(self.items) // FILES_CHECKED_AT_START)
+        for item in self.items[::step]:
+            for key in ("source", "target"):
+                if not (self.root / item[key]).is_file():
+                    raise DataError(f"{index} line {item['line']}: {key} file {self.root / item[key]} does not exist")
         self.sizes = bucket_of_each([self.root / item["target"] for item in self.items], buckets)
 
     def __len__(self):
@@ -88,6 +95,9 @@ class PairDataset(Dataset):
     def __getitem__(self, i):
         item = self.items[i]
         source_path, target_path = self.root / item["source"], self.root / item["target"]
+        for key, path in (("source", source_path), ("target", target_path)):
+            if not path.is_file():
+                raise DataError(f"{self.root / 'prompt.json'} line {item['line']}: {key} file {path} does not exist")
         source, target = read_rgb(source_path), read_rgb(target_path)
         if source.shape != target.shape:
             raise DataError(f"{source_path} is {source.shape[1]}x{source.shape[0]} but {target_path} is "
