@@ -30,22 +30,13 @@ CSS = (".pose-editor canvas { width: 100%; max-width: 512px; touch-action: none;
        ".pose-editor button { border: 1px solid #888; border-radius: 4px; padding: 2px 8px; margin: 4px 4px 0 0; }")
 
 
-def edited_people(text):
-    """The editor's JSON -> (poses, (H, W)), or None when it holds no one (the picture's pose is detected)."""
+def pose_picture(text):
+    """The map the editor's JSON draws (body, hands and face as it has them), at its canvas size; None when it
+    holds no one (the picture's pose is then detected)."""
     if not text or not text.strip():
         return None
     poses, size = poses_from_json(text)
-    return (poses, size) if poses else None
-
-
-def pose_picture(text):
-    """The map the edited pose draws (body, hands and face as the JSON has them), at its canvas size; None
-    when the editor holds no one."""
-    edited = edited_people(text)
-    if edited is None:
-        return None
-    poses, size = edited
-    return draw(poses, size, hands=True, face=True)
+    return draw(poses, size, hands=True, face=True) if poses else None
 
 
 def detected_json(picture, detector, include_hand, include_face, detect_resolution, weights=None):
