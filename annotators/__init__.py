@@ -51,11 +51,12 @@ ANNOTATORS = {
 
 
 
-def condition_map(image, annotator, resolution, detect_resolution=None, nearest=False, **params):
+def condition_map(image, annotator, resolution, detect_resolution=None, nearest=False, weights=None, **params):
     """A picture -> the condition map at the generation size: the picture's `resize_image` grid at
-    `resolution`, the annotator run at `detect_resolution` (default: the same; annotators without that
-    parameter see the picture as it is) and its map resized to that grid (`nearest` for maps whose exact
-    colours matter: pose skeletons, segments). annotator=None: the picture is the map."""
+    `resolution`, the annotator (a name of ANNOTATORS, or a detector function of the same form) run at
+    `detect_resolution` (default: the same; annotators without that parameter see the picture as it is), with
+    its weights from the folder `weights` when it takes any, and its map resized to that grid (`nearest` for
+    maps whose exact colours matter: pose skeletons, segments). annotator=None: the picture is the map."""
     import inspect
 
     import cv2
@@ -65,9 +66,12 @@ def condition_map(image, annotator, resolution, detect_resolution=None, nearest=
     if annotator is None:
         detected = image
     else:
-        detect = ANNOTATORS[annotator]
-        if "detect_resolution" in inspect.signature(detect).parameters:
+        detect = ANNOTATORS[annotator] if isinstance(annotator, str) else annotator
+        accepted = inspect.signature(detect).parameters
+        if "detect_resolution" in accepted:
             params["detect_resolution"] = detect_resolution or resolution
+        if weights and "weights" in accepted:
+            params["weights"] = weights
         detected = detect(image, **params)
     interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
     return cv2.resize(detected, (target.shape[1], target.shape[0]), interpolation=interpolation)

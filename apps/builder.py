@@ -200,11 +200,10 @@ class Runner:
             annotator in NEAREST_ANNOTATORS)
         if annotator in (None, NO_ANNOTATOR):
             return condition_map(picture, None, image_resolution, nearest=nearest)
-        accepted = inspect.signature(ANNOTATORS[annotator]).parameters
+        accepted = inspect.signature(ANNOTATORS[annotator]).parameters  # the page's sliders serve several
         params = {k: v for k, v in params.items() if k in accepted}
-        if "weights" in accepted and self.annotator_weights:
-            params["weights"] = self.annotator_weights
-        return condition_map(picture, annotator, image_resolution, detect_resolution, nearest, **params)
+        return condition_map(picture, annotator, image_resolution, detect_resolution, nearest,
+                             self.annotator_weights, **params)
 
     def condition(self, image, resolution, detect_resolution, params, preprocessor, mask_blur, pose=None):
         """(the control's condition, the map shown and saved, the starting picture, the mask, the picture the

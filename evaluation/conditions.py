@@ -85,47 +85,29 @@ DETECTORS = {"kornia_canny": kornia_canny, "dpt_depth": dpt_depth}  # beside ann
 
 
 def detect(condition, picture, weights=None):
-    """The condition's map of a picture, at the picture's size."""
-    import inspect
+    """The condition's map of a picture (sides multiples of 64), at the picture's size."""
+    from annotators import condition_map
 
-    from annotators import ANNOTATORS
+    detector = DETECTORS.get(condition.annotator) or condition.annotator
+    return condition_map(picture, detector, min(picture.shape[:2]), nearest=condition.nearest, weights=weights,
+                         **condition.params)
 
-    annotate = DETECTORS.get(condition.annotator) or ANNOTATORS[condition.annotator]
-    params = dict(condition.params)
-    accepted = inspect.signature(annotate).parameters
-    if "detect_resolution" in accepted:
-        params["detect_resolution"] = min(picture.shape[:2])
-    if "weights" in accepted and weights:
-        params["weights"] = weights
-    detected = annotate(picture, **params)
-    if detected.shape[:2] != picture.shape[:2]:
-        interpolation = cv2.INTER_NEAREST if condition.nearest else cv2.INTER_LINEAR
-        detected = cv2.resize(detected, picture.shape[1::-1], interpolation=interpolation)
-    return detected
+
+# how re-detected maps are compared with the condition's, by the figure a condition reports
+MAP_SCORES = {"edge_f1": lambda hint, detected: {"edge_f1": metrics.edge_f1(hint, detected)},
+              "ms_ssim": metrics.edge_ssim,
+              "depth_rmse": lambda hint, detected: {"depth_rmse": metrics.depth_rmse(hint, detected)}}
 
 
 def score_case(condition, hint, images, prompt, weights=None, segmentation=None):
     """The scores of one case (a condition map and the images generated from it), and the maps re-detected on
     them. `segmentation` (metrics.SegmentationIoU) accumulates the dataset's mIoU."""
-    if condition.annotator is None:  # the toy's shapes: the region nearer the prompt's shape colour is found
-        from training.metrics import score, shape_region
-        from training.shapes import prompt_colors
-
-        colours = prompt_colors(prompt)
-        scores = [score(image, hint, *colours) for image in images]
-        found = [np.repeat(shape_region(image, *colours)[..., None], 3, axis=2).astype(np.uint8) * 255
-                 for image in images]
-        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}, found
-    if condition.name == "pose":
+    if condition.annotator is None:
+        return shape_scores(hint, images, prompt)
+    if condition.headline == "keypoint_f1":
         return pose_scores(condition, hint, images, weights)
     detected = [detect(condition, image, weights) for image in images]
-    if condition.name in ("canny", "canny_cv2"):
-        return {"edge_f1": metrics.edge_f1(hint, detected)}, detected
-    if condition.name in ("hed", "lineart"):
-        return metrics.edge_ssim(hint, detected), detected
-    if condition.name in ("depth", "depth_dpt"):
-        return {"depth_rmse": metrics.depth_rmse(hint, detected)}, detected
-    if condition.name == "seg":
+    if condition.headline == "miou":
         from annotators.seg import palette
 
         label = metrics.class_map(hint, palette())
@@ -133,7 +115,21 @@ def score_case(condition, hint, images, prompt, weights=None, segmentation=None)
         for p in predicted:
             segmentation.update(label, p)
         return {"miou": float(np.nanmean([metrics.image_miou(label, p) for p in predicted]))}, detected
-    raise ValueError(f"no score for condition {condition.name!r}")
+    return MAP_SCORES[condition.headline](hint, detected), detected
+
+
+def mean_scores(scores):
+    return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+
+def shape_scores(hint, images, prompt):
+    """The toy's shapes: the region nearer the prompt's shape colour than its background's is found."""
+    from training.metrics import score, shape_region
+    from training.shapes import prompt_colors
+
+    colours = prompt_colors(prompt)
+    found = [np.repeat(shape_region(image, *colours)[..., None], 3, axis=2).astype(np.uint8) * 255 for image in images]
+    return mean_scores([score(image, hint, *colours) for image in images]), found
 
 
 def pose_scores(condition, hint, images, weights):
@@ -148,4 +144,4 @@ def pose_scores(condition, hint, images, weights):
         found = metrics.body_points(poses, image.shape[:2])
         scores.append(metrics.keypoint_agreement(wanted, found, image.shape[:2]))
         drawn.append(cv2.resize(draw(poses, size), image.shape[1::-1], interpolation=cv2.INTER_NEAREST))
-    return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}, drawn
+    return mean_scores(scores), drawn

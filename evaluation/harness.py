@@ -39,8 +39,8 @@ def cases_from(condition, data=None, count=200, size=512, seed=1000, weights=Non
                              "(the release's layout) or of photos with captions")
         from training.shapes import make_sample
 
-        return [Case(f"outline-{i}", make_sample(seed, i, size)[0], make_sample(seed, i, size)[2])
-                for i in range(count)]
+        samples = (make_sample(seed, i, size) for i in range(count))
+        return [Case(f"outline-{i}", hint, prompt) for i, (hint, _, prompt, _) in enumerate(samples)]
     data = Path(data)
     if (data / "prompt.json").is_file():
         from training.data import PairDataset

@@ -95,10 +95,14 @@ class PairDataset(Dataset):
     def __getitem__(self, i):
         item = self.items[i]
         source_path, target_path = self.root / item["source"], self.root / item["target"]
-        for key, path in (("source", source_path), ("target", target_path)):
-            if not path.is_file():
-                raise DataError(f"{self.root / 'prompt.json'} line {item['line']}: {key} file {path} does not exist")
-        source, target = read_rgb(source_path), read_rgb(target_path)
+        try:
+            source, target = read_rgb(source_path), read_rgb(target_path)
+        except DataError:
+            for key, path in (("source", source_path), ("target", target_path)):
+                if not path.is_file():  # most files are not checked at start: say which line lists it
+                    raise DataError(f"{self.root / 'prompt.json'} line {item['line']}: {key} file {path} does "
+                                    "not exist") from None
+            raise
         if source.shape != target.shape:
             raise DataError(f"{source_path} is {source.shape[1]}x{source.shape[0]} but {target_path} is "
                             f"{target.shape[1]}x{target.shape[0]}: a hint and its target must have the same size")
