@@ -205,10 +205,9 @@ class Runner:
         return condition_map(picture, annotator, image_resolution, detect_resolution, nearest,
                              self.annotator_weights, **params)
 
-    def condition(self, image, resolution, detect_resolution, params, preprocessor, mask_blur, pose=None):
+    def condition(self, image, resolution, detect_resolution, params, preprocessor, mask_blur, edited=None):
         """(the control's condition, the map shown and saved, the starting picture, the mask, the picture the
-        condition comes from) for the UI's input (and the pose editor's JSON, which replaces the detection)."""
-        edited = pose_picture(pose) if self.task.pose_editor else None
+        condition comes from) for the UI's input (and the pose editor's map, which replaces the detection)."""
         if edited is not None:
             detected = self.detect(edited, resolution, annotator=NO_ANNOTATOR)
             return detected, detected, None, None, edited if image is None else image
@@ -267,6 +266,7 @@ class Runner:
         units = [Unit.pop(k, values) for k in EXTRA_UNITS]
         preprocessor, region = values.pop("preprocessor", None), region_of(values.pop("region_mask", None))
         pose = values.pop("pose", None)
+        edited = pose_picture(pose) if self.task.pose_editor else None
         settings = self.task.defaults(self.toy).with_values(**values)
         if settings.block_weights.strip() in ("", "uniform"):
             settings = replace(settings, block_weights="uniform")
@@ -277,7 +277,7 @@ class Runner:
             warnings.simplefilter("always", AnnotatorNotice)
             condition, shown, init, mask, picture = self.condition(image, settings.image_resolution,
                                                                    detect_resolution, params, preprocessor,
-                                                                   settings.mask_blur, pose)
+                                                                   settings.mask_blur, edited)
             controls, unit_maps = self.unit_controls(units, picture, shown.shape[:2], settings, detect_resolution)
         said = "".join(f" {n.message}" for n in notices if issubclass(n.category, AnnotatorNotice))
         if not self.generates:
@@ -291,7 +291,7 @@ class Runner:
                                          mask=mask, region_mask=region)
         record = {**settings.record(), "seed": used_seed, "annotator": params, "preprocessor": preprocessor,
                   "size": list(shown.shape[:2]), "precision": self.precision,
-                  **({"pose": pose} if pose_picture(pose) is not None else {})}
+                  **({"pose": pose} if edited is not None else {})}
         if self.task.start == "inpaint":  # the condition is made again from the picture and the mask
             record["inpaint_control"] = hint is not None
         pictures = {"hint": None if hint is None else shown, "init_image": init, "mask": mask, "region_mask": region}
