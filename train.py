@@ -22,7 +22,7 @@ from evaluation.conditions import CONDITIONS
 from evaluation.harness import cases_from, default_settings
 from ldm.unet import set_gradient_checkpointing
 from training.buckets import BucketBatchSampler, bucket_sizes
-from training.cache import CachedPairs, build_cache
+from training.cache import CachedPairs, ModelEncoders, build_cache
 from training.callbacks import AtomicCheckpoint, ControllabilityEval, ImageLogger
 from training.checkpoint_io import CheckpointSpaceError, DirectCheckpointIO
 from training.data import AnnotatedFolder, PairDataset, as_hint, collate, read_rgb
@@ -58,7 +58,10 @@ def parse_args(argv=None):
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in backward (default: the yaml's use_checkpoint)")
     p.add_argument("--cache", action="store_true",
-                   help="cache VAE latents (and text encodings, if the text encoder is frozen) in --out")
+                   help="cache VAE latents (and text encodings, if the text encoder is frozen) on disk, in shards "
+                        "read as needed; built once for all processes, extended (not rebuilt) when data is added")
+    p.add_argument("--cache-dir", help="the cache's folder (implies --cache; default: OUT/cache): runs on the same "
+                                       "data with the same VAE and text encoder can share one")
     p.add_argument("--prompt-dropout", type=float, default=0.0, help="probability of training on the empty prompt")
     p.add_argument("--noise-offset", type=float, default=0.0, help="offset noise: add this times a per-image, "
                    "per-channel constant to the training noise, so flat colours follow the prompt (0.1 is usual)")
@@ -119,11 +122,22 @@ def validation_items(args):
 
 
 class DataModule(pl.LightningDataModule):
-    """Builds the loader when training starts, after a resumed checkpoint has restored the step count."""
+    """Builds the latent cache (with `cache_dir`) on the process's device, and the loader when training starts,
+    after a resumed checkpoint has restored the step count."""
 
-    def __init__(self, dataset, trainee, args):
+    def __init__(self, dataset, trainee, args, cache_dir=None):
         super().__init__()
-        self.dataset, self.trainee, self.args = dataset, trainee, args
+        self.dataset, self.trainee, self.args, self.cache_dir = dataset, trainee, args, cache_dir
+
+    def setup(self, stage):
+        if self.cache_dir is None or isinstance(self.dataset, CachedPairs):
+            return
+        model = self.trainee.model
+        for encoder in (model.first_stage_model, model.cond_stage_model):
+            encoder.to(self.trainer.strategy.root_device)
+        text_frozen = not any(p.requires_grad for p in model.cond_stage_model.parameters())
+        build_cache(ModelEncoders(model), self.dataset, self.cache_dir, with_text=text_frozen)
+        self.dataset = CachedPairs(self.dataset, self.cache_dir, with_text=text_frozen)
 
     def train_dataloader(self):
         trainer, args = self.trainer, self.args
@@ -177,11 +191,11 @@ def main(argv=None):
         if args.stage != "control":
             raise SystemExit("--eval-every measures a ControlNet: use it with --stage control")
         callbacks.append(controllability_eval(args, size=dataset[0]["hint"].shape[0]))
-    if args.cache:
+    cache_dir = None
+    if args.cache or args.cache_dir:
         if args.stage in ("vae", "decoder"):
             raise SystemExit("--cache stores VAE encodings and text encodings, not the images a VAE stage needs")
-        text_frozen = not any(p.requires_grad for p in trainee.model.cond_stage_model.parameters())
-        dataset = CachedPairs(dataset, build_cache(trainee.model, dataset, out / "cache.safetensors"), text_frozen)
+        cache_dir = Path(args.cache_dir or out / "cache")
     trainer = pl.Trainer(
         max_steps=args.max_steps, accumulate_grad_batches=args.accumulate, precision=args.precision,
         devices=args.devices, strategy=args.strategy, accelerator=args.accelerator, callbacks=callbacks,
@@ -191,7 +205,7 @@ def main(argv=None):
     )
     ckpt_path = args.resume[0] if is_training_checkpoint(args.resume) else None
     try:
-        trainer.fit(trainee, datamodule=DataModule(dataset, trainee, args), ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(trainee, datamodule=DataModule(dataset, trainee, args, cache_dir), ckpt_path=ckpt_path, weights_only=True)
     except CheckpointSpaceError as error:
         raise SystemExit(f"training stopped at step {trainer.global_step}: {error.strerror}") from error
     return trainee

@@ -90,7 +90,7 @@ def test_cached_latents_and_text_give_the_same_losses(shapes, initial_weights, t
     run(shapes, initial_weights, tmp_path / "plain", steps=4)
     run(shapes, initial_weights, tmp_path / "cached", "--cache", steps=4)
     plain, cached = losses(tmp_path / "plain"), losses(tmp_path / "cached")
-    assert (tmp_path / "cached/cache.safetensors").is_file()
+    assert (tmp_path / "cached/cache/manifest.json").is_file()
     np.testing.assert_allclose([cached[s] for s in sorted(plain)], [plain[s] for s in sorted(plain)], rtol=1e-4)
 
 

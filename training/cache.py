@@ -1,100 +1,295 @@
-"""Cache VAE encodings and text encodings of a dataset on disk, for training with both frozen.
+"""A cache of VAE encodings and text encodings on disk, in shards, read lazily: for training with both frozen.
 
-The cache stores the VAE posterior's moments (so each step still samples the latent, as without the
-cache) and one text encoding per distinct prompt, plus the empty prompt's for prompt dropout.
+It stores the VAE posterior's moments (so each step still samples the latent, as without the cache) and one
+text encoding per distinct prompt, plus the empty prompt's for prompt dropout. Its layout:
+
+    cache/manifest.json               the encoders' fingerprint and the parts, written last
+    cache/empty.safetensors           the empty prompt's encoding
+    cache/part-000000/index.safetensors
+                                      what each build added: item keys -> (moments shard, row),
+                                      prompt keys -> (text shard, row); 64-bit hashes, so no header limit
+    cache/part-000000/moments-000000.safetensors   (rows, 8, h/8, w/8), one latent size per shard
+    cache/part-000000/text-000000.safetensors      (rows, tokens, width)
+
+Building adds a part holding only what the cache lacks, so data added to a dataset is encoded alone; new
+encoders (their weights' fingerprint) start the cache anew. A file lock makes the first process build while
+the others of a distributed run wait for it and then read what it wrote. Items are found by a hash of what was
+encoded (the target's path and the size it is cropped to; the prompt's text): a picture changed in place
+keeps its old encoding (delete the folder to re-encode).
 """
 
 import hashlib
 import json
+import os
+import shutil
+import struct
 from collections import defaultdict
+from itertools import islice
+from pathlib import Path
 
+import numpy as np
+import safetensors
 import safetensors.torch
 import torch
+from filelock import FileLock
 from torch.utils.data import Dataset
 
-from ldm.checkpoint import save_safetensors
-from training.data import require_one_size
+from ldm.checkpoint import atomic_path, save_safetensors
+
+FORMAT = 2
+SHARD_BYTES = 64 * 2**20  # a shard's size: few files for millions of rows; a build holds one in memory
 
 
-def fingerprint(model, dataset):
-    """Changes when the dataset's listing (or aspect buckets) or the frozen encoders' weights change."""
-    h = hashlib.sha256()
-    h.update(json.dumps([(it["source"], it["target"], it["prompt"]) for it in dataset.items]).encode())
-    if getattr(dataset, "sizes", None) is not None:
-        h.update(json.dumps(dataset.sizes).encode())
-    for module in (model.first_stage_model, model.cond_stage_model):
-        for name, value in sorted(module.state_dict().items()):
-            h.update(name.encode())
-            h.update(value.detach().flatten()[:1024].float().cpu().numpy().tobytes())  # a sample, not the whole tensor
-    return h.hexdigest()[:16]
+def keys_of(texts):
+    """A signed 64-bit hash of each text (collisions among 2 million keys: about 1 in 10 million)."""
+    texts, chunks = iter(texts), []
+    while chunk := b"".join(hashlib.blake2b(t.encode(), digest_size=8).digest() for t in islice(texts, 1 << 16)):
+        chunks.append(np.frombuffer(chunk, dtype="<i8"))  # in chunks: millions of small bytes objects at once
+    return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)  # cost ~100 MB
 
 
-def moments_key(shape):
-    return "moments.{}x{}".format(*shape)
+def item_keys(dataset):
+    """The keys of each item's VAE encoding (its target file and the size it is cropped to) and text encoding."""
+    sizes = getattr(dataset, "sizes", None)
+    crop = getattr(dataset, "size", None)  # an annotated folder's square crop; None: the picture's own size
+    targets = (f"{item['target']}|{sizes[i] if sizes else crop}" for i, item in enumerate(dataset.items))
+    return keys_of(targets), keys_of(item["prompt"] for item in dataset.items)
+
+
+class ModelEncoders:
+    """The frozen VAE encoder and text encoder of a latent diffusion model, as build_cache uses them."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def fingerprint(self):
+        """Changes when the encoders' weights change (a sample of every tensor, not the whole tensor)."""
+        h = hashlib.sha256()
+        for module in (self.model.first_stage_model, self.model.cond_stage_model):
+            for name, value in sorted(module.state_dict().items()):
+                h.update(name.encode())
+                h.update(value.detach().flatten()[:1024].float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def images(self, batch):
+        """(B, H, W, 3) float32 in [-1, 1] -> the posterior's moments (B, 2 * latent channels, H/8, W/8)."""
+        x = batch.permute(0, 3, 1, 2).to(self.model.betas.device)
+        posterior = self.model.encode_first_stage(x)
+        return torch.cat([posterior.mean, posterior.logvar], dim=1).cpu()
+
+    def prompts(self, prompts):
+        return self.model.get_learned_conditioning(list(prompts)).cpu()
+
+
+def read_manifest(folder):
+    path = folder / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class ShardWriter:
+    """Appends rows to `prefix-NNNNNN.safetensors` files (one tensor, `rows`), each about SHARD_BYTES."""
+
+    def __init__(self, folder, prefix):
+        self.folder, self.prefix = folder, prefix
+        self.shards, self.buffer, self.count = 0, None, 0
+
+    def add(self, rows):
+        """Append rows (N, ...); returns the (shard, row) of each, (N, 2). A shard holds rows of one shape."""
+        places, start = [], 0
+        while start < len(rows):
+            if self.buffer is not None and (self.count == len(self.buffer) or self.buffer.shape[1:] != rows.shape[1:]):
+                self.flush()
+            if self.buffer is None:  # one block a shard: many small blocks would fragment the heap
+                capacity = max(1, SHARD_BYTES // (rows[0].numel() * rows.element_size()))
+                self.buffer = torch.empty((capacity, *rows.shape[1:]), dtype=rows.dtype)
+            take = min(len(rows) - start, len(self.buffer) - self.count)
+            self.buffer[self.count:self.count + take] = rows[start:start + take]
+            places.append(np.stack([np.full(take, self.shards), np.arange(self.count, self.count + take)], axis=1))
+            self.count, start = self.count + take, start + take
+        return np.concatenate(places).astype(np.int32)
+
+    def flush(self):
+        """Write the rows waiting as a shard."""
+        if self.count:
+            save_safetensors({"rows": self.buffer[:self.count]},
+                             self.folder / f"{self.prefix}-{self.shards:06d}.safetensors")
+            self.shards += 1
+        self.buffer, self.count = None, 0
+
+
+TABLES = {"item": "moments", "prompt": "text"}  # what a key finds -> the shards holding it
+
+
+class CacheIndex:
+    """One kind of key ("item": the moments' keys, "prompt": the text encodings') of every part, sorted, to find
+    where each encoding lies."""
+
+    def __init__(self, folder, manifest, kind):
+        self.kind, keys, places = kind, [np.zeros(0, np.int64)], [np.zeros((0, 3), np.int32)]
+        for number, part in enumerate(manifest["parts"]):
+            with safetensors.safe_open(str(folder / part / "index.safetensors"), "np") as index:
+                keys.append(index.get_tensor(f"{kind}_keys"))
+                shard, row = index.get_tensor(f"{kind}_shard"), index.get_tensor(f"{kind}_row")
+                places.append(np.stack([np.full(len(shard), number, np.int32), shard, row], axis=1))
+        keys = np.concatenate(keys)
+        order = np.argsort(keys)
+        self.keys, self.places = keys[order], np.concatenate(places)[order]
+
+    def contains(self, keys):
+        return np.isin(keys, self.keys)
+
+    def locate(self, keys):
+        """(part, shard, row) of each key, (N, 3) int32; a KeyError says how many the cache lacks."""
+        at = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        found = self.keys[at] == keys if len(self.keys) else np.zeros(len(keys), bool)
+        if not found.all():
+            raise KeyError(f"the cache lacks {int((~found).sum())} of {len(keys)} {self.kind} encodings: "
+                           "build_cache adds them")
+        return self.places[at]
+
+
+def new_indices(keys, known):
+    """Indices of the first item of each key the cache does not have."""
+    missing = np.flatnonzero(~known)
+    _, first = np.unique(keys[missing], return_index=True)
+    return missing[np.sort(first)]
+
+
+def remove_unlisted(folder, manifest):
+    """Parts the manifest does not list: those of a build that stopped half way, or of other encoders."""
+    for path in folder.glob("part-*"):
+        if path.name not in manifest["parts"]:
+            shutil.rmtree(path)
 
 
 @torch.no_grad()
-def build_cache(model, dataset, path, batch_size=16):
-    """Encode every target and prompt once; reuse the file when its fingerprint matches.
+def build_cache(encoders, dataset, folder, with_text=True, batch_size=16):
+    """Encode what the cache in `folder` lacks of the dataset (everything, the first time); returns `folder`.
 
-    Encodings of one size share a tensor (`moments.HxW`, latent sizes; one per aspect bucket); the metadata
-    maps each item to its tensor and row.
+    encoders: ModelEncoders (or any object with fingerprint(), images(batch), prompts(list)). with_text=False
+    skips the text encodings (when the text encoder is trained).
     """
-    key = fingerprint(model, dataset)
-    if path.is_file():
-        with safetensors.safe_open(str(path), "pt") as f:
-            if f.metadata().get("fingerprint") == key and "rows" in f.metadata():
-                return path
-    device = model.betas.device
-    sizes = getattr(dataset, "sizes", None) or [None] * len(dataset)
-    by_size = defaultdict(list)
-    for i, size in enumerate(sizes):
-        by_size[size].append(i)
-    tensors, rows = {}, [None] * len(dataset)
-    for indices in by_size.values():
-        moments = []
-        for start in range(0, len(indices), batch_size):
-            batch = [dataset[i]["jpg"] for i in indices[start:start + batch_size]]
-            require_one_size(batch)
-            x = torch.stack([torch.from_numpy(b) for b in batch]).permute(0, 3, 1, 2).to(device)
-            posterior = model.encode_first_stage(x)
-            moments.append(torch.cat([posterior.mean, posterior.logvar], dim=1).cpu())
-        moments = torch.cat(moments)
-        name = moments_key(moments.shape[2:])
-        tensors[name] = moments
-        for row, i in enumerate(indices):
-            rows[i] = (name, row)
-    prompts = sorted({item["prompt"] for item in dataset.items})
-    contexts = torch.cat([model.get_learned_conditioning(prompts[i:i + batch_size]).cpu()
-                          for i in range(0, len(prompts), batch_size)])
-    empty = model.get_learned_conditioning([""]).cpu()
-    save_safetensors({**tensors, "contexts": contexts, "empty_context": empty[0]}, path,
-                     metadata={"fingerprint": key, "prompts": json.dumps(prompts), "rows": json.dumps(rows)})
-    return path
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        fingerprint = encoders.fingerprint()
+        manifest = read_manifest(folder)
+        if manifest is None or manifest.get("format") != FORMAT or manifest.get("fingerprint") != fingerprint:
+            manifest = {"format": FORMAT, "fingerprint": fingerprint, "parts": []}
+        remove_unlisted(folder, manifest)
+        targets, texts = item_keys(dataset)
+        images = by_size(dataset, new_indices(targets, CacheIndex(folder, manifest, "item").contains(targets)))
+        texts = texts if with_text else texts[:0]
+        prompts = new_indices(texts, CacheIndex(folder, manifest, "prompt").contains(texts))
+        empty = folder / "empty.safetensors"
+        if with_text and not (manifest["parts"] and empty.is_file()):
+            save_safetensors({"context": encoders.prompts([""])[0]}, empty)
+        if len(images) or len(prompts):
+            part = folder / f"part-{len(manifest['parts']):06d}"
+            part.mkdir()
+            images_at = encode(encoders.images, (dataset.image(i) for i in images), part / "moments", batch_size)
+            prompts_at = encode(encoders.prompts, (dataset.items[i]["prompt"] for i in prompts), part / "text",
+                                batch_size)
+            save_safetensors({"item_keys": torch.from_numpy(targets[images]), **places("item", images_at),
+                              "prompt_keys": torch.from_numpy(texts[prompts]), **places("prompt", prompts_at)},
+                             part / "index.safetensors")
+            manifest["parts"].append(part.name)
+        with atomic_path(folder / "manifest.json") as tmp:
+            tmp.write_text(json.dumps(manifest, indent=1))
+    return folder
+
+
+def by_size(dataset, indices):
+    """The indices with those of one (bucket) size together, so that they are encoded in batches."""
+    sizes = getattr(dataset, "sizes", None)
+    return indices if sizes is None else np.array(sorted(indices, key=lambda i: sizes[i]), dtype=np.int64)
+
+
+def encode(function, inputs, prefix, batch_size):
+    """function(batch) for batches of the inputs (an iterable; pictures of one size go in one batch), its rows
+    written to shards `prefix-NNNNNN.safetensors`; returns the (shard, row) of each input, in order."""
+    writer = ShardWriter(prefix.parent, prefix.name)
+    places, batch = [], []
+
+    def flush():
+        rows = function(torch.from_numpy(np.stack(batch)) if isinstance(batch[0], np.ndarray) else batch)
+        places.append(writer.add(rows))
+        batch.clear()
+
+    for value in inputs:
+        if batch and (len(batch) == batch_size or getattr(value, "shape", None) != getattr(batch[0], "shape", None)):
+            flush()
+        batch.append(value)
+    if batch:
+        flush()
+    writer.flush()
+    return np.concatenate(places) if places else np.zeros((0, 2), np.int32)
+
+
+def places(kind, at):
+    return {f"{kind}_shard": torch.from_numpy(at[:, 0].copy()), f"{kind}_row": torch.from_numpy(at[:, 1].copy())}
+
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+class Shard:
+    """The rows of a shard, each read alone from the offsets in its header. Neither safetensors' reader nor a
+    memory map reads one row: the first pulls in much of the file, the second maps the multi-MB page-cache
+    blocks around each row into the process, so a few thousand rows would hold gigabytes."""
+
+    def __init__(self, path):
+        self.path = path
+        with open(path, "rb") as f:
+            header_size = struct.unpack("<Q", f.read(8))[0]
+            entry = json.loads(f.read(header_size))["rows"]
+        self.dtype, self.shape = DTYPES[entry["dtype"]], entry["shape"][1:]
+        self.start = 8 + header_size + entry["data_offsets"][0]
+        self.row_bytes = (entry["data_offsets"][1] - entry["data_offsets"][0]) // entry["shape"][0]
+        self.file = None
+
+    def __getitem__(self, row):
+        if self.file is None:  # opened in the process that reads (a DataLoader worker), not the one that made it
+            self.file = open(self.path, "rb", buffering=0)
+        data = bytearray(os.pread(self.file.fileno(), self.row_bytes, self.start + row * self.row_bytes))
+        return torch.frombuffer(data, dtype=self.dtype).reshape(self.shape)
 
 
 class CachedPairs(Dataset):
     """The items of a PairDataset with `moments` in place of the image, and unless the text encoder is
-    being trained (with_text=False), `context` and `empty_context` beside the prompt."""
+    being trained (with_text=False), `context` and `empty_context` beside the prompt; read from the cache's
+    shards as they are asked for."""
 
-    def __init__(self, dataset, cache_path, with_text=True):
-        self.dataset, self.with_text = dataset, with_text
+    def __init__(self, dataset, folder, with_text=True):
+        self.dataset, self.folder, self.with_text = dataset, Path(folder), with_text
         self.sizes = getattr(dataset, "sizes", None)
-        self.tensors = safetensors.torch.load_file(str(cache_path))
-        with safetensors.safe_open(str(cache_path), "pt") as f:
-            prompts = json.loads(f.metadata()["prompts"])
-            self.rows = json.loads(f.metadata()["rows"])
-        self.contexts, self.empty = self.tensors["contexts"], self.tensors["empty_context"]
-        self.prompt_index = {p: i for i, p in enumerate(prompts)}
+        manifest = read_manifest(self.folder)
+        if manifest is None:
+            raise FileNotFoundError(f"{self.folder} holds no cache: build it with training.cache.build_cache")
+        self.parts = manifest["parts"]
+        targets, prompts = item_keys(dataset)
+        self.moments_at = CacheIndex(self.folder, manifest, "item").locate(targets)
+        if with_text:
+            self.context_at = CacheIndex(self.folder, manifest, "prompt").locate(prompts)
+            self.empty = safetensors.torch.load_file(str(self.folder / "empty.safetensors"))["context"]
+        self.shards = {}  # open shards of this process (memory maps), by path
+
+    def __getstate__(self):  # a DataLoader worker opens its own
+        return {**self.__dict__, "shards": {}}
+
+    def row(self, kind, at):
+        part, shard, row = (int(v) for v in at)
+        path = self.folder / self.parts[part] / f"{TABLES[kind]}-{shard:06d}.safetensors"
+        if path not in self.shards:
+            self.shards[path] = Shard(path)
+        return self.shards[path][row]
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
-        item = self.dataset.items[i]
-        name, row = self.rows[i]
-        out = {"moments": self.tensors[name][row], "txt": item["prompt"], "hint": self.dataset.hint(i)}
+        out = {"moments": self.row("item", self.moments_at[i]), "txt": self.dataset.items[i]["prompt"],
+               "hint": self.dataset.hint(i)}
         if self.with_text:
-            out["context"] = self.contexts[self.prompt_index[item["prompt"]]]
-            out["empty_context"] = self.empty
+            out["context"], out["empty_context"] = self.row("prompt", self.context_at[i]), self.empty
         return out

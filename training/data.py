@@ -33,6 +33,10 @@ def as_hint(source):
     return source.astype(np.float32) / 255.0
 
 
+def as_image(target):
+    return target.astype(np.float32) / 127.5 - 1.0
+
+
 def bucket_of_each(paths, buckets):
     """The aspect bucket of each picture (training.buckets), or None without buckets."""
     if buckets is None:
@@ -92,6 +96,11 @@ class PairDataset(Dataset):
         source = read_rgb(self.root / self.items[i]["source"])
         return as_hint(source if self.sizes is None else fit(source, self.sizes[i], smooth=False))
 
+    def image(self, i):
+        """The target alone, as the item's jpg (what the latent cache encodes)."""
+        target = read_rgb(self.root / self.items[i]["target"])
+        return as_image(target if self.sizes is None else fit(target, self.sizes[i]))
+
     def __getitem__(self, i):
         item = self.items[i]
         source_path, target_path = self.root / item["source"], self.root / item["target"]
@@ -108,11 +117,7 @@ class PairDataset(Dataset):
                             f"{target.shape[1]}x{target.shape[0]}: a hint and its target must have the same size")
         if self.sizes is not None:
             source, target = fit(source, self.sizes[i], smooth=False), fit(target, self.sizes[i])
-        return {
-            "jpg": target.astype(np.float32) / 127.5 - 1.0,
-            "txt": item["prompt"],
-            "hint": as_hint(source),
-        }
+        return {"jpg": as_image(target), "txt": item["prompt"], "hint": as_hint(source)}
 
 
 def require_one_size(pictures):
@@ -163,6 +168,9 @@ class AnnotatedFolder(Dataset):
             raise DataError(f"{self.paths[i]}: {e}; replace or remove it") from None
         return fit(picture, (self.size, self.size) if self.sizes is None else self.sizes[i])
 
+    def image(self, i):
+        return as_image(self.target(i))
+
     def hint(self, i, target=None):
         target = self.target(i) if target is None else target
         hint = self.annotate(target, detect_resolution=min(target.shape[:2]), **self.params)
@@ -174,8 +182,7 @@ class AnnotatedFolder(Dataset):
 
     def __getitem__(self, i):
         target = self.target(i)
-        return {"jpg": target.astype(np.float32) / 127.5 - 1.0, "txt": self.items[i]["prompt"],
-                "hint": self.hint(i, target)}
+        return {"jpg": as_image(target), "txt": self.items[i]["prompt"], "hint": self.hint(i, target)}
 
 
 def caption(path):
