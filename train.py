@@ -29,19 +29,22 @@ from training.data import AnnotatedFolder, PairDataset, as_hint, collate, read_r
 from training.module import STAGES, Trainee
 from training.progress import StepProgress
 from training.sampler import ResumableSampler
+from training.shards import ShardStream, is_shards
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="models/cldm_v15.yaml")
-    p.add_argument("--data", required=True, help="dataset folder with prompt.json, source/, target/ "
-                                                  "(or, with --annotator, a folder of plain pictures)")
+    p.add_argument("--data", required=True, help="dataset folder with prompt.json, source/, target/ (or, with "
+                   "--annotator, a folder of plain pictures), or WebDataset tar shards, e.g. "
+                   "'shards/{000000..000099}.tar' (image, hint.png and txt per sample; python -m training.shards "
+                   "writes them from a folder)")
     p.add_argument("--check-files", action="store_true", help="look for every file prompt.json lists before "
                    "training (default: a spread of 1000; the others are reported, with their line, when read)")
     p.add_argument("--annotator", help="make pairs from plain pictures (captions from photo.txt beside photo.jpg) "
                                        "with this annotator, e.g. canny, hed")
     p.add_argument("--resolution", type=int, default=512,
-                   help="square crop size for --annotator folders; the buckets' size with --buckets")
+                   help="square crop size for --annotator folders and shards; the buckets' size with --buckets")
     p.add_argument("--buckets", action="store_true",
                    help="non-square data: scale and crop each pair to the aspect bucket (sides multiples of 64, "
                         "about resolution² pixels) nearest its shape; a batch holds one bucket")
@@ -144,7 +147,11 @@ class DataModule(pl.LightningDataModule):
         if self.trainee.batches_seen is None:  # saved before the position was: assume the same process count
             self.trainee.batches_seen = self.trainee.micro_steps * trainer.world_size
         batches_done = self.trainee.batches_seen
-        loader = {"num_workers": args.workers, "persistent_workers": args.workers > 0, "collate_fn": collate}
+        loader = {"num_workers": args.workers, "persistent_workers": args.workers > 0}
+        if isinstance(self.dataset, ShardStream):  # batches are made by the stream
+            self.dataset.place(batches_done * args.batch_size, trainer.global_rank, trainer.world_size)
+            return DataLoader(self.dataset, batch_size=None, **loader)
+        loader["collate_fn"] = collate
         if self.dataset.sizes is not None:
             sampler = BucketBatchSampler(self.dataset.sizes, args.batch_size, args.seed, batches_done,
                                          trainer.global_rank, trainer.world_size)
@@ -159,9 +166,20 @@ def read_dataset(args):
         buckets = bucket_sizes(args.resolution) if args.buckets else None
     except ValueError as error:
         raise SystemExit(f"--resolution: {error}") from None
+    if is_shards(args.data):
+        if args.annotator or args.cache or args.cache_dir:
+            raise SystemExit("--annotator and --cache take a dataset folder; shards carry their conditions and are "
+                             "encoded as they stream")
+        return ShardStream(args.data, args.resolution, args.batch_size, args.seed, buckets)
     if args.annotator:
         return AnnotatedFolder(args.data, args.annotator, args.resolution, buckets=buckets)
     return PairDataset(args.data, buckets=buckets, check_all=args.check_files)
+
+
+def first_items(dataset, n):
+    if isinstance(dataset, ShardStream):
+        return dataset.first(n)
+    return [dataset[i] for i in range(min(n, len(dataset)))]
 
 
 def controllability_eval(args, size):
@@ -185,12 +203,12 @@ def main(argv=None):
     trainee = build(args)
     callbacks = [AtomicCheckpoint(out / "checkpoints", args.ckpt_every), StepProgress()]
     if args.log_images_every:
-        items = validation_items(args) or [dataset[i] for i in range(min(args.log_images, len(dataset)))]
+        items = validation_items(args) or first_items(dataset, args.log_images)
         callbacks.append(ImageLogger(out / "images", args.log_images_every, items, seed=args.seed))
     if args.eval_every:
         if args.stage != "control":
             raise SystemExit("--eval-every measures a ControlNet: use it with --stage control")
-        callbacks.append(controllability_eval(args, size=dataset[0]["hint"].shape[0]))
+        callbacks.append(controllability_eval(args, size=first_items(dataset, 1)[0]["hint"].shape[0]))
     cache_dir = None
     if args.cache or args.cache_dir:
         if args.stage in ("vae", "decoder"):

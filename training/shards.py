@@ -1,0 +1,189 @@
+"""WebDataset tar shards as training data, streamed: for datasets of millions of pairs that do not fit a folder.
+
+    python train.py --data 'shards/{000000..000099}.tar' ...
+    python -m training.shards DATASET_FOLDER shards/ --per-shard 1000     (a release-layout folder into shards)
+
+A sample is the files of one key in a tar: the image (`KEY.jpg`, `.jpeg`, `.png` or `.webp`), its condition
+(`KEY.hint.png`; also `source.*`, `control.*`, `conditioning.*`, as other writers name it) and its caption
+(`KEY.txt`, optional). Pairs are scaled and centre-cropped to `size` (with aspect buckets, to the bucket
+nearest their shape).
+
+The order is a stream, as training.sampler's: each pass reads the shards in a permutation seeded by (seed, pass)
+and each shard in its own order; process `rank` of `world` takes positions start + rank, start + rank + world,
+..., so a resumed run continues from the samples all processes consumed, whatever their number now. Every
+process reads every shard's bytes but decodes only its own samples; the shards' sample counts, read from their
+tar headers at start, let a resume skip whole shards without reading them.
+"""
+
+import argparse
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import braceexpand
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from training.buckets import fit, nearest_bucket
+from training.data import DataError, as_hint, as_image, collate
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+CONDITION_NAMES = ("hint", "source", "control", "conditioning")
+
+
+def is_shards(data):
+    """Whether --data names tar shards (a path or brace pattern ending in .tar) rather than a folder."""
+    return str(data).endswith(".tar")
+
+
+def shard_paths(pattern):
+    paths = [Path(p) for p in braceexpand.braceexpand(str(pattern))]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} of the {len(paths)} shards {pattern} names do not exist, e.g. {missing[0]}")
+    return paths
+
+
+def count_samples(path):
+    """The samples webdataset makes of a tar (consecutive files sharing a key), from its headers alone."""
+    count, key, suffixes = 0, None, set()
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            prefix, suffix = wds.tariterators.base_plus_ext(member.name)
+            if prefix is None:
+                continue
+            if prefix != key or suffix in suffixes:
+                count, key, suffixes = count + 1, prefix, set()
+            suffixes.add(suffix)
+    return count
+
+
+def picture(data, where):
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as e:
+        raise DataError(f"{where} could not be read as an image ({e}); rewrite that shard") from None
+
+
+def first_of(sample, names):
+    return next((sample[n] for n in names if n in sample), None)
+
+
+class ShardStream(IterableDataset):
+    """Endless batches of the release's dict(jpg, txt, hint) from tar shards; see the module's text.
+
+    Call `place(start, rank, world)` before iterating: `start` is the number of samples all processes consumed.
+    With several DataLoader workers, worker w of W makes the process's batches w, w + W, ...
+    """
+
+    def __init__(self, pattern, size=512, batch_size=1, seed=0, buckets=None):
+        if buckets is not None and batch_size != 1:
+            raise DataError("aspect buckets from a stream need --batch-size 1 (a batch would mix buckets): use "
+                            "--batch-size 1 with --accumulate for larger batches, or shards of one size")
+        self.paths = shard_paths(pattern)
+        self.counts = [count_samples(p) for p in self.paths]
+        self.total = sum(self.counts)
+        if not self.total:
+            raise DataError(f"the shards {pattern} hold no samples")
+        self.size, self.batch_size, self.seed, self.buckets = size, batch_size, seed, buckets
+        self.sizes = None  # batches are made here, not by a bucket sampler
+        self.place(0)
+
+    def place(self, start, rank=0, world=1):
+        self.start, self.rank, self.world = start, rank, world
+
+    def shard_order(self, epoch):
+        return torch.randperm(len(self.paths), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+
+    def raw_samples(self, position):
+        """(position, undecoded sample) from stream position `position` on, endlessly."""
+        epoch, offset = divmod(position, self.total)
+        while True:
+            first = epoch * self.total
+            for shard in self.shard_order(epoch).tolist():
+                count = self.counts[shard]
+                if offset >= count:  # all of it consumed: not even opened
+                    offset -= count
+                    first += count
+                    continue
+                read = 0
+                for read, sample in enumerate(wds.DataPipeline(wds.SimpleShardList([str(self.paths[shard])]),
+                                                               wds.tarfile_to_samples()), start=1):
+                    if read > offset:
+                        yield first + read - 1, sample
+                if read != count:
+                    raise DataError(f"{self.paths[shard]} gave {read} samples but its headers list {count}: "
+                                    "was it rewritten during training?")
+                offset, first = 0, first + count
+            epoch, offset = epoch + 1, 0
+
+    def __iter__(self):
+        worker = get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        batch = []
+        for position, sample in self.raw_samples(self.start + self.rank):
+            taken, rest = divmod(position - self.start - self.rank, self.world)
+            if rest or (taken // self.batch_size) % workers != worker_id:
+                continue
+            batch.append(self.decode(sample))
+            if len(batch) == self.batch_size:
+                yield collate(batch)
+                batch = []
+
+    def decode(self, sample):
+        where = f"{sample['__url__']} sample {sample['__key__']}"
+        image = first_of(sample, IMAGE_EXTENSIONS)
+        hint = first_of(sample, [f"{name}.{ext}" for name in CONDITION_NAMES for ext in IMAGE_EXTENSIONS])
+        if image is None or hint is None:
+            raise DataError(f"{where} has files {sorted(k for k in sample if not k.startswith('__'))}: a sample "
+                            f"needs an image ({'/'.join(IMAGE_EXTENSIONS)}) and a condition (hint.png)")
+        image, hint = picture(image, where), picture(hint, where)
+        if image.shape != hint.shape:
+            raise DataError(f"{where}: the image is {image.shape[1]}x{image.shape[0]} but the condition "
+                            f"{hint.shape[1]}x{hint.shape[0]}")
+        size = (self.size, self.size) if self.buckets is None else nearest_bucket(*image.shape[:2], self.buckets)
+        caption = sample.get("txt", b"").decode("utf-8").strip()
+        return {"jpg": as_image(fit(image, size)), "txt": caption, "hint": as_hint(fit(hint, size, smooth=False))}
+
+    def first(self, n):
+        """The first n samples of the stream, decoded (for image logs)."""
+        items = []
+        for _, sample in self.raw_samples(0):
+            if len(items) == n:
+                break
+            items.append(self.decode(sample))
+        return items
+
+
+def write_shards(folder, out, per_shard=1000):
+    """A release-layout dataset folder (prompt.json, source/, target/) as tar shards of `per_shard` samples."""
+    folder, out = Path(folder), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [json.loads(line) for line in (folder / "prompt.json").read_text().splitlines() if line.strip()]
+    with wds.ShardWriter(str(out / "%06d.tar"), maxcount=per_shard, verbose=0) as sink:
+        for number, item in enumerate(lines):
+            target, source = Path(item["target"]), Path(item["source"])
+            sink.write({"__key__": f"{number:09d}", target.suffix.lstrip(".").lower(): (folder / target).read_bytes(),
+                        f"hint{source.suffix.lower()}": (folder / source).read_bytes(), "txt": item["prompt"]})
+    return sorted(out.glob("*.tar"))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="a dataset folder with prompt.json, source/, target/")
+    parser.add_argument("out", help="the folder the shards are written to (000000.tar, 000001.tar, ...)")
+    parser.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
+    args = parser.parse_args(argv)
+    shards = write_shards(args.folder, args.out, args.per_shard)
+    print(f"wrote {len(shards)} shards: --data '{args.out}/{{{0:06d}..{len(shards) - 1:06d}}}.tar'")
+
+
+if __name__ == "__main__":
+    main()
