@@ -11,6 +11,8 @@ import torch
 import torchvision
 from PIL import Image
 
+from cldm.sharding import whole_weights
+
 
 class ImageLogger(pl.Callback):
     def __init__(self, batch_frequency=2000, max_images=4, clamp=True, increase_log_steps=True, rescale=True,
@@ -23,13 +25,15 @@ class ImageLogger(pl.Callback):
         self.log_images_kwargs = log_images_kwargs or {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.disabled or self.max_images <= 0 or batch_idx % self.batch_frequency or not trainer.is_global_zero:
+        if self.disabled or self.max_images <= 0 or batch_idx % self.batch_frequency:
             return
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), whole_weights(trainer):  # every process samples: FSDP's weights are shards
             images = pl_module.log_images(batch, split="train", **self.log_images_kwargs)
         pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return
         folder = Path(trainer.logger.save_dir if trainer.logger else trainer.default_root_dir) / "image_log/train"
         folder.mkdir(parents=True, exist_ok=True)
         for kind, pictures in images.items():

@@ -98,10 +98,16 @@ def test_two_process_ddp_on_cpu(shapes, initial_weights, tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--config", str(TINY_V15), "--data", str(shapes),
          "--out", str(tmp_path / "ddp"), "--max-steps", "2", "--batch-size", "2", "--ckpt-every", "2",
-         "--resume", str(initial_weights), "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"],
+         "--resume", str(initial_weights), "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
+         "--log-images-every", "2", "--log-images", "1"],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ddp/checkpoints/step-000002.ckpt").is_file()
+    assert (tmp_path / "ddp/images/step-000002.png").is_file()  # every process samples, the first writes
+    from safetensors.torch import load_file
+
+    exported = load_file(tmp_path / "ddp/checkpoints/control-000002.safetensors")
+    assert exported and all(k.startswith("control_model.") for k in exported)
 
 
 def test_decoder_stage_trains_the_vae_decoder_alone(shapes, initial_weights, tmp_path):

@@ -1,4 +1,9 @@
-"""Checkpoints written atomically every N steps, and sample grids every N steps."""
+"""Checkpoints written atomically every N steps, and sample grids every N steps.
+
+Under FSDP and DeepSpeed ZeRO-3 each process holds a shard of the weights: exporting them and sampling with
+them are collective, so every process takes part (gathering the weights as its strategy requires) and the
+first one writes. Under DDP the others would wait for it at the next step anyway.
+"""
 
 from pathlib import Path
 
@@ -7,9 +12,22 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from cldm.diffusers_interop import export_control_only
 from cldm.pipeline import generate
+from cldm.sharding import whole_weights
 from ldm.checkpoint import atomic_path, save_safetensors
+
+
+def trained_state(trainer, pl_module):
+    """The state of what is being trained, whole, on the first process (every process must call this)."""
+    strategy = trainer.strategy
+    if isinstance(strategy, pl.strategies.DeepSpeedStrategy) and strategy.zero_stage_3:
+        with whole_weights(trainer):
+            state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+    else:
+        state = strategy.lightning_module_state_dict()  # FSDP gathers it to the first process
+    prefix = "model.control_model." if pl_module.stage == "control" else "model."
+    kept = "control_model." if pl_module.stage == "control" else ""
+    return {kept + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class AtomicCheckpoint(pl.Callback):
@@ -34,18 +52,14 @@ class AtomicCheckpoint(pl.Callback):
         final = self.dirpath / f"step-{step:06d}.ckpt"
         with atomic_path(final, commit=trainer.is_global_zero) as tmp:
             trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP; only rank 0 writes
+        state = trained_state(trainer, pl_module)
         if trainer.is_global_zero:
-            weights = self.dirpath / f"{pl_module.stage}-{step:06d}.safetensors"
-            if pl_module.stage == "control":
-                export_control_only(pl_module.model, weights)
-            else:
-                save_safetensors(pl_module.model.state_dict(), weights)
+            save_safetensors(state, self.dirpath / f"{pl_module.stage}-{step:06d}.safetensors")
 
 
 def due(trainer, batch_idx, every_n_steps):
-    """On rank 0, at the first micro-batch of every optimizer step that is a multiple of every_n_steps."""
-    at_step = trainer.global_step % every_n_steps == 0
-    return trainer.is_global_zero and at_step and batch_idx % trainer.accumulate_grad_batches == 0
+    """At the first micro-batch of every optimizer step that is a multiple of every_n_steps."""
+    return trainer.global_step % every_n_steps == 0 and batch_idx % trainer.accumulate_grad_batches == 0
 
 
 class ImageLogger(pl.Callback):
@@ -58,10 +72,14 @@ class ImageLogger(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if due(trainer, batch_idx, self.every_n_steps):
-            self.log_grid(pl_module, step)
+            with whole_weights(trainer):
+                grid = self.grid(pl_module)
+            if trainer.is_global_zero:
+                self.dirpath.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(grid).save(self.dirpath / f"step-{step:06d}.png")
 
     @torch.no_grad()
-    def log_grid(self, pl_module, step):
+    def grid(self, pl_module):
         model = pl_module.model
         was_training = model.training
         model.eval()
@@ -73,8 +91,7 @@ class ImageLogger(pl.Callback):
                                  size=hint.shape[:2])
             rows.append(np.concatenate([hint, images[0]], axis=1))
         model.train(was_training)
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.concatenate(rows, axis=0)).save(self.dirpath / f"step-{step:06d}.png")
+        return np.concatenate(rows, axis=0)
 
 
 class ControllabilityEval(pl.Callback):
@@ -88,9 +105,11 @@ class ControllabilityEval(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if due(trainer, batch_idx, self.every_n_steps):
-            means = self.evaluate(pl_module.model)
-            trainer.logger.log_metrics({f"eval/{k}": v for k, v in means.items()}, step=step)
-            print(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
+            with whole_weights(trainer):
+                means = self.evaluate(pl_module.model)
+            if trainer.is_global_zero:
+                trainer.logger.log_metrics({f"eval/{k}": v for k, v in means.items()}, step=step)
+                print(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
 
     @torch.no_grad()
     def evaluate(self, model):
