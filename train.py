@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from cldm.model import load_model
@@ -26,7 +27,7 @@ from training.cache import CachedPairs, ModelEncoders, build_cache
 from training.callbacks import AtomicCheckpoint, ControllabilityEval, ImageLogger
 from training.checkpoint_io import CheckpointSpaceError, DirectCheckpointIO
 from training.data import AnnotatedFolder, PairDataset, as_hint, collate, read_rgb
-from training.module import STAGES, Trainee
+from training.module import OPTIMIZERS, STAGES, Trainee
 from training.progress import StepProgress
 from training.sampler import ResumableSampler
 from training.shards import ShardStream, is_shards
@@ -57,7 +58,11 @@ def parse_args(argv=None):
     p.add_argument("--learning-rate", type=float, default=1e-5)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation: micro-batches per step")
-    p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
+    p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"],
+                   help="mixed precision computes in bf16/fp16 and holds the frozen weights in it; what is trained "
+                        "stays fp32")
+    p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
+                   help="adamw8bit (bitsandbytes) keeps AdamW's moments in 8 bits: 2 bytes a trained weight, not 8")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in backward (default: the yaml's use_checkpoint)")
     p.add_argument("--cache", action="store_true",
@@ -97,8 +102,20 @@ def is_training_checkpoint(paths):
     return len(paths) == 1 and Path(paths[0]).suffix == ".ckpt" and Path(paths[0]).name.startswith("step-")
 
 
+def frozen_sources(checkpoint):
+    """The files a step-*.ckpt's frozen weights come from (it holds only what is trained); none for a checkpoint
+    that holds them all."""
+    sources = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True).get("frozen_sources", [])
+    missing = [s for s in sources if not Path(s).exists()]
+    if missing:
+        raise SystemExit(f"{checkpoint} holds the trained weights only; the frozen ones come from {missing[0]}, "
+                         "which is gone: put it back at that path to resume")
+    return sources
+
+
 def build(args):
-    initial = [] if is_training_checkpoint(args.resume) else args.resume  # a step-*.ckpt is restored by Lightning
+    # a step-*.ckpt is restored by Lightning, over the files its frozen weights come from
+    initial = frozen_sources(args.resume[0]) if is_training_checkpoint(args.resume) else args.resume
     model = load_model(args.config, *initial, strict=args.stage != "vae", for_training=True)
     if args.stage == "control":
         model.sd_locked = args.sd_locked
@@ -106,7 +123,9 @@ def build(args):
     if args.gradient_checkpointing is not None:
         set_gradient_checkpointing(model, args.gradient_checkpointing)
     return Trainee(model, args.stage, args.learning_rate, args.prompt_dropout, args.seed,
-                   noise_offset=args.noise_offset)
+                   noise_offset=args.noise_offset, optimizer=args.optimizer, precision=args.precision,
+                   # loaded strictly, every frozen weight is those files': checkpoints need not copy them
+                   frozen_sources=[Path(p).resolve() for p in initial] if args.stage != "vae" else [])
 
 
 def validation_items(args):
@@ -128,9 +147,10 @@ class DataModule(pl.LightningDataModule):
     """Builds the latent cache (with `cache_dir`) on the process's device, and the loader when training starts,
     after a resumed checkpoint has restored the step count."""
 
-    def __init__(self, dataset, trainee, args, cache_dir=None):
+    def __init__(self, dataset, trainee, args, cache_dir=None, samples=False):
         super().__init__()
         self.dataset, self.trainee, self.args, self.cache_dir = dataset, trainee, args, cache_dir
+        self.samples = samples  # images are sampled (logs, evaluations): the text encoder is needed
 
     def setup(self, stage):
         if self.cache_dir is None or isinstance(self.dataset, CachedPairs):
@@ -141,6 +161,10 @@ class DataModule(pl.LightningDataModule):
         text_frozen = not any(p.requires_grad for p in model.cond_stage_model.parameters())
         build_cache(ModelEncoders(model), self.dataset, self.cache_dir, with_text=text_frozen)
         self.dataset = CachedPairs(self.dataset, self.cache_dir, with_text=text_frozen)
+        if self.trainee.stage == "control":  # what the cache replaces is not held at all
+            model.first_stage_model.encoder = model.first_stage_model.quant_conv = None
+            if text_frozen and not self.samples:
+                model.cond_stage_model = None
 
     def train_dataloader(self):
         trainer, args = self.trainer, self.args
@@ -222,8 +246,9 @@ def main(argv=None):
         max_epochs=-1, num_sanity_val_steps=0, plugins=[DirectCheckpointIO()],
     )
     ckpt_path = args.resume[0] if is_training_checkpoint(args.resume) else None
+    datamodule = DataModule(dataset, trainee, args, cache_dir, samples=bool(args.log_images_every or args.eval_every))
     try:
-        trainer.fit(trainee, datamodule=DataModule(dataset, trainee, args, cache_dir), ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(trainee, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except CheckpointSpaceError as error:
         raise SystemExit(f"training stopped at step {trainer.global_step}: {error.strerror}") from error
     return trainee

@@ -9,11 +9,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import train
-from tests.test_training import initial_weights, losses  # noqa: F401 (a fixture)
 from tests.helpers import TINY_V15
+from tests.test_training import initial_weights, losses  # noqa: F401 (a fixture)
 from training.data import DataError
-from training.shards import ShardStream, count_samples, write_shards
 from training.shapes import write_dataset
+from training.shards import ShardStream, count_samples, write_shards
 
 
 def png(value, size=8):

@@ -325,3 +325,44 @@ def test_noise_offset_adds_one_constant_per_image_and_channel(shapes, initial_we
     torch.testing.assert_close(difference, per_channel.expand(shape))
     assert 0.4 < per_channel.std().item() < 0.6
     assert losses(tmp_path / "offset")
+
+
+def test_checkpoints_hold_what_is_trained_and_name_the_rest(shapes, initial_weights, tmp_path):
+    run(shapes, initial_weights, tmp_path / "run", steps=4)
+    checkpoint = torch.load(tmp_path / "run/checkpoints/step-000004.ckpt", weights_only=True)
+    params = [k for k in checkpoint["state_dict"] if k.endswith((".weight", ".bias"))]
+    assert params and all(k.startswith("model.control_model.") for k in params)
+    assert checkpoint["frozen_sources"] == [str(initial_weights.resolve())]
+    moved = tmp_path / "moved.safetensors"
+    checkpoint["frozen_sources"] = [str(moved)]
+    torch.save(checkpoint, tmp_path / "step-000004.ckpt")
+    with pytest.raises(SystemExit, match="moved.safetensors, which is gone"):
+        run(shapes, initial_weights, tmp_path / "again", "--resume", str(tmp_path / "step-000004.ckpt"), steps=6)
+
+
+def test_mixed_precision_holds_frozen_weights_in_bf16_and_trains_fp32(shapes, initial_weights, tmp_path):
+    trainee = run(shapes, initial_weights, tmp_path / "bf16", "--precision", "bf16-mixed", steps=2)
+    dtypes = {name: p.dtype for name, p in trainee.model.named_parameters()}
+    assert {d for n, d in dtypes.items() if n.startswith("control_model.")} == {torch.float32}
+    assert {d for n, d in dtypes.items() if not n.startswith("control_model.")} == {torch.bfloat16}
+    assert np.isfinite(list(losses(tmp_path / "bf16").values())).all()
+
+
+def test_eight_bit_adamw_trains_and_resumes_exactly(shapes, initial_weights, tmp_path):
+    run(shapes, initial_weights, tmp_path / "full", "--optimizer", "adamw8bit", steps=4)
+    run(shapes, initial_weights, tmp_path / "first", "--optimizer", "adamw8bit", steps=2)
+    run(shapes, initial_weights, tmp_path / "second", "--optimizer", "adamw8bit", "--resume",
+        str(tmp_path / "first/checkpoints/step-000002.ckpt"), steps=4)
+    full, second = losses(tmp_path / "full"), losses(tmp_path / "second")
+    assert [second[s] for s in (2, 3)] == [full[s] for s in (2, 3)]
+    state = torch.load(tmp_path / "full/checkpoints/step-000004.ckpt", weights_only=True)["optimizer_states"][0]
+    packed = [s.get("__bnb_optimizer_quant_state__", s) for s in state["state"].values()]  # how bitsandbytes saves
+    moments = [v for s in packed for k, v in s.items() if k in ("state1", "state2")]
+    eight_bit = sum(m.numel() for m in moments if m.dtype == torch.uint8)  # tensors under 4096 values stay fp32
+    assert eight_bit / sum(m.numel() for m in moments) > 0.9
+
+
+def test_a_cache_replaces_the_encoders(shapes, initial_weights, tmp_path):
+    model = run(shapes, initial_weights, tmp_path / "lean", "--cache", steps=2).model
+    assert model.cond_stage_model is None and model.first_stage_model.encoder is None
+    assert model.first_stage_model.decoder is not None  # what samples still decode with

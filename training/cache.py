@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import struct
-from collections import defaultdict
 from itertools import islice
 from pathlib import Path
 

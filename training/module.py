@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from ldm.autoencoder import DiagonalGaussianDistribution
 
 STAGES = ("control", "base", "vae", "decoder")
+OPTIMIZERS = ("adamw", "adamw8bit")
+# what mixed precision computes in: the weights nothing trains are held in it (no fp32 copy to cast from)
+COMPUTE_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def image_batch(array):
@@ -82,14 +85,20 @@ class Trainee(pl.LightningModule):
     model trained on it lives in, stays fixed; this is how SD's improved VAE decoders (ft-MSE) were made.
     """
 
+    strict_loading = False  # checkpoints leave out the frozen weights (see on_save_checkpoint)
+
     def __init__(self, model, stage="control", learning_rate=1e-5, prompt_dropout=0.0, seed=0, kl_weight=1e-6,
-                 noise_offset=0.0):
+                 noise_offset=0.0, optimizer="adamw", precision="32", frozen_sources=()):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage {stage!r} is not one of {STAGES}")
-        self.model, self.stage = model, stage
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {optimizer!r} is not one of {OPTIMIZERS}")
+        self.model, self.stage, self.optimizer = model, stage, optimizer
         self.learning_rate, self.prompt_dropout, self.seed = learning_rate, prompt_dropout, seed
         self.kl_weight, self.noise_offset = kl_weight, noise_offset
+        # the files the frozen weights were read from: a checkpoint names them instead of holding a copy
+        self.frozen_sources = [str(source) for source in frozen_sources]
         self.micro_steps = 0  # micro-batches done; saved in checkpoints, seeds the randomness of the next one
         # batches all processes have trained on: the data stream's position, whatever the number of processes
         # a run is resumed with (None: a checkpoint from before it was saved)
@@ -99,6 +108,10 @@ class Trainee(pl.LightningModule):
         if stage == "decoder":
             for part in self.decoder_parts():
                 part.train().requires_grad_(True)
+        if precision in COMPUTE_DTYPES:
+            for param in model.parameters():
+                if not param.requires_grad:
+                    param.data = param.data.to(COMPUTE_DTYPES[precision])
 
     def decoder_parts(self):
         vae = self.model.first_stage_model
@@ -115,7 +128,16 @@ class Trainee(pl.LightningModule):
         return params + [p for p in self.model.cond_stage_model.parameters() if p.requires_grad]
 
     def configure_optimizers(self):
+        if self.optimizer == "adamw8bit":  # moments stored in 8 bits: a quarter of AdamW's 8 bytes a weight
+            try:
+                import bitsandbytes
+            except ImportError as error:
+                raise RuntimeError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from error
+            return bitsandbytes.optim.AdamW8bit(self.trainable_parameters(), lr=self.learning_rate)
         return torch.optim.AdamW(self.trainable_parameters(), lr=self.learning_rate)
+
+    def frozen_names(self):
+        return {name for name, param in self.named_parameters() if not param.requires_grad}
 
     def generator(self):
         rank = self.global_rank if self._trainer is not None else 0
@@ -148,6 +170,13 @@ class Trainee(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["micro_steps"], checkpoint["batches_seen"] = self.micro_steps, self.batches_seen
+        if self.frozen_sources:  # the frozen weights are those files': a resume reads them again from there
+            frozen = self.frozen_names()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+            checkpoint["frozen_sources"] = self.frozen_sources
 
     def on_load_checkpoint(self, checkpoint):
         self.micro_steps, self.batches_seen = checkpoint["micro_steps"], checkpoint.get("batches_seen")
+        missing = set(self.state_dict()) - set(checkpoint["state_dict"]) - self.frozen_names()
+        if missing:
+            raise KeyError(f"the checkpoint lacks {len(missing)} weights this run trains, e.g. {sorted(missing)[0]}")
