@@ -27,7 +27,7 @@ from training.cache import CachedPairs, ModelEncoders, build_cache
 from training.callbacks import AtomicCheckpoint, ControllabilityEval, ImageLogger
 from training.checkpoint_io import CheckpointSpaceError, DirectCheckpointIO
 from training.data import AnnotatedFolder, PairDataset, as_hint, collate, read_rgb
-from training.module import OPTIMIZERS, STAGES, Trainee
+from training.module import OPTIMIZERS, STAGES, Trainee, drop_what_a_cache_replaces
 from training.progress import StepProgress
 from training.sampler import ResumableSampler
 from training.shards import ShardStream, is_shards
@@ -63,6 +63,10 @@ def parse_args(argv=None):
                         "stays fp32")
     p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
                    help="adamw8bit (bitsandbytes) keeps AdamW's moments in 8 bits: 2 bytes a trained weight, not 8")
+    p.add_argument("--step-in-backward", action="store_true",
+                   help="update each weight as soon as its gradient is complete and free the gradient: no set of "
+                        "gradients is held (saves 4 bytes a trained weight); one process, no --accumulate, not "
+                        "with 16-mixed")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in backward (default: the yaml's use_checkpoint)")
     p.add_argument("--cache", action="store_true",
@@ -114,6 +118,9 @@ def frozen_sources(checkpoint):
 
 
 def build(args):
+    if args.step_in_backward and args.accumulate > 1:
+        raise SystemExit("--step-in-backward applies each gradient as soon as it is complete: it cannot accumulate "
+                         "gradients over batches; drop --accumulate (or --step-in-backward)")
     # a step-*.ckpt is restored by Lightning, over the files its frozen weights come from
     initial = frozen_sources(args.resume[0]) if is_training_checkpoint(args.resume) else args.resume
     model = load_model(args.config, *initial, strict=args.stage != "vae", for_training=True)
@@ -124,6 +131,7 @@ def build(args):
         set_gradient_checkpointing(model, args.gradient_checkpointing)
     return Trainee(model, args.stage, args.learning_rate, args.prompt_dropout, args.seed,
                    noise_offset=args.noise_offset, optimizer=args.optimizer, precision=args.precision,
+                   step_in_backward=args.step_in_backward,
                    # loaded strictly, every frozen weight is those files': checkpoints need not copy them
                    frozen_sources=[Path(p).resolve() for p in initial] if args.stage != "vae" else [])
 
@@ -150,7 +158,7 @@ class DataModule(pl.LightningDataModule):
     def __init__(self, dataset, trainee, args, cache_dir=None, samples=False):
         super().__init__()
         self.dataset, self.trainee, self.args, self.cache_dir = dataset, trainee, args, cache_dir
-        self.samples = samples  # images are sampled (logs, evaluations): the text encoder is needed
+        self.samples = samples  # images are sampled (logs, evaluations): the text encoder and decoder are needed
 
     def setup(self, stage):
         if self.cache_dir is None or isinstance(self.dataset, CachedPairs):
@@ -161,10 +169,8 @@ class DataModule(pl.LightningDataModule):
         text_frozen = not any(p.requires_grad for p in model.cond_stage_model.parameters())
         build_cache(ModelEncoders(model), self.dataset, self.cache_dir, with_text=text_frozen)
         self.dataset = CachedPairs(self.dataset, self.cache_dir, with_text=text_frozen)
-        if self.trainee.stage == "control":  # what the cache replaces is not held at all
-            model.first_stage_model.encoder = model.first_stage_model.quant_conv = None
-            if text_frozen and not self.samples:
-                model.cond_stage_model = None
+        if self.trainee.stage == "control" and text_frozen:  # what the cache replaces is not held at all
+            drop_what_a_cache_replaces(model, self.samples)
 
     def train_dataloader(self):
         trainer, args = self.trainer, self.args

@@ -1,12 +1,16 @@
-"""Seconds per ControlNet training step and peak memory at SD 1.5 size (random weights, 256x256, batch 1).
+"""Seconds per ControlNet training step and peak memory at SD 1.5 size (random weights, batch 1, fp32 CPU).
 
-Ours: ControlLDM.p_losses with sd_locked, AdamW on the control. Peer: a diffusers-style step (frozen
-UNet2DConditionModel, trainable ControlNetModel, the same optimizer) on identical weights. Each runs with
-and without latent caching (the VAE encoding of the target per step, or a stored latent) and with and
-without gradient checkpointing. Each configuration runs in its own process, so the memory it reports
-is its own.
+Rows, each in a process of its own so that the memory it reports is its own:
+- ours, defaults: train.py's step (training.module.diffusion_loss) encoding the image with the VAE and the
+  prompt with the text encoder each step, the yaml's gradient checkpointing (on), AdamW;
+- ours, cached: cached latents and text (the VAE and text encoder not held), gradient checkpointing, AdamW
+  applied in backward (each weight updated as its gradient completes; no set of gradients held);
+- ours, leanest: the same with 8-bit AdamW (bitsandbytes);
+- diffusers-style with diffusers' memory options: its train_controlnet.py step (VAE and text encoder each step,
+  both held) with gradient checkpointing, 8-bit AdamW and gradients set to None, on identical weights.
+Sizes alternate row by row, so that drift of a shared machine falls on every row alike.
 
-    python bench/training.py [--steps 3]
+    python bench/training.py [--sizes 256 512] [--steps 2] [--rows ours cached lean]
 """
 
 import argparse
@@ -27,81 +31,101 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CONFIG = ROOT / "models/cldm_v15.yaml"
-SIZE = 256
+PROMPT = "a photograph of a red house by a lake"
+ROWS = {"peer": "diffusers-style, its memory options", "ours": "ours, defaults", "cached": "ours, cached",
+        "lean": "ours, leanest"}
 
 
-def build_ours(checkpointing):
+def eight_bit_adamw(params):
+    import bitsandbytes
+
+    return bitsandbytes.optim.AdamW8bit(params, lr=1e-5)
+
+
+def build_ours(row, size):
     from bench.sampling import randomize
     from cldm.model import create_model
-    from ldm.unet import set_gradient_checkpointing
+    from training.cache import ModelEncoders
+    from training.module import diffusion_loss, drop_what_a_cache_replaces, update_in_backward
 
     torch.manual_seed(0)
-    model = create_model(CONFIG)
+    model = create_model(CONFIG)  # the yaml's use_checkpoint: gradient checkpointing on
     randomize(model)
     model.sd_locked = True
-    set_gradient_checkpointing(model, checkpointing)
-    return model
-
-
-def ours_step(model, optimizer, batch, cached):
-    gen = torch.Generator().manual_seed(0)
-    if cached:
-        x0 = batch["latent"]
-    else:
+    gen = torch.Generator().manual_seed(1)
+    image, hint = torch.rand(1, size, size, 3, generator=gen) * 2 - 1, torch.rand(1, size, size, 3, generator=gen)
+    batch = {"jpg": image, "txt": [PROMPT], "hint": hint}
+    if row in ("cached", "lean"):
         with torch.no_grad():
-            x0 = model.get_first_stage_encoding(model.encode_first_stage(batch["image"]), generator=gen)
-    cond = {"c_concat": [batch["hint"]], "c_crossattn": [batch["context"]]}
-    t = torch.randint(0, 1000, (1,), generator=gen)
-    loss, _ = model.p_losses(x0, cond, t, noise=torch.randn(x0.shape, generator=gen))
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
-def peer_step(parts, optimizer, batch, cached):
-    unet, controlnet, vae, scale, alphas = parts
-    gen = torch.Generator().manual_seed(0)
-    if cached:
-        x0 = batch["latent"]
+            encoders = ModelEncoders(model)
+            batch = {"moments": encoders.images(image), "context": encoders.prompts([PROMPT]),
+                     "empty_context": encoders.prompts([""]), "txt": [PROMPT], "hint": hint}
+        drop_what_a_cache_replaces(model, sampling=False)
+        params = model.trainable_parameters()
+        optimizer = eight_bit_adamw(params) if row == "lean" else torch.optim.AdamW(params, lr=1e-5)
+        update_in_backward(params, optimizer)
     else:
-        with torch.no_grad():
-            x0 = vae.encode(batch["image"]).latent_dist.sample(generator=gen) * scale
-    t = torch.randint(0, 1000, (1,), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    a = alphas[t].reshape(-1, 1, 1, 1)
-    noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    down, mid = controlnet(noisy, t, encoder_hidden_states=batch["context"], controlnet_cond=batch["hint"],
-                           return_dict=False)
-    pred = unet(noisy, t, encoder_hidden_states=batch["context"], down_block_additional_residuals=down,
-                mid_block_additional_residual=mid).sample
-    loss = torch.nn.functional.mse_loss(pred, noise)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
+    model.train()
+
+    def step():
+        loss, _ = diffusion_loss(model, batch, torch.Generator().manual_seed(0), control=True)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
-def build_peer(model, checkpointing):
+def build_peer(size):
     import warnings
 
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
 
-    from bench.sampling import diffusers_models
+    from bench.sampling import diffusers_models, randomize
+    from cldm.model import create_model
     from ldm.config import load_yaml
 
+    torch.manual_seed(0)
+    model = create_model(CONFIG)
+    randomize(model)
     unet, controlnet = diffusers_models(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        vae_config = create_vae_diffusers_config_from_ldm(load_yaml(CONFIG), {}, image_size=SIZE)
+        vae_config = create_vae_diffusers_config_from_ldm(load_yaml(CONFIG), {}, image_size=size)
     vae = AutoencoderKL(**vae_config).eval()
     vae.load_state_dict(convert_ldm_vae_checkpoint(model.state_dict(), vae_config))
-    unet.requires_grad_(False)
-    vae.requires_grad_(False)
+    text_encoder = model.cond_stage_model.transformer.text_model  # a transformers CLIPTextModel's body
+    tokens = model.cond_stage_model.tokenize([PROMPT])
+    scale, alphas = model.scale_factor, model.alphas_cumprod.clone()
+    del model
+    for frozen in (unet, vae, text_encoder):
+        frozen.requires_grad_(False)
     controlnet.train()
-    if checkpointing:
-        unet.enable_gradient_checkpointing()
-        controlnet.enable_gradient_checkpointing()
-    return unet, controlnet, vae, model.scale_factor, model.alphas_cumprod.clone()
+    unet.enable_gradient_checkpointing()
+    controlnet.enable_gradient_checkpointing()
+    optimizer = eight_bit_adamw(controlnet.parameters())
+    gen = torch.Generator().manual_seed(1)
+    image, hint = torch.rand(1, 3, size, size, generator=gen) * 2 - 1, torch.rand(1, 3, size, size, generator=gen)
+
+    def step():
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            x0 = vae.encode(image).latent_dist.sample(generator=gen) * scale
+        context = text_encoder(input_ids=tokens)[0]
+        t = torch.randint(0, 1000, (1,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].reshape(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        down, mid = controlnet(noisy, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
+        pred = unet(noisy, t, encoder_hidden_states=context, down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid).sample
+        torch.nn.functional.mse_loss(pred, noise).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 class PeakMemory:
@@ -131,26 +155,20 @@ class PeakMemory:
         self.thread.join()
 
 
-def run_one(impl, cached, checkpointing, steps):
-    """One configuration, in this process: (median s/step, resident GiB before training, peak GiB in training)."""
-    torch.manual_seed(0)
-    model = build_ours(checkpointing)
-    gen = torch.Generator().manual_seed(1)
-    batch = {"image": torch.rand(1, 3, SIZE, SIZE, generator=gen) * 2 - 1,
-             "hint": torch.rand(1, 3, SIZE, SIZE, generator=gen),
-             "context": torch.randn(1, 77, 768, generator=gen)}
-    with torch.no_grad():
-        batch["latent"] = model.get_first_stage_encoding(model.encode_first_stage(batch["image"]))
-    if impl == "ours":
-        model.train()
-        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
-        step = lambda: ours_step(model, optimizer, batch, cached)  # noqa: E731
-    else:
-        parts = build_peer(model, checkpointing)
-        del model
-        optimizer = torch.optim.AdamW(parts[1].parameters(), lr=1e-5)
-        step = lambda: peer_step(parts, optimizer, batch, cached)  # noqa: E731
+def release_freed_memory():
+    """Hand freed heap back to the system: building a row frees a whole model's worth of temporaries, which the
+    allocator would otherwise keep and count in the row's resident memory."""
     gc.collect()
+    if platform.system() == "Linux":
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def run_one(row, size, steps):
+    """One row, in this process: (median s/step, resident GiB before training, peak GiB while training)."""
+    step = build_peer(size) if row == "peer" else build_ours(row, size)
+    release_freed_memory()
     loaded = PeakMemory.resident()
     times = []
     with PeakMemory() as memory:
@@ -162,36 +180,39 @@ def run_one(impl, cached, checkpointing, steps):
     return statistics.median(times), loaded / 2**30, memory.peak / 2**30
 
 
+def measure(row, size, steps):
+    out = subprocess.run([sys.executable, __file__, "--steps", str(steps), "--one", f"{row},{size}"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # impl,cached,checkpointing: run one configuration
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per row, after one warm-up step")
+    parser.add_argument("--rows", nargs="+", default=["ours", "cached", "lean"], choices=["ours", "cached", "lean"],
+                        help="our rows, each measured against the diffusers-style row of the same run")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # row,size: run one row in this process
     args = parser.parse_args()
     if args.one:
-        impl, cached, checkpointing = args.one.split(",")
-        seconds, loaded, peak = run_one(impl, cached == "1", checkpointing == "1", args.steps)
+        row, size = args.one.split(",")
+        seconds, loaded, peak = run_one(row, int(size), args.steps)
         print(json.dumps({"seconds": seconds, "loaded_gib": loaded, "peak_gib": peak}))
         return
     print(f"command: python bench/training.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, fp32 CPU, "
-          f"SD 1.5 size, {SIZE}x{SIZE}, batch 1, sd_locked, AdamW")
-    print("memory: resident GiB with the models loaded, and the peak while training (optimizer state and "
-          "activations on top)\n")
-    print("| latents | grad. checkpointing | ours s/step | diffusers-style s/step | ours/diffusers "
-          "| ours loaded / peak GiB | diffusers-style loaded / peak GiB |")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__},"
+          f" fp32 CPU, SD 1.5 size, batch 1, sd_locked")
+    print("memory: resident GiB with the models loaded, and the peak while training\n")
+    print("| size | row | s/step | loaded GiB | peak GiB | time / diffusers-style | peak / diffusers-style |")
     print("|---|---|---|---|---|---|---|")
-    for cached in ("0", "1"):
-        for checkpointing in ("0", "1"):
-            figures = {}
-            for impl in ("ours", "peer"):
-                out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--one",
-                                      f"{impl},{cached},{checkpointing}"], capture_output=True, text=True, check=True)
-                figures[impl] = json.loads(out.stdout.strip().splitlines()[-1])
-            o, p = figures["ours"], figures["peer"]
-            print(f"| {'cached' if cached == '1' else 'VAE each step'} | {'on' if checkpointing == '1' else 'off'} "
-                  f"| {o['seconds']:.2f} | {p['seconds']:.2f} | {o['seconds'] / p['seconds']:.2f} "
-                  f"| {o['loaded_gib']:.1f} / {o['peak_gib']:.1f} | {p['loaded_gib']:.1f} / {p['peak_gib']:.1f} |",
-                  flush=True)
+    for size in args.sizes:
+        figures = {"peer": measure("peer", size, args.steps)}
+        figures.update({row: measure(row, size, args.steps) for row in args.rows})
+        peer = figures["peer"]
+        for row in figures:
+            f = figures[row]
+            print(f"| {size} | {ROWS[row]} | {f['seconds']:.2f} | {f['loaded_gib']:.2f} | {f['peak_gib']:.2f} "
+                  f"| {f['seconds'] / peer['seconds']:.2f} | {f['peak_gib'] / peer['peak_gib']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -112,3 +113,18 @@ def test_annotated_pictures_keep_their_framing_in_buckets(tmp_path):
         item = dataset[i]
         assert item["jpg"].shape == item["hint"].shape == (*size, 3)
         assert item["hint"].max() == 1.0  # the cat's edges were found in the bucket's crop
+
+
+def test_sizes_a_listing_states_are_not_read_from_the_pictures(mixed_shapes, tmp_path, monkeypatch):
+    import training.data
+
+    read = PairDataset(mixed_shapes, buckets=bucket_sizes(128)).sizes
+    stated = tmp_path / "stated"
+    shutil.copytree(mixed_shapes, stated)
+    lines = [json.loads(line) for line in (stated / "prompt.json").read_text().splitlines()]
+    for item in lines:
+        height, width = Image.open(stated / item["target"]).size[::-1]
+        item.update(width=width, height=height)
+    (stated / "prompt.json").write_text("\n".join(json.dumps(item) for item in lines) + "\n")
+    monkeypatch.setattr(training.data, "picture_size", lambda path: pytest.fail(f"{path} was opened"))
+    assert PairDataset(stated, buckets=bucket_sizes(128)).sizes == read

@@ -365,4 +365,18 @@ def test_eight_bit_adamw_trains_and_resumes_exactly(shapes, initial_weights, tmp
 def test_a_cache_replaces_the_encoders(shapes, initial_weights, tmp_path):
     model = run(shapes, initial_weights, tmp_path / "lean", "--cache", steps=2).model
     assert model.cond_stage_model is None and model.first_stage_model.encoder is None
-    assert model.first_stage_model.decoder is not None  # what samples still decode with
+    assert model.first_stage_model.decoder is None
+    sampling = run(shapes, initial_weights, tmp_path / "logged", "--cache", "--log-images-every", "2", steps=2).model
+    assert sampling.first_stage_model.encoder is None
+    assert sampling.cond_stage_model is not None and sampling.first_stage_model.decoder is not None
+
+
+def test_updating_in_backward_trains_as_a_step_after_backward_does(shapes, initial_weights, tmp_path):
+    after = run(shapes, initial_weights, tmp_path / "after", steps=3).model.control_model.state_dict()
+    during = run(shapes, initial_weights, tmp_path / "during", "--step-in-backward", steps=3).model
+    assert all(p.grad is None for p in during.control_model.parameters())
+    for key, value in during.control_model.state_dict().items():
+        torch.testing.assert_close(value, after[key], rtol=1e-5, atol=1e-6)
+    assert sorted(losses(tmp_path / "during")) == [0, 1, 2]
+    with pytest.raises(SystemExit, match="cannot accumulate gradients over batches"):
+        run(shapes, initial_weights, tmp_path / "accumulated", "--step-in-backward", "--accumulate", "2", steps=2)

@@ -37,17 +37,24 @@ def as_image(target):
     return target.astype(np.float32) / 127.5 - 1.0
 
 
-def bucket_of_each(paths, buckets):
-    """The aspect bucket of each picture (training.buckets), or None without buckets."""
+def bucket_of_each(paths, buckets, known=None):
+    """The aspect bucket of each picture (training.buckets), or None without buckets. `known`: (height, width)
+    or None per picture, for sizes a listing states; the others are read from the pictures' headers."""
     if buckets is None:
         return None
     sizes = []
-    for path in paths:
+    for i, path in enumerate(paths):
         try:
-            sizes.append(nearest_bucket(*picture_size(path), buckets))
+            size = known[i] if known is not None and known[i] is not None else picture_size(path)
         except (UnidentifiedImageError, OSError) as e:
             raise unreadable(path, e) from None
+        sizes.append(nearest_bucket(*size, buckets))
     return sizes
+
+
+def stated_size(item):
+    """(height, width) of a prompt.json line that states the target's "width" and "height", else None."""
+    return (item["height"], item["width"]) if "width" in item and "height" in item else None
 
 
 FILES_CHECKED_AT_START = 1000
@@ -87,7 +94,9 @@ class PairDataset(Dataset):
             for key in ("source", "target"):
                 if not (self.root / item[key]).is_file():
                     raise DataError(f"{index} line {item['line']}: {key} file {self.root / item[key]} does not exist")
-        self.sizes = bucket_of_each([self.root / item["target"] for item in self.items], buckets)
+        # lines may state "width" and "height": millions of pictures then need not be opened for their buckets
+        self.sizes = bucket_of_each([self.root / item["target"] for item in self.items], buckets,
+                                    [stated_size(item) for item in self.items])
 
     def __len__(self):
         return len(self.items)

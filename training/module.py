@@ -75,6 +75,27 @@ def training_noise(shape, gen, noise_offset, device):
     return noise
 
 
+def drop_what_a_cache_replaces(model, sampling):
+    """Free the parts of a ControlLDM that cached latents and text encodings replace: the VAE encoder, and unless
+    images are sampled (logs, evaluations), the text encoder and the VAE decoder."""
+    vae = model.first_stage_model
+    vae.encoder = vae.quant_conv = None
+    if not sampling:
+        model.cond_stage_model = vae.decoder = vae.post_quant_conv = None
+
+
+def update_in_backward(params, optimizer):
+    """Make backward apply `optimizer` to each of `params` as soon as its gradient is complete, then free that
+    gradient; returns the hooks' handles. The optimizer skips weights without a gradient, so each call moves
+    one weight, by exactly the update a step after backward would have given it."""
+
+    def update(param):
+        optimizer.step()
+        param.grad = None
+
+    return [param.register_post_accumulate_grad_hook(update) for param in params]
+
+
 class Trainee(pl.LightningModule):
     """Trains one part of a latent diffusion model.
 
@@ -88,7 +109,7 @@ class Trainee(pl.LightningModule):
     strict_loading = False  # checkpoints leave out the frozen weights (see on_save_checkpoint)
 
     def __init__(self, model, stage="control", learning_rate=1e-5, prompt_dropout=0.0, seed=0, kl_weight=1e-6,
-                 noise_offset=0.0, optimizer="adamw", precision="32", frozen_sources=()):
+                 noise_offset=0.0, optimizer="adamw", precision="32", frozen_sources=(), step_in_backward=False):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage {stage!r} is not one of {STAGES}")
@@ -99,6 +120,12 @@ class Trainee(pl.LightningModule):
         self.kl_weight, self.noise_offset = kl_weight, noise_offset
         # the files the frozen weights were read from: a checkpoint names them instead of holding a copy
         self.frozen_sources = [str(source) for source in frozen_sources]
+        # each weight updated as soon as its gradient is complete, and the gradient freed: no whole set of
+        # gradients is ever held (4 bytes a trained weight); the step is then taken in backward, not by Lightning
+        self.step_in_backward, self.automatic_optimization = step_in_backward, not step_in_backward
+        if step_in_backward and precision == "16-mixed":
+            raise ValueError("updating in backward cannot unscale fp16 gradients: use bf16-mixed or 32")
+        self.update_hooks = []
         self.micro_steps = 0  # micro-batches done; saved in checkpoints, seeds the randomness of the next one
         # batches all processes have trained on: the data stream's position, whatever the number of processes
         # a run is resumed with (None: a checkpoint from before it was saved)
@@ -154,7 +181,23 @@ class Trainee(pl.LightningModule):
                                         self.noise_offset)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, sync_dist=False)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True)
+        if self.step_in_backward:
+            self.manual_backward(loss)  # the hooks of on_fit_start update each weight as its gradient completes
+            self.optimizers().step()  # no gradient is left to apply: this counts the step
         return loss
+
+    def on_fit_start(self):
+        if not self.step_in_backward:
+            return
+        if self.trainer.world_size > 1:  # DDP averages gradients after backward: too late for the update
+            raise ValueError("updating in backward needs one process: each gradient must be final when its "
+                             "backward is done, and DDP averages them afterwards")
+        self.update_hooks = update_in_backward(self.trainable_parameters(), self.optimizers().optimizer)
+
+    def on_fit_end(self):
+        for hook in self.update_hooks:
+            hook.remove()
+        self.update_hooks = []
 
     def vae_loss(self, x, gen):
         with torch.set_grad_enabled(self.stage == "vae"):
