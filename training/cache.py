@@ -43,8 +43,9 @@ def keys_of(texts):
     """A signed 64-bit hash of each text (collisions among 2 million keys: about 1 in 10 million)."""
     texts, chunks = iter(texts), []
     while chunk := b"".join(hashlib.blake2b(t.encode(), digest_size=8).digest() for t in islice(texts, 1 << 16)):
-        chunks.append(np.frombuffer(chunk, dtype="<i8"))  # in chunks: millions of small bytes objects at once
-    return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)  # cost ~100 MB
+        # joined a chunk at a time: joining millions of small bytes objects at once would hold them all
+        chunks.append(np.frombuffer(chunk, dtype="<i8"))
+    return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
 
 
 def item_keys(dataset):
@@ -72,7 +73,7 @@ class ModelEncoders:
 
     def images(self, batch):
         """(B, H, W, 3) float32 in [-1, 1] -> the posterior's moments (B, 2 * latent channels, H/8, W/8)."""
-        x = batch.permute(0, 3, 1, 2).to(self.model.betas.device)
+        x = batch.permute(0, 3, 1, 2).to(next(self.model.first_stage_model.parameters()).device)
         posterior = self.model.encode_first_stage(x)
         return torch.cat([posterior.mean, posterior.logvar], dim=1).cpu()
 
