@@ -7,6 +7,7 @@ The dataset is the release's layout: `prompt.json` (one {"source", "target", "pr
 `source/` (hints) and `target/` (images); or, with `--annotator canny` (any annotator), a folder of plain
 pictures with optional captions beside them (photo.jpg + photo.txt), made into pairs as they are read.
 Non-square data trains in aspect buckets with `--buckets`.
+Datasets of millions of pairs stream from WebDataset tar shards: `--data 'shards/{000000..000099}.tar'`.
 `--resume` takes initial weights (from tool_add_control.py) or a `step-*.ckpt` written by this script,
 which continues exactly where it stopped.
 """
@@ -27,7 +28,7 @@ from training.cache import CachedPairs, ModelEncoders, build_cache
 from training.callbacks import AtomicCheckpoint, ControllabilityEval, ImageLogger
 from training.checkpoint_io import CheckpointSpaceError, DirectCheckpointIO
 from training.data import AnnotatedFolder, PairDataset, as_hint, collate, read_rgb
-from training.module import OPTIMIZERS, STAGES, Trainee, drop_what_a_cache_replaces
+from training.module import OPTIMIZERS, STAGES, Trainee, TrainingOptions, drop_what_a_cache_replaces
 from training.progress import StepProgress
 from training.sampler import ResumableSampler
 from training.shards import ShardStream, is_shards
@@ -129,11 +130,16 @@ def build(args):
         model.only_mid_control = args.only_mid_control
     if args.gradient_checkpointing is not None:
         set_gradient_checkpointing(model, args.gradient_checkpointing)
-    return Trainee(model, args.stage, args.learning_rate, args.prompt_dropout, args.seed,
-                   noise_offset=args.noise_offset, optimizer=args.optimizer, precision=args.precision,
-                   step_in_backward=args.step_in_backward,
-                   # loaded strictly, every frozen weight is those files': checkpoints need not copy them
-                   frozen_sources=[Path(p).resolve() for p in initial] if args.stage != "vae" else [])
+    try:
+        options = TrainingOptions(
+            stage=args.stage, learning_rate=args.learning_rate, prompt_dropout=args.prompt_dropout,
+            noise_offset=args.noise_offset, seed=args.seed, optimizer=args.optimizer, precision=args.precision,
+            step_in_backward=args.step_in_backward,
+            # loaded strictly, every frozen weight is those files': checkpoints need not copy them
+            frozen_sources=[Path(p).resolve() for p in initial] if args.stage != "vae" else [])
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    return Trainee(model, options)
 
 
 def validation_items(args):

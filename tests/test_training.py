@@ -318,7 +318,7 @@ def test_noise_offset_adds_one_constant_per_image_and_channel(shapes, initial_we
 
     trainee = run(shapes, initial_weights, tmp_path / "offset", "--noise-offset", "0.5", steps=2)
     shape = (64, 4, 8, 8)
-    offset = training_noise(shape, torch.Generator().manual_seed(0), trainee.noise_offset, "cpu")
+    offset = training_noise(shape, torch.Generator().manual_seed(0), trainee.options.noise_offset, "cpu")
     plain = training_noise(shape, torch.Generator().manual_seed(0), 0.0, "cpu")
     difference = offset - plain
     per_channel = difference[..., :1, :1]

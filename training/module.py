@@ -5,6 +5,8 @@ number (timesteps, noise, VAE samples, prompt dropout) from a generator seeded b
 number of micro-batches done, so a resumed run continues exactly as the uninterrupted one would.
 """
 
+from dataclasses import dataclass, field
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -96,6 +98,34 @@ def update_in_backward(params, optimizer):
     return [param.register_post_accumulate_grad_hook(update) for param in params]
 
 
+@dataclass
+class TrainingOptions:
+    """How a Trainee trains (train.py makes it from its flags; see there for each one's meaning)."""
+
+    stage: str = "control"
+    learning_rate: float = 1e-5
+    prompt_dropout: float = 0.0
+    noise_offset: float = 0.0
+    seed: int = 0
+    kl_weight: float = 1e-6  # the VAE stage's KL term
+    optimizer: str = "adamw"
+    precision: str = "32"  # Lightning's name; mixed precision also holds the frozen weights in its dtype
+    # each weight updated as soon as its gradient is complete, and the gradient freed: no whole set of
+    # gradients is ever held (4 bytes a trained weight); the step is then taken in backward, not by Lightning
+    step_in_backward: bool = False
+    # the files the frozen weights were read from: a checkpoint names them instead of holding a copy
+    frozen_sources: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage {self.stage!r} is not one of {STAGES}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
+        if self.step_in_backward and self.precision == "16-mixed":
+            raise ValueError("updating in backward cannot unscale fp16 gradients: use bf16-mixed or 32")
+        self.frozen_sources = [str(source) for source in self.frozen_sources]
+
+
 class Trainee(pl.LightningModule):
     """Trains one part of a latent diffusion model.
 
@@ -108,37 +138,28 @@ class Trainee(pl.LightningModule):
 
     strict_loading = False  # checkpoints leave out the frozen weights (see on_save_checkpoint)
 
-    def __init__(self, model, stage="control", learning_rate=1e-5, prompt_dropout=0.0, seed=0, kl_weight=1e-6,
-                 noise_offset=0.0, optimizer="adamw", precision="32", frozen_sources=(), step_in_backward=False):
+    def __init__(self, model, options=None):
         super().__init__()
-        if stage not in STAGES:
-            raise ValueError(f"stage {stage!r} is not one of {STAGES}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer {optimizer!r} is not one of {OPTIMIZERS}")
-        self.model, self.stage, self.optimizer = model, stage, optimizer
-        self.learning_rate, self.prompt_dropout, self.seed = learning_rate, prompt_dropout, seed
-        self.kl_weight, self.noise_offset = kl_weight, noise_offset
-        # the files the frozen weights were read from: a checkpoint names them instead of holding a copy
-        self.frozen_sources = [str(source) for source in frozen_sources]
-        # each weight updated as soon as its gradient is complete, and the gradient freed: no whole set of
-        # gradients is ever held (4 bytes a trained weight); the step is then taken in backward, not by Lightning
-        self.step_in_backward, self.automatic_optimization = step_in_backward, not step_in_backward
-        if step_in_backward and precision == "16-mixed":
-            raise ValueError("updating in backward cannot unscale fp16 gradients: use bf16-mixed or 32")
+        self.model, self.options = model, options or TrainingOptions()
+        self.automatic_optimization = not self.options.step_in_backward
         self.update_hooks = []
         self.micro_steps = 0  # micro-batches done; saved in checkpoints, seeds the randomness of the next one
         # batches all processes have trained on: the data stream's position, whatever the number of processes
         # a run is resumed with (None: a checkpoint from before it was saved)
         self.batches_seen = 0
-        if stage == "vae":
+        if self.stage == "vae":
             model.first_stage_model.train().requires_grad_(True)
-        if stage == "decoder":
+        if self.stage == "decoder":
             for part in self.decoder_parts():
                 part.train().requires_grad_(True)
-        if precision in COMPUTE_DTYPES:
+        if self.options.precision in COMPUTE_DTYPES:
             for param in model.parameters():
                 if not param.requires_grad:
-                    param.data = param.data.to(COMPUTE_DTYPES[precision])
+                    param.data = param.data.to(COMPUTE_DTYPES[self.options.precision])
+
+    @property
+    def stage(self):
+        return self.options.stage
 
     def decoder_parts(self):
         vae = self.model.first_stage_model
@@ -155,20 +176,20 @@ class Trainee(pl.LightningModule):
         return params + [p for p in self.model.cond_stage_model.parameters() if p.requires_grad]
 
     def configure_optimizers(self):
-        if self.optimizer == "adamw8bit":  # moments stored in 8 bits: a quarter of AdamW's 8 bytes a weight
+        if self.options.optimizer == "adamw8bit":  # moments stored in 8 bits: a quarter of AdamW's 8 bytes a weight
             try:
                 import bitsandbytes
             except ImportError as error:
                 raise RuntimeError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from error
-            return bitsandbytes.optim.AdamW8bit(self.trainable_parameters(), lr=self.learning_rate)
-        return torch.optim.AdamW(self.trainable_parameters(), lr=self.learning_rate)
+            return bitsandbytes.optim.AdamW8bit(self.trainable_parameters(), lr=self.options.learning_rate)
+        return torch.optim.AdamW(self.trainable_parameters(), lr=self.options.learning_rate)
 
     def frozen_names(self):
         return {name for name, param in self.named_parameters() if not param.requires_grad}
 
     def generator(self):
         rank = self.global_rank if self._trainer is not None else 0
-        return step_generator(self.seed, self.micro_steps, rank, self.device)
+        return step_generator(self.options.seed, self.micro_steps, rank, self.device)
 
     def training_step(self, batch, batch_idx):
         gen = self.generator()
@@ -177,17 +198,17 @@ class Trainee(pl.LightningModule):
         if self.stage in ("vae", "decoder"):
             loss, logs = self.vae_loss(image_batch(batch["jpg"]), gen)
         else:
-            loss, logs = diffusion_loss(self.model, batch, gen, self.stage == "control", self.prompt_dropout,
-                                        self.noise_offset)
+            loss, logs = diffusion_loss(self.model, batch, gen, self.stage == "control", self.options.prompt_dropout,
+                                        self.options.noise_offset)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, sync_dist=False)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True)
-        if self.step_in_backward:
+        if self.options.step_in_backward:
             self.manual_backward(loss)  # the hooks of on_fit_start update each weight as its gradient completes
             self.optimizers().step()  # no gradient is left to apply: this counts the step
         return loss
 
     def on_fit_start(self):
-        if not self.step_in_backward:
+        if not self.options.step_in_backward:
             return
         if self.trainer.world_size > 1:  # DDP averages gradients after backward: too late for the update
             raise ValueError("updating in backward needs one process: each gradient must be final when its "
@@ -208,15 +229,15 @@ class Trainee(pl.LightningModule):
         if self.stage == "decoder":
             return rec, {"rec": rec.detach()}
         kl = 0.5 * (posterior.mean**2 + posterior.std**2 - 1.0 - posterior.logvar).sum(dim=(1, 2, 3)).mean()
-        loss = rec + self.kl_weight * kl
+        loss = rec + self.options.kl_weight * kl
         return loss, {"rec": rec.detach(), "kl": kl.detach()}
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["micro_steps"], checkpoint["batches_seen"] = self.micro_steps, self.batches_seen
-        if self.frozen_sources:  # the frozen weights are those files': a resume reads them again from there
+        if self.options.frozen_sources:  # the frozen weights are those files': a resume reads them again from there
             frozen = self.frozen_names()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
-            checkpoint["frozen_sources"] = self.frozen_sources
+            checkpoint["frozen_sources"] = self.options.frozen_sources
 
     def on_load_checkpoint(self, checkpoint):
         self.micro_steps, self.batches_seen = checkpoint["micro_steps"], checkpoint.get("batches_seen")
