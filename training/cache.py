@@ -41,19 +41,23 @@ SHARD_BYTES = 64 * 2**20  # a shard's size: few files for millions of rows; a bu
 
 def keys_of(texts):
     """A signed 64-bit hash of each text (collisions among 2 million keys: about 1 in 10 million)."""
-    texts, chunks = iter(texts), []
-    while chunk := b"".join(hashlib.blake2b(t.encode(), digest_size=8).digest() for t in islice(texts, 1 << 16)):
-        # joined a chunk at a time: joining millions of small bytes objects at once would hold them all
-        chunks.append(np.frombuffer(chunk, dtype="<i8"))
-    return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
+    digests = b"".join(hashlib.blake2b(text.encode(), digest_size=8).digest() for text in texts)
+    return np.frombuffer(digests, dtype="<i8").astype(np.int64)
 
 
-def item_keys(dataset):
-    """The keys of each item's VAE encoding (its target file and the size it is cropped to) and text encoding."""
+def item_keys(dataset, chunk=1 << 14):
+    """The keys of each item's VAE encoding (its target file and the size it is cropped to) and text encoding,
+    made a chunk of items at a time: millions of small strings at once would hold hundreds of MB."""
     sizes = getattr(dataset, "sizes", None)
     crop = getattr(dataset, "size", None)  # an annotated folder's square crop; None: the picture's own size
-    targets = (f"{item['target']}|{sizes[i] if sizes else crop}" for i, item in enumerate(dataset.items))
-    return keys_of(targets), keys_of(item["prompt"] for item in dataset.items)
+    targets, prompts, items = [], [], iter(dataset.items)
+    for start in range(0, len(dataset), chunk):
+        batch = list(islice(items, chunk))
+        targets.append(keys_of(f"{item['target']}|{sizes[start + k] if sizes else crop}"
+                               for k, item in enumerate(batch)))
+        prompts.append(keys_of(item["prompt"] for item in batch))
+    empty = [np.zeros(0, np.int64)]
+    return np.concatenate(targets or empty), np.concatenate(prompts or empty)
 
 
 class ModelEncoders:
