@@ -96,4 +96,5 @@ def read(folder, rows, checked=1000):
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)  # one heap: other threads' arenas make the peak vary from run to run
     print(json.dumps({"build": build, "read": read}[sys.argv[1]](sys.argv[2], int(sys.argv[3]))))
