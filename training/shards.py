@@ -93,7 +93,6 @@ class ShardStream(IterableDataset):
         if not self.total:
             raise DataError(f"the shards {pattern} hold no samples")
         self.size, self.batch_size, self.seed, self.buckets = size, batch_size, seed, buckets
-        self.sizes = None  # batches are made here, not by a bucket sampler
         self.place(0)
 
     def place(self, start, rank=0, world=1):
