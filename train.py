@@ -28,7 +28,15 @@ from training.cache import CachedPairs, ModelEncoders, build_cache
 from training.callbacks import AtomicCheckpoint, ControllabilityEval, ImageLogger
 from training.checkpoint_io import CheckpointSpaceError, DirectCheckpointIO
 from training.data import AnnotatedFolder, PairDataset, as_hint, collate, read_rgb
-from training.module import OPTIMIZERS, STAGES, Trainee, TrainingOptions, drop_what_a_cache_replaces
+from training.module import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    STAGES,
+    TIMESTEP_SAMPLINGS,
+    Trainee,
+    TrainingOptions,
+    drop_what_a_cache_replaces,
+)
 from training.progress import StepProgress
 from training.sampler import ResumableSampler
 from training.shards import ShardStream, is_shards
@@ -57,6 +65,9 @@ def parse_args(argv=None):
                    help="train only the control (default) or also the UNet decoder")
     p.add_argument("--only-mid-control", action="store_true")
     p.add_argument("--learning-rate", type=float, default=1e-5)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="constant, or cosine: from --learning-rate down to 0 at --max-steps")
+    p.add_argument("--warmup-steps", type=int, default=0, help="raise the learning rate linearly over these steps")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation: micro-batches per step")
     p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"],
@@ -78,6 +89,10 @@ def parse_args(argv=None):
     p.add_argument("--prompt-dropout", type=float, default=0.0, help="probability of training on the empty prompt")
     p.add_argument("--noise-offset", type=float, default=0.0, help="offset noise: add this times a per-image, "
                    "per-channel constant to the training noise, so flat colours follow the prompt (0.1 is usual)")
+    p.add_argument("--timesteps", choices=TIMESTEP_SAMPLINGS,
+                   help="how training timesteps are drawn: uniform (as SD was trained; the default but for a "
+                        "control), or cubic, biased to the noisiest, where a control settles the layout (the "
+                        "default for --stage control: it learns to follow its condition several times sooner)")
     p.add_argument("--max-steps", type=int, default=10_000)
     p.add_argument("--ckpt-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=10, help="write the loss to the CSV log every N steps")
@@ -118,6 +133,11 @@ def frozen_sources(checkpoint):
     return sources
 
 
+def default_timesteps(stage):
+    """A control learns to follow its condition where the layout is decided (models/TOY_MODEL.md measures it)."""
+    return "cubic" if stage == "control" else "uniform"
+
+
 def build(args):
     if args.step_in_backward and args.accumulate > 1:
         raise SystemExit("--step-in-backward applies each gradient as soon as it is complete: it cannot accumulate "
@@ -132,9 +152,10 @@ def build(args):
         set_gradient_checkpointing(model, args.gradient_checkpointing)
     try:
         options = TrainingOptions(
-            stage=args.stage, learning_rate=args.learning_rate, prompt_dropout=args.prompt_dropout,
-            noise_offset=args.noise_offset, seed=args.seed, optimizer=args.optimizer, precision=args.precision,
-            step_in_backward=args.step_in_backward,
+            stage=args.stage, learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps, max_steps=args.max_steps, prompt_dropout=args.prompt_dropout,
+            noise_offset=args.noise_offset, timesteps=args.timesteps or default_timesteps(args.stage), seed=args.seed,
+            optimizer=args.optimizer, precision=args.precision, step_in_backward=args.step_in_backward,
             # loaded strictly, every frozen weight is those files': checkpoints need not copy them
             frozen_sources=[Path(p).resolve() for p in initial] if args.stage != "vae" else [])
     except ValueError as error:

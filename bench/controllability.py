@@ -9,6 +9,7 @@ Real conditions sample as ControlNet++ does (UniPC, 20 steps, guidance 7.5, 4 im
 quality, low quality"); shapes as the toy does (DDIM, 20 steps, guidance 9, 1 image).
 
     python bench/controllability.py                        # the shipped toy on 200 held-out outlines
+    python bench/controllability.py --shapes star ellipse blob     # ... of shapes it never trained on
     python bench/controllability.py --condition canny --control models/control_v11p_sd15_canny.pth \\
         --data eval/multigen --out outputs/controllability/canny
 
@@ -36,6 +37,7 @@ from cldm.defaults import load_default_model  # noqa: E402
 from evaluation.conditions import CONDITIONS  # noqa: E402
 from evaluation.harness import Run, cases_from, clip_scorer, default_settings, evaluate, write  # noqa: E402
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision  # noqa: E402
+from training.shapes import NOVEL_SHAPES, SHAPES  # noqa: E402
 
 SHAPES_BAR = (0.85, 0.40)  # the toy's bar: mean IoU, and its gain over strength 0
 DEFAULT_CLIP = ROOT / "models/clip-vit-base-patch16"  # openai/clip-vit-base-patch16, ControlNet++'s CLIP
@@ -51,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--count", type=int, default=200, help="cases at most (0: all of --data)")
     p.add_argument("--size", type=int, default=None, help="shorter side of the maps (default: 512; shapes 128)")
     p.add_argument("--seed", type=int, default=1000, help="held-out outline seed for shapes (training used 0, 1)")
+    p.add_argument("--shapes", nargs="+", choices=SHAPES + NOVEL_SHAPES,
+                   help="outlines of these shapes (default: the three trained on; star ellipse blob: never seen)")
     p.add_argument("--sample-seed", type=int, default=0, help="case i is generated with seed sample-seed + i")
     p.add_argument("--steps", type=int, help="sampling steps (default: the condition's evaluation setting)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the condition's evaluation setting)")
@@ -85,10 +89,13 @@ def main(argv=None):
     settings = default_settings(condition, **changes)
     print(f"command: python bench/controllability.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, computing in {precision}")
+    if args.shapes and (args.data or condition.annotator is not None):
+        raise SystemExit("--shapes chooses the generated outlines of the shapes condition: not with --data or "
+                         f"--condition {condition.name}")
     model = load(args, PRECISIONS[precision])
     size = args.size or (128 if condition.annotator is None else 512)
     try:
-        cases = cases_from(condition, args.data, args.count, size, args.seed, args.annotator_ckpts)
+        cases = cases_from(condition, args.data, args.count, size, args.seed, args.annotator_ckpts, args.shapes)
     except ValueError as error:
         raise SystemExit(str(error)) from error
     if not cases:

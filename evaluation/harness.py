@@ -26,20 +26,20 @@ class Case:
     prompt: str
 
 
-def cases_from(condition, data=None, count=200, size=512, seed=1000, weights=None):
+def cases_from(condition, data=None, count=200, size=512, seed=1000, weights=None, shapes=None):
     """Up to `count` held-out cases (0: all of a folder's): a dataset folder in the release's layout (prompt.json
     with source, target and prompt: the sources are the maps), or a folder of photos with captions beside them
     (photo.jpg + photo.txt; the condition's annotator makes the maps), or for shapes the generator's outlines of
-    `seed`."""
+    `seed` (of `shapes`, default the three trained on)."""
     from annotators import fit, list_pictures, read_image, resize_image
 
     if data is None:
         if condition.annotator is not None:
             raise ValueError(f"the {condition.name} condition needs --data: a folder of condition maps and prompts "
                              "(the release's layout) or of photos with captions")
-        from training.shapes import make_sample
+        from training.shapes import SHAPES, make_sample
 
-        samples = (make_sample(seed, i, size) for i in range(count))
+        samples = (make_sample(seed, i, size, tuple(shapes or SHAPES)) for i in range(count))
         return [Case(f"outline-{i}", hint, prompt) for i, (hint, _, prompt, _) in enumerate(samples)]
     data = Path(data)
     if (data / "prompt.json").is_file():

@@ -146,6 +146,20 @@ def test_the_toy_on_held_out_outlines_writes_every_result(tmp_path):
     assert Image.open(tmp_path / "grid.png").size == (3 * 128, 2 * 128)  # best and worst: map, image, re-detected
 
 
+def test_outlines_of_shapes_never_trained_on(tmp_path):
+    import bench.controllability as bench
+    from evaluation.conditions import CONDITIONS
+    from evaluation.harness import cases_from
+
+    cases = cases_from(CONDITIONS["shapes"], count=6, size=128, shapes=("star", "blob"))
+    assert {c.prompt.split(" on a ")[0].rsplit(" ", 1)[1] for c in cases} == {"star", "blob"}
+    results = bench.main(["--shapes", "ellipse", "--count", "1", "--steps", "2", "--out", str(tmp_path),
+                          "--no-progress"])
+    assert len(results["control"]["cases"]) == 1
+    with pytest.raises(SystemExit, match="--shapes chooses the generated outlines"):
+        bench.main(["--shapes", "star", "--data", str(tmp_path), "--out", str(tmp_path)])
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     from ldm.checkpoint import save_safetensors

@@ -380,3 +380,39 @@ def test_updating_in_backward_trains_as_a_step_after_backward_does(shapes, initi
     assert sorted(losses(tmp_path / "during")) == [0, 1, 2]
     with pytest.raises(SystemExit, match="cannot accumulate gradients over batches"):
         run(shapes, initial_weights, tmp_path / "accumulated", "--step-in-backward", "--accumulate", "2", steps=2)
+
+
+def test_cubic_timesteps_favour_the_noisiest_and_uniform_is_as_before():
+    from training.module import sample_timesteps
+
+    cubic = sample_timesteps("cubic", 20_000, 1000, torch.Generator().manual_seed(0))
+    assert cubic.min() >= 0 and cubic.max() <= 999 and cubic.dtype == torch.long
+    # P(t >= 500) = P(u^3 <= 1/2) = 0.794; uniform would give 0.5
+    assert (cubic >= 500).float().mean().item() == pytest.approx(0.794, abs=0.01)
+    assert (cubic >= 900).float().mean().item() == pytest.approx(0.1 ** (1 / 3), abs=0.01)  # u^3 <= 0.1
+    uniform = sample_timesteps("uniform", 64, 1000, torch.Generator().manual_seed(1))
+    assert torch.equal(uniform, torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(1)))
+
+
+def test_train_py_takes_the_timestep_sampling(shapes, initial_weights, tmp_path):
+    trainee = run(shapes, initial_weights, tmp_path / "cubic", "--timesteps", "cubic", steps=2)
+    assert trainee.options.timesteps == "cubic" and np.isfinite(list(losses(tmp_path / "cubic").values())).all()
+
+
+def test_a_cosine_schedule_warms_up_decays_to_zero_and_resumes_exactly(shapes, initial_weights, tmp_path):
+    from training.module import Trainee, TrainingOptions
+
+    factor = Trainee(None, TrainingOptions(lr_schedule="cosine", warmup_steps=2, max_steps=10)).lr_factor
+    assert [factor(s) for s in (0, 1, 2, 6, 10)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
+    schedule = ("--lr-schedule", "cosine", "--warmup-steps", "2")
+    trainee = run(shapes, initial_weights, tmp_path / "full", *schedule, steps=8)
+    assert trainee.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # resumed from the same run's step-4 checkpoint (a run of 4 steps would have its own, shorter, schedule)
+    run(shapes, initial_weights, tmp_path / "second", *schedule, "--resume",
+        str(tmp_path / "full/checkpoints/step-000004.ckpt"), steps=8)
+    full, second = losses(tmp_path / "full"), losses(tmp_path / "second")
+    assert [second[s] for s in (4, 5, 6, 7)] == [full[s] for s in (4, 5, 6, 7)]
+    in_backward = run(shapes, initial_weights, tmp_path / "during", *schedule, "--step-in-backward", steps=8)
+    assert in_backward.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(SystemExit, match="cosine schedule needs --max-steps"):
+        run(shapes, initial_weights, tmp_path / "short", "--lr-schedule", "cosine", "--warmup-steps", "8", steps=8)

@@ -5,6 +5,7 @@ them are collective, so every process takes part (gathering the weights as its s
 first one writes. Under DDP the others would wait for it at the next step anyway.
 """
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,12 +102,20 @@ class ControllabilityEval(pl.Callback):
     def __init__(self, every_n_steps, condition, cases, settings, weights=None):
         self.every_n_steps, self.condition, self.cases = every_n_steps, condition, cases
         self.settings, self.weights = settings, weights
+        self.started, self.evaluating = None, 0.0  # so the log can tell minutes of training from its own
+
+    def on_train_start(self, trainer, pl_module):
+        self.started, self.evaluating = time.perf_counter(), 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if due(trainer, batch_idx, self.every_n_steps):
+            began = time.perf_counter()
             with whole_weights(trainer):
                 means = self.evaluate(pl_module.model)
+            # wall-clock minutes of this run spent training, not evaluating (the learning curve's x axis)
+            means["train_minutes"] = (began - self.started - self.evaluating) / 60
+            self.evaluating += time.perf_counter() - began
             if trainer.is_global_zero:
                 trainer.logger.log_metrics({f"eval/{k}": v for k, v in means.items()}, step=step)
                 print(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))

@@ -5,6 +5,7 @@ number (timesteps, noise, VAE samples, prompt dropout) from a generator seeded b
 number of micro-batches done, so a resumed run continues exactly as the uninterrupted one would.
 """
 
+import math
 from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from ldm.autoencoder import DiagonalGaussianDistribution
 
 STAGES = ("control", "base", "vae", "decoder")
+TIMESTEP_SAMPLINGS = ("uniform", "cubic")
+LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adamw", "adamw8bit")
 # what mixed precision computes in: the weights nothing trains are held in it (no fp32 copy to cast from)
 COMPUTE_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -30,16 +33,28 @@ def step_generator(seed, micro_steps, rank, device):
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + micro_steps) * 1009 + rank)
 
 
-def diffusion_loss(model, batch, gen, control, prompt_dropout=0.0, noise_offset=0.0):
+def diffusion_loss(model, batch, gen, control, options=None):
     """(loss, logs) of one batch of the release's dict(jpg, txt, hint) (or cached moments and contexts) for a
-    latent diffusion model: a random timestep per image, noise, and the model's p_losses; the hint conditions
-    a ControlNet when `control`."""
+    latent diffusion model: a timestep per image (drawn as `options.timesteps` says), noise, and the model's
+    p_losses; the hint conditions a ControlNet when `control`."""
+    options = options or TrainingOptions()
     x0 = latents(model, batch, gen)
-    cond = {"c_crossattn": [text_context(model, batch, gen, prompt_dropout)], "c_concat": None}
+    cond = {"c_crossattn": [text_context(model, batch, gen, options.prompt_dropout)], "c_concat": None}
     if control:
         cond["c_concat"] = [image_batch(batch["hint"])]
-    t = torch.randint(0, model.num_timesteps, (x0.shape[0],), generator=gen, device=x0.device)
-    return model.p_losses(x0, cond, t, noise=training_noise(x0.shape, gen, noise_offset, x0.device))
+    t = sample_timesteps(options.timesteps, x0.shape[0], model.num_timesteps, gen)
+    return model.p_losses(x0, cond, t, noise=training_noise(x0.shape, gen, options.noise_offset, x0.device))
+
+
+def sample_timesteps(how, count, num_timesteps, gen):
+    """`count` training timesteps in [0, num_timesteps): "uniform" as SD was trained, or "cubic", t = (1 - u^3) T
+    for a uniform u (T2I-Adapter's), which draws 79% of them from the noisier half. A control decides an
+    image's layout, and the layout is settled in the first, noisiest steps of sampling: the later ones refine
+    textures the base already knows how to draw."""
+    if how == "uniform":
+        return torch.randint(0, num_timesteps, (count,), generator=gen, device=gen.device)
+    u = torch.rand(count, generator=gen, device=gen.device)
+    return ((1 - u**3) * num_timesteps).long().clamp_(max=num_timesteps - 1)
 
 
 def latents(model, batch, gen):
@@ -104,8 +119,12 @@ class TrainingOptions:
 
     stage: str = "control"
     learning_rate: float = 1e-5
+    lr_schedule: str = "constant"  # or "cosine": down to 0 at max_steps
+    warmup_steps: int = 0  # the learning rate rises linearly from 0 over these first steps
+    max_steps: int = 0  # the run's length, which a cosine schedule needs
     prompt_dropout: float = 0.0
     noise_offset: float = 0.0
+    timesteps: str = "uniform"  # how training timesteps are drawn (sample_timesteps)
     seed: int = 0
     kl_weight: float = 1e-6  # the VAE stage's KL term
     optimizer: str = "adamw"
@@ -119,6 +138,12 @@ class TrainingOptions:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"stage {self.stage!r} is not one of {STAGES}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"learning-rate schedule {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
+        if self.lr_schedule == "cosine" and self.max_steps <= self.warmup_steps:
+            raise ValueError("a cosine schedule needs --max-steps beyond the warm-up steps")
+        if self.timesteps not in TIMESTEP_SAMPLINGS:
+            raise ValueError(f"timestep sampling {self.timesteps!r} is not one of {TIMESTEP_SAMPLINGS}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
         if self.step_in_backward and self.precision == "16-mixed":
@@ -176,6 +201,22 @@ class Trainee(pl.LightningModule):
         return params + [p for p in self.model.cond_stage_model.parameters() if p.requires_grad]
 
     def configure_optimizers(self):
+        optimizer = self.make_optimizer()
+        if self.options.lr_schedule == "constant" and not self.options.warmup_steps:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def lr_factor(self, step):
+        """The learning rate of optimizer step `step`, as a fraction of --learning-rate."""
+        warmup, total = self.options.warmup_steps, self.options.max_steps
+        if step < warmup:
+            return (step + 1) / warmup
+        if self.options.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
+        return 1.0
+
+    def make_optimizer(self):
         if self.options.optimizer == "adamw8bit":  # moments stored in 8 bits: a quarter of AdamW's 8 bytes a weight
             try:
                 import bitsandbytes
@@ -198,13 +239,14 @@ class Trainee(pl.LightningModule):
         if self.stage in ("vae", "decoder"):
             loss, logs = self.vae_loss(image_batch(batch["jpg"]), gen)
         else:
-            loss, logs = diffusion_loss(self.model, batch, gen, self.stage == "control", self.options.prompt_dropout,
-                                        self.options.noise_offset)
+            loss, logs = diffusion_loss(self.model, batch, gen, self.stage == "control", self.options)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, sync_dist=False)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True)
         if self.options.step_in_backward:
             self.manual_backward(loss)  # the hooks of on_fit_start update each weight as its gradient completes
             self.optimizers().step()  # no gradient is left to apply: this counts the step
+            if self.lr_schedulers() is not None:  # Lightning steps schedules only under automatic optimization
+                self.lr_schedulers().step()
         return loss
 
     def on_fit_start(self):

@@ -21,6 +21,9 @@ COLORS = {
     "misty rose": (255, 228, 225), "white": (255, 255, 255), "salmon": (250, 128, 114), "khaki": (240, 230, 140),
 }
 SHAPES = ("circle", "square", "triangle")
+# never trained on: held-out tests of whether a control follows the outline itself rather than recalling the
+# three shapes it learnt (bench/controllability.py --shapes)
+NOVEL_SHAPES = ("star", "ellipse", "blob")
 MIN_COLOR_DISTANCE = 120.0  # shape and background must be told apart by eye and by the benchmark
 
 
@@ -43,15 +46,31 @@ def pick_colors(rng):
             return str(fg), str(bg)
 
 
-def shape_polygon(shape, cx, cy, r, angle):
+def shape_polygon(shape, cx, cy, r, angle, rng=None):
+    """The corners of a polygonal shape of radius r about (cx, cy), turned by `angle`; a blob's wobble is drawn
+    from `rng`."""
     if shape == "square":
-        corners = [angle + np.pi / 4 + k * np.pi / 2 for k in range(4)]
+        corners, radii = angle + np.pi / 4 + np.arange(4) * np.pi / 2, np.full(4, r)
+    elif shape == "triangle":
+        corners, radii = angle - np.pi / 2 + np.arange(3) * 2 * np.pi / 3, np.full(3, r)
+    elif shape == "star":  # five points, the inner corners at 0.45 of the outer radius
+        corners, radii = angle - np.pi / 2 + np.arange(10) * np.pi / 5, np.tile([r, 0.45 * r], 5)
     else:
-        corners = [angle - np.pi / 2 + k * 2 * np.pi / 3 for k in range(3)]
-    return [(cx + r * np.cos(a), cy + r * np.sin(a)) for a in corners]
+        around = np.linspace(0, 2 * np.pi, 72, endpoint=False)
+        if shape == "ellipse":  # the minor axis 0.45-0.8 of the major
+            minor = 0.45 + 0.35 * rng.random()
+            x, y = r * np.cos(around), minor * r * np.sin(around)
+            corners, radii = angle + np.arctan2(y, x), np.hypot(x, y)
+        elif shape == "blob":  # a smooth random closed curve: low harmonics of the radius
+            wobble = sum(a * np.cos(k * around + phase)
+                         for k, a, phase in zip((2, 3, 4), rng.uniform(0.05, 0.2, 3), rng.uniform(0, 2 * np.pi, 3)))
+            corners, radii = angle + around, r * (1 + wobble) / (1 + wobble).max()
+        else:
+            raise ValueError(f"unknown shape {shape!r}: one of {SHAPES + NOVEL_SHAPES}")
+    return [(cx + d * np.cos(a), cy + d * np.sin(a)) for a, d in zip(corners, radii)]
 
 
-def draw(shape, size, cx, cy, r, angle, fill, outline_width):
+def draw(shape, size, cx, cy, r, angle, fill, outline_width, rng=None):
     """(filled RGB image on black, outline mask) for one shape; the outline is drawn on the same geometry."""
     image = Image.new("RGB", (size, size))
     outline = Image.new("L", (size, size))
@@ -61,7 +80,7 @@ def draw(shape, size, cx, cy, r, angle, fill, outline_width):
         d.ellipse(box, fill=fill)
         o.ellipse(box, outline=255, width=outline_width)
     else:
-        points = shape_polygon(shape, cx, cy, r, angle)
+        points = shape_polygon(shape, cx, cy, r, angle, rng)
         d.polygon(points, fill=fill)
         o.polygon(points, outline=255, width=outline_width)
     return image, outline
@@ -76,8 +95,10 @@ def make_sample(seed, index, size=64, shapes=SHAPES):
     cx, cy = rng.uniform(r, size - r, size=2)
     angle = rng.uniform(0, 2 * np.pi)
     outline_width = max(1, size // 64)
-    filled, outline = draw(shape, size, cx, cy, r, angle, COLORS[fg], outline_width)
-    mask, _ = draw(shape, size, cx, cy, r, angle, (255, 255, 255), outline_width)
+    # a novel shape's own numbers come from a stream of their own: the three shapes' samples stay as they were
+    drawn = [shape, size, cx, cy, r, angle]
+    filled, outline = draw(*drawn, COLORS[fg], outline_width, np.random.default_rng([seed, index, 1]))
+    mask, _ = draw(*drawn, (255, 255, 255), outline_width, np.random.default_rng([seed, index, 1]))
     inside = np.asarray(mask)[..., 0] > 127
     target = np.where(inside[..., None], np.asarray(filled), np.array(COLORS[bg], dtype=np.uint8))
     hint = np.repeat(np.asarray(outline)[..., None], 3, axis=2)
@@ -110,7 +131,7 @@ def main(argv=None):
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES + NOVEL_SHAPES)
     args = parser.parse_args(argv)
     root = write_dataset(args.out, args.count, args.seed, args.size, tuple(args.shapes))
     print(f"wrote {args.count} samples to {root}")
