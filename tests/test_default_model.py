@@ -23,8 +23,9 @@ def test_default_model_fills_held_out_outlines(model):
         hint, _, prompt, meta = make_sample(2024, i, size=128)  # a seed no training run used
         images, _ = generate(model, hint, prompt, steps=20, seed=i, verbose=False)
         results.append(score(images[0], hint, COLORS[meta["color"]], COLORS[meta["background"]]))
-    # bench/controllability.py measures the shipped model at mean IoU 0.71 over 200 outlines (models/TOY_MODEL.md)
-    assert np.mean([r["iou"] for r in results]) > 0.5
+    # bench/controllability.py measures the shipped model at mean IoU 0.868 over 200 outlines (models/TOY_MODEL.md);
+    # these four read 0.88, 0.63, 0.87, 0.88 (mean 0.82) on the 2-core CI machine
+    assert np.mean([r["iou"] for r in results]) > 0.75
 
 
 def test_control_strength_zero_ignores_the_outline(model):
