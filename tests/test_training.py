@@ -394,9 +394,12 @@ def test_cubic_timesteps_favour_the_noisiest_and_uniform_is_as_before():
     assert torch.equal(uniform, torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(1)))
 
 
-def test_train_py_takes_the_timestep_sampling(shapes, initial_weights, tmp_path):
-    trainee = run(shapes, initial_weights, tmp_path / "cubic", "--timesteps", "cubic", steps=2)
+def test_a_control_draws_cubic_timesteps_unless_told_otherwise(shapes, initial_weights, tmp_path):
+    trainee = run(shapes, initial_weights, tmp_path / "cubic", steps=2)
     assert trainee.options.timesteps == "cubic" and np.isfinite(list(losses(tmp_path / "cubic").values())).all()
+    assert run(shapes, initial_weights, tmp_path / "uniform", "--timesteps", "uniform", steps=1).options.timesteps \
+        == "uniform"
+    assert train.default_timesteps("base") == train.default_timesteps("vae") == "uniform"
 
 
 def test_a_cosine_schedule_warms_up_decays_to_zero_and_resumes_exactly(shapes, initial_weights, tmp_path):
