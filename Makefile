@@ -23,7 +23,7 @@ sample: $(STAMP)
 	$(PY) generate.py --prompt "a crimson circle on a light sky blue background" --resolution 128 --out outputs/demo.png
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) bench/sampling.py

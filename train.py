@@ -38,6 +38,7 @@ from training.module import (
     drop_what_a_cache_replaces,
 )
 from training.progress import StepProgress
+from training.reward import REWARDS
 from training.sampler import ResumableSampler
 from training.shards import ShardStream, is_shards
 
@@ -93,6 +94,12 @@ def parse_args(argv=None):
                    help="how training timesteps are drawn: uniform (as SD was trained; the default but for a "
                         "control), or cubic, biased to the noisiest, where a control settles the layout (the "
                         "default for --stage control: it learns to follow its condition several times sooner)")
+    p.add_argument("--reward", choices=sorted(REWARDS),
+                   help="ControlNet++'s consistency reward: at low noise, decode the one-step prediction, detect "
+                        "this condition on it and add the mismatch with the hint to the loss (a control only)")
+    p.add_argument("--reward-weight", type=float, default=0.5, help="the reward's weight in the loss")
+    p.add_argument("--reward-timesteps", type=int, default=200,
+                   help="rewarded timesteps are drawn below this (one-step predictions are sharp there)")
     p.add_argument("--max-steps", type=int, default=10_000)
     p.add_argument("--ckpt-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=10, help="write the loss to the CSV log every N steps")
@@ -155,6 +162,7 @@ def build(args):
             stage=args.stage, learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
             warmup_steps=args.warmup_steps, max_steps=args.max_steps, prompt_dropout=args.prompt_dropout,
             noise_offset=args.noise_offset, timesteps=args.timesteps or default_timesteps(args.stage), seed=args.seed,
+            reward=args.reward, reward_weight=args.reward_weight, reward_timesteps=args.reward_timesteps,
             optimizer=args.optimizer, precision=args.precision, step_in_backward=args.step_in_backward,
             # loaded strictly, every frozen weight is those files': checkpoints need not copy them
             frozen_sources=[Path(p).resolve() for p in initial] if args.stage != "vae" else [])
@@ -197,7 +205,7 @@ class DataModule(pl.LightningDataModule):
         build_cache(ModelEncoders(model), self.dataset, self.cache_dir, with_text=text_frozen)
         self.dataset = CachedPairs(self.dataset, self.cache_dir, with_text=text_frozen)
         if self.trainee.stage == "control" and text_frozen:  # what the cache replaces is not held at all
-            drop_what_a_cache_replaces(model, self.samples)
+            drop_what_a_cache_replaces(model, self.samples, decoding=self.trainee.options.reward is not None)
 
     def train_dataloader(self):
         trainer, args = self.trainer, self.args

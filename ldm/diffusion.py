@@ -197,6 +197,15 @@ class LatentDiffusion(nn.Module):
     def predict_start_from_z_and_v(self, x_t, t, v):
         return extract(self.sqrt_alphas_cumprod, t, x_t) * x_t - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
 
+    def predict_start(self, x_t, t, model_output):
+        """The one-step estimate of x_0 from x_t and the model's prediction at t, whatever it predicts."""
+        if self.parameterization == "v":
+            return self.predict_start_from_z_and_v(x_t, t, model_output)
+        if self.parameterization == "x0":
+            return model_output
+        return ((x_t - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * model_output)
+                / extract(self.sqrt_alphas_cumprod, t, x_t))
+
     def predict_eps_from_z_and_v(self, x_t, t, v):
         return extract(self.sqrt_alphas_cumprod, t, x_t) * v + extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
 

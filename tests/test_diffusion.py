@@ -30,6 +30,18 @@ def test_v_and_eps_predictions_invert_each_other(t):
 
 
 @pytest.mark.parametrize("parameterization", ["eps", "v", "x0"])
+def test_the_one_step_estimate_of_x0_is_exact_for_an_exact_prediction(parameterization):
+    model = tiny_model(TINY_V15)
+    model.parameterization = parameterization
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    t = torch.tensor([0, 250, 999])
+    x_t = model.q_sample(x0, t, noise)
+    prediction = {"eps": noise, "x0": x0, "v": model.get_v(x0, noise, t)}[parameterization]
+    torch.testing.assert_close(model.predict_start(x_t, t, prediction), x0, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v", "x0"])
 def test_loss_targets_follow_the_parameterization(parameterization, monkeypatch):
     model = tiny_model(TINY_V15)
     model.parameterization = parameterization

@@ -419,3 +419,35 @@ def test_a_cosine_schedule_warms_up_decays_to_zero_and_resumes_exactly(shapes, i
     assert in_backward.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(SystemExit, match="cosine schedule needs --max-steps"):
         run(shapes, initial_weights, tmp_path / "short", "--lr-schedule", "cosine", "--warmup-steps", "8", steps=8)
+
+
+def test_the_shape_reward_is_near_zero_on_the_target_and_large_on_another_shape():
+    from training.data import as_hint, as_image
+    from training.reward import shape_region_loss
+
+    items = [make_sample(0, i, size=128) for i in range(4)]  # the toy's size
+    batch = {"txt": [prompt for _, _, prompt, _ in items],
+             "hint": torch.from_numpy(np.stack([as_hint(hint) for hint, _, _, _ in items]))}
+    targets = torch.from_numpy(np.stack([as_image(target) for _, target, _, _ in items])).permute(0, 3, 1, 2)
+    assert shape_region_loss(targets, batch).max() < 1e-3
+    assert shape_region_loss(targets.roll(1, dims=0), batch).min() > 1.0  # each image is another's shape
+    with pytest.raises(ValueError, match="reads the colours from the prompt"):
+        shape_region_loss(targets, {**batch, "txt": ["a photo"] * 4})
+
+
+def test_a_consistency_reward_adds_to_the_loss_under_a_cache_and_resumes_exactly(shapes, initial_weights, tmp_path):
+    reward = ("--reward", "shapes", "--reward-weight", "0.5", "--cache", "--ckpt-every", "2")
+    trainee = run(shapes, initial_weights, tmp_path / "full", *reward, steps=4)
+    assert trainee.model.first_stage_model.decoder is not None  # kept for the reward's decoding
+    rows = list(csv.DictReader(open(next((tmp_path / "full").glob("logs/version_*/metrics.csv")))))
+    rewards = {int(r["step"]): float(r["train/reward"]) for r in rows if r.get("train/reward")}
+    assert sorted(rewards) == list(range(4)) and all(np.isfinite(v) and v > 0 for v in rewards.values())
+    # its first step draws the same timesteps and noise as a run without the reward, then adds the reward
+    run(shapes, initial_weights, tmp_path / "plain", "--cache", steps=1)
+    assert losses(tmp_path / "full")[0] == pytest.approx(losses(tmp_path / "plain")[0] + 0.5 * rewards[0], rel=1e-5)
+    run(shapes, initial_weights, tmp_path / "second", *reward, "--resume",
+        str(tmp_path / "full/checkpoints/step-000002.ckpt"), steps=4)
+    full, second = losses(tmp_path / "full"), losses(tmp_path / "second")
+    assert sorted(second) == [2, 3] and [second[s] for s in (2, 3)] == [full[s] for s in (2, 3)]
+    with pytest.raises(SystemExit, match="use it with --stage control"):
+        run(shapes, initial_weights, tmp_path / "base", "--reward", "shapes", "--stage", "base", steps=1)

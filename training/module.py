@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ldm.autoencoder import DiagonalGaussianDistribution
+from training.reward import REWARDS, consistency_loss
 
 STAGES = ("control", "base", "vae", "decoder")
 TIMESTEP_SAMPLINGS = ("uniform", "cubic")
@@ -43,7 +44,13 @@ def diffusion_loss(model, batch, gen, control, options=None):
     if control:
         cond["c_concat"] = [image_batch(batch["hint"])]
     t = sample_timesteps(options.timesteps, x0.shape[0], model.num_timesteps, gen)
-    return model.p_losses(x0, cond, t, noise=training_noise(x0.shape, gen, options.noise_offset, x0.device))
+    loss, logs = model.p_losses(x0, cond, t, noise=training_noise(x0.shape, gen, options.noise_offset, x0.device))
+    if control and options.reward:  # scored against the prompts' colours: none is dropped
+        cond = {**cond, "c_crossattn": [text_context(model, batch, gen, prompt_dropout=0.0)]}
+        reward = consistency_loss(model, x0, cond, batch, gen, options.reward, options.reward_timesteps)
+        loss = loss + options.reward_weight * reward
+        logs = {**logs, "reward": reward.detach(), "loss": loss.detach()}
+    return loss, logs
 
 
 def sample_timesteps(how, count, num_timesteps, gen):
@@ -92,13 +99,16 @@ def training_noise(shape, gen, noise_offset, device):
     return noise
 
 
-def drop_what_a_cache_replaces(model, sampling):
+def drop_what_a_cache_replaces(model, sampling, decoding=False):
     """Free the parts of a ControlLDM that cached latents and text encodings replace: the VAE encoder, and unless
-    images are sampled (logs, evaluations), the text encoder and the VAE decoder."""
+    images are sampled (logs, evaluations), the text encoder and, unless also decoded otherwise (a reward), the
+    VAE decoder."""
     vae = model.first_stage_model
     vae.encoder = vae.quant_conv = None
     if not sampling:
-        model.cond_stage_model = vae.decoder = vae.post_quant_conv = None
+        model.cond_stage_model = None
+    if not (sampling or decoding):
+        vae.decoder = vae.post_quant_conv = None
 
 
 def update_in_backward(params, optimizer):
@@ -125,6 +135,11 @@ class TrainingOptions:
     prompt_dropout: float = 0.0
     noise_offset: float = 0.0
     timesteps: str = "uniform"  # how training timesteps are drawn (sample_timesteps)
+    # ControlNet++'s consistency reward (training.reward): the condition whose detector scores one-step images
+    # at timesteps below reward_timesteps, added to the loss times reward_weight (None: no reward)
+    reward: str = None
+    reward_weight: float = 0.5
+    reward_timesteps: int = 200
     seed: int = 0
     kl_weight: float = 1e-6  # the VAE stage's KL term
     optimizer: str = "adamw"
@@ -144,6 +159,12 @@ class TrainingOptions:
             raise ValueError("a cosine schedule needs --max-steps beyond the warm-up steps")
         if self.timesteps not in TIMESTEP_SAMPLINGS:
             raise ValueError(f"timestep sampling {self.timesteps!r} is not one of {TIMESTEP_SAMPLINGS}")
+        if self.reward is not None and self.reward not in REWARDS:
+            raise ValueError(f"no differentiable detector of {self.reward!r} to reward with: one of {sorted(REWARDS)}")
+        if self.reward is not None and self.reward_timesteps < 1:
+            raise ValueError(f"reward timesteps {self.reward_timesteps}: they are drawn below this, so it must be >= 1")
+        if self.reward is not None and self.stage != "control":
+            raise ValueError("a consistency reward scores how images follow a control: use it with --stage control")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
         if self.step_in_backward and self.precision == "16-mixed":
