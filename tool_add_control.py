@@ -17,10 +17,11 @@ def main(argv=None):
     parser.add_argument("input", help="SD checkpoint (.ckpt, .pth or .safetensors)")
     parser.add_argument("output", help="ControlLDM initial weights to write (.safetensors)")
     parser.add_argument("--config", default="models/cldm_v15.yaml", help="cldm_v15.yaml (SD 1.x) or cldm_v21.yaml (SD 2.x)")
+    parser.add_argument("--seed", type=int, default=0, help="of the hint encoder's random initial weights")
     parser.add_argument("--force", action="store_true", help="replace the output if it exists")
     args = parser.parse_args(argv)
 
-    state, added = add_control(read_any(args.input), args.config)
+    state, added = add_control(read_any(args.input), args.config, args.seed)
     for key in added:
         print(f"new: {key}")
     path = write_output(state, args.output, force=args.force)

@@ -5,6 +5,8 @@ All functions work on state dicts in the release layout; the `tool_*.py` scripts
 
 from pathlib import Path
 
+import torch
+
 from cldm.cldm import CONTROL_PREFIX
 from cldm.model import TARGETS, normalize_keys
 from ldm.checkpoint import CheckpointError, cross_attention_width, family, save_safetensors
@@ -21,14 +23,16 @@ def check_same_family(named_widths):
         raise CheckpointError(f"the inputs belong to different model families: {found}")
 
 
-def fresh_control_state(config_path):
-    """A freshly initialised control (hint encoder random, zero convs zero), built from the yaml alone."""
+def fresh_control_state(config_path, seed=0):
+    """A freshly initialised control (hint encoder random from `seed`, zero convs zero), built from the yaml alone."""
     node = load_yaml(config_path)["model"]["params"]["control_stage_config"]
-    control = instantiate(node, TARGETS, "model.params.control_stage_config")
+    with torch.random.fork_rng(devices=[]):  # the same initial weights every time, the caller's generator untouched
+        torch.manual_seed(seed)
+        control = instantiate(node, TARGETS, "model.params.control_stage_config")
     return {CONTROL_PREFIX + k: v for k, v in control.state_dict().items()}
 
 
-def add_control(sd_state, config_path):
+def add_control(sd_state, config_path, seed=0):
     """ControlLDM initial weights: the SD checkpoint, plus a control whose encoder copies the UNet's.
 
     Returns (state, added_keys): the keys that did not come from the SD checkpoint (hint encoder, zero convs).
@@ -36,7 +40,7 @@ def add_control(sd_state, config_path):
     sd_state = normalize_keys(sd_state)
     if any(k.startswith(CONTROL_PREFIX) for k in sd_state):
         raise CheckpointError("the input already has control weights (control_model.*); give a plain SD checkpoint")
-    control = fresh_control_state(config_path)
+    control = fresh_control_state(config_path, seed)
     check_same_family([("the SD checkpoint", cross_attention_width(sd_state, UNET_PREFIX)),
                        (f"the config {Path(config_path).name}", cross_attention_width(control, CONTROL_PREFIX))])
     state, added = dict(sd_state), []

@@ -51,6 +51,17 @@ def test_outputs_are_never_overwritten(tmp_path):
     assert (tmp_path / "ini.safetensors").read_bytes() == b"precious"
 
 
+def test_add_control_draws_the_same_hint_encoder_from_the_same_seed():
+    sd = sd_only(tiny_model(TINY_V15))
+
+    def hint_encoder(seed):
+        return {k: v for k, v in add_control(sd, TINY_V15, seed)[0].items() if "input_hint_block" in k}
+
+    first, again, other = hint_encoder(0), hint_encoder(0), hint_encoder(1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
 def test_add_control_checks_the_config_family():
     sd21 = sd_only(tiny_model(TINY_V21))
     with pytest.raises(CheckpointError, match=r"the SD checkpoint is cross-attention width 48, the config "
