@@ -436,14 +436,15 @@ def test_the_shape_reward_is_near_zero_on_the_target_and_large_on_another_shape(
 
 
 def test_a_consistency_reward_adds_to_the_loss_under_a_cache_and_resumes_exactly(shapes, initial_weights, tmp_path):
-    reward = ("--reward", "shapes", "--reward-weight", "0.5", "--cache", "--ckpt-every", "2")
+    # with prompts dropped, so the reward's own undropped prompts are encoded too
+    reward = ("--reward", "shapes", "--reward-weight", "0.5", "--cache", "--ckpt-every", "2", "--prompt-dropout", "0.5")
     trainee = run(shapes, initial_weights, tmp_path / "full", *reward, steps=4)
     assert trainee.model.first_stage_model.decoder is not None  # kept for the reward's decoding
     rows = list(csv.DictReader(open(next((tmp_path / "full").glob("logs/version_*/metrics.csv")))))
     rewards = {int(r["step"]): float(r["train/reward"]) for r in rows if r.get("train/reward")}
     assert sorted(rewards) == list(range(4)) and all(np.isfinite(v) and v > 0 for v in rewards.values())
     # its first step draws the same timesteps and noise as a run without the reward, then adds the reward
-    run(shapes, initial_weights, tmp_path / "plain", "--cache", steps=1)
+    run(shapes, initial_weights, tmp_path / "plain", "--cache", "--prompt-dropout", "0.5", steps=1)
     assert losses(tmp_path / "full")[0] == pytest.approx(losses(tmp_path / "plain")[0] + 0.5 * rewards[0], rel=1e-5)
     run(shapes, initial_weights, tmp_path / "second", *reward, "--resume",
         str(tmp_path / "full/checkpoints/step-000002.ckpt"), steps=4)

@@ -45,8 +45,9 @@ def diffusion_loss(model, batch, gen, control, options=None):
         cond["c_concat"] = [image_batch(batch["hint"])]
     t = sample_timesteps(options.timesteps, x0.shape[0], model.num_timesteps, gen)
     loss, logs = model.p_losses(x0, cond, t, noise=training_noise(x0.shape, gen, options.noise_offset, x0.device))
-    if control and options.reward:  # scored against the prompts' colours: none is dropped
-        cond = {**cond, "c_crossattn": [text_context(model, batch, gen, prompt_dropout=0.0)]}
+    if control and options.reward:
+        if options.prompt_dropout:  # scored against the prompts' colours: none may be dropped
+            cond = {**cond, "c_crossattn": [text_context(model, batch, gen, prompt_dropout=0.0)]}
         reward = consistency_loss(model, x0, cond, batch, gen, options.reward, options.reward_timesteps)
         loss = loss + options.reward_weight * reward
         logs = {**logs, "reward": reward.detach(), "loss": loss.detach()}
@@ -137,7 +138,7 @@ class TrainingOptions:
     timesteps: str = "uniform"  # how training timesteps are drawn (sample_timesteps)
     # ControlNet++'s consistency reward (training.reward): the condition whose detector scores one-step images
     # at timesteps below reward_timesteps, added to the loss times reward_weight (None: no reward)
-    reward: str = None
+    reward: str | None = None
     reward_weight: float = 0.5
     reward_timesteps: int = 200
     seed: int = 0

@@ -34,7 +34,7 @@ def shape_region_loss(images, batch):
     to_shape = (pixels - shape[:, :, None, None]).norm(dim=1)
     to_background = (pixels - background[:, :, None, None]).norm(dim=1)
     hints = batch["hint"].cpu().numpy()
-    inside = torch.from_numpy(np.stack([outline_interior(np.clip(h * 255, 0, 255)) for h in hints]))
+    inside = torch.from_numpy(np.stack([outline_interior(h * 255) for h in hints]))
     logits = (to_background - to_shape) / SHAPE_REGION_SOFTNESS
     return F.binary_cross_entropy_with_logits(logits, inside.to(logits), reduction="none").mean(dim=(1, 2))
 
