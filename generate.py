@@ -21,43 +21,25 @@ generation parameters (and its condition map beside it).
 """
 
 import argparse
-from contextlib import nullcontext
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
+from ldm.errors import run_main
+from ldm.files import check_checkpoint_file, check_config_file, check_picture_file, find_model_file
 
-from annotators import ANNOTATORS, ImageError, condition_map, fit, list_pictures, read_image, resize_image
-from apps.units import OWN_CONTROL, control_path
-from cldm.defaults import TOY_PROMPT, circle_outline, load_default_model
-from cldm.img2img import condition_picture, inpaint_condition
-from cldm.lowvram import low_vram
-from cldm.model import load_control_net, load_model
-from cldm.outputs import BESIDE, read_params, save_beside, save_png
-from cldm.pipeline import Control, generate
-from cldm.settings import Settings, add_arguments, from_args
-from cldm.speed import speed_up
-from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
-
-# the command line's own defaults: the shipped toy model's prompt and size
-CLI_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)
+PICTURE_FLAGS = ("hint", "image", "reproduce", "region_mask", "init_image", "mask")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_file_arguments(p):
+    """The flags that name files (checked before anything slow is imported)."""
     source = p.add_mutually_exclusive_group()
     source.add_argument("--hint", help="a condition map (edges, pose, ...) used as it is")
     source.add_argument("--image", help="a picture turned into a condition map by --annotator")
     source.add_argument("--input-dir", help="every picture in this folder, through --annotator (or as maps)")
     source.add_argument("--reproduce", help="a PNG saved by this project: generate it again from its parameters")
-    p.add_argument("--annotator", choices=sorted(ANNOTATORS), help="detector for --image / --input-dir")
     p.add_argument("--config", default="models/cldm_v15.yaml", help="model yaml, used with --ckpt")
     p.add_argument("--ckpt", nargs="*", default=[], help="checkpoints to load in order (base, then control)")
     p.add_argument("--extra-control", nargs=3, action="append", default=[], metavar=("CKPT", "HINT", "SCALE"),
                    help="another ControlNet with its own condition map and scale (repeatable)")
-    add_arguments(p, CLI_DEFAULTS)  # every generation setting: --steps, --sampler, --image-resolution, ...
     p.add_argument("--region-mask", help="a picture, white where the control acts (default: everywhere)")
     p.add_argument("--init-image", help="image-to-image: start from this picture instead of pure noise "
                                         "(--denoise says how much of it is redrawn)")
@@ -65,9 +47,74 @@ def parse_args(argv=None):
     p.add_argument("--inpaint-control", action="store_true",
                    help="the ControlNet is an inpaint one (control_v11p_sd15_inpaint): its condition is "
                         "--init-image with the --mask pixels at -1")
+
+
+def check_files(args):
+    """Every file the flags name, looked at (headers only) before a model is built: a wrong one fails at once."""
+    if args.mask and not args.init_image:
+        raise ValueError("--mask needs --init-image: the picture the mask applies to")
+    if args.inpaint_control and not args.mask:
+        raise ValueError("--inpaint-control needs --init-image and --mask")
+    if args.ckpt:
+        check_config_file(args.config)
+    for path in args.ckpt:
+        check_checkpoint_file(path)
+    for ckpt, hint, scale in args.extra_control:
+        check_checkpoint_file(find_model_file(ckpt))
+        check_picture_file(hint)
+        try:
+            float(scale)
+        except ValueError:
+            raise ValueError(f"--extra-control {ckpt}: its scale {scale!r} is not a number") from None
+    for flag in PICTURE_FLAGS:
+        if getattr(args, flag):
+            check_picture_file(getattr(args, flag))
+    if args.input_dir and not Path(args.input_dir).is_dir():
+        raise FileNotFoundError(f"--input-dir {args.input_dir} is not a folder")
+
+
+def check_command_line(argv=None):
+    p = argparse.ArgumentParser(add_help=False)
+    add_file_arguments(p)
+    check_files(p.parse_known_args(argv)[0])
+
+
+if __name__ == "__main__":  # before the slow imports below: a wrong file fails in a moment, not after them
+    run_main(check_command_line)
+
+# ruff: noqa: E402
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from annotators import ANNOTATORS, condition_map, fit, list_pictures, read_image, resize_image
+from cldm.defaults import TOY_PROMPT, circle_outline, load_default_model
+from cldm.img2img import condition_picture, inpaint_condition
+from cldm.lowvram import low_vram
+from cldm.model import load_control_net, load_model
+from cldm.outputs import BESIDE, OWN_CONTROL, read_params, save_beside, save_png
+from cldm.pipeline import Control, generate
+from cldm.settings import Settings, add_arguments, from_args
+from cldm.speed import speed_up
+from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
+from ldm.threads import add_threads_argument, use_threads
+
+# the command line's own defaults: the shipped toy model's prompt and size
+CLI_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_file_arguments(p)
+    p.add_argument("--annotator", choices=sorted(ANNOTATORS), help="detector for --image / --input-dir")
+    add_arguments(p, CLI_DEFAULTS)  # every generation setting: --steps, --sampler, --image-resolution, ...
     p.add_argument("--low-vram", action="store_true", help="keep only the running part of the model on the GPU")
     add_precision_argument(p, default=None)  # None: the saved one with --reproduce, else auto
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNets")
+    add_threads_argument(p)  # None: the saved count with --reproduce, else the default policy
     p.add_argument("--out", default="outputs/sample.png", help="output file; the condition map goes beside it")
     p.add_argument("--out-dir", default="outputs", help="output folder for --input-dir")
     return p.parse_args(argv)
@@ -109,17 +156,11 @@ class Pictures:
         return condition, condition_picture(condition)
 
 
-def pictures_of(args, resolution):
-    if args.mask and not args.init_image:
-        raise SystemExit("--mask needs --init-image: the picture the mask applies to")
-    if args.inpaint_control and not args.mask:
-        raise SystemExit("--inpaint-control needs --init-image and --mask")
-    image = read_image(args.init_image) if args.init_image else None
+def pictures_of(args, pictures, resolution):
+    image = pictures["init_image"]
     if image is not None:
         image = resize_image(image, resolution)
-    mask = read_image(args.mask) if args.mask else None
-    region = read_image(args.region_mask) if args.region_mask else None
-    return Pictures(image, mask, args.inpaint_control, region)
+    return Pictures(image, pictures["mask"], args.inpaint_control, pictures["region_mask"])
 
 
 def run(model, hint, settings, extra, out, device, low_vram_mode, start=Pictures()):
@@ -127,7 +168,7 @@ def run(model, hint, settings, extra, out, device, low_vram_mode, start=Pictures
     <out>-init.png, <out>-mask.png and <out>-region.png) and the images as <out> (<out>_<i> for several)."""
     out = Path(out)
     if hint is None and start.image is None:
-        raise SystemExit("nothing to generate from: give --hint, --image or --init-image")
+        raise ValueError("nothing to generate from: give --hint, --image or --init-image")
     size = hint.shape[:2] if hint is not None else start.image.shape[:2]
     extra = [replace(c, hint=fit(c.hint, size, settings.resize_mode)) for c in extra]
     start = start.sized(size, settings.resize_mode)
@@ -138,7 +179,7 @@ def run(model, hint, settings, extra, out, device, low_vram_mode, start=Pictures
         images, seed = generate(model, hint, settings=settings, controls=extra, init_image=start.image,
                                 mask=start.mask, region_mask=start.region, verbose=True)
     record = {**settings.record(), "seed": seed, "precision": precision_of(model),
-              "inpaint_control": start.inpaint_control}
+              "threads": torch.get_num_threads(), "inpaint_control": start.inpaint_control}
     pictures = {"hint": shown, "init_image": start.image, "mask": start.mask, "region_mask": start.region}
     record.update(save_beside(pictures, lambda suffix: out.with_name(f"{out.stem}-{suffix}.png")))
     for i, image in enumerate(images):
@@ -152,22 +193,39 @@ def saved_controls(saved, folder, model):
     controls = []
     for unit in saved.get("controls", []):
         read = lambda key: read_image(str(folder / unit[key])) if unit.get(key) else None  # noqa: E731
-        net = None if unit["control"] == OWN_CONTROL else load_control_net(model, control_path(unit["control"]))
+        net = None if unit["control"] == OWN_CONTROL else load_control_net(model, find_model_file(unit["control"]))
         controls.append(Control(read("hint"), unit["strength"], unit["control_start"], unit["control_end"],
                                 unit["control_mode"], net and net.to(model.betas.device), unit["block_weights"],
                                 read("region_mask")))
     return controls
 
 
+def check_saved_controls(saved):
+    for unit in (saved or {}).get("controls", []):
+        if unit["control"] != OWN_CONTROL:
+            check_checkpoint_file(find_model_file(unit["control"]))
+
+
+def read_pictures(args):
+    """The pictures the flags name, read (and so checked) before any model is built."""
+    names = ("hint", "image", "init_image", "mask", "region_mask")
+    return {name: read_image(getattr(args, name)) if getattr(args, name) else None for name in names} | {
+        "extra": [read_image(hint) for _, hint, _ in args.extra_control]}
+
+
 def main(argv=None):
     args = parse_args(argv)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_files(args)
     saved = read_params(args.reproduce) if args.reproduce else None
+    check_saved_controls(saved)
+    pictures = read_pictures(args)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.precision is None and saved is not None:
         precision = saved.get("precision", "fp32")  # images saved before precisions existed were fp32
     else:
         precision = resolve_precision(args.precision or "auto", device)
-    print(f"computing in {precision} on {device}")
+    threads = use_threads(args.threads or (saved or {}).get("threads"))  # the saved count gives the same bits
+    print(f"computing in {precision} on {device}" + (f" ({threads} threads)" if device == "cpu" else ""))
     model = model_for(args, "cpu" if args.low_vram else device, precision)
     settings = from_args(args, CLI_DEFAULTS)
     if saved is not None:
@@ -181,23 +239,19 @@ def main(argv=None):
         run(model, None if start.inpaint_control else beside["hint"], settings, extra, args.out, device,
             args.low_vram, start)
         return
-    extra = [Control(read_image(h), float(scale), net=load_control_net(model, ckpt).to(model.betas.device))
-             for ckpt, h, scale in args.extra_control]
+    extra = [Control(hint, float(scale), net=load_control_net(model, ckpt).to(model.betas.device))
+             for (ckpt, _, scale), hint in zip(args.extra_control, pictures["extra"])]
     speed_up(model, compile=args.compile, nets=[c.net for c in extra])
     if args.input_dir:
-        try:
-            files = list_pictures(args.input_dir)
-        except ImageError as error:
-            raise SystemExit(str(error)) from error
-        for path in tqdm(files, desc="pictures"):
+        for path in tqdm(list_pictures(args.input_dir), desc="pictures"):
             hint = condition(args, settings, read_image(str(path)))
             run(model, hint, settings, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram)
         return
-    start = pictures_of(args, settings.image_resolution)
-    if args.hint:
-        hint = resize_image(read_image(args.hint), settings.image_resolution)
-    elif args.image:
-        hint = condition(args, settings, read_image(args.image))
+    start = pictures_of(args, pictures, settings.image_resolution)
+    if pictures["hint"] is not None:
+        hint = resize_image(pictures["hint"], settings.image_resolution)
+    elif pictures["image"] is not None:
+        hint = condition(args, settings, pictures["image"])
     elif start.image is not None:
         hint = None  # image-to-image or inpainting without a map (or with inpaint's own condition)
     else:
@@ -206,4 +260,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

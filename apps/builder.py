@@ -4,7 +4,6 @@ annotator's sliders; everything else (the familiar controls, saving, errors, lau
 
 import argparse
 import inspect
-import logging
 import os
 import tempfile
 import warnings
@@ -29,6 +28,7 @@ from annotators import (
     resize_image,
     to_rgb_uint8,
 )
+from apps.errors import failure, log_to_terminal, page_error
 from apps.models import resolve_model
 from apps.pose_editor import detected_json, picture_or_none, pose_editor, pose_picture
 from apps.units import (
@@ -37,8 +37,7 @@ from apps.units import (
     UNIT_SETTINGS,
     Unit,
     control_choices,
-    control_path,
-    layer_mask,
+    marked,
     region_of,
     unit_defaults,
     unit_inputs,
@@ -51,9 +50,10 @@ from cldm.outputs import BESIDE, next_path, save_beside, save_png
 from cldm.pipeline import Control, generate
 from cldm.settings import Settings, field_of
 from cldm.speed import speed_up
+from ldm.files import find_model_file
 from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
+from ldm.threads import add_threads_argument, use_threads
 
-log = logging.getLogger(__name__)
 
 REAL_DEFAULTS = Settings(added_prompt="best quality, extremely detailed",
                          negative_prompt="longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, "
@@ -252,7 +252,7 @@ class Runner:
 
     def control_net(self, name):
         """A unit's ControlNet file, loaded once, in the model's dtype and on its device."""
-        path = control_path(name)
+        path = find_model_file(name)
         if path not in self.nets:
             self.nets[path] = load_control_net(self.model, path).to(self.model.betas.device)
         return self.nets[path]
@@ -290,7 +290,7 @@ class Runner:
             images, used_seed = generate(self.model, hint, settings=settings, controls=controls, init_image=init,
                                          mask=mask, region_mask=region)
         record = {**settings.record(), "seed": used_seed, "annotator": params, "preprocessor": preprocessor,
-                  "size": list(shown.shape[:2]), "precision": self.precision,
+                  "size": list(shown.shape[:2]), "precision": self.precision, "threads": torch.get_num_threads(),
                   **({"pose": pose} if edited is not None else {})}
         if self.task.start == "inpaint":  # the condition is made again from the picture and the mask
             record["inpaint_control"] = hint is not None
@@ -332,9 +332,9 @@ def uploaded_image(**kwargs):
         try:
             return read_image(to_path(payload))
         except ImageError as error:
-            raise gr.Error(str(error)) from error
+            raise page_error(error) from error
         except Exception as error:  # PIL cannot even identify it
-            raise gr.Error(f"the upload is not a readable image ({error}); give a PNG, JPEG or WebP file") from error
+            raise page_error(f"the upload is not a readable image ({error}); give a PNG, JPEG or WebP file") from error
 
     image.preprocess = preprocess
     return image
@@ -345,10 +345,10 @@ def painted(editor_value):
     if not isinstance(editor_value, dict) or editor_value.get("background") is None:
         raise ImageError("no picture was given: upload one, then paint over what to redraw")
     picture = to_rgb_uint8(editor_value["background"])
-    marks = [layer_mask(np.asarray(layer)) for layer in editor_value.get("layers") or [] if layer is not None]
+    marks = [marked(np.asarray(layer)) for layer in editor_value.get("layers") or [] if layer is not None]
     if not any(m.any() for m in marks):
         raise ImageError("paint over the part of the picture to redraw (the brush marks the mask; through the "
-                         "API, give the mask as a layer: white or opaque where to redraw)")
+                         "API, give the mask as a layer: white where to redraw, black elsewhere)")
     mask = np.max([cv2.resize(m, picture.shape[1::-1], interpolation=cv2.INTER_NEAREST) for m in marks], axis=0)
     return picture, mask
 
@@ -370,10 +370,9 @@ def friendly(runner, names=(), defaults=()):
         try:
             return runner(image, **dict(zip(names, values)))
         except (ImageError, WeightsError, ValueError) as error:
-            raise gr.Error(str(error)) from error
+            raise page_error(error) from error
         except Exception as error:  # keep the server up and say something useful; details go to the log
-            log.exception("generation failed")
-            raise gr.Error(f"generation failed: {type(error).__name__}: {error}") from error
+            raise failure(error) from error
 
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     defaults = [*defaults, *[inspect.Parameter.empty] * (len(names) - len(defaults))]
@@ -530,21 +529,13 @@ def parse_args(task, argv=None):
     p.add_argument("--port", type=int, default=config.PORT)
     p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     p.add_argument("--queue-size", type=int, default=config.QUEUE_SIZE, help="requests allowed to wait")
-    p.add_argument("--threads", type=int, default=config.THREADS, help="CPU threads for the model "
-                                                                       "(default: all cores but one)")
+    add_threads_argument(p, config.THREADS)
     p.add_argument("--low-vram", action="store_true", default=config.SAVE_MEMORY,
                    help="keep only the running part of the model on the GPU (small GPUs)")
     add_precision_argument(p, config.PRECISION)
     p.add_argument("--compile", action="store_true", default=config.COMPILE,
                    help="torch.compile the UNet and ControlNet (the first request then takes a while longer)")
     return p.parse_args(argv)
-
-
-def compute_threads(requested=None):
-    """Torch's CPU threads in an app: all cores but one by default. The web server and the page's client
-    need a core; when torch's threads have to share theirs, every denoising step waits on the slowest one
-    (on 2 cores, 20 steps over HTTP took 4.1 s with 2 threads, 2.8 s with 1)."""
-    return requested or max(1, (os.cpu_count() or 2) - 1)
 
 
 def make_runner(task, args):
@@ -568,7 +559,8 @@ def make_runner(task, args):
 
 def launch(task, argv=None):
     args = parse_args(task, argv)
-    torch.set_num_threads(compute_threads(args.threads))
+    log_to_terminal()
+    use_threads(args.threads)
     runner = make_runner(task, args)
     print(runner.note)
     demo = build_demo(task, runner)

@@ -7,9 +7,8 @@ import torch
 
 from cldm.defaults import load_default_model
 from cldm.model import load_model, normalize_keys, read_any
-from ldm.checkpoint import missing_file_message
+from ldm.files import MODELS, missing_file_message
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_BASE = MODELS / "v1-5-pruned.ckpt"
 
 

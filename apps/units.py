@@ -6,17 +6,15 @@ Every input of a unit is named `unit<k>_<input>` (k = 2, 3) in the page and the 
 """
 
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from apps.models import MODELS
+from cldm.outputs import OWN_CONTROL
 from cldm.settings import Settings
-from ldm.checkpoint import CheckpointError
+from ldm.files import MODELS
 
 EXTRA_UNITS = (2, 3)
-OWN_CONTROL = "the app's control"  # a unit that runs the app's own ControlNet on another picture
 # a unit's Settings fields -> the cldm.pipeline.Control attribute each becomes
 UNIT_SETTINGS = {"strength": "strength", "control_start": "start", "control_end": "end", "control_mode": "mode",
                  "block_weights": "block_weights"}
@@ -60,55 +58,39 @@ def control_choices():
     return [OWN_CONTROL, *files]
 
 
-def control_path(name):
-    """A unit's control choice -> the file to load (a bare name is looked for in models/)."""
-    path = Path(name)
-    if not path.is_file() and (MODELS / name).is_file():
-        path = MODELS / name
-    if not path.is_file():
-        raise CheckpointError(f"control file {name!r} not found (in models/ or as a path); choose "
-                                f"{OWN_CONTROL!r} or put the file in {MODELS}/")
-    return path
-
-
 def region_of(value):
     """A region mask input -> HxW uint8 (255 where the control acts), or None for everywhere.
 
-    A mask editor's value is its picture (light opaque pixels mark) with strokes painted on it (opaque pixels
-    mark); with nothing marked there is no mask, so an untouched editor leaves the control everywhere. A plain
-    picture is taken as it is (all black: the control acts nowhere)."""
+    A mask editor's value is its picture with strokes painted on it, each marking where it is white
+    (`marked`); with nothing marked there is no mask, so an untouched editor leaves the control everywhere. A
+    plain picture is taken as it is, grey levels included (all black: the control acts nowhere)."""
     if value is None:
         return None
     if not isinstance(value, dict):
         return lightness(np.asarray(value))
     background = value.get("background")
-    marks = [] if background is None else [light_and_opaque(np.asarray(background))]
-    marks += [layer_mask(np.asarray(layer)) for layer in value.get("layers") or [] if layer is not None]
+    marks = [] if background is None else [marked(np.asarray(background))]
+    marks += [marked(np.asarray(layer)) for layer in value.get("layers") or [] if layer is not None]
     if not marks:
         return None
     height, width = marks[0].shape
-    marked = np.max([cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST) for m in marks], axis=0)
-    return marked if marked.any() else None
-
-
-def light_and_opaque(picture):
-    """255 where a picture is light (and not transparent), 0 elsewhere."""
-    marked = lightness(picture) > 127
-    if picture.ndim == 3 and picture.shape[2] == 4:
-        marked &= picture[..., 3] > 0
-    return np.where(marked, 255, 0).astype(np.uint8)
+    union = np.max([cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST) for m in marks], axis=0)
+    return union if union.any() else None
 
 
 def lightness(picture):
-    """HW uint8: a grayscale picture as it is, a colour one's brightest channel."""
-    return picture if picture.ndim == 2 else picture[..., :3].max(axis=2)
+    """HW uint8: a grey picture as it is, a colour one's brightest channel; where the picture has an alpha
+    channel it is laid over black first, so transparent pixels are dark."""
+    if picture.ndim == 2:
+        return picture
+    light = picture[..., :3].max(axis=2)
+    if picture.shape[2] == 4:
+        light = (light.astype(np.uint16) * picture[..., 3] + 127) // 255
+    return light.astype(np.uint8)
 
 
-def layer_mask(layer):
-    """Where a layer marks: its opaque pixels (brush strokes), or for a layer without alpha (a mask sent
-    through the API) its light ones; 255 there, 0 elsewhere."""
-    if layer.ndim == 3 and layer.shape[2] == 4:
-        marked = layer[..., 3] > 0
-    else:
-        marked = lightness(layer) > 127
-    return np.where(marked, 255, 0).astype(np.uint8)
+def marked(picture):
+    """Where a mask marks, as a person means it: 255 where it is white (light), 0 elsewhere, whatever the
+    file's mode: grey, RGB, JPEG, RGBA opaque, or RGBA strokes on a transparent background (a brush's layer).
+    Gradio hands every layer over as RGBA, so opacity alone cannot mean painted."""
+    return np.where(lightness(picture) > 127, 255, 0).astype(np.uint8)

@@ -26,13 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from annotators import ANNOTATORS, resize_image  # noqa: E402
-from apps.builder import Runner, build_demo, compute_threads  # noqa: E402
+from apps.builder import Runner, build_demo  # noqa: E402
 from bench.sampling import timed  # noqa: E402
 from cldm.defaults import TOY_CONFIG, load_default_model  # noqa: E402
 from cldm.diffusers_interop import diffusers_models  # noqa: E402
 from cldm.pipeline import generate  # noqa: E402
 from ldm.config import load_yaml  # noqa: E402
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision  # noqa: E402
+from ldm.threads import use_threads  # noqa: E402
 
 PROMPT = "a crimson circle on a light sky blue background"
 GUIDANCE = 9.0
@@ -79,7 +80,7 @@ def main():
     add_precision_argument(parser)
     args = parser.parse_args()
     precision = resolve_precision(args.precision)
-    torch.set_num_threads(compute_threads())  # as the apps run; the in-process paths get the same
+    use_threads()  # as the apps run; the in-process paths get the same
     print(f"command: python bench/app_latency.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; ours in {precision}, the peer in fp32")

@@ -37,6 +37,7 @@ from cldm.defaults import load_default_model  # noqa: E402
 from evaluation.conditions import CONDITIONS  # noqa: E402
 from evaluation.harness import Run, cases_from, clip_scorer, default_settings, evaluate, write  # noqa: E402
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision  # noqa: E402
+from ldm.threads import add_threads_argument, use_threads  # noqa: E402
 from training.shapes import NOVEL_SHAPES, SHAPES  # noqa: E402
 
 SHAPES_BAR = (0.85, 0.40)  # the toy's bar: mean IoU, and its gain over strength 0
@@ -46,6 +47,7 @@ DEFAULT_CLIP = ROOT / "models/clip-vit-base-patch16"  # openai/clip-vit-base-pat
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--condition", choices=sorted(CONDITIONS), default="shapes")
+    add_threads_argument(p)
     p.add_argument("--control", help="the ControlNet checkpoint (default: the shipped toy model)")
     p.add_argument("--base", help="SD checkpoint for a control-only file (default: models/v1-5-pruned.ckpt)")
     p.add_argument("--config", help="model yaml (default: the yaml beside the control file, else cldm_v15.yaml)")
@@ -82,13 +84,15 @@ def load(args, dtype):
 
 def main(argv=None):
     args = parse_args(argv)
+    use_threads(args.threads)
     condition = CONDITIONS[args.condition]
     precision = resolve_precision(args.precision)
     changes = {k: v for k, v in dict(steps=args.steps, guidance_scale=args.guidance, num_samples=args.images,
                                      sampler=args.sampler, seed=args.sample_seed).items() if v is not None}
     settings = default_settings(condition, **changes)
     print(f"command: python bench/controllability.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, computing in {precision}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, computing in "
+          f"{precision} on {torch.get_num_threads()} threads")
     if args.shapes and (args.data or condition.annotator is not None):
         raise SystemExit("--shapes chooses the generated outlines of the shapes condition: not with --data or "
                          f"--condition {condition.name}")

@@ -34,6 +34,7 @@ from cldm.speed import speed_up  # noqa: E402
 from ldm.config import load_yaml  # noqa: E402
 from ldm.ddim import guided_model_output  # noqa: E402
 from ldm.precision import PRECISIONS, cpu_has_native_bf16  # noqa: E402
+from ldm.threads import add_threads_argument, use_threads  # noqa: E402
 
 CONFIG = ROOT / "models/cldm_v15.yaml"
 GUIDANCE = 9.0
@@ -125,7 +126,9 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--force", action="store_true", help="time bf16 even on a CPU that only emulates it")
+    add_threads_argument(parser)
     args = parser.parse_args()
+    use_threads(args.threads)
     print(f"command: python bench/sampling.py {' '.join(sys.argv[1:])}".rstrip())
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "no GPU used"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

@@ -30,6 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ldm.threads import add_threads_argument, use_threads  # noqa: E402
+
 CONFIG = ROOT / "models/cldm_v15.yaml"
 PROMPT = "a photograph of a red house by a lake"
 ROWS = {"peer": "diffusers-style, its memory options", "ours": "ours, defaults", "cached": "ours, cached",
@@ -181,7 +183,8 @@ def run_one(row, size, steps):
 
 
 def measure(row, size, steps):
-    out = subprocess.run([sys.executable, __file__, "--steps", str(steps), "--one", f"{row},{size}"],
+    out = subprocess.run([sys.executable, __file__, "--steps", str(steps), "--one", f"{row},{size}",
+                          "--threads", str(torch.get_num_threads())],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -193,7 +196,9 @@ def main():
     parser.add_argument("--rows", nargs="+", default=["ours", "cached", "lean"], choices=["ours", "cached", "lean"],
                         help="our rows, each measured against the diffusers-style row of the same run")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # row,size: run one row in this process
+    add_threads_argument(parser)
     args = parser.parse_args()
+    use_threads(args.threads)
     if args.one:
         row, size = args.one.split(",")
         seconds, loaded, peak = run_one(row, int(size), args.steps)

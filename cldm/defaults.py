@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from cldm.model import load_model
+from ldm.files import MODELS
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
 TOY_CONFIG = MODELS / "toy_cldm.yaml"
 TOY_BASE = MODELS / "toy_sd.safetensors"
 TOY_CONTROL = MODELS / "toy_control.safetensors"

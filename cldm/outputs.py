@@ -31,6 +31,9 @@ def save_png(image, path, params):
     return Path(path)
 
 
+# A control unit's record value for "the model's own ControlNet" (kept as the apps first wrote it, so older
+# images still reproduce).
+OWN_CONTROL = "the app's control"
 # the pictures a generation reads besides its settings, saved next to its images: record key -> file suffix
 BESIDE = {"hint": "map", "init_image": "init", "mask": "mask", "region_mask": "region"}
 

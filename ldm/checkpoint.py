@@ -13,45 +13,20 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-# Where the well-known files come from, for the message when one is missing.
-KNOWN_SOURCES = {
-    "v1-5-pruned.ckpt": "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "v1-5-pruned-emaonly.safetensors": "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "v2-1_512-ema-pruned.ckpt": "https://huggingface.co/stabilityai/stable-diffusion-2-1-base",
-    "v2-1_768-ema-pruned.ckpt": "https://huggingface.co/stabilityai/stable-diffusion-2-1",
-}
-CONTROL_V10_SOURCE = "https://huggingface.co/lllyasviel/ControlNet/tree/main/models"
-CONTROL_V11_SOURCE = "https://huggingface.co/lllyasviel/ControlNet-v1-1"
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable checkpoint for the model at hand; the message says why and what to do."""
-
-
-def where_to_get(name):
-    if name in KNOWN_SOURCES:
-        return KNOWN_SOURCES[name]
-    if name.startswith("control_sd15_") or name.startswith("control_sd21_"):
-        return CONTROL_V10_SOURCE
-    if name.startswith("control_v11"):
-        return CONTROL_V11_SOURCE
-    return None
-
-
-def missing_file_message(path):
-    path = Path(path)
-    source = where_to_get(path.name)
-    hint = f"download it from {source} and put it in {path.parent}/" if source else "check the path"
-    return f"checkpoint {path} not found: {hint}"
-
+# The file checks need no torch (entry points run them before importing it); they are this module's too.
+from ldm.files import (  # noqa: F401
+    CONTROL_V10_SOURCE,
+    CONTROL_V11_SOURCE,
+    KNOWN_SOURCES,
+    CheckpointError,
+    check_checkpoint_file,
+    missing_file_message,
+    where_to_get,
+)
 
 def read_state_dict(path, location="cpu"):
     """The tensors of a checkpoint file: `.safetensors`, or a `.ckpt`/`.pth` with or without `state_dict`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(missing_file_message(path))
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish; fetch it again")
+    path = check_checkpoint_file(path)
     try:
         if path.suffix.lower() == ".safetensors":
             obj = safetensors.torch.load_file(str(path), device=str(location))

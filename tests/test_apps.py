@@ -2,6 +2,7 @@
 model, saved PNGs reproduce their image, missing files and bad inputs give messages, and the HTTP API works."""
 
 import importlib
+import re
 import socket
 
 import cv2
@@ -14,6 +15,7 @@ from skimage import data
 from annotators import ANNOTATORS
 from apps.annotator_app import build_annotator_demo
 from apps.builder import TOY_PROMPT, Runner, build_demo, friendly
+from apps.errors import log_to_terminal
 from apps.models import resolve_model
 from cldm.defaults import circle_outline, load_default_model, star_outline
 from cldm.outputs import read_params
@@ -170,18 +172,78 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served_canny(default_model, tmp_path_factory):
-    task = task_of("gradio_canny2image")
-    demo = build_demo(task, Runner(task, default_model, NOTE, tmp_path_factory.mktemp("served"), toy=True))
+def served(app, model, folder):
+    """An app's page served on a free local port: (its task, the URL, the demo to close)."""
+    task = task_of(app)
+    log_to_terminal()  # as launch() does
+    demo = build_demo(task, Runner(task, model, NOTE, folder, toy=True))
     demo.queue(max_size=8, default_concurrency_limit=1)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             show_error=True)
+    return task, url, demo
+
+
+@pytest.fixture(scope="module")
+def served_canny(default_model, tmp_path_factory):
+    task, url, demo = served("gradio_canny2image", default_model, tmp_path_factory.mktemp("served"))
     yield task, url
     demo.close()
 
 
-def test_http_api_through_gradio_client(served_canny, tmp_path):
+@pytest.fixture(scope="module")
+def served_inpaint(default_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("served_inpaint")
+    task, url, demo = served("gradio_inpaint2image", default_model, folder)
+    yield task, url, folder
+    demo.close()
+
+
+def mask_file(folder, mode):
+    """A 200x300 mask, white over the middle quarter (where to redraw), written in one of the ways people make
+    masks: grey, RGB or RGBA PNG, RGBA with white strokes on transparency, or JPEG."""
+    white = np.zeros((200, 300), bool)
+    white[50:150, 75:225] = True
+    grey = np.where(white, 255, 0).astype(np.uint8)
+    pictures = {"grey": Image.fromarray(grey), "rgb": Image.fromarray(grey).convert("RGB"),
+                "rgba_opaque": Image.fromarray(grey).convert("RGBA"),
+                "rgba_strokes": Image.fromarray(np.dstack([grey, grey, grey, grey])),
+                "jpeg": Image.fromarray(grey).convert("RGB")}
+    path = folder / f"mask_{mode}.{'jpg' if mode == 'jpeg' else 'png'}"
+    pictures[mode].save(path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["grey", "rgb", "rgba_opaque", "rgba_strokes", "jpeg"])
+def test_inpaint_masks_of_every_file_mode_over_http(served_inpaint, mode, tmp_path):
+    """White is painted, whatever the mask file's mode: the saved mask is the middle quarter, not all white."""
+    from gradio_client import Client, handle_file
+
+    task, url, folder = served_inpaint
+    photo = tmp_path / "photo.png"
+    Image.fromarray(data.coffee()).save(photo)  # 400x600: the mask is stretched to it
+    picture = {"background": handle_file(str(photo)), "layers": [handle_file(str(mask_file(tmp_path, mode)))],
+               "composite": None}
+    gallery, info = Client(url, verbose=False).predict(picture, api_name="/generate", **values(task, mask_blur=0))
+    mask = np.asarray(Image.open(folder / re.search(r"inpaint-mask-\d+\.png", info)[0]))
+    assert mask.shape == (64, 128) and 0.2 < (mask > 127).mean() < 0.3
+    assert mask[32, 64] == 255 and mask[5, 5] == 0
+
+
+def test_the_readme_inpaint_example_verbatim(served_inpaint, tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"```python\n(# python gradio_inpaint2image.py.*?)```", readme, re.S)[1]
+    _, url, folder = served_inpaint
+    Image.fromarray(data.coffee()).save(tmp_path / "photo.jpg")
+    mask_file(tmp_path, "grey").rename(tmp_path / "mask.png")
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(example.replace("http://127.0.0.1:7860/", url), scope)  # noqa: S102 (the README's own text)
+    assert len(scope["gallery"]) == 2 and "Seed" in scope["info"]
+    mask = np.asarray(Image.open(folder / re.search(r"inpaint-mask-\d+\.png", scope["info"])[0]))
+    assert 0.15 < (mask > 127).mean() < 0.35  # the painted quarter, its edge blurred
+
+
+def test_http_api_through_gradio_client(served_canny, tmp_path, capfd):
     from gradio_client import Client, handle_file
 
     task, url = served_canny
@@ -201,8 +263,11 @@ def test_http_api_through_gradio_client(served_canny, tmp_path):
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(photo.read_bytes()[:2000])
+    capfd.readouterr()
     with pytest.raises(Exception, match="broken.png is not a readable image"):
         client.predict(handle_file(str(broken)), api_name="/generate", **values(task))
+    log = capfd.readouterr().err  # the server's terminal: one line, the traceback only in the debug log
+    assert "refused: broken.png is not a readable image" in log and "Traceback" not in log
 
 
 def test_concurrent_requests_are_all_served(served_canny, tmp_path):
