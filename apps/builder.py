@@ -42,7 +42,14 @@ from apps.units import (
     unit_defaults,
     unit_inputs,
 )
-from cldm.defaults import TOY_PROMPT, circle_outline, scribble_outline, star_outline
+from cldm.defaults import (
+    TOY_PHOTO_NOTE,
+    TOY_PROMPT,
+    circle_outline,
+    looks_like_a_photo,
+    scribble_outline,
+    star_outline,
+)
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.model import load_control_net
@@ -171,8 +178,14 @@ class Task:
                 *(name for k in EXTRA_UNITS for name in unit_inputs(k))]
 
     def defaults(self, toy):
-        """The Settings the page starts from: the toy model's prompt and size, or the real models' prompts."""
-        base = TOY_DEFAULTS if toy else replace(REAL_DEFAULTS, prompt=self.prompt)
+        """The Settings the page starts from: the toy model's prompt and size (the app's own prompt where the toy
+        only shows the map; half the picture redrawn, as the toy redraws a whole picture as one of its shapes),
+        or the real models' prompts."""
+        if not toy:
+            base = replace(REAL_DEFAULTS, prompt=self.prompt)
+        else:
+            base = replace(TOY_DEFAULTS, prompt=TOY_PROMPT if self.toy else self.prompt,
+                           denoise=0.5 if self.start == "img2img" else TOY_DEFAULTS.denoise)
         return replace(base, detect_resolution=self.detect_resolution or base.detect_resolution)
 
 
@@ -282,6 +295,8 @@ class Runner:
         said = "".join(f" {n.message}" for n in notices if issubclass(n.category, AnnotatorNotice))
         if not self.generates:
             return [shown, *unit_maps], self.note + said
+        if self.toy and looks_like_a_photo(to_rgb_uint8(picture)):
+            said += " " + TOY_PHOTO_NOTE
         if region is not None:
             region = fit(region, shown.shape[:2], settings.resize_mode)
         hint = None if self.toy and self.task.toy == "plain" else condition

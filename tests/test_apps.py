@@ -490,3 +490,25 @@ def test_region_masks_drawn_in_the_editor():
     mask = region_of({"background": uploaded, "layers": []})
     assert mask[:8].min() == 255 and mask[8:].max() == 0
     assert region_of(np.zeros((8, 8), np.uint8)).max() == 0  # a plain black picture: the control acts nowhere
+
+
+def test_the_toy_says_what_it_draws_when_given_a_photo(default_model, tmp_path):
+    from cldm.defaults import looks_like_a_photo, scribble_outline
+
+    task = task_of("gradio_canny2image")
+    runner = Runner(task, default_model, NOTE, tmp_path, toy=True)
+    _, info = runner(data.coffee(), **values(task))
+    assert "only draws flat shapes" in info
+    _, info = runner(circle_outline(256), **values(task, preprocessor="none"))
+    assert "only draws flat shapes" not in info
+    photos = [data.astronaut(), data.chelsea(), data.rocket(), data.camera(), data.moon(), data.hubble_deep_field()]
+    drawings = [circle_outline(256), star_outline(512), scribble_outline(256), data.checkerboard(), data.horse()]
+    assert all(looks_like_a_photo(np.asarray(p, np.uint8)) for p in photos)
+    assert not any(looks_like_a_photo(np.asarray(p, np.uint8) * (255 if p.dtype == bool else 1)) for p in drawings)
+
+
+def test_each_app_starts_from_defaults_that_suit_the_toy():
+    tile, pose, canny = task_of("gradio_tile2image"), task_of("gradio_pose2image"), task_of("gradio_canny2image")
+    assert tile.defaults(toy=True).denoise == 0.5 and tile.defaults(toy=False).denoise == 1.0
+    assert pose.defaults(toy=True).prompt == pose.prompt  # the toy only shows the pose: the app's own prompt
+    assert canny.defaults(toy=True).prompt == TOY_PROMPT and canny.defaults(toy=True).image_resolution == 128

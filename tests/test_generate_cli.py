@@ -1,12 +1,18 @@
 """generate.py: a photo through an annotator, a folder, extra ControlNets, and reproducing a saved result."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 from PIL import Image
 from skimage import data
 
 import generate as cli
 from cldm.defaults import TOY_CONTROL
 from cldm.outputs import read_params
+from tests.helpers import ROOT
 
 
 def test_photo_through_an_annotator_then_reproduced(tmp_path):
@@ -107,3 +113,48 @@ def test_block_weights_and_a_region_mask_are_saved_and_reproduced(tmp_path):
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
     cli.main([*common, "--out", str(plain)])
     assert not np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(plain)))
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_an_app_image_reproduces_in_another_process_with_another_thread_setting(tmp_path):
+    """The thread count is saved with the image and restored: the CLI, in a new process told to use another
+    count, computes on the saved one."""
+    import torch
+
+    from apps.builder import Runner
+    from cldm.defaults import load_default_model
+    from gradio_canny2image import task
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gallery, _ = Runner(task, load_default_model(), "", tmp_path, toy=True)(
+            data.astronaut(), prompt="a gold star on a navy background", image_resolution=64, steps=3, seed=5)
+    finally:
+        torch.set_num_threads(threads)
+    saved = next(tmp_path.glob("canny-0*.png"))
+    assert read_params(saved)["threads"] == 2
+    again = tmp_path / "again.png"
+    done = run_cli("generate.py", "--reproduce", str(saved), "--out", str(again), env={"CONTROLNET_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "(2 threads)" in done.stdout
+    assert np.array_equal(np.asarray(Image.open(again)), gallery[1])
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--ckpt", "models/no_such_model.ckpt"], "checkpoint models/no_such_model.ckpt not found"),
+    (["--ckpt", "README.md"], "README.md could not be read as a checkpoint"),
+    (["--image", "no_such_photo.jpg"], "picture no_such_photo.jpg not found"),
+    (["--mask", "README.md"], "--mask needs --init-image"),
+])
+def test_a_wrong_file_fails_at_once_in_one_line(flags, message):
+    """Before torch is even imported (so within a second), with one line and no traceback."""
+    done = run_cli("-X", "importtime", "generate.py", *flags)
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert done.returncode == 2 and lines == [f"error: {lines[0][7:]}"] and message in lines[0]
+    assert "torch" not in imported and "Traceback" not in done.stderr
