@@ -2,6 +2,7 @@ import argparse
 
 import config
 from apps.annotator_app import build_annotator_demo
+from apps.errors import log_to_terminal
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Every annotator on its own tab")
@@ -9,5 +10,6 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=config.PORT)
     parser.add_argument("--share", action="store_true")
     args = parser.parse_args()
+    log_to_terminal()
     build_annotator_demo().queue(max_size=config.QUEUE_SIZE).launch(server_name=args.host, server_port=args.port,
                                                                      share=args.share, show_error=True)

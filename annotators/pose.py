@@ -13,9 +13,9 @@ from typing import Literal
 import numpy as np
 
 from annotators.util import AnnotatorNotice, prepare
-from annotators.weights import WeightsError, aux_detector, weights_on_disk
+from annotators.weights import NEEDS, WeightsError, aux_detector, search_dirs, weights_on_disk
 
-OPENPOSE_FILES = ["body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"]
+OPENPOSE_FILES = NEEDS["openpose"]
 
 # BlazePose's 33 landmarks -> the 18 OpenPose body points (the neck, index 1, is the shoulders' midpoint):
 # nose, neck, right shoulder/elbow/wrist, left shoulder/elbow/wrist, right hip/knee/ankle,
@@ -28,7 +28,7 @@ BODY25_TO_COCO18 = [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 1
 
 
 def openpose_detector(location=None):
-    return aux_detector("OpenposeDetector", tuple(OPENPOSE_FILES), location)
+    return aux_detector("OpenposeDetector", OPENPOSE_FILES, location)
 
 
 def detect_openpose(image, include_hand=False, include_face=False, detect_resolution=512, weights=None):
@@ -93,28 +93,36 @@ def mediapipe_openpose(image, min_visibility=0.5, detect_resolution=512):
 def pose(image, detector: Literal["auto", "openpose", "mediapipe"] = "auto", include_hand=False,
          include_face=False, detect_resolution=512, weights=None):
     """The pose app's detector: OpenPose (the release's; downloads its weights), mediapipe (offline, body
-    only), or auto: OpenPose when its weights are on disk, else mediapipe, with a warning that says so."""
+    only), or auto: OpenPose when its weights are on disk, else mediapipe; an AnnotatorNotice says which ran."""
     poses, size = detect_poses(image, detector, include_hand, include_face, detect_resolution, weights)
     return draw(poses, size, include_hand, include_face)
 
 
 def detect_poses(image, detector="auto", include_hand=False, include_face=False, detect_resolution=512,
                  weights=None):
-    """(poses, (H, W)) of `pose`'s detector, for drawing or editing."""
+    """(poses, (H, W)) of `pose`'s detector, for drawing or editing, with an AnnotatorNotice saying which
+    detector ran (the apps show it on the page)."""
+    why = ""
     if detector == "auto":
-        detector = "openpose" if weights_on_disk(OPENPOSE_FILES, weights) else "mediapipe"
-        if detector == "mediapipe":
-            warnings.warn("The OpenPose weights are not on disk, so the pose comes from mediapipe's bundled "
-                          "detector (body only). Choose the openpose detector to download them.", AnnotatorNotice,
-                          stacklevel=3)
+        found = weights_on_disk(OPENPOSE_FILES, weights)
+        detector = "openpose" if found else "mediapipe"
+        places = ", ".join(str(folder) for folder in search_dirs(weights))
+        why = (f" (its weights are in {found})" if found else
+               f" (OpenPose weights not found in {places}; choose the openpose detector to download them)")
     if detector == "mediapipe":
-        return detect_mediapipe(image, detect_resolution=detect_resolution)
-    if detector != "openpose":
+        poses, size = detect_mediapipe(image, detect_resolution=detect_resolution)
+        name = "mediapipe's bundled detector, body only"
+    elif detector == "openpose":
+        try:
+            poses, size = detect_openpose(image, include_hand, include_face, detect_resolution, weights)
+        except WeightsError as error:
+            raise WeightsError(f"{error} Or choose the mediapipe detector, which needs no download.") from error
+        name = "OpenPose"
+    else:
         raise ValueError(f"pose detector {detector!r} is not 'auto', 'openpose' or 'mediapipe'")
-    try:
-        return detect_openpose(image, include_hand, include_face, detect_resolution, weights)
-    except WeightsError as error:
-        raise WeightsError(f"{error} Or choose the mediapipe detector, which needs no download.") from error
+    warnings.warn(f"{'Pose detected' if poses else 'No person found'} by {name}{why}.", AnnotatorNotice,
+                  stacklevel=3)
+    return poses, size
 
 
 # -- OpenPose JSON ---------------------------------------------------------------------------------------------

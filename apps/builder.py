@@ -179,12 +179,14 @@ class Task:
 
     def defaults(self, toy):
         """The Settings the page starts from: the toy model's prompt and size (the app's own prompt where the toy
-        only shows the map; half the picture redrawn, as the toy redraws a whole picture as one of its shapes),
+        only shows the map, at the real models' size; half the picture redrawn, as the toy redraws a whole picture as one of its shapes),
         or the real models' prompts."""
         if not toy:
             base = replace(REAL_DEFAULTS, prompt=self.prompt)
         else:
-            base = replace(TOY_DEFAULTS, prompt=TOY_PROMPT if self.toy else self.prompt,
+            shows_map_only = self.toy is None  # at a size a person can read the map at
+            base = replace(TOY_DEFAULTS, prompt=self.prompt if shows_map_only else TOY_PROMPT,
+                           image_resolution=(REAL_DEFAULTS if shows_map_only else TOY_DEFAULTS).image_resolution,
                            denoise=0.5 if self.start == "img2img" else TOY_DEFAULTS.denoise)
         return replace(base, detect_resolution=self.detect_resolution or base.detect_resolution)
 
@@ -279,7 +281,6 @@ class Runner:
         units = [Unit.pop(k, values) for k in EXTRA_UNITS]
         preprocessor, region = values.pop("preprocessor", None), region_of(values.pop("region_mask", None))
         pose = values.pop("pose", None)
-        edited = pose_picture(pose) if self.task.pose_editor else None
         settings = self.task.defaults(self.toy).with_values(**values)
         if settings.block_weights.strip() in ("", "uniform"):
             settings = replace(settings, block_weights="uniform")
@@ -288,6 +289,7 @@ class Runner:
             detect_resolution = settings.image_resolution
         with warnings.catch_warnings(record=True) as notices:
             warnings.simplefilter("always", AnnotatorNotice)
+            edited = pose_picture(pose) if self.task.pose_editor else None  # says who found the pose
             condition, shown, init, mask, picture = self.condition(image, settings.image_resolution,
                                                                    detect_resolution, params, preprocessor,
                                                                    settings.mask_blur, edited)
@@ -310,27 +312,29 @@ class Runner:
         if self.task.start == "inpaint":  # the condition is made again from the picture and the mask
             record["inpaint_control"] = hint is not None
         pictures = {"hint": None if hint is None else shown, "init_image": init, "mask": mask, "region_mask": region}
-        path_for = lambda suffix: next_path(self.output_dir, f"{self.task.name}-{suffix}")  # noqa: E731
+        first = next_path(self.output_dir, self.task.name)  # one number for every file of the request
+        number = first.stem.rsplit("-", 1)[1]
+        path_for = lambda suffix: first.with_name(f"{self.task.name}-{suffix}-{number}.png")  # noqa: E731
         beside = save_beside(pictures, path_for, {"hint": {"annotator": params}})
         record.update(beside)
         if controls:
             record["controls"] = self.save_units(units, controls, path_for)
-        saved = [save_png(image, next_path(self.output_dir, self.task.name), {**record, "sample": i}).name
-                 for i, image in enumerate(images)]
+        saved = [save_png(image, first if i == 0 else first.with_name(f"{first.stem}_{i}.png"),
+                          {**record, "sample": i}).name for i, image in enumerate(images)]
         files = ", ".join([*beside.values(), *(c[k] for c in record.get("controls", []) for k in BESIDE if k in c)])
         info = f"Seed {used_seed}. Saved {', '.join(saved)} and {files} in {self.output_dir}/.{said}"
         return [shown, *unit_maps, *images], info
 
     def save_units(self, units, controls, path_for):
         """Each enabled unit's map and region mask saved beside the images; its part of their record."""
-        enabled = [unit for unit in units if unit.enabled]
+        enabled = [(k, unit) for k, unit in zip(EXTRA_UNITS, units) if unit.enabled]
         records = []
-        for unit, control in zip(enabled, controls):
+        for (k, unit), control in zip(enabled, controls):
             pictures = {"hint": control.hint, "region_mask": control.region_mask}
             preprocessor = unit.preprocessor or self.task.unit_preprocessor
             records.append({"control": unit.control or OWN_CONTROL, "preprocessor": preprocessor,
                             **{name: getattr(control, attribute) for name, attribute in UNIT_SETTINGS.items()},
-                            **save_beside(pictures, path_for)})
+                            **save_beside(pictures, lambda suffix, k=k: path_for(f"unit{k}-{suffix}"))})
         return records
 
 

@@ -4,6 +4,7 @@
 const canvas = element.querySelector("canvas");
 const context = canvas.getContext("2d");
 const status = element.querySelector(".pose-status");
+const note = element.querySelector(".pose-note");
 
 // the OpenPose body convention the pose controls were trained on: 18 COCO points, 17 limbs, one colour each
 const LIMBS = [[1, 2], [1, 5], [2, 3], [3, 4], [5, 6], [6, 7], [1, 8], [8, 9], [9, 10], [1, 11], [11, 12],
@@ -19,10 +20,13 @@ const STANDING = [[0.5, 0.2], [0.5, 0.3], [0.42, 0.3], [0.38, 0.42], [0.36, 0.54
                   [0.64, 0.54], [0.45, 0.55], [0.45, 0.7], [0.45, 0.85], [0.55, 0.55], [0.55, 0.7],
                   [0.55, 0.85], [0.48, 0.18], [0.52, 0.18], [0.46, 0.19], [0.54, 0.19]];
 const PICK_RADIUS = 12;  // screen pixels around a joint that grab it
+// the drawing buffer's shorter side at least: a pose detected or generated at 128 pixels is shown scaled
+// to the column, and drawn at 128 it would be a blur
+const MIN_BUFFER = 512;
 
 let frame = null;
 let selected = -1;  // the person last touched: "Remove person" removes them
-let drag = null;  // {person, part, index} or {person, whole: true}, with the last pointer position
+let drag = null;  // {person, part, index} or {person, whole: true, start: the person then}, and where it began
 
 function parse(text) {
   try {
@@ -60,11 +64,13 @@ function dot(p, colour, radius) {
 }
 
 function draw() {
-  canvas.width = frame.canvas_width;
-  canvas.height = frame.canvas_height;
+  const zoom = Math.max(1, MIN_BUFFER / Math.min(frame.canvas_width, frame.canvas_height));
+  canvas.width = Math.round(frame.canvas_width * zoom);
+  canvas.height = Math.round(frame.canvas_height * zoom);
+  context.setTransform(zoom, 0, 0, zoom, 0, 0);  // draw in the pose's own pixels
   context.fillStyle = "black";
-  context.fillRect(0, 0, canvas.width, canvas.height);
-  const size = Math.max(2, Math.round(Math.min(canvas.width, canvas.height) / 128));
+  context.fillRect(0, 0, frame.canvas_width, frame.canvas_height);
+  const size = Math.max(2, Math.round(Math.min(canvas.width, canvas.height) / 128)) / zoom;
   frame.people.forEach((person, p) => {
     const body = points(person, PARTS[0]);
     LIMBS.forEach(([a, b], i) => {
@@ -80,6 +86,7 @@ function draw() {
   });
   status.textContent = `${frame.people.length} ${frame.people.length === 1 ? "person" : "people"}, ` +
     `${frame.canvas_width}x${frame.canvas_height}`;
+  note.textContent = frame.note || "";  // which detector found the pose
 }
 
 function save() {
@@ -89,8 +96,40 @@ function save() {
 
 function canvasPoint(event) {
   const box = canvas.getBoundingClientRect();
-  const scale = canvas.width / box.width;
+  const scale = frame.canvas_width / box.width;
   return [(event.clientX - box.left) * scale, (event.clientY - box.top) * scale, scale];
+}
+
+// [the smallest, the largest] of a person's x (axis 0) or y (axis 1) over all its points; null if it has none
+function extent(person, axis) {
+  const values = PARTS.flatMap((part) => points(person, part)).filter(Boolean).map((point) => point[axis]);
+  return values.length ? [Math.min(...values), Math.max(...values)] : null;
+}
+
+// the horizontal shift of STANDING that overlaps the people already there least, nearest the middle first
+function freeShift() {
+  const width = frame.canvas_width;
+  const xs = STANDING.map(([x]) => x * width);
+  const left = Math.min(...xs), right = Math.max(...xs), gap = 0.02 * width;
+  const taken = frame.people.map((person) => extent(person, 0)).filter(Boolean);
+  const overlap = (shift) => taken.reduce((sum, [a, b]) =>
+    sum + Math.max(0, Math.min(b, right + shift + gap) - Math.max(a, left + shift - gap)), 0);
+  let best = 0, least = overlap(0);
+  for (let d = width / 50; least > 0 && (left - d >= 0 || right + d < width); d += width / 50) {
+    for (const shift of [d, -d]) {
+      if (left + shift < 0 || right + shift >= width) continue;
+      const covered = overlap(shift);
+      if (covered < least) [best, least] = [shift, covered];
+    }
+  }
+  return best;
+}
+
+// how far a move of `wanted` along one axis may go while every point of a person spanning `span` stays on a
+// canvas of `size`: never further out than it already is
+function allowed(wanted, span, size) {
+  if (!span) return wanted;
+  return Math.min(Math.max(wanted, Math.min(0, -span[0])), Math.max(0, size - 1 - span[1]));
 }
 
 function nearest(x, y, radius) {
@@ -108,7 +147,9 @@ canvas.addEventListener("pointerdown", (event) => {
   const hit = nearest(x, y, PICK_RADIUS * scale);
   if (!hit) return;
   selected = hit.person;
-  drag = event.shiftKey ? {person: hit.person, whole: true, x, y} : {...hit, x, y};
+  const person = frame.people[hit.person];
+  drag = event.shiftKey ? {person: hit.person, whole: true, x, y, start: JSON.parse(JSON.stringify(person))}
+                        : {...hit, x, y};
   canvas.setPointerCapture(event.pointerId);
   draw();
 });
@@ -118,21 +159,21 @@ canvas.addEventListener("pointermove", (event) => {
   const [x, y] = canvasPoint(event);
   const person = frame.people[drag.person];
   const clamp = (v, size) => Math.min(Math.max(v, 0), size - 1);
-  if (drag.whole) {
+  if (drag.whole) {  // the person moves as one, from where it was when the drag began, and stops at the edges
+    const dx = allowed(x - drag.x, extent(drag.start, 0), frame.canvas_width);
+    const dy = allowed(y - drag.y, extent(drag.start, 1), frame.canvas_height);
     for (const part of PARTS) {
-      const values = person[part] || [];
+      const from = drag.start[part] || [], values = person[part] || [];
       for (let i = 0; i + 2 < values.length; i += 3) {
         if (values[i + 2] <= 0) continue;
-        values[i] = clamp(values[i] + x - drag.x, frame.canvas_width);
-        values[i + 1] = clamp(values[i + 1] + y - drag.y, frame.canvas_height);
+        values[i] = from[i] + dx;
+        values[i + 1] = from[i + 1] + dy;
       }
     }
   } else {
     person[drag.part][3 * drag.index] = clamp(x, frame.canvas_width);
     person[drag.part][3 * drag.index + 1] = clamp(y, frame.canvas_height);
   }
-  drag.x = x;
-  drag.y = y;
   draw();
 });
 
@@ -143,8 +184,8 @@ canvas.addEventListener("pointerup", () => {
 });
 
 element.querySelector(".pose-add").addEventListener("click", () => {
-  const shift = 0.08 * (frame.people.length % 5) * (frame.people.length % 2 ? 1 : -1);
-  const body = STANDING.flatMap(([x, y]) => [(x + shift) * frame.canvas_width, y * frame.canvas_height, 1]);
+  const shift = freeShift();
+  const body = STANDING.flatMap(([x, y]) => [x * frame.canvas_width + shift, y * frame.canvas_height, 1]);
   frame.people.push({pose_keypoints_2d: body});
   selected = frame.people.length - 1;
   draw();

@@ -3,49 +3,86 @@
 files. Generation draws the map from the edited JSON."""
 
 import json
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import gradio as gr
 import numpy as np
 
-from annotators import ImageError, read_image
+from annotators import AnnotatorNotice, ImageError, read_image
 from annotators.pose import detect_poses, draw, poses_from_json, poses_to_json
+from apps.errors import page_error
 
 EMPTY_POSE = json.dumps({"canvas_width": 512, "canvas_height": 512, "people": []})
 SCRIPT = (Path(__file__).with_name("pose_editor.js")).read_text()
 TEMPLATE = """
 <div class="pose-editor">
   <canvas width="512" height="512"></canvas>
-  <div>
+  <div class="pose-buttons">
     <button type="button" class="pose-add">Add person</button>
     <button type="button" class="pose-remove">Remove person</button>
     <button type="button" class="pose-download">Download JSON</button>
     <span class="pose-status"></span>
   </div>
+  <small class="pose-note"></small>
   <small>Drag a joint to move it; shift-drag moves the whole person.</small>
 </div>
 """
-CSS = (".pose-editor canvas { width: 100%; max-width: 512px; touch-action: none; cursor: crosshair; }\n"
-       ".pose-editor button { border: 1px solid #888; border-radius: 4px; padding: 2px 8px; margin: 4px 4px 0 0; }")
+# Gradio's own small secondary buttons (and its "stop" colours for removing), from the page's theme; the
+# canvas is scaled to the column, the drawing buffer behind it is at least 512 pixels (see pose_editor.js)
+CSS = """
+.pose-editor canvas { display: block; width: 100%; max-width: 512px; touch-action: none; cursor: crosshair; }
+.pose-editor small { display: block; color: var(--body-text-color-subdued); }
+.pose-buttons { display: flex; flex-wrap: wrap; align-items: center; gap: var(--spacing-md);
+                margin: var(--spacing-md) 0; }
+.pose-buttons button {
+  border: var(--button-border-width) solid var(--button-secondary-border-color);
+  background: var(--button-secondary-background-fill); color: var(--button-secondary-text-color);
+  box-shadow: var(--button-secondary-shadow); border-radius: var(--button-small-radius);
+  padding: var(--button-small-padding); font-size: var(--button-small-text-size);
+  font-weight: var(--button-small-text-weight); transition: var(--button-transition); cursor: pointer;
+}
+.pose-buttons button:hover {
+  background: var(--button-secondary-background-fill-hover); color: var(--button-secondary-text-color-hover);
+  border-color: var(--button-secondary-border-color-hover);
+}
+.pose-buttons .pose-remove {
+  background: var(--button-cancel-background-fill); color: var(--button-cancel-text-color);
+  border-color: var(--button-cancel-border-color);
+}
+.pose-buttons .pose-remove:hover { background: var(--button-cancel-background-fill-hover); }
+"""
 
 
 def pose_picture(text):
     """The map the editor's JSON draws (body, hands and face as it has them), at its canvas size; None when it
-    holds no one (the picture's pose is then detected)."""
+    holds no one (the picture's pose is then detected). Which detector found the pose, when the JSON says
+    (see detected_json), comes as an AnnotatorNotice, for the page to show with the run's other notes."""
     if not text or not text.strip():
         return None
     poses, size = poses_from_json(text)
-    return draw(poses, size, hands=True, face=True) if poses else None
+    if not poses:
+        return None
+    note = json.loads(text).get("note")
+    if note:
+        warnings.warn(note, AnnotatorNotice, stacklevel=2)
+    return draw(poses, size, hands=True, face=True)
 
 
 def detected_json(picture, detector, include_hand, include_face, detect_resolution, weights=None):
     """A picture's detected poses as the editor's JSON (an empty canvas of the picture's size when no one is
-    found or no picture is given)."""
+    found or no picture is given), with which detector ran as its "note": the detection happens here, when the
+    picture arrives, not when Run is pressed, so the note travels with the pose (the editor shows it, and
+    pose_picture says it again at Run)."""
     if picture is None:
         return EMPTY_POSE
-    poses, size = detect_poses(picture, detector, include_hand, include_face, detect_resolution, weights)
-    return poses_to_json(poses, size)
+    with warnings.catch_warnings(record=True) as notices:
+        warnings.simplefilter("always", AnnotatorNotice)
+        poses, size = detect_poses(picture, detector, include_hand, include_face, detect_resolution, weights)
+    frame = json.loads(poses_to_json(poses, size))
+    said = " ".join(str(n.message) for n in notices if issubclass(n.category, AnnotatorNotice))
+    return json.dumps({**frame, "note": said} if said else frame)
 
 
 def uploaded_json(path, current):
@@ -55,7 +92,7 @@ def uploaded_json(path, current):
         current_size = poses_from_json(current or EMPTY_POSE)[1]
         poses, size = poses_from_json(text, size=current_size)
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise gr.Error(f"could not read that pose file: {error}") from error
+        raise page_error(f"could not read that pose file: {error}") from error
     return poses_to_json(poses, size)
 
 
@@ -90,5 +127,5 @@ def picture_or_none(value):
         try:
             return read_image(value)
         except ImageError as error:
-            raise gr.Error(str(error)) from error
+            raise page_error(error) from error
     return np.asarray(value)

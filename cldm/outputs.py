@@ -55,10 +55,12 @@ def read_params(path):
 
 
 def next_path(folder, stem):
-    """A new outputs/<stem>-NNNNN.png, reserved on disk so concurrent requests never write the same file."""
+    """A new outputs/<stem>-NNNNN.png, reserved on disk so concurrent requests never write the same file; its
+    number is above those of every <stem>-...-NNNNN file there, so the files saved beside it can share it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    numbers = [re.fullmatch(rf"{re.escape(stem)}-(\d+)", p.stem) for p in folder.glob(f"{stem}-*.png")]
+    numbers = [re.fullmatch(rf"{re.escape(stem)}-(?:[\w-]+-)?(\d+)(?:_\d+)?", p.stem)
+               for p in folder.glob(f"{stem}-*.png")]
     n = max((int(m[1]) for m in numbers if m), default=0) + 1
     while True:
         path = folder / f"{stem}-{n:05d}.png"

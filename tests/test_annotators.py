@@ -2,6 +2,9 @@
 
 import io
 import json
+import re
+import socket
+import time
 
 import cv2
 import numpy as np
@@ -9,7 +12,16 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from annotators import ANNOTATORS, HWC3, ImageError, WeightsError, read_image, resize_image, to_rgb_uint8
+from annotators import (
+    ANNOTATORS,
+    HWC3,
+    AnnotatorNotice,
+    ImageError,
+    WeightsError,
+    read_image,
+    resize_image,
+    to_rgb_uint8,
+)
 from annotators.pose import detect_mediapipe, draw, poses_from_json, poses_to_json
 
 
@@ -64,6 +76,52 @@ def test_missing_weights_name_the_file_its_size_and_where_to_put_it(tmp_path):
         ANNOTATORS["hed"](data.chelsea(), weights=str(tmp_path))
     with pytest.raises(WeightsError, match="mediapipe"):
         ANNOTATORS["pose"](data.astronaut(), detector="openpose", weights=str(tmp_path))
+
+
+def test_the_weights_each_annotator_needs_are_the_files_it_loads(tmp_path):
+    """annotators.weights.NEEDS, which the annotator app shows per tab, names what each detector asks for."""
+    from annotators.weights import NEEDS
+
+    for name, files in NEEDS.items():
+        with pytest.raises(WeightsError) as error:
+            ANNOTATORS[name](np.zeros((64, 64, 3), np.uint8), weights=str(tmp_path))
+        expected = files[0] if "/" in files[0] else f"{', '.join(files)} not found in"  # a repository: its folder
+        assert expected in str(error.value), name
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """Downloads into an empty annotators/ckpts, the hub's reachability asked afresh."""
+    from annotators import weights
+
+    monkeypatch.setattr(weights, "CKPT_DIR", tmp_path)
+    monkeypatch.delenv("CONTROLNET_ANNOTATOR_CKPTS", raising=False)
+    weights.hub_reachable.cache_clear()
+    yield weights
+    weights.hub_reachable.cache_clear()
+
+
+def test_offline_a_missing_file_is_reported_at_once(hub, monkeypatch):
+    from huggingface_hub import constants
+
+    def never(*args, **kwargs):
+        raise AssertionError("the hub was asked although it is set offline")
+
+    with monkeypatch.context() as patched, pytest.raises(WeightsError, match="ControlNetHED.pth not on disk, and "
+                                                                              "downloads are off \\(HF_HUB_OFFLINE"):
+        patched.setattr(hub, "hub_reachable", never)
+        hub.weights_dir(["ControlNetHED.pth"])  # tests run with HF_HUB_OFFLINE=1 (conftest)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections, never answers: a hub that hangs
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setattr(hub, "PROBE_TIMEOUT", 0.2)
+    start = time.perf_counter()
+    with silent, pytest.raises(WeightsError, match="UperNet folder on disk, and http://127.0.0.1:.* cannot be reached"):
+        hub.seg_dir()
+    with pytest.raises(WeightsError, match="cannot be reached"):
+        hub.weights_dir(["ControlNetHED.pth"])  # asked once per process
+    assert time.perf_counter() - start < 1.5
 
 
 def test_mediapipe_pose_finds_the_astronaut_in_openpose_order():
@@ -227,13 +285,28 @@ def test_tile_and_invert_reshape_the_picture_itself():
 
 @pytest.mark.parametrize("photo,people", [("astronaut", 1), ("coffee", 0), ("rocket", 0), ("chelsea", 0)])
 def test_the_offline_pose_detector_draws_people_only(photo, people, tmp_path):
-    from annotators import AnnotatorNotice
-
     poses, _ = detect_mediapipe(getattr(data, photo)(), detect_resolution=512)
     assert len(poses) == people
-    with pytest.warns(AnnotatorNotice, match="mediapipe"):  # auto, with no OpenPose weights on disk
+    said = "Pose detected" if people else "No person found"
+    with pytest.warns(AnnotatorNotice, match=f"{said} by mediapipe's bundled detector.*OpenPose weights not found "
+                                             f"in {re.escape(str(tmp_path))}"):  # auto, no OpenPose weights
         drawn = ANNOTATORS["pose"](getattr(data, photo)(), weights=str(tmp_path))
     assert (drawn.max() > 0) == bool(people)
+
+
+def test_auto_pose_says_it_used_openpose_when_its_weights_are_on_disk(tmp_path, monkeypatch):
+    import importlib
+
+    from controlnet_aux.open_pose import BodyResult, Keypoint, PoseResult
+
+    module = importlib.import_module("annotators.pose")  # `annotators.pose` is the function
+    for name in module.OPENPOSE_FILES:
+        (tmp_path / name).touch()  # on disk is all auto looks at; the network is stood in for below
+    nose = PoseResult(BodyResult([Keypoint(0.5, 0.5, 1.0, 0)] + [None] * 17, 1.0, 1), None, None, None)
+    monkeypatch.setattr(module, "detect_openpose", lambda *args: ([nose], (64, 64)))
+    with pytest.warns(AnnotatorNotice, match=f"Pose detected by OpenPose \\(its weights are in "
+                                             f"{re.escape(str(tmp_path))}"):
+        ANNOTATORS["pose"](data.astronaut(), weights=str(tmp_path))
 
 
 def test_the_three_resize_modes():

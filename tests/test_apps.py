@@ -58,8 +58,8 @@ def through_the_page(runner, task, image, **changes):
 def test_the_eighteen_apps_and_the_annotator_app_exist():
     assert len(APPS) == 18 and (ROOT / "gradio_annotator.py").is_file()
     demo = build_annotator_demo()
-    tabs = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
-    assert tabs == list(ANNOTATORS)  # every annotator, 1.0 and 1.1
+    tabs = [block.id for block in demo.blocks.values() if isinstance(block, gr.Tab)]
+    assert tabs == list(ANNOTATORS)  # every annotator, 1.0 and 1.1 (its key: the tab's id and its api_name)
     radios = {tuple(block.choices) for block in demo.blocks.values() if isinstance(block, gr.Radio)}
     assert (("pidinet", "pidinet"), ("hed", "hed")) in radios  # softedge's detector, from its Literal annotation
 
@@ -463,6 +463,11 @@ def test_two_controls_in_an_app(default_model, tmp_path):
     star, _ = runner(picture, **values(task, **unit))
     assert len(star) == 3 and not np.array_equal(star[1], star[0]) and not np.array_equal(star[2], once[1])
     saved = max(tmp_path.glob("canny-0*.png"))
+    number = saved.stem.split("-")[-1]
+    assert number == "00003"  # the third request: its maps took no numbers of their own
+    assert sorted(p.name for p in tmp_path.glob(f"*-{number}.png")) == [
+        f"canny-{number}.png", f"canny-map-{number}.png", f"canny-unit3-map-{number}.png",
+        f"canny-unit3-region-{number}.png"]
     (record,) = read_params(saved)["controls"]
     assert record["strength"] == 0.8 and record["control_start"] == 0.5 and record["block_weights"] == "soft"
     again = tmp_path / "again.png"
@@ -512,3 +517,4 @@ def test_each_app_starts_from_defaults_that_suit_the_toy():
     assert tile.defaults(toy=True).denoise == 0.5 and tile.defaults(toy=False).denoise == 1.0
     assert pose.defaults(toy=True).prompt == pose.prompt  # the toy only shows the pose: the app's own prompt
     assert canny.defaults(toy=True).prompt == TOY_PROMPT and canny.defaults(toy=True).image_resolution == 128
+    assert pose.defaults(toy=True).image_resolution == 512  # the map, readable

@@ -1,8 +1,11 @@
-"""The pose app's editor on the server side: OpenPose files read as OpenPose writes them (BODY_25, hands,
-face, no canvas size) and written back, and generation drawing the map from the edited pose. (Dragging in
-the browser is in test_browser.py.)"""
+"""The pose app's editor: OpenPose files read as OpenPose writes them (BODY_25, hands, face, no canvas size)
+and written back, generation drawing the map from the edited pose, and the browser side (pose_editor.js)
+under node with a stand-in page. (Dragging in a real browser is in test_browser.py.)"""
 
+import itertools
 import json
+import shutil
+import subprocess
 
 import gradio as gr
 import numpy as np
@@ -14,6 +17,7 @@ from annotators.pose import poses_from_json, poses_to_json
 from apps.builder import Runner
 from apps.pose_editor import EMPTY_POSE, detected_json, pose_picture, uploaded_json
 from cldm.defaults import load_default_model
+from tests.helpers import ROOT
 from tests.test_apps import NOTE, task_of, values
 
 RNG = np.random.default_rng(0)
@@ -82,6 +86,7 @@ def test_generation_draws_the_map_from_the_edited_pose(pose_runner):
     photo = data.astronaut()
     detected, _ = runner(photo, **values(task, detect_resolution=256))
     text = detected_json(photo, "mediapipe", False, False, 256)
+    assert json.loads(text)["note"].startswith("Pose detected by mediapipe")  # the editor shows which ran
     unedited, _ = runner(photo, **values(task, detect_resolution=256, pose=text))
     assert np.array_equal(unedited[0], detected[0])  # the editor's JSON draws what the detector drew
 
@@ -94,3 +99,25 @@ def test_generation_draws_the_map_from_the_edited_pose(pose_runner):
     assert drawn[0].shape == (128, 64, 3) and drawn[0].max() > 0  # sides rounded to multiples of 64
     with pytest.raises(ImageError, match="add a person in the pose editor"):
         runner(None, **values(task, pose=EMPTY_POSE))
+
+
+def edited_in_node(start, *actions):
+    """pose_editor.js run on `start` (a pose frame) through `actions` (see tests/pose_editor_harness.js)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node on this machine to run pose_editor.js")
+    command = [node, str(ROOT / "tests/pose_editor_harness.js"), str(ROOT / "apps/pose_editor.js"),
+               json.dumps([{"start": start}, *actions])]
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout)
+
+
+def test_the_editor_adds_people_side_by_side_and_moves_a_person_whole():
+    start = {"canvas_width": 512, "canvas_height": 256, "people": [], "note": "Pose detected by OpenPose."}
+    nose = [0.5 * 512, 0.2 * 256]  # where the first person added stands (STANDING in pose_editor.js)
+    out = edited_in_node(start, ["add"], ["add"], ["add"], ["drag", *nose, nose[0], 1000, True])
+    first, *others = (np.reshape(p["pose_keypoints_2d"], (-1, 3))[:, :2] for p in out["value"]["people"])
+    spans = sorted((p[:, 0].min(), p[:, 0].max()) for p in (first, *others))
+    assert all(right < left for (_, right), (left, _) in itertools.pairwise(spans))  # no one on top of another
+    offset = first - others[0]  # both the same standing figure: shifted, not squashed against the bottom
+    assert np.ptp(offset, axis=0).max() < 1e-6 and offset[0, 1] > 0 and first[:, 1].max() == 255
+    assert out["buffer"] == [1024, 512] and out["note"] == start["note"]  # drawn at 512 pixels at least
