@@ -6,6 +6,15 @@ Network weights load lazily, on first use, from annotators/ckpts/, a folder give
 model hub (see annotators.weights). This package imports nothing from ldm/ or cldm/.
 """
 
+import warnings
+
+# controlnet-aux's import (and the detectors it builds) warn about its own dependencies: timm's moved modules
+# and renamed models, its own re-registration of timm's tiny ViTs, torch.jit.script's deprecation. None of it is
+# the user's to act on, and a dozen such lines on first use read as something gone wrong.
+for message in (r"Importing from timm\.models\.", r"Overwriting tiny_vit_", r"`torch\.jit\.script` is deprecated",
+                r"Mapping deprecated model name"):
+    warnings.filterwarnings("ignore", message=message)
+
 from annotators.depth import depth, depth_leres, depth_zoe, normal, normalbae
 from annotators.edges import canny, fake_scribble, hed, mlsd, scribble
 from annotators.lines import invert, lineart, lineart_anime, scribble_from_photo, softedge

@@ -6,7 +6,9 @@ written and read as OpenPose JSON, so a pose can be edited in any OpenPose tool 
 """
 
 import json
+import os
 import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Literal
 
@@ -43,7 +45,23 @@ def mediapipe_pose():
         import mediapipe as mp
     except ImportError as error:
         raise ImportError("the offline pose detector needs mediapipe: pip install -e '.[pose]'") from error
-    return mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1)
+    with stderr_silenced():
+        return mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1)
+
+
+@contextmanager
+def stderr_silenced():
+    """mediapipe's C++ side prints its TensorFlow Lite set-up (delegates, feedback tensors, a note on the region
+    of interest) straight to file descriptor 2, past Python's warnings and logging, when it builds its graph and
+    first finds a person: noise a user can do nothing about, so the descriptor points elsewhere meanwhile."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def detect_mediapipe(image, min_visibility=0.5, detect_resolution=512, min_keypoints=MIN_KEYPOINTS):
@@ -53,7 +71,9 @@ def detect_mediapipe(image, min_visibility=0.5, detect_resolution=512, min_keypo
     from controlnet_aux.open_pose import BodyResult, Keypoint, PoseResult
 
     img = prepare(image, detect_resolution)
-    result = mediapipe_pose().process(img)
+    detector = mediapipe_pose()
+    with stderr_silenced():
+        result = detector.process(img)
     if result.pose_landmarks is None:
         return [], img.shape[:2]
     marks = result.pose_landmarks.landmark
