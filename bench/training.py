@@ -190,7 +190,7 @@ def measure(row, size, steps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--steps", type=int, default=2, help="timed steps per row, after one warm-up step")
     parser.add_argument("--rows", nargs="+", default=["ours", "cached", "lean"], choices=["ours", "cached", "lean"],
