@@ -3,13 +3,14 @@
     python tool_add_control.py models/v1-5-pruned.ckpt models/control_sd15_ini.safetensors --config models/cldm_v15.yaml
 
 The control's encoder is a copy of the UNet's; its hint encoder is freshly initialised and its zero
-convolutions are zero, so the result generates exactly what the SD checkpoint does until trained.
+convolutions are zero, so the result generates exactly what the SD checkpoint does until trained. The file is
+complete, noise schedule included, so `model.load_state_dict(...)` loads it strictly, as the release's did.
 """
 
 import argparse
 
-from cldm.model import read_any
-from cldm.tools import add_control, write_output
+from ldm.errors import run_main
+from ldm.files import check_checkpoint_file, check_config_file, check_output_file
 
 
 def main(argv=None):
@@ -20,6 +21,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="of the hint encoder's random initial weights")
     parser.add_argument("--force", action="store_true", help="replace the output if it exists")
     args = parser.parse_args(argv)
+    check_checkpoint_file(args.input)
+    check_config_file(args.config)
+    check_output_file(args.output, args.force)
+
+    from cldm.model import read_any  # torch and the models load only once the paths are known to be good
+    from cldm.tools import add_control, write_output
 
     state, added = add_control(read_any(args.input), args.config, args.seed)
     for key in added:
@@ -29,4 +36,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -5,8 +5,8 @@
 
 import argparse
 
-from cldm.model import read_any
-from cldm.tools import extract_control, write_output
+from ldm.errors import run_main
+from ldm.files import check_checkpoint_file, check_config_file, check_output_file
 
 
 def main(argv=None):
@@ -15,10 +15,16 @@ def main(argv=None):
     parser.add_argument("output", help=".safetensors to write")
     parser.add_argument("--force", action="store_true", help="replace the output if it exists")
     args = parser.parse_args(argv)
+    check_checkpoint_file(args.input)
+    check_output_file(args.output, args.force)
+
+    from cldm.model import read_any  # torch and the models load only once the paths are known to be good
+    from cldm.tools import extract_control, write_output
+
     state = extract_control(read_any(args.input))
     path = write_output(state, args.output, force=args.force)
     print(f"wrote {path}: {len(state)} control tensors")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -10,8 +10,8 @@ control with --control-only.
 
 import argparse
 
-from cldm.model import read_any
-from cldm.tools import extract_control, transfer_control, write_output
+from ldm.errors import run_main
+from ldm.files import check_checkpoint_file, check_config_file, check_output_file
 
 
 def main(argv=None):
@@ -23,6 +23,13 @@ def main(argv=None):
     parser.add_argument("--control-only", action="store_true", help="write only the control_model.* weights")
     parser.add_argument("--force", action="store_true", help="replace the output if it exists")
     args = parser.parse_args(argv)
+    check_checkpoint_file(args.control)
+    check_checkpoint_file(args.base)
+    check_checkpoint_file(args.community)
+    check_output_file(args.output, args.force)
+
+    from cldm.model import read_any  # torch and the models load only once the paths are known to be good
+    from cldm.tools import extract_control, transfer_control, write_output
 
     state = transfer_control(read_any(args.control), read_any(args.base), read_any(args.community))
     if args.control_only:
@@ -32,4 +39,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -3,14 +3,17 @@
 All functions work on state dicts in the release layout; the `tool_*.py` scripts wrap them with file I/O.
 """
 
+import inspect
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from cldm.cldm import CONTROL_PREFIX
 from cldm.model import TARGETS, normalize_keys
 from ldm.checkpoint import CheckpointError, cross_attention_width, family, save_safetensors
-from ldm.config import instantiate, load_yaml
+from ldm.config import ConfigError, instantiate, load_yaml
+from ldm.diffusion import LatentDiffusion
 
 UNET_PREFIX = "model.diffusion_model."
 
@@ -23,19 +26,36 @@ def check_same_family(named_widths):
         raise CheckpointError(f"the inputs belong to different model families: {found}")
 
 
+def _model_params(config_path):
+    return load_yaml(config_path)["model"].get("params") or {}
+
+
 def fresh_control_state(config_path, seed=0):
     """A freshly initialised control (hint encoder random from `seed`, zero convs zero), built from the yaml alone."""
-    node = load_yaml(config_path)["model"]["params"]["control_stage_config"]
+    node = _model_params(config_path).get("control_stage_config")
+    if node is None:
+        raise ConfigError(f"{config_path} describes no ControlNet (no control_stage_config): give a ControlLDM "
+                          "config such as models/cldm_v15.yaml (SD 1.x) or models/cldm_v21.yaml (SD 2.x)")
     with torch.random.fork_rng(devices=[]):  # the same initial weights every time, the caller's generator untouched
         torch.manual_seed(seed)
         control = instantiate(node, TARGETS, "model.params.control_stage_config")
     return {CONTROL_PREFIX + k: v for k, v in control.state_dict().items()}
 
 
+def schedule_state(config_path):
+    """The noise schedule buffers (betas, alphas_cumprod, ..., logvar) of the config's model, computed as the
+    model computes them: stand-ins take the networks' places, so nothing large is built."""
+    accepted = inspect.signature(LatentDiffusion).parameters
+    params = {k: v for k, v in _model_params(config_path).items() if k in accepted}
+    return LatentDiffusion(nn.Identity(), nn.Identity(), nn.Identity(), **params).state_dict()
+
+
 def add_control(sd_state, config_path, seed=0):
     """ControlLDM initial weights: the SD checkpoint, plus a control whose encoder copies the UNet's.
 
     Returns (state, added_keys): the keys that did not come from the SD checkpoint (hint encoder, zero convs).
+    The state is complete, as the release's tool wrote it: where the SD checkpoint has no noise schedule, the
+    config's is added, so the file loads strictly in any code, the release's included.
     """
     sd_state = normalize_keys(sd_state)
     if any(k.startswith(CONTROL_PREFIX) for k in sd_state):
@@ -43,7 +63,7 @@ def add_control(sd_state, config_path, seed=0):
     control = fresh_control_state(config_path, seed)
     check_same_family([("the SD checkpoint", cross_attention_width(sd_state, UNET_PREFIX)),
                        (f"the config {Path(config_path).name}", cross_attention_width(control, CONTROL_PREFIX))])
-    state, added = dict(sd_state), []
+    state, added = {**schedule_state(config_path), **sd_state}, []
     for key, fresh in control.items():
         source = UNET_PREFIX + key[len(CONTROL_PREFIX):]
         if source in sd_state:

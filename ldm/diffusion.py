@@ -69,6 +69,16 @@ def extract(values, t, like):
     return values.gather(0, t).reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
+def _schedule_from_config(model, state_dict, prefix, *_):
+    # The schedule follows from the config, so files may leave it out (the shipped toy models, exports); the
+    # release's files always carried it, and its scripts load them strictly. A file that has it keeps its own.
+    # A model built on the meta device has no values to give: there a missing schedule stays missing.
+    for name in (*SCHEDULE_BUFFERS, "logvar"):
+        buffer = model._buffers.get(name)
+        if buffer is not None and not buffer.is_meta and name not in model._non_persistent_buffers_set:
+            state_dict.setdefault(prefix + name, buffer)
+
+
 class DiffusionWrapper(nn.Module):
     """Routes the conditioning to the UNet; kept as its own module for the `model.diffusion_model.` keys."""
 
@@ -129,6 +139,7 @@ class LatentDiffusion(nn.Module):
             self.logvar = nn.Parameter(logvar)
         else:
             self.register_buffer("logvar", logvar)
+        self.register_load_state_dict_pre_hook(_schedule_from_config)
 
     def _apply(self, fn, recurse=True):
         """`.to(dtype)`, `.half()`, `.bfloat16()` cast the networks; the noise schedule follows the device but

@@ -94,3 +94,13 @@ def check_picture_file(path):
             return path
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{path} is not a readable image ({error}); give a PNG, JPEG or WebP file") from None
+
+
+def check_output_file(path, force=False):
+    """`path` if it is a free .safetensors name (the format this project writes), or `force` allows replacing it."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: outputs are written as .safetensors; name the output *.safetensors")
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; choose another name or pass --force to replace it")
+    return path

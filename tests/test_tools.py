@@ -1,4 +1,8 @@
-"""tool_add_control, tool_transfer_control and tool_extract_control: keys, values and refusals."""
+"""tool_add_control, tool_transfer_control and tool_extract_control: keys, values, and refusals in one line."""
+
+import re
+import subprocess
+import sys
 
 import pytest
 import safetensors.torch
@@ -10,7 +14,13 @@ import tool_transfer_control
 from cldm.model import create_model, load_checkpoint
 from cldm.tools import add_control, extract_control, transfer_control
 from ldm.checkpoint import CheckpointError
-from tests.helpers import TINY_V15, TINY_V21, tiny_inputs, tiny_model
+from ldm.diffusion import SCHEDULE_BUFFERS
+from ldm.errors import run_main
+from tests.helpers import ROOT, TINY_V15, TINY_V21, tiny_inputs, tiny_model
+
+TOY_SD = ROOT / "models/toy_sd.safetensors"
+TOY_CONTROL = ROOT / "models/toy_control.safetensors"
+TOY_CONFIG = ROOT / "models/toy_cldm.yaml"
 
 
 def sd_only(model):
@@ -42,13 +52,79 @@ def test_add_control_copies_the_encoder_and_zeroes_the_convs(tmp_path, capsys):
     assert torch.equal(with_control, without)
 
 
-def test_outputs_are_never_overwritten(tmp_path):
-    sd = sd_only(tiny_model(TINY_V15))
-    torch.save(sd, tmp_path / "sd.pth")
-    (tmp_path / "ini.safetensors").write_bytes(b"precious")
-    with pytest.raises(FileExistsError, match="--force"):
-        tool_add_control.main([str(tmp_path / "sd.pth"), str(tmp_path / "ini.safetensors"), "--config", str(TINY_V15)])
-    assert (tmp_path / "ini.safetensors").read_bytes() == b"precious"
+def test_add_control_writes_the_noise_schedule_as_the_release_did(tmp_path):
+    model = tiny_model(TINY_V15)
+    schedule = {k: v for k, v in model.state_dict().items() if k in (*SCHEDULE_BUFFERS, "logvar")}
+    assert len(schedule) == len(SCHEDULE_BUFFERS)  # logvar in, lvlb_weights (not saved) out
+    sd = {k: v for k, v in sd_only(model).items() if k not in schedule}  # a base without it, as the toy's
+    state, added = add_control(sd, TINY_V15)
+    assert all(torch.equal(state[k], v) for k, v in schedule.items()) and not set(schedule) & set(added)
+    create_model(TINY_V15).load_state_dict(state)  # strictly, as the release's scripts load
+
+    own = {**sd, "betas": schedule["betas"] * 2}  # a base with a schedule keeps its own
+    assert torch.equal(add_control(own, TINY_V15)[0]["betas"], own["betas"])
+
+
+def run_tool(script, *args, cwd):
+    """Run a tool as a user does; returns the finished process (its stderr without the import timings) and
+    whether it imported torch."""
+    done = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+    lines = done.stderr.splitlines(keepends=True)
+    imported = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+    done.stderr = "".join(line for line in lines if not line.startswith("import time:"))
+    return done, "torch" in imported
+
+
+MISSING = {
+    "input": ("tool_add_control.py", "nope.ckpt", "out.safetensors", "--config", TOY_CONFIG),
+    "config": ("tool_add_control.py", TOY_SD, "out.safetensors", "--config", "nope.yaml"),
+    "extract": ("tool_extract_control.py", "nope.pth", "out.safetensors"),
+    "transfer": ("tool_transfer_control.py", "--control", TOY_CONTROL, "--base", "nope.ckpt", "--community", TOY_SD,
+                 "--output", "out.safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", MISSING)
+def test_a_missing_file_fails_at_once_in_one_line(case, tmp_path):
+    done, imported_torch = run_tool(*MISSING[case], cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
+    assert "nope" in done.stderr and "not found" in done.stderr
+    assert not imported_torch  # checked before torch is imported (seconds) or anything is built
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+EXISTING = {
+    "add": ("tool_add_control.py", TOY_SD, "out.safetensors", "--config", TOY_CONFIG),
+    "extract": ("tool_extract_control.py", TOY_CONTROL, "out.safetensors"),
+    "transfer": ("tool_transfer_control.py", "--control", TOY_CONTROL, "--base", TOY_SD, "--community", TOY_SD,
+                 "--output", "out.safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", EXISTING)
+def test_outputs_are_never_overwritten(case, tmp_path):
+    (tmp_path / "out.safetensors").write_bytes(b"precious")
+    done, imported_torch = run_tool(*EXISTING[case], cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr == "error: out.safetensors exists; choose another name or pass --force to replace it\n"
+    assert not imported_torch
+    assert (tmp_path / "out.safetensors").read_bytes() == b"precious"
+
+
+def test_a_damaged_input_or_a_config_without_a_control_is_one_line(tmp_path, capsys):
+    (tmp_path / "sd.ckpt").write_text("not a checkpoint")
+    for argv, message in [
+        ([tmp_path / "sd.ckpt", tmp_path / "out.safetensors", "--config", TINY_V15],
+         r"^error: \S*sd.ckpt could not be read as a checkpoint [^\n]*\n$"),
+        ([TOY_SD, tmp_path / "out.safetensors", "--config", ROOT / "models/toy_sd.yaml"],
+         r"^error: \S*toy_sd.yaml describes no ControlNet [^\n]*\n$"),
+    ]:
+        with pytest.raises(SystemExit) as stopped:
+            run_main(tool_add_control.main, list(map(str, argv)))
+        assert stopped.value.code == 2 and re.match(message, capsys.readouterr().err)
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_add_control_draws_the_same_hint_encoder_from_the_same_seed():
