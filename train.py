@@ -15,6 +15,45 @@ which continues exactly where it stopped.
 import argparse
 from pathlib import Path
 
+from ldm.errors import run_main
+from ldm.files import check_checkpoint_file, check_config_file
+
+
+def add_file_arguments(p, required=True):
+    """The flags that name files (checked before Lightning and the models are imported, which takes seconds)."""
+    p.add_argument("--config", default="models/cldm_v15.yaml")
+    p.add_argument("--data", required=required, help="dataset folder with prompt.json, source/, target/ (or, with "
+                   "--annotator, a folder of plain pictures), or WebDataset tar shards, e.g. "
+                   "'shards/{000000..000099}.tar' (image, hint.png and txt per sample; python -m training.shards "
+                   "writes them from a folder)")
+    p.add_argument("--resume", nargs="*", default=[], help="initial weights (one or more files), or a step-*.ckpt")
+
+
+def check_files(args):
+    check_config_file(args.config)
+    for path in args.resume:
+        check_checkpoint_file(path)
+    shards = args.data.endswith(".tar") or "{" in args.data or "://" in args.data
+    if not shards and not Path(args.data).is_dir():
+        raise FileNotFoundError(f"--data {args.data} is not a folder: give a dataset folder (prompt.json, source/, "
+                                "target/), a folder of pictures with --annotator, or tar shards")
+
+
+def check_command_line(argv=None):
+    p = argparse.ArgumentParser(add_help=False)
+    add_file_arguments(p, required=False)  # --help, or a missing --data, is the full parser's to answer
+    args, _ = p.parse_known_args(argv)
+    if args.data is not None:
+        check_files(args)
+
+
+if __name__ == "__main__":  # before the slow imports below: a wrong file fails in a moment, not after them
+    run_main(check_command_line)
+
+# ruff: noqa: E402
+import logging
+import warnings
+
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -22,6 +61,7 @@ from torch.utils.data import DataLoader
 from cldm.model import load_model
 from evaluation.conditions import CONDITIONS
 from evaluation.harness import cases_from, default_settings
+from ldm.threads import add_threads_argument, use_threads
 from ldm.unet import set_gradient_checkpointing
 from training.buckets import BucketBatchSampler, bucket_sizes
 from training.cache import CachedPairs, ModelEncoders, build_cache
@@ -45,11 +85,7 @@ from training.shards import ShardStream, is_shards
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="models/cldm_v15.yaml")
-    p.add_argument("--data", required=True, help="dataset folder with prompt.json, source/, target/ (or, with "
-                   "--annotator, a folder of plain pictures), or WebDataset tar shards, e.g. "
-                   "'shards/{000000..000099}.tar' (image, hint.png and txt per sample; python -m training.shards "
-                   "writes them from a folder)")
+    add_file_arguments(p)
     p.add_argument("--check-files", action="store_true", help="look for every file prompt.json lists before "
                    "training (default: a spread of 1000; the others are reported, with their line, when read)")
     p.add_argument("--annotator", help="make pairs from plain pictures (captions from photo.txt beside photo.jpg) "
@@ -59,7 +95,6 @@ def parse_args(argv=None):
     p.add_argument("--buckets", action="store_true",
                    help="non-square data: scale and crop each pair to the aspect bucket (sides multiples of 64, "
                         "about resolution² pixels) nearest its shape; a batch holds one bucket")
-    p.add_argument("--resume", nargs="*", default=[], help="initial weights (one or more files), or a step-*.ckpt")
     p.add_argument("--out", default="runs/train", help="folder for checkpoints and image logs")
     p.add_argument("--stage", choices=STAGES, default="control", help="what to train (default: the ControlNet)")
     p.add_argument("--sd-locked", action=argparse.BooleanOptionalAction, default=True,
@@ -121,8 +156,28 @@ def parse_args(argv=None):
     p.add_argument("--strategy", default="auto", help="e.g. ddp, fsdp, deepspeed_stage_2")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--workers", type=int, default=0)
+    add_threads_argument(p)  # the image logs and evaluations then sample as generate.py and the apps do
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record):
+        return not record.getMessage().startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+_NO_TIPS = _NoTips()  # one instance: adding it again (main runs more than once in a process) adds nothing
+
+
+def quiet_lightning():
+    """Keep Lightning's output to what concerns this run."""
+    # the frozen parts (VAE, text encoder, a locked UNet) are in eval mode on purpose: dropout and the like off
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # Lightning's own use of a torch API that torch has deprecated: nothing a user of this script can change
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
+    # Lightning advertises its cloud services ("Tip: ... try installing litlogger") on every run, with no
+    # switch to turn that off; its rank-zero messages go through this logger
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NO_TIPS)
 
 
 def is_training_checkpoint(paths):
@@ -262,11 +317,15 @@ def controllability_eval(args, size):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_files(args)
+    use_threads(args.threads)
+    quiet_lightning()
     pl.seed_everything(args.seed, workers=True)
     out = Path(args.out)
     dataset = read_dataset(args)
     trainee = build(args)
-    callbacks = [AtomicCheckpoint(out / "checkpoints", args.ckpt_every), StepProgress()]
+    # the bar first: it reaches a step before that step's checkpoint or image log pauses under it
+    callbacks = [StepProgress(), AtomicCheckpoint(out / "checkpoints", args.ckpt_every)]
     if args.log_images_every:
         items = validation_items(args) or first_items(dataset, args.log_images)
         callbacks.append(ImageLogger(out / "images", args.log_images_every, items, seed=args.seed))
@@ -296,4 +355,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -117,6 +118,11 @@ def main():
                          args.repeats)
         finally:
             demo.close()
+        command = [sys.executable, str(ROOT / "generate.py"), "--image", str(path), "--annotator", "canny",
+                   "--prompt", PROMPT, "--resolution", str(args.size), "--detect-resolution", str(args.size),
+                   "--steps", str(args.steps), "--guidance", str(GUIDANCE), "--seed", "0", "--precision", precision,
+                   "--out", str(Path(outputs) / "cli.png")]
+        cli = timed(lambda: subprocess.run(command, check=True, capture_output=True), args.repeats)
 
     print(f"\ncanny app, {args.size}x{args.size}, {args.steps} DDIM steps, guidance {GUIDANCE}, 1 image, "
           f"median of {args.repeats} (after a warm-up)\n")
@@ -124,6 +130,7 @@ def main():
     print("| path | seconds | / diffusers peer |")
     print("|---|---|---|")
     for name, seconds in (("app through the HTTP API (gradio_client)", http),
+                          ("generate.py, a new process (imports, model load, annotator, image)", cli),
                           ("our generate() in-process", in_process),
                           ("diffusers UNet + ControlNet + DDIMScheduler in-process (peer)", peer)):
         print(f"| {name} | {seconds:.2f} | {seconds / peer:.2f} |")

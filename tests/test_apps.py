@@ -495,6 +495,10 @@ def test_region_masks_drawn_in_the_editor():
     mask = region_of({"background": uploaded, "layers": []})
     assert mask[:8].min() == 255 and mask[8:].max() == 0
     assert region_of(np.zeros((8, 8), np.uint8)).max() == 0  # a plain black picture: the control acts nowhere
+    # a mask sent as a layer, as Gradio hands every layer over (RGBA, opaque): white marks, black does not
+    layer = np.dstack([np.repeat(uploaded[..., :1], 3, axis=2), np.full((16, 24, 1), 255, np.uint8)])
+    mask = region_of({"background": None, "layers": [layer]})
+    assert mask[:8].min() == 255 and mask[8:].max() == 0
 
 
 def test_the_toy_says_what_it_draws_when_given_a_photo(default_model, tmp_path):

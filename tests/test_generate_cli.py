@@ -145,15 +145,17 @@ def test_an_app_image_reproduces_in_another_process_with_another_thread_setting(
     assert np.array_equal(np.asarray(Image.open(again)), gallery[1])
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--ckpt", "models/no_such_model.ckpt"], "checkpoint models/no_such_model.ckpt not found"),
-    (["--ckpt", "README.md"], "README.md could not be read as a checkpoint"),
-    (["--image", "no_such_photo.jpg"], "picture no_such_photo.jpg not found"),
-    (["--mask", "README.md"], "--mask needs --init-image"),
+@pytest.mark.parametrize("script,flags,message", [
+    ("generate.py", ["--ckpt", "models/no_such_model.ckpt"], "checkpoint models/no_such_model.ckpt not found"),
+    ("generate.py", ["--ckpt", "README.md"], "README.md could not be read as a checkpoint"),
+    ("generate.py", ["--image", "no_such_photo.jpg"], "picture no_such_photo.jpg not found"),
+    ("generate.py", ["--mask", "README.md"], "--mask needs --init-image"),
+    ("train.py", ["--data", "no_such_folder"], "--data no_such_folder is not a folder"),
+    ("train.py", ["--data", "models", "--resume", "runs/no_such.ckpt"], "checkpoint runs/no_such.ckpt not found"),
 ])
-def test_a_wrong_file_fails_at_once_in_one_line(flags, message):
+def test_a_wrong_file_fails_at_once_in_one_line(script, flags, message):
     """Before torch is even imported (so within a second), with one line and no traceback."""
-    done = run_cli("-X", "importtime", "generate.py", *flags)
+    done = run_cli("-X", "importtime", script, *flags)
     lines = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert done.returncode == 2 and lines == [f"error: {lines[0][7:]}"] and message in lines[0]

@@ -3,6 +3,9 @@
 Under FSDP and DeepSpeed ZeRO-3 each process holds a shard of the weights: exporting them and sampling with
 them are collective, so every process takes part (gathering the weights as its strategy requires) and the
 first one writes. Under DDP the others would wait for it at the next step anyway.
+
+Each pauses training: meanwhile the progress bar says what it is doing and its clock stops (training.progress),
+and then a line says what was written.
 """
 
 import time
@@ -16,6 +19,7 @@ from PIL import Image
 from cldm.pipeline import generate
 from cldm.sharding import whole_weights
 from ldm.checkpoint import atomic_path, save_safetensors
+from training.progress import pausing, report
 
 
 def trained_state(trainer, pl_module):
@@ -51,11 +55,14 @@ class AtomicCheckpoint(pl.Callback):
     def save(self, trainer, pl_module, step):
         self.last_saved = step
         final = self.dirpath / f"step-{step:06d}.ckpt"
-        with atomic_path(final, commit=trainer.is_global_zero) as tmp:
-            trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP; only rank 0 writes
-        state = trained_state(trainer, pl_module)
-        if trainer.is_global_zero:
-            save_safetensors(state, self.dirpath / f"{pl_module.stage}-{step:06d}.safetensors")
+        weights = self.dirpath / f"{pl_module.stage}-{step:06d}.safetensors"
+        with pausing(trainer, f"saving checkpoint {final.name}"):
+            with atomic_path(final, commit=trainer.is_global_zero) as tmp:
+                trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP; only rank 0 writes
+            state = trained_state(trainer, pl_module)
+            if trainer.is_global_zero:
+                save_safetensors(state, weights)
+        report(trainer, f"step {step}: checkpoint {final} (to --resume), {pl_module.stage} weights {weights}")
 
 
 def due(trainer, batch_idx, every_n_steps):
@@ -73,11 +80,14 @@ class ImageLogger(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if due(trainer, batch_idx, self.every_n_steps):
-            with whole_weights(trainer):
-                grid = self.grid(pl_module)
-            if trainer.is_global_zero:
-                self.dirpath.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(grid).save(self.dirpath / f"step-{step:06d}.png")
+            path = self.dirpath / f"step-{step:06d}.png"
+            with pausing(trainer, f"logging images {path.name}"):
+                with whole_weights(trainer):
+                    grid = self.grid(pl_module)
+                if trainer.is_global_zero:
+                    self.dirpath.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(grid).save(path)
+            report(trainer, f"step {step}: images {path}")
 
     @torch.no_grad()
     def grid(self, pl_module):
@@ -111,14 +121,14 @@ class ControllabilityEval(pl.Callback):
         step = trainer.global_step
         if due(trainer, batch_idx, self.every_n_steps):
             began = time.perf_counter()
-            with whole_weights(trainer):
+            with pausing(trainer, f"evaluating {self.condition.name}"), whole_weights(trainer):
                 means = self.evaluate(pl_module.model)
             # wall-clock minutes of this run spent training, not evaluating (the learning curve's x axis)
             means["train_minutes"] = (began - self.started - self.evaluating) / 60
             self.evaluating += time.perf_counter() - began
             if trainer.is_global_zero:
                 trainer.logger.log_metrics({f"eval/{k}": v for k, v in means.items()}, step=step)
-                print(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
+                report(trainer, f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
 
     @torch.no_grad()
     def evaluate(self, model):
