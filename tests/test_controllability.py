@@ -135,7 +135,9 @@ def test_keypoints_are_read_back_from_a_drawn_pose_and_compared():
 def test_the_toy_on_held_out_outlines_writes_every_result(tmp_path):
     import bench.controllability as bench
 
-    results = bench.main(["--count", "2", "--steps", "2", "--out", str(tmp_path), "--no-progress"])
+    # fp32: with bf16 (the auto choice on a CPU that has it) the bench adds a row in fp32 beside it
+    results = bench.main(["--count", "2", "--steps", "2", "--out", str(tmp_path), "--no-progress", "--precision",
+                          "fp32"])
     assert set(results) == {"control", "strength 0"}
     for run in results.values():
         assert len(run["cases"]) == 2 and set(run["summary"]) == {"iou", "color_ok", "background_ok", "edge_f1"}
