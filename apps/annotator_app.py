@@ -12,8 +12,8 @@ import gradio as gr
 
 from annotators import ANNOTATORS, AnnotatorNotice, ImageError, WeightsError
 from annotators.weights import ENV_VAR, FILES, NEEDS, found_on_disk
-from apps.builder import uploaded_image
 from apps.errors import page_error
+from apps.widgets import uploaded_image
 
 TITLES = {
     "canny": "Canny edges",

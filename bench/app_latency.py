@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from annotators import ANNOTATORS, resize_image  # noqa: E402
-from apps.builder import Runner, build_demo  # noqa: E402
+from apps.page import build_demo  # noqa: E402
+from apps.runner import Runner  # noqa: E402
 from bench.sampling import timed  # noqa: E402
 from cldm.defaults import TOY_CONFIG, load_default_model  # noqa: E402
 from cldm.diffusers_interop import diffusers_models  # noqa: E402

@@ -14,10 +14,11 @@ from skimage import data
 
 from annotators import ANNOTATORS
 from apps.annotator_app import build_annotator_demo
-from apps.builder import TOY_PROMPT, Runner, build_demo, friendly
 from apps.errors import log_to_terminal
 from apps.models import resolve_model
-from cldm.defaults import circle_outline, load_default_model, star_outline
+from apps.page import build_demo, friendly
+from apps.runner import Runner
+from cldm.defaults import TOY_PROMPT, circle_outline, load_default_model, star_outline
 from cldm.outputs import read_params
 from cldm.pipeline import generate
 from cldm.settings import Settings
@@ -137,7 +138,7 @@ def test_default_model_without_release_files_is_the_toy():
 def test_the_precision_flag_and_the_page_saying_which_runs(tmp_path):
     import torch
 
-    from apps.builder import make_runner, parse_args
+    from apps.launch import make_runner, parse_args
 
     task = task_of("gradio_canny2image")
     runner = make_runner(task, parse_args(task, ["--precision", "bf16", "--output-dir", str(tmp_path)]))
@@ -317,7 +318,7 @@ def test_a_1_1_control_file_is_found_with_its_yaml_and_base(release_files, monke
 
 def test_the_1_1_apps_generate_on_real_checkpoints(release_files, tmp_path):
     """Each 1.1 app on a (tiny, random) real model: the condition it feeds the control, and images."""
-    from apps.builder import make_runner, parse_args
+    from apps.launch import make_runner, parse_args
 
     base, control = release_files / "v1-5-pruned.safetensors", release_files / "control_v11e_sd15_shuffle.safetensors"
     fed = {}
@@ -383,7 +384,7 @@ def test_an_unpainted_inpaint_upload_is_a_message(default_model, tmp_path):
 
 
 def test_a_1_1_app_without_its_files_names_the_control_its_yaml_and_its_base():
-    from apps.builder import parse_args
+    from apps.launch import parse_args
 
     task = task_of("gradio_lineart_anime2image")
     args = parse_args(task, [])
@@ -424,7 +425,7 @@ def test_the_pose_app_runs_offline_and_says_which_detector_it_used(default_model
 
 
 def test_examples_the_toy_follows_are_one_click_away(default_model, tmp_path):
-    from apps.builder import example_pictures
+    from apps.page import example_pictures
 
     task = task_of("gradio_hed2image")  # HED needs weights the page may not have: the examples need none
     examples = example_pictures(task)

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from apps.builder import Runner, build_demo
+from apps.page import build_demo
 from apps.pose_editor import detected_json
+from apps.runner import Runner
 from apps.units import OWN_CONTROL
 from cldm.outputs import read_params
 from tests.helpers import ROOT

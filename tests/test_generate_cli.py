@@ -125,7 +125,7 @@ def test_an_app_image_reproduces_in_another_process_with_another_thread_setting(
     count, computes on the saved one."""
     import torch
 
-    from apps.builder import Runner
+    from apps.runner import Runner
     from cldm.defaults import load_default_model
     from gradio_canny2image import task
 

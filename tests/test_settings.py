@@ -39,7 +39,8 @@ def test_every_setting_says_how_it_is_shown():
 
 
 def test_an_app_page_shows_each_setting_by_its_label():
-    from apps.builder import Runner, build_demo
+    from apps.page import build_demo
+    from apps.runner import Runner
     from tests.test_apps import NOTE, task_of
 
     task = task_of("gradio_depth2image")

@@ -1,0 +1,68 @@
+"""Starting an app from its script: flags, the model (real files or the shipped toy), the server."""
+
+import argparse
+
+import torch
+
+import config
+from apps.errors import log_to_terminal
+from apps.models import resolve_model
+from apps.page import build_demo
+from apps.runner import Runner
+from cldm.speed import speed_up
+from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
+from ldm.threads import add_threads_argument, use_threads
+
+
+def parse_args(task, argv=None):
+    p = argparse.ArgumentParser(description=task.title)
+    files = " or ".join(f"models/{name}" for name in task.control)
+    p.add_argument("--control", help=f"control checkpoint (default: {files} if present, else the shipped toy model)")
+    p.add_argument("--base", default=config.BASE or (f"models/{task.base}" if task.base else None),
+                   help=f"SD checkpoint for control-only files (default: models/{task.base or 'v1-5-pruned.ckpt'})")
+    p.add_argument("--config", default=config.CONFIG,
+                   help="model yaml for real checkpoints (default: the yaml beside the control file, else "
+                        "models/cldm_v15.yaml)")
+    p.add_argument("--annotator-ckpts", default=config.ANNOTATOR_CKPTS, help="folder of annotator weights")
+    p.add_argument("--output-dir", default=config.OUTPUT_DIR)
+    p.add_argument("--host", default=config.HOST, help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=config.PORT)
+    p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    p.add_argument("--queue-size", type=int, default=config.QUEUE_SIZE, help="requests allowed to wait")
+    add_threads_argument(p, config.THREADS)
+    p.add_argument("--low-vram", action="store_true", default=config.SAVE_MEMORY,
+                   help="keep only the running part of the model on the GPU (small GPUs)")
+    add_precision_argument(p, config.PRECISION)
+    p.add_argument("--compile", action="store_true", default=config.COMPILE,
+                   help="torch.compile the UNet and ControlNet (the first request then takes a while longer)")
+    return p.parse_args(argv)
+
+
+def make_runner(task, args):
+    offload = args.low_vram and torch.cuda.is_available()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = PRECISIONS[resolve_precision(args.precision, device)]
+    model, note, toy = resolve_model(task.control, args.control, args.base, args.config, "cpu" if offload else None,
+                                     dtype)
+    if model is not None and not toy:
+        text_encoder = model.cond_stage_model
+        if (task.text_windows, task.clip_skip) != (1, 1) and not hasattr(text_encoder, "windows"):
+            raise SystemExit(f"{task.title} needs an SD 1.x base (CLIP text encoder), not {type(text_encoder)}")
+        if hasattr(text_encoder, "windows"):
+            text_encoder.windows, text_encoder.clip_skip = task.text_windows, task.clip_skip
+        if task.pooled:
+            model.control_model.global_average_pooling = True
+    if model is not None:
+        speed_up(model, compile=args.compile)
+    return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None, toy)
+
+
+def launch(task, argv=None):
+    args = parse_args(task, argv)
+    log_to_terminal()
+    use_threads(args.threads)
+    runner = make_runner(task, args)
+    print(runner.note)
+    demo = build_demo(task, runner)
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)

@@ -1,0 +1,206 @@
+"""The model behind an app: the page's values in, the detected map and the images out, saved with their
+parameters."""
+
+import inspect
+import os
+import warnings
+from contextlib import nullcontext
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import torch
+
+import config
+from annotators import (
+    ANNOTATORS,
+    AnnotatorNotice,
+    ImageError,
+    condition_map,
+    fit,
+    read_image,
+    resize_image,
+    to_rgb_uint8,
+)
+from apps.pose_editor import detected_json, picture_or_none, pose_picture
+from apps.task import NEAREST_ANNOTATORS, NO_ANNOTATOR
+from apps.units import EXTRA_UNITS, OWN_CONTROL, UNIT_SETTINGS, Unit, marked, region_of
+from cldm.defaults import TOY_PHOTO_NOTE, looks_like_a_photo
+from cldm.img2img import condition_picture, inpaint_condition
+from cldm.lowvram import low_vram
+from cldm.model import load_control_net
+from cldm.outputs import BESIDE, next_path, save_beside, save_png
+from cldm.pipeline import Control, generate
+from ldm.files import find_model_file
+from ldm.precision import precision_of
+
+
+class Runner:
+    """The model behind an app, turning the UI's values into a detected map and images saved with parameters."""
+
+    def __init__(self, task, model, note, output_dir=config.OUTPUT_DIR, annotator_weights=None, low_vram_device=None,
+                 toy=False):
+        self.task, self.model, self.note, self.toy = task, model, note, toy
+        self.output_dir, self.annotator_weights = output_dir, annotator_weights
+        self.low_vram_device = low_vram_device  # keep the model in CPU memory, run it part by part there
+        self.nets = {}  # the units' ControlNets by file
+        self.precision = precision_of(model) if model is not None else None
+        self.generates = model is not None and not (toy and task.toy is None)
+        if model is not None and not self.generates:
+            self.note += ("\n\nThe toy model follows outlines only, not these maps: the app shows the map, and "
+                          "generates once the control file is in place.")
+        elif model is not None:
+            self.note += f"\n\nComputing in {self.precision}."
+
+    def detect(self, picture, image_resolution, detect_resolution=None, annotator=None, **params):
+        """The condition map at the generation size: image resolution's grid, sides multiples of 64."""
+        annotator = annotator or self.task.annotator
+        nearest = self.task.nearest if annotator in (self.task.annotator, NO_ANNOTATOR) else (
+            annotator in NEAREST_ANNOTATORS)
+        if annotator in (None, NO_ANNOTATOR):
+            return condition_map(picture, None, image_resolution, nearest=nearest)
+        accepted = inspect.signature(ANNOTATORS[annotator]).parameters  # the page's sliders serve several
+        params = {k: v for k, v in params.items() if k in accepted}
+        return condition_map(picture, annotator, image_resolution, detect_resolution, nearest,
+                             self.annotator_weights, **params)
+
+    def condition(self, image, resolution, detect_resolution, params, preprocessor, mask_blur, edited=None):
+        """(the control's condition, the map shown and saved, the starting picture, the mask, the picture the
+        condition comes from) for the UI's input (and the pose editor's map, which replaces the detection)."""
+        if edited is not None:
+            detected = self.detect(edited, resolution, annotator=NO_ANNOTATOR)
+            return detected, detected, None, None, edited if image is None else image
+        if image is None:
+            raise ImageError("no picture was given: upload one" + (" or add a person in the pose editor"
+                                                                   if self.task.pose_editor else ""))
+        if self.task.start == "inpaint":
+            picture, mask = painted(image)
+            init = resize_image(picture, resolution)
+            mask = cv2.resize(mask, (init.shape[1], init.shape[0]), interpolation=cv2.INTER_LINEAR)
+            condition = inpaint_condition(init, mask, mask_blur)
+            return condition, condition_picture(condition), init, mask, picture
+        picture = drawing(image) if self.task.canvas else image
+        detected = self.detect(picture, resolution, detect_resolution, preprocessor, **params)
+        init = resize_image(to_rgb_uint8(picture), resolution) if self.task.start == "img2img" else None
+        return detected, detected, init, None, picture
+
+    def unit_controls(self, units, picture, size, settings, detect_resolution):
+        """The enabled extra units -> (their Controls, their maps at the generation size `size`)."""
+        controls, maps = [], []
+        for unit in units:
+            if not unit.enabled:
+                continue
+            preprocessor = unit.preprocessor or self.task.unit_preprocessor
+            detected = self.detect(unit.image if unit.image is not None else picture, settings.image_resolution,
+                                   detect_resolution, preprocessor)
+            detected = fit(detected, size, settings.resize_mode, nearest=preprocessor in NEAREST_ANNOTATORS)
+            region = region_of(unit.region_mask)
+            net = None if unit.control in (None, "", OWN_CONTROL) else self.control_net(unit.control)
+            controls.append(Control(detected, unit.strength, unit.control_start, unit.control_end, unit.control_mode,
+                                    net, unit.block_weights.strip() or "uniform",
+                                    None if region is None else fit(region, size, settings.resize_mode)))
+            maps.append(detected)
+        return controls, maps
+
+    def pose_json(self, picture, detector, include_hand, include_face, detect_resolution, pixel_perfect,
+                  image_resolution):
+        """The pose editor's JSON for a picture, detected at the resolution a generation would detect at."""
+        resolution = image_resolution if pixel_perfect else detect_resolution
+        return detected_json(picture_or_none(picture), detector, include_hand, include_face, resolution,
+                             self.annotator_weights)
+
+    def control_net(self, name):
+        """A unit's ControlNet file, loaded once, in the model's dtype and on its device."""
+        path = find_model_file(name)
+        if path not in self.nets:
+            self.nets[path] = load_control_net(self.model, path).to(self.model.betas.device)
+        return self.nets[path]
+
+    def __call__(self, image, **values):
+        """The page's input picture and its other inputs by name (Task.inputs(); any left out take the page's
+        defaults) -> (the maps and the images, what happened)."""
+        if isinstance(image, (str, os.PathLike)):  # a file, as Gradio hands over an example's picture
+            image = read_image(image)
+        params = {p.name: values.pop(p.name) for p in self.task.extra if p.name in values}
+        units = [Unit.pop(k, values) for k in EXTRA_UNITS]
+        preprocessor, region = values.pop("preprocessor", None), region_of(values.pop("region_mask", None))
+        pose = values.pop("pose", None)
+        settings = self.task.defaults(self.toy).with_values(**values)
+        if settings.block_weights.strip() in ("", "uniform"):
+            settings = replace(settings, block_weights="uniform")
+        detect_resolution = None if self.task.detect_resolution is None else settings.detect_resolution
+        if settings.pixel_perfect:  # the annotator sees the picture at the size it is generated at
+            detect_resolution = settings.image_resolution
+        with warnings.catch_warnings(record=True) as notices:
+            warnings.simplefilter("always", AnnotatorNotice)
+            edited = pose_picture(pose) if self.task.pose_editor else None  # says who found the pose
+            condition, shown, init, mask, picture = self.condition(image, settings.image_resolution,
+                                                                   detect_resolution, params, preprocessor,
+                                                                   settings.mask_blur, edited)
+            controls, unit_maps = self.unit_controls(units, picture, shown.shape[:2], settings, detect_resolution)
+        said = "".join(f" {n.message}" for n in notices if issubclass(n.category, AnnotatorNotice))
+        if not self.generates:
+            return [shown, *unit_maps], self.note + said
+        if self.toy and looks_like_a_photo(to_rgb_uint8(picture)):
+            said += " " + TOY_PHOTO_NOTE
+        if region is not None:
+            region = fit(region, shown.shape[:2], settings.resize_mode)
+        hint = None if self.toy and self.task.toy == "plain" else condition
+        nets = [c.net for c in controls if c.net is not None]
+        with low_vram(self.model, self.low_vram_device, nets=nets) if self.low_vram_device else nullcontext():
+            images, used_seed = generate(self.model, hint, settings=settings, controls=controls, init_image=init,
+                                         mask=mask, region_mask=region)
+        record = {**settings.record(), "seed": used_seed, "annotator": params, "preprocessor": preprocessor,
+                  "size": list(shown.shape[:2]), "precision": self.precision, "threads": torch.get_num_threads(),
+                  **({"pose": pose} if edited is not None else {})}
+        if self.task.start == "inpaint":  # the condition is made again from the picture and the mask
+            record["inpaint_control"] = hint is not None
+        pictures = {"hint": None if hint is None else shown, "init_image": init, "mask": mask, "region_mask": region}
+        first = next_path(self.output_dir, self.task.name)  # one number for every file of the request
+        number = first.stem.rsplit("-", 1)[1]
+        path_for = lambda suffix: first.with_name(f"{self.task.name}-{suffix}-{number}.png")  # noqa: E731
+        beside = save_beside(pictures, path_for, {"hint": {"annotator": params}})
+        record.update(beside)
+        if controls:
+            record["controls"] = self.save_units(units, controls, path_for)
+        saved = [save_png(image, first if i == 0 else first.with_name(f"{first.stem}_{i}.png"),
+                          {**record, "sample": i}).name for i, image in enumerate(images)]
+        files = ", ".join([*beside.values(), *(c[k] for c in record.get("controls", []) for k in BESIDE if k in c)])
+        info = f"Seed {used_seed}. Saved {', '.join(saved)} and {files} in {self.output_dir}/.{said}"
+        return [shown, *unit_maps, *images], info
+
+    def save_units(self, units, controls, path_for):
+        """Each enabled unit's map and region mask saved beside the images; its part of their record."""
+        enabled = [(k, unit) for k, unit in zip(EXTRA_UNITS, units) if unit.enabled]
+        records = []
+        for (k, unit), control in zip(enabled, controls):
+            pictures = {"hint": control.hint, "region_mask": control.region_mask}
+            preprocessor = unit.preprocessor or self.task.unit_preprocessor
+            records.append({"control": unit.control or OWN_CONTROL, "preprocessor": preprocessor,
+                            **{name: getattr(control, attribute) for name, attribute in UNIT_SETTINGS.items()},
+                            **save_beside(pictures, lambda suffix, k=k: path_for(f"unit{k}-{suffix}"))})
+        return records
+
+
+
+
+def painted(editor_value):
+    """An inpaint editor's value -> (the picture RGB uint8, the mask: 255 where painted over)."""
+    if not isinstance(editor_value, dict) or editor_value.get("background") is None:
+        raise ImageError("no picture was given: upload one, then paint over what to redraw")
+    picture = to_rgb_uint8(editor_value["background"])
+    marks = [marked(np.asarray(layer)) for layer in editor_value.get("layers") or [] if layer is not None]
+    if not any(m.any() for m in marks):
+        raise ImageError("paint over the part of the picture to redraw (the brush marks the mask; through the "
+                         "API, give the mask as a layer: white where to redraw, black elsewhere)")
+    mask = np.max([cv2.resize(m, picture.shape[1::-1], interpolation=cv2.INTER_NEAREST) for m in marks], axis=0)
+    return picture, mask
+
+
+def drawing(editor_value):
+    """A canvas value (gradio ImageEditor dict, or a plain array) -> RGB, strokes dark on white."""
+    if isinstance(editor_value, dict):
+        editor_value = editor_value.get("composite")
+    if editor_value is None:
+        raise ImageError("the canvas is empty: draw something first")
+    return to_rgb_uint8(editor_value)

@@ -1,0 +1,104 @@
+"""The page's controls, each made from what it shows: a Settings field's metadata, an annotator parameter, a
+control unit's input, the picture."""
+
+
+import gradio as gr
+import numpy as np
+
+from annotators import ANNOTATORS, ImageError, read_image
+from apps.errors import page_error
+from apps.task import NO_ANNOTATOR, Check, Choice
+from apps.units import control_choices
+from cldm.settings import field_of
+
+
+def uploaded_image(**kwargs):
+    """A gr.Image whose uploads are decoded by annotators.read_image (16-bit, RGBA, grayscale and EXIF rotation
+    understood); a file that is no image is refused with a message instead of a traceback. (A subclass would
+    need its own frontend; replacing the instance's preprocess keeps gr.Image's.)"""
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)
+    to_path = image.preprocess
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        try:
+            return read_image(to_path(payload))
+        except ImageError as error:
+            raise page_error(error) from error
+        except Exception as error:  # PIL cannot even identify it
+            raise page_error(f"the upload is not a readable image ({error}); give a PNG, JPEG or WebP file") from error
+
+    image.preprocess = preprocess
+    return image
+
+
+
+
+def settings_component(name, value):
+    """The control of one Settings field, made from its metadata."""
+    f = field_of(name)
+    label, help_text, number_range, choices = (f.metadata[k] for k in ("label", "help", "range", "choices"))
+    info = help_text or None
+    if f.type is bool:
+        return gr.Checkbox(label=label, value=value, info=info)
+    if choices:
+        widget = gr.Dropdown if name == "sampler" else gr.Radio
+        return widget(label=label, choices=list(choices), value=value, info=info)
+    if number_range:
+        minimum, maximum, step = number_range
+        return gr.Slider(label=label, minimum=minimum, maximum=maximum, step=step, value=value, info=info)
+    return gr.Textbox(label=label, value=value, info=info)
+
+
+def page_component(task, name, value):
+    """A page input that is not a setting: the preprocessor choice, a region mask, a control unit's inputs."""
+    if name == "preprocessor":
+        return gr.Radio(label="Preprocessor", choices=[*task.annotators, NO_ANNOTATOR], value=value)
+    if name.endswith("region_mask"):
+        return mask_editor()
+    unit_input = name.split("_", 1)[1]  # unit<k>_<input>
+    if unit_input == "enabled":
+        return gr.Checkbox(label="Enable", value=value)
+    if unit_input == "image":
+        return uploaded_image(label="Picture (none: the input image)", sources=["upload", "clipboard"])
+    if unit_input == "preprocessor":
+        return gr.Dropdown(label="Preprocessor", choices=[NO_ANNOTATOR, *ANNOTATORS], value=value)
+    if unit_input == "control":
+        return gr.Dropdown(label="Control file", choices=control_choices(), value=value, allow_custom_value=True,
+                           info="a file in models/ or a path; the app's control runs it on this unit's picture")
+    return settings_component(unit_input, value)
+
+
+def mask_editor():
+    """A region mask, painted white on black (or uploaded: white where the control acts)."""
+    black = np.zeros((512, 512, 3), np.uint8)
+    return gr.ImageEditor(value={"background": black, "layers": [], "composite": None}, type="numpy",
+                          label="Region mask: paint white where the control acts (nothing white: everywhere)",
+                          sources=["upload", "clipboard"], layers=False, transforms=(), canvas_size=(512, 512),
+                          brush=gr.Brush(colors=["#ffffff"], default_size=48, color_mode="fixed"))
+
+
+
+
+def picture_input(task):
+    """The page's picture: a drawing canvas, an upload to paint a mask on, or a plain upload."""
+    if task.canvas:
+        white = np.full((512, 512, 3), 255, np.uint8)
+        return gr.ImageEditor(value={"background": white, "layers": [], "composite": None}, type="numpy",
+                              label="Draw (black on white)", canvas_size=(512, 512),
+                              brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"))
+    if task.start == "inpaint":
+        return gr.ImageEditor(type="numpy", label="Picture: upload, then paint over what to redraw",
+                              sources=["upload", "clipboard"], layers=False, transforms=(),
+                              brush=gr.Brush(colors=["#ffffff"], default_size=32, color_mode="fixed"))
+    return uploaded_image(label="Input image", sources=["upload", "clipboard"])
+
+def component(param, default):
+    label = param.label or param.name.replace("_", " ").capitalize()
+    value = default if param.value is None else param.value
+    if isinstance(param, Choice):
+        return gr.Radio(label=label, choices=list(param.choices), value=value)
+    if isinstance(param, Check):
+        return gr.Checkbox(label=label, value=bool(value))
+    return gr.Slider(label=label, minimum=param.minimum, maximum=param.maximum, step=param.step, value=value)
