@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 
 import train
+import training.shards
 from tests.helpers import TINY_V15
 from tests.test_training import initial_weights, losses  # noqa: F401 (a fixture)
 from training.data import DataError
@@ -68,6 +69,54 @@ def test_workers_make_the_batches_of_one_process_in_order(numbered):
     plain = captions(take(stream, 7))
     loaded = captions(take(DataLoader(stream, batch_size=None, num_workers=2), 7))
     assert loaded == plain and len(plain) == 14  # into the second pass
+
+
+def numbers(captions):
+    return [int(caption.split()[1]) for caption in captions]
+
+
+def test_each_process_and_worker_reads_the_files_of_its_own_samples_only(numbered, tmp_path, monkeypatch):
+    log, read_member = tmp_path / "reads", training.shards.read_member
+
+    def logged(tar, member):  # DataLoader workers are forked: they log too
+        worker = get_worker_info()
+        with open(log, "a") as out:
+            out.write(f"{worker.id if worker else '-'} {member.name}\n")
+        return read_member(tar, member)
+
+    def reads():  # the samples read (by the number in their keys) by each worker, in order, each file once
+        by_worker = {}
+        for line in log.read_text().splitlines():
+            worker, name = line.split()
+            by_worker.setdefault(worker, []).append(name)
+        log.unlink()
+        for names in by_worker.values():
+            assert len(set(names)) == len(names) and len(names) % 3 == 0  # png, hint.png, txt
+        return {worker: [int(name[:4]) for name in names[::3]] for worker, names in by_worker.items()}
+
+    monkeypatch.setattr(training.shards, "read_member", logged)
+    used = []
+    for rank, n in [(0, 12), (1, 11)]:  # a pass of 23 samples between two processes
+        stream = ShardStream(numbered, size=8, batch_size=1, seed=5)
+        stream.place(0, rank, 2)
+        used.append(numbers(captions(take(stream, n))))
+        assert reads() == {"-": used[rank]}  # 12 and 11 of the 23, not all 23 each
+    assert sorted(used[0] + used[1]) == list(range(23))
+
+    for rank in range(2):  # two workers each: worker w reads the samples of the process's batches w, w + 2, ...
+        stream = ShardStream(numbered, size=8, batch_size=2, seed=5)
+        stream.place(0, rank, 2)
+        batches = [numbers(batch["txt"]) for batch in take(stream, 8)]
+        reads()
+        loaded = [numbers(batch["txt"]) for batch in take(DataLoader(stream, batch_size=None, num_workers=2,
+                                                                     multiprocessing_context="fork"), 3)]
+        assert loaded == batches[:3]
+        by_worker = reads()  # the loader is shut down: its workers read ahead, but only their own batches
+        for worker in range(2):
+            own = [n for batch in batches[worker::2] for n in batch]
+            made = [n for batch in loaded[worker::2] for n in batch]
+            read = by_worker[str(worker)]
+            assert read == own[:len(read)] and len(read) >= len(made)
 
 
 def test_a_sample_without_a_condition_is_named(tmp_path):

@@ -10,15 +10,19 @@ nearest their shape).
 
 The order is a stream, as training.sampler's: each pass reads the shards in a permutation seeded by (seed, pass)
 and each shard in its own order; process `rank` of `world` takes positions start + rank, start + rank + world,
-..., so a resumed run continues from the samples all processes consumed, whatever their number now. Every
-process reads every shard's bytes but decodes only its own samples; the shards' sample counts, read from their
-tar headers at start, let a resume skip whole shards without reading them.
+..., so a resumed run continues from the samples all processes consumed, whatever their number now. Each
+process, and each DataLoader worker of it, reads the files of its own samples only: it walks a shard's tar headers
+(seeking past the files of others) and does not open a shard that holds none of its samples, so a pass reads the
+dataset once in all. The shards' sample counts, read from their tar headers at start, let a resume skip whole
+shards without reading them.
 """
 
 import argparse
 import io
 import json
+import re
 import tarfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import braceexpand
@@ -48,20 +52,44 @@ def shard_paths(pattern):
     return paths
 
 
+META = re.compile(r"__[^/]*__($|/)")  # names webdataset skips
+
+
+@contextmanager
+def open_tar(path):
+    """An uncompressed tar for random access; a small buffer, as reading a header should not read the data after it."""
+    with open(path, "rb", buffering=512) as file, tarfile.open(fileobj=file, mode="r:") as tar:
+        yield tar
+
+
+def samples_in(tar):
+    """The samples webdataset makes of a tar, from its headers alone: (key, {extension: member}) for each run of
+    consecutive files sharing a key (a repeated extension starts another), their data not read."""
+    key, members = None, {}
+    for member in tar:
+        if not member.isfile() or META.match(member.name):
+            continue
+        prefix, suffix = wds.tariterators.base_plus_ext(member.name)
+        if prefix is None:
+            continue
+        suffix = suffix.lower()
+        if members and (prefix != key or suffix in members):
+            yield key, members
+            members = {}
+        key, members[suffix] = prefix, member
+    if members:
+        yield key, members
+
+
+def read_member(tar, member):
+    """The bytes of one file of a tar: the only place a shard's data is read."""
+    return tar.extractfile(member).read()
+
+
 def count_samples(path):
     """The samples webdataset makes of a tar (consecutive files sharing a key), from its headers alone."""
-    count, key, suffixes = 0, None, set()
-    with tarfile.open(path, "r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            prefix, suffix = wds.tariterators.base_plus_ext(member.name)
-            if prefix is None:
-                continue
-            if prefix != key or suffix in suffixes:
-                count, key, suffixes = count + 1, prefix, set()
-            suffixes.add(suffix)
-    return count
+    with open_tar(path) as tar:
+        return sum(1 for _ in samples_in(tar))
 
 
 def picture(data, where):
@@ -101,36 +129,43 @@ class ShardStream(IterableDataset):
     def shard_order(self, epoch):
         return torch.randperm(len(self.paths), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
 
-    def raw_samples(self, position):
-        """(position, undecoded sample) from stream position `position` on, endlessly."""
+    def raw_samples(self, position, mine=None):
+        """(position, undecoded sample) for the stream positions from `position` on that `mine` accepts (all when
+        None), endlessly. Only their files are read; a shard holding none of them is not opened."""
         epoch, offset = divmod(position, self.total)
         while True:
             first = epoch * self.total
             for shard in self.shard_order(epoch).tolist():
                 count = self.counts[shard]
-                if offset >= count:  # all of it consumed: not even opened
-                    offset -= count
-                    first += count
-                    continue
-                read = 0
-                for read, sample in enumerate(wds.DataPipeline(wds.SimpleShardList([str(self.paths[shard])]),
-                                                               wds.tarfile_to_samples()), start=1):
-                    if read > offset:
-                        yield first + read - 1, sample
-                if read != count:
-                    raise DataError(f"{self.paths[shard]} gave {read} samples but its headers list {count}: "
-                                    "was it rewritten during training?")
-                offset, first = 0, first + count
+                wanted = {p for p in range(first + offset, first + count) if mine is None or mine(p)}
+                if wanted:  # offset >= count (all of it consumed) leaves none
+                    yield from self.read_shard(shard, first, wanted)
+                offset, first = max(offset - count, 0), first + count
             epoch, offset = epoch + 1, 0
+
+    def read_shard(self, shard, first, wanted):
+        """(position, sample) for the positions in `wanted` of shard `shard`, whose first sample is at `first`."""
+        path, read = self.paths[shard], 0
+        with open_tar(path) as tar:
+            for read, (key, members) in enumerate(samples_in(tar), start=1):
+                if first + read - 1 in wanted:
+                    sample = {"__key__": key, "__url__": str(path)}
+                    sample.update((suffix, read_member(tar, member)) for suffix, member in members.items())
+                    yield first + read - 1, sample
+        if read != self.counts[shard]:
+            raise DataError(f"{path} holds {read} samples now but held {self.counts[shard]} when training began: "
+                            "was it rewritten?")
 
     def __iter__(self):
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        batch = []
-        for position, sample in self.raw_samples(self.start + self.rank):
+
+        def mine(position):  # this process's, in a batch of this worker's
             taken, rest = divmod(position - self.start - self.rank, self.world)
-            if rest or (taken // self.batch_size) % workers != worker_id:
-                continue
+            return not rest and (taken // self.batch_size) % workers == worker_id
+
+        batch = []
+        for _, sample in self.raw_samples(self.start + self.rank, mine):
             batch.append(self.decode(sample))
             if len(batch) == self.batch_size:
                 yield collate(batch)
