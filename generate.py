@@ -91,7 +91,6 @@ import torch
 from tqdm.auto import tqdm
 
 from annotators import ANNOTATORS, condition_map, fit, list_pictures, read_image, resize_image
-from cldm.defaults import TOY_PROMPT, circle_outline, load_default_model
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.model import load_control_net, load_model
@@ -101,6 +100,7 @@ from cldm.settings import Settings, add_arguments, from_args
 from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
 from ldm.threads import add_threads_argument, use_threads
+from toy.model import TOY_PROMPT, circle_outline, load_default_model
 
 # the command line's own defaults: the shipped toy model's prompt and size
 CLI_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)

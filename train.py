@@ -60,12 +60,13 @@ from torch.utils.data import DataLoader
 
 from cldm.model import load_model
 from evaluation.conditions import CONDITIONS
-from evaluation.harness import cases_from, default_settings
+from evaluation.harness import default_settings
 from ldm.threads import add_threads_argument, use_threads
 from ldm.unet import set_gradient_checkpointing
 from training.buckets import BucketBatchSampler, bucket_sizes
 from training.cache import CachedPairs, ModelEncoders, build_cache
 from training.callbacks import AtomicCheckpoint, ControllabilityEval, ImageLogger
+from training.cases import cases_from
 from training.checkpoint_io import CheckpointSpaceError, DirectCheckpointIO
 from training.data import AnnotatedFolder, PairDataset, as_hint, collate, read_rgb
 from training.module import (

@@ -8,13 +8,6 @@ model hub (see annotators.weights). This package imports nothing from ldm/ or cl
 
 import warnings
 
-# controlnet-aux's import (and the detectors it builds) warn about its own dependencies: timm's moved modules
-# and renamed models, its own re-registration of timm's tiny ViTs, torch.jit.script's deprecation. None of it is
-# the user's to act on, and a dozen such lines on first use read as something gone wrong.
-for message in (r"Importing from timm\.models\.", r"Overwriting tiny_vit_", r"`torch\.jit\.script` is deprecated",
-                r"Mapping deprecated model name"):
-    warnings.filterwarnings("ignore", message=message)
-
 from annotators.depth import depth, depth_leres, depth_zoe, normal, normalbae
 from annotators.edges import canny, fake_scribble, hed, mlsd, scribble
 from annotators.lines import invert, lineart, lineart_anime, scribble_from_photo, softedge
@@ -33,6 +26,13 @@ from annotators.util import (
     to_rgb_uint8,
 )
 from annotators.weights import WeightsError
+
+# controlnet-aux's import (and the detectors it builds) warn about its own dependencies: timm's moved modules
+# and renamed models, its own re-registration of timm's tiny ViTs, torch.jit.script's deprecation. None of it is
+# the user's to act on, and a dozen such lines on first use read as something gone wrong.
+for message in (r"Importing from timm\.models\.", r"Overwriting tiny_vit_", r"`torch\.jit\.script` is deprecated",
+                r"Mapping deprecated model name"):
+    warnings.filterwarnings("ignore", message=message)
 
 ANNOTATORS = {
     "canny": canny,

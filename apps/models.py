@@ -5,9 +5,9 @@ from typing import NamedTuple
 
 import torch
 
-from cldm.defaults import load_default_model
 from cldm.model import load_model, normalize_keys, read_any
 from ldm.files import MODELS, missing_file_message
+from toy.model import load_default_model
 
 DEFAULT_BASE = MODELS / "v1-5-pruned.ckpt"
 

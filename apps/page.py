@@ -13,8 +13,8 @@ from apps.pose_editor import pose_editor
 from apps.task import NO_ANNOTATOR
 from apps.units import EXTRA_UNITS, unit_defaults, unit_inputs
 from apps.widgets import component, page_component, picture_input, settings_component
-from cldm.defaults import TOY_PROMPT, circle_outline, scribble_outline, star_outline
 from cldm.outputs import save_png
+from toy.model import TOY_PROMPT, circle_outline, scribble_outline, star_outline
 
 
 def friendly(runner, names=(), defaults=()):

@@ -25,7 +25,6 @@ from annotators import (
 from apps.pose_editor import detected_json, picture_or_none, pose_picture
 from apps.task import NEAREST_ANNOTATORS, NO_ANNOTATOR
 from apps.units import EXTRA_UNITS, OWN_CONTROL, UNIT_SETTINGS, Unit, marked, region_of
-from cldm.defaults import TOY_PHOTO_NOTE, looks_like_a_photo
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.model import load_control_net
@@ -33,6 +32,7 @@ from cldm.outputs import BESIDE, next_path, save_beside, save_png
 from cldm.pipeline import Control, generate
 from ldm.files import find_model_file
 from ldm.precision import precision_of
+from toy.model import TOY_PHOTO_NOTE, looks_like_a_photo
 
 
 class Runner:

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field, replace
 
 from annotators import ANNOTATORS
 from apps.units import EXTRA_UNITS, unit_inputs
-from cldm.defaults import TOY_PROMPT
 from cldm.settings import Settings
+from toy.model import TOY_PROMPT
 
 REAL_DEFAULTS = Settings(added_prompt="best quality, extremely detailed",
                          negative_prompt="longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, "

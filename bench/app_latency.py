@@ -30,12 +30,12 @@ from annotators import ANNOTATORS, resize_image  # noqa: E402
 from apps.page import build_demo  # noqa: E402
 from apps.runner import Runner  # noqa: E402
 from bench.sampling import timed  # noqa: E402
-from cldm.defaults import TOY_CONFIG, load_default_model  # noqa: E402
 from cldm.diffusers_interop import diffusers_models  # noqa: E402
 from cldm.pipeline import generate  # noqa: E402
 from ldm.config import load_yaml  # noqa: E402
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision  # noqa: E402
 from ldm.threads import use_threads  # noqa: E402
+from toy.model import TOY_CONFIG, load_default_model  # noqa: E402
 
 PROMPT = "a crimson circle on a light sky blue background"
 GUIDANCE = 9.0

@@ -33,12 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from apps.models import resolve_model  # noqa: E402
-from cldm.defaults import load_default_model  # noqa: E402
 from evaluation.conditions import CONDITIONS  # noqa: E402
-from evaluation.harness import Run, cases_from, clip_scorer, default_settings, evaluate, write  # noqa: E402
+from evaluation.harness import Run, clip_scorer, default_settings, evaluate, write  # noqa: E402
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision  # noqa: E402
 from ldm.threads import add_threads_argument, use_threads  # noqa: E402
-from training.shapes import NOVEL_SHAPES, SHAPES  # noqa: E402
+from toy.model import load_default_model  # noqa: E402
+from toy.shapes import NOVEL_SHAPES, SHAPES  # noqa: E402
+from training.cases import cases_from  # noqa: E402
 
 SHAPES_BAR = (0.85, 0.40)  # the toy's bar: mean IoU, and its gain over strength 0
 DEFAULT_CLIP = ROOT / "models/clip-vit-base-patch16"  # openai/clip-vit-base-patch16, ControlNet++'s CLIP

@@ -107,9 +107,9 @@ def relative_error(a, b):
 @torch.no_grad()
 def default_model_image_errors(precisions, steps=20, size=128, device="cpu"):
     """Largest pixel difference (1/255) of a decoded `steps`-step image of the shipped model against fp32."""
-    from cldm.defaults import load_default_model
     from cldm.pipeline import generate
     from generate import circle_outline
+    from toy.model import load_default_model
 
     prompt = "a crimson circle on a light sky blue background"
     images = {p: generate(load_default_model(device, PRECISIONS[p]), circle_outline(size), prompt, steps=steps,

@@ -9,8 +9,6 @@ Checkpoint keys are the contract with every released control and every tool that
 and the copied encoder under `control_model.input_blocks.*` / `control_model.middle_block.*`.
 """
 
-import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -183,16 +181,16 @@ class ControlledUnetModel(UNetModel):
         return super().forward(x, timesteps, context, control)
 
 
-class ControlLDM(LatentDiffusion, pl.LightningModule):
+class ControlLDM(LatentDiffusion):
     """Stable Diffusion with a ControlNet. `cond = {"c_concat": [hint], "c_crossattn": [text context]}`.
 
     control_scales: the release's attribute, one multiplier per control output (13 for SD); `apply_model`
         reads it only when its call names no `control_scales`.
     sd_locked: train only the control (True), or the UNet decoder too.
     only_mid_control, global_average_pooling: set on the ControlNet, whose properties they are.
-    learning_rate: for the release's training scripts, which hand the model itself to `trainer.fit` (a
-        LightningModule, as the release's was); train.py trains it through training.module.Trainee, with the
-        same step (training.module.diffusion_loss).
+    The release's training API (`trainer.fit(model)`, learning_rate, log_images) is cldm.lightning's
+    ReleaseControlLDM, which `create_model` builds; train.py trains through training.module.Trainee, with the
+    same step (cldm.loss). Generating needs no Lightning.
     """
 
     def __init__(self, control_model, *, control_key="hint", only_mid_control=False, global_average_pooling=False,
@@ -204,8 +202,6 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         control_model.global_average_pooling = global_average_pooling
         self.sd_locked = sd_locked  # also sets which UNet weights need gradients
         self.control_scales = [1.0] * control_model.num_outputs
-        self.learning_rate = 1e-5
-        self.micro_steps = 0  # batches trained by trainer.fit(model): seeds the next one's random numbers
 
     def apply_model(self, x_noisy, t, cond, control_scales=None):
         context = torch.cat(cond["c_crossattn"], 1)
@@ -243,36 +239,3 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
             unet = self.model.diffusion_model
             params += list(unet.output_blocks.parameters()) + list(unet.out.parameters())
         return params
-
-    # -- the release's training API: trainer.fit(model, dataloader) on batches of dict(jpg, txt, hint) --------
-
-    def training_step(self, batch, batch_idx):
-        from training.module import diffusion_loss, step_generator
-
-        gen = step_generator(0, self.micro_steps, self.global_rank, self.device)
-        self.micro_steps += 1
-        loss, logs = diffusion_loss(self, batch, gen, control=True)
-        self.log("loss", loss.detach(), prog_bar=True, on_step=True)
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.trainable_parameters(), lr=self.learning_rate)
-
-    @torch.no_grad()
-    def log_images(self, batch, N=4, ddim_steps=50, unconditional_guidance_scale=9.0, **ignored):
-        """What the release's image logger shows of a batch, (N, 3, H, W) in [-1, 1]: the targets through the
-        VAE ("reconstruction"), the hints ("control") and samples from the hints and prompts with DDIM and
-        classifier-free guidance ("samples_cfg_scale_<scale>")."""
-        from cldm.pipeline import generate
-
-        n = min(N, len(batch["txt"]))
-        targets = batch["jpg"][:n].permute(0, 3, 1, 2).float()
-        reconstruction = self.decode_first_stage(self.get_first_stage_encoding(self.encode_first_stage(targets)))
-        hints = batch["hint"][:n].float()
-        samples = [generate(self, (hint * 255).round().byte().cpu().numpy(), prompt, steps=ddim_steps,
-                            guidance_scale=unconditional_guidance_scale, seed=0, verbose=False)[0][0]
-                   for hint, prompt in zip(hints, list(batch["txt"])[:n])]
-        samples = torch.from_numpy(np.stack(samples)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return {"reconstruction": reconstruction.float().cpu(), "control": hints.permute(0, 3, 1, 2).cpu() * 2 - 1,
-                f"samples_cfg_scale_{unconditional_guidance_scale:.2f}": samples}

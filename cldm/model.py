@@ -14,8 +14,14 @@ from pathlib import Path
 import torch
 
 from cldm.cldm import CONTROL_PREFIX, ControlLDM, ControlledUnetModel, ControlNet
-from ldm.checkpoint import (CheckpointError, check_finite_weights, cross_attention_width, family, read_state_dict,
-                            summarize_keys)
+from ldm.checkpoint import (
+    CheckpointError,
+    check_finite_weights,
+    cross_attention_width,
+    family,
+    read_state_dict,
+    summarize_keys,
+)
 from ldm.config import LDM_TARGETS, instantiate, load_yaml
 from ldm.diffusion import SCHEDULE_BUFFERS
 
@@ -35,14 +41,22 @@ OPTIONAL_KEYS = set(SCHEDULE_BUFFERS) | {"logvar"}
 
 
 def create_model(config_path, device=None, dtype=None):
+    """The model a release yaml describes, as the release's training scripts use it: a ControlLDM that is also a
+    LightningModule (cldm.lightning), for `trainer.fit(model)`. See build_model."""
+    from cldm.lightning import ReleaseControlLDM  # Lightning is slow to import; only the release's scripts need it
+
+    return build_model(config_path, device, dtype, {**TARGETS, "cldm.cldm.ControlLDM": ReleaseControlLDM})
+
+
+def build_model(config_path, device=None, dtype=None, targets=TARGETS):
     """The model a release yaml describes, with freshly initialised weights (on `device`, e.g. "meta"), its
     networks in `dtype` (None: as the yaml says, fp32 unless `use_fp16: True`); see ldm.precision."""
     config = load_yaml(config_path)
     if device is None:
-        model = instantiate(config["model"], TARGETS).cpu()
+        model = instantiate(config["model"], targets).cpu()
     else:
         with torch.device(device):
-            model = instantiate(config["model"], TARGETS)
+            model = instantiate(config["model"], targets)
     return model if dtype is None else model.to(dtype)
 
 
@@ -51,7 +65,7 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
     `device`: the one loader of the apps, the CLI and training. Weights are loaded in fp32 and then cast, so the
     model holds no fp32 copy. In eval mode, unless `for_training` (the modes it was built with: frozen parts
     in eval, the rest in train)."""
-    model = create_model(config)
+    model = build_model(config)
     if checkpoints:
         load_checkpoint(model, *checkpoints, strict=strict)
     if not for_training:

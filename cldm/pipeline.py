@@ -15,7 +15,6 @@ from ldm.ddim import classifier_free_guidance
 from ldm.precision import all_finite, check_finite, non_finite_error, weights_dtype
 
 
-
 @dataclass
 class Control:
     """One ControlNet's part in a generation: its condition image, its weight and the steps it acts on."""

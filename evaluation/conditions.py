@@ -124,8 +124,8 @@ def mean_scores(scores):
 
 def shape_scores(hint, images, prompt):
     """The toy's shapes: the region nearer the prompt's shape colour than its background's is found."""
-    from training.metrics import score, shape_region
-    from training.shapes import prompt_colors
+    from toy.metrics import score, shape_region
+    from toy.shapes import prompt_colors
 
     colours = prompt_colors(prompt)
     found = [np.repeat(shape_region(image, *colours)[..., None], 3, axis=2).astype(np.uint8) * 255 for image in images]

@@ -24,6 +24,7 @@ from ldm.files import (  # noqa: F401
     where_to_get,
 )
 
+
 def read_state_dict(path, location="cpu"):
     """The tensors of a checkpoint file: `.safetensors`, or a `.ckpt`/`.pth` with or without `state_dict`."""
     path = check_checkpoint_file(path)

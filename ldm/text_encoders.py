@@ -8,10 +8,11 @@ Weights come from the Stable Diffusion checkpoint (`cond_stage_model.*`).
 """
 
 import functools
+import gzip
+import importlib.util
+from pathlib import Path
 
-import open_clip
 import torch
-from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -25,14 +26,29 @@ CONTEXT_LENGTH = 77
 VOCAB_SIZE = 49408
 
 
+def byte_symbols():
+    """The 256 symbols byte-level BPE writes bytes as, in CLIP's vocabulary order: the printable bytes as
+    themselves, then each of the others (controls, space, a few more) as the next character from U+0100 on, so
+    that no symbol is whitespace."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = 256 - len(printable)
+    return [*map(chr, printable), *(chr(256 + i) for i in range(others))]
+
+
 @functools.cache
 def clip_tokenizer():
-    """transformers' CLIPTokenizer with the vocabulary and merges of OpenAI CLIP, read from open_clip's copy."""
-    simple = SimpleTokenizer()
-    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-    vocab = {specials.get(token, token): i for token, i in simple.encoder.items()}
-    merges = [pair for pair, _ in sorted(simple.bpe_ranks.items(), key=lambda item: item[1])]
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CONTEXT_LENGTH)
+    """transformers' CLIPTokenizer with the vocabulary and merges of OpenAI CLIP. The merges are read from the copy
+    open_clip ships, without importing open_clip (which pulls in torchvision and its models: seconds at every
+    start); the ids are CLIP's: the byte symbols, each again with the end-of-word mark, one per merge in rank
+    order, then the two special tokens."""
+    package = importlib.util.find_spec("open_clip").submodule_search_locations[0]
+    with gzip.open(Path(package) / "bpe_simple_vocab_16e6.txt.gz", "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1:1 + VOCAB_SIZE - 2 * 256 - 2]]  # after a header line
+    symbols = byte_symbols()
+    tokens = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges), "<|startoftext|>",
+              "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, model_max_length=CONTEXT_LENGTH)
 
 
 def _check_layer(layer, allowed):
@@ -136,6 +152,8 @@ class FrozenOpenCLIPEmbedder(nn.Module):
         _check_layer(layer, set(self.LAYERS))
         text_cfg = _architecture(text_cfg, arch, OPEN_CLIP_TEXT_ARCHS)
         # Only the text tower: the released checkpoints do not store the visual one.
+        import open_clip  # slow to import; only SD 2.x's text encoder needs it
+
         self.model = open_clip.transformer.TextTransformer(
             context_length=max_length, vocab_size=VOCAB_SIZE, width=text_cfg["width"], heads=text_cfg["heads"],
             layers=text_cfg["layers"], output_dim=text_cfg["output_dim"],
@@ -150,6 +168,8 @@ class FrozenOpenCLIPEmbedder(nn.Module):
         return self.model.token_embedding.weight.device
 
     def tokenize(self, text):
+        import open_clip
+
         return open_clip.tokenize(list(text))
 
     def forward(self, text):

@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 
-$PY -m training.shapes --out data/shapes64 --count 5000 --seed 1 --size 64
-$PY -m training.shapes --out data/shapes128 --count 10000 --seed 0 --size 128
+$PY -m toy.shapes --out data/shapes64 --count 5000 --seed 1 --size 64
+$PY -m toy.shapes --out data/shapes128 --count 10000 --seed 0 --size 128
 
 # 1. The VAE: first at 64x64 (cheap), then at 128x128 (the base's resolution).
 $PY train.py --config models/toy_sd.yaml --stage vae --data data/shapes64 --out runs/toy_vae \

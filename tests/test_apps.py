@@ -18,11 +18,11 @@ from apps.errors import log_to_terminal
 from apps.models import resolve_model
 from apps.page import build_demo, friendly
 from apps.runner import Runner
-from cldm.defaults import TOY_PROMPT, circle_outline, load_default_model, star_outline
 from cldm.outputs import read_params
 from cldm.pipeline import generate
 from cldm.settings import Settings
 from tests.helpers import ROOT
+from toy.model import TOY_PROMPT, circle_outline, load_default_model, star_outline
 
 APPS = sorted(p.stem for p in ROOT.glob("gradio_*2image*.py"))
 WEIGHTS = {"hed": ["hed"], "fake_scribble": ["hed"], "mlsd": ["mlsd"], "depth": ["midas"], "normal": ["midas"],
@@ -503,7 +503,7 @@ def test_region_masks_drawn_in_the_editor():
 
 
 def test_the_toy_says_what_it_draws_when_given_a_photo(default_model, tmp_path):
-    from cldm.defaults import looks_like_a_photo, scribble_outline
+    from toy.model import looks_like_a_photo, scribble_outline
 
     task = task_of("gradio_canny2image")
     runner = Runner(task, default_model, NOTE, tmp_path, toy=True)

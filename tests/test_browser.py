@@ -38,7 +38,7 @@ def browser():
 @contextmanager
 def page_of(app, browser, tmp_path):
     """A browser page on `app` served on loopback with the default model, saving into tmp_path/outputs."""
-    from cldm.defaults import load_default_model
+    from toy.model import load_default_model
 
     task = task_of(app)
     demo = build_demo(task, Runner(task, load_default_model(), NOTE, tmp_path / "outputs", toy=True))

@@ -12,9 +12,9 @@ import train
 from annotators import read_image
 from ldm.checkpoint import save_safetensors
 from tests.helpers import TINY_V15, tiny_model
+from toy.shapes import write_dataset
 from training.buckets import BucketBatchSampler, bucket_sizes, fit, nearest_bucket, picture_size
 from training.data import AnnotatedFolder, DataError, PairDataset
-from training.shapes import write_dataset
 
 
 def test_bucket_sizes_are_multiples_of_64_with_bounded_area_and_ratio():

@@ -10,9 +10,9 @@ import torch
 
 from tests.helpers import ROOT, TINY_V15, tiny_model
 from tests.synthetic_cache import SyntheticEncoders, SyntheticPairs
+from toy.shapes import write_dataset
 from training.cache import CachedPairs, ModelEncoders, build_cache
 from training.data import PairDataset
-from training.shapes import write_dataset
 
 
 def synthetic(phase, folder, rows):

@@ -140,7 +140,7 @@ def test_the_toy_on_held_out_outlines_writes_every_result(tmp_path):
                           "fp32"])
     assert set(results) == {"control", "strength 0"}
     for run in results.values():
-        assert len(run["cases"]) == 2 and set(run["summary"]) == {"iou", "color_ok", "background_ok", "edge_f1"}
+        assert len(run["cases"]) == 2 and set(run["summary"]) == {"iou", "color_ok", "background_ok", "outline_f1"}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["condition"] == "shapes" and saved["settings"]["sampler"] == "DDIM"
     assert saved["runs"]["control"]["summary"] == pytest.approx(results["control"]["summary"])
@@ -151,7 +151,7 @@ def test_the_toy_on_held_out_outlines_writes_every_result(tmp_path):
 def test_outlines_of_shapes_never_trained_on(tmp_path):
     import bench.controllability as bench
     from evaluation.conditions import CONDITIONS
-    from evaluation.harness import cases_from
+    from training.cases import cases_from
 
     cases = cases_from(CONDITIONS["shapes"], count=6, size=128, shapes=("star", "blob"))
     assert {c.prompt.split(" on a ")[0].rsplit(" ", 1)[1] for c in cases} == {"star", "blob"}
@@ -251,7 +251,7 @@ def test_hub_test_sets_are_written_as_folders_the_harness_reads(tmp_path):
     become photos with captions, with one the release's layout."""
     from evaluation.conditions import CONDITIONS
     from evaluation.export import export, main
-    from evaluation.harness import cases_from
+    from training.cases import cases_from
 
     rows = [{"image": Image.fromarray(getattr(data, name)()), "text": f"a photo of {name}",
              "control_depth": Image.fromarray(data.camera()).convert("L")} for name in ("astronaut", "coffee")]

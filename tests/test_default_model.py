@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from cldm.defaults import TOY_BASE, TOY_CONTROL, load_default_model
 from cldm.pipeline import generate
-from training.metrics import score
-from training.shapes import COLORS, make_sample
+from toy.metrics import score
+from toy.model import TOY_BASE, TOY_CONTROL, load_default_model
+from toy.shapes import COLORS, make_sample
 
 pytestmark = pytest.mark.skipif(not (TOY_BASE.is_file() and TOY_CONTROL.is_file()),
                                 reason="the default model files are not in models/")

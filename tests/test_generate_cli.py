@@ -10,9 +10,9 @@ from PIL import Image
 from skimage import data
 
 import generate as cli
-from cldm.defaults import TOY_CONTROL
 from cldm.outputs import read_params
 from tests.helpers import ROOT
+from toy.model import TOY_CONTROL
 
 
 def test_photo_through_an_annotator_then_reproduced(tmp_path):
@@ -126,8 +126,8 @@ def test_an_app_image_reproduces_in_another_process_with_another_thread_setting(
     import torch
 
     from apps.runner import Runner
-    from cldm.defaults import load_default_model
     from gradio_canny2image import task
+    from toy.model import load_default_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from cldm.defaults import load_default_model
 from cldm.img2img import inpaint_condition, start_from
 from cldm.pipeline import generate
 from cldm.samplers import SAMPLERS
 from tests.helpers import TINY_V15, tiny_model
+from toy.model import load_default_model
 
 PROMPT = "a crimson circle on a light sky blue background"
 

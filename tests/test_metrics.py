@@ -5,8 +5,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from training.metrics import score
-from training.shapes import COLORS, NOVEL_SHAPES, make_sample
+from toy.metrics import score
+from toy.shapes import COLORS, NOVEL_SHAPES, make_sample
 
 
 def test_the_target_itself_scores_perfectly_and_a_blank_image_does_not():
@@ -14,9 +14,9 @@ def test_the_target_itself_scores_perfectly_and_a_blank_image_does_not():
     color, background = COLORS[meta["color"]], COLORS[meta["background"]]
     perfect = score(target, hint, color, background)
     assert perfect["iou"] > 0.97 and perfect["color_ok"] == 1.0 and perfect["background_ok"] == 1.0
-    assert perfect["edge_f1"] > 0.9
+    assert perfect["outline_f1"] > 0.9
     blank = score(np.broadcast_to(np.array(background, np.uint8), target.shape).copy(), hint, color, background)
-    assert blank["iou"] == 0.0 and blank["color_ok"] == 0.0 and blank["edge_f1"] == 0.0
+    assert blank["iou"] == 0.0 and blank["color_ok"] == 0.0 and blank["outline_f1"] == 0.0
 
 
 def test_a_shape_in_the_wrong_place_scores_low():

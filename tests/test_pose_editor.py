@@ -16,9 +16,9 @@ from annotators import ImageError
 from annotators.pose import poses_from_json, poses_to_json
 from apps.pose_editor import EMPTY_POSE, detected_json, pose_picture, uploaded_json
 from apps.runner import Runner
-from cldm.defaults import load_default_model
 from tests.helpers import ROOT
 from tests.test_apps import NOTE, task_of, values
+from toy.model import load_default_model
 
 RNG = np.random.default_rng(0)
 

@@ -76,7 +76,7 @@ def test_every_sampler_runs_in_bf16_with_several_controls_and_guess_mode(sampler
 
 @pytest.fixture(scope="module")
 def default_models():
-    from cldm.defaults import load_default_model
+    from toy.model import load_default_model
 
     return {dtype: load_default_model(dtype=dtype) for dtype in (torch.float32, torch.bfloat16, torch.float16)}
 

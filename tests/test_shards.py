@@ -12,8 +12,8 @@ import train
 import training.shards
 from tests.helpers import TINY_V15
 from tests.test_training import initial_weights, losses  # noqa: F401 (a fixture)
+from toy.shapes import write_dataset
 from training.data import DataError
-from training.shapes import write_dataset
 from training.shards import ShardStream, count_samples, write_shards
 
 

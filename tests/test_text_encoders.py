@@ -29,6 +29,15 @@ def test_sd1_tokenizer_matches_open_clip_with_endoftext_padding():
     assert torch.equal(encoder.tokenize(PROMPTS), open_clip_ids(PROMPTS, pad=49407))
 
 
+def test_the_sd1_vocabulary_is_open_clips_without_importing_it():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from ldm.text_encoders import clip_tokenizer
+
+    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    assert clip_tokenizer().get_vocab() == {specials.get(k, k): i for k, i in SimpleTokenizer().encoder.items()}
+
+
 def test_sd2_tokenizer_is_open_clips():
     encoder = FrozenOpenCLIPEmbedder(text_cfg=dict(width=8, heads=2, layers=1, output_dim=8))
     assert torch.equal(encoder.tokenize(PROMPTS), open_clip_ids(PROMPTS, pad=0))

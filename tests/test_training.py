@@ -13,9 +13,9 @@ from PIL import Image
 import train
 from ldm.checkpoint import save_safetensors
 from tests.helpers import ROOT, TINY_V15, tiny_model
+from toy.shapes import make_sample, write_dataset
 from training.data import AnnotatedFolder, DataError, PairDataset
 from training.sampler import ResumableSampler
-from training.shapes import make_sample, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +314,7 @@ def test_two_processes_then_one_continue_the_data_stream(shapes, initial_weights
 
 
 def test_noise_offset_adds_one_constant_per_image_and_channel(shapes, initial_weights, tmp_path):
-    from training.module import training_noise
+    from cldm.loss import training_noise
 
     trainee = run(shapes, initial_weights, tmp_path / "offset", "--noise-offset", "0.5", steps=2)
     shape = (64, 4, 8, 8)
@@ -383,7 +383,7 @@ def test_updating_in_backward_trains_as_a_step_after_backward_does(shapes, initi
 
 
 def test_cubic_timesteps_favour_the_noisiest_and_uniform_is_as_before():
-    from training.module import sample_timesteps
+    from cldm.loss import sample_timesteps
 
     cubic = sample_timesteps("cubic", 20_000, 1000, torch.Generator().manual_seed(0))
     assert cubic.min() >= 0 and cubic.max() <= 999 and cubic.dtype == torch.long

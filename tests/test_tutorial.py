@@ -14,7 +14,7 @@ import tool_add_control
 from ldm.checkpoint import read_state_dict, save_safetensors
 from ldm.diffusion import SCHEDULE_BUFFERS
 from tests.helpers import ROOT, TINY_V21, tiny_model
-from training.shapes import write_dataset
+from toy.shapes import write_dataset
 
 RELEASE = ROOT / "tests/release"
 # The release's files by git blob id (`git rev-parse HEAD:<file>` in lllyasviel/ControlNet).

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from ldm.autoencoder import DiagonalGaussianDistribution
+from cldm.loss import denoising_loss, image_batch, step_generator, text_context, training_inputs
 from training.reward import REWARDS, consistency_loss
 
 STAGES = ("control", "base", "vae", "decoder")
@@ -23,28 +23,12 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 COMPUTE_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
-def image_batch(array):
-    """(B, H, W, C) as the release's datasets give it -> (B, C, H, W) contiguous float."""
-    return array.permute(0, 3, 1, 2).contiguous().float()
-
-
-def step_generator(seed, micro_steps, rank, device):
-    """The generator of every random number of one micro-batch: a function of the run's seed, the micro-batches
-    done and the process, so a resumed run draws what the uninterrupted one would have."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + micro_steps) * 1009 + rank)
-
-
 def diffusion_loss(model, batch, gen, control, options=None):
-    """(loss, logs) of one batch of the release's dict(jpg, txt, hint) (or cached moments and contexts) for a
-    latent diffusion model: a timestep per image (drawn as `options.timesteps` says), noise, and the model's
-    p_losses; the hint conditions a ControlNet when `control`."""
+    """(loss, logs) of one batch (cldm.loss), with ControlNet++'s consistency reward added when `options` name
+    one."""
     options = options or TrainingOptions()
-    x0 = latents(model, batch, gen)
-    cond = {"c_crossattn": [text_context(model, batch, gen, options.prompt_dropout)], "c_concat": None}
-    if control:
-        cond["c_concat"] = [image_batch(batch["hint"])]
-    t = sample_timesteps(options.timesteps, x0.shape[0], model.num_timesteps, gen)
-    loss, logs = model.p_losses(x0, cond, t, noise=training_noise(x0.shape, gen, options.noise_offset, x0.device))
+    x0, cond = training_inputs(model, batch, gen, control, options.prompt_dropout)
+    loss, logs = denoising_loss(model, x0, cond, gen, options.timesteps, options.noise_offset)
     if control and options.reward:
         if options.prompt_dropout:  # scored against the prompts' colours: none may be dropped
             cond = {**cond, "c_crossattn": [text_context(model, batch, gen, prompt_dropout=0.0)]}
@@ -52,52 +36,6 @@ def diffusion_loss(model, batch, gen, control, options=None):
         loss = loss + options.reward_weight * reward
         logs = {**logs, "reward": reward.detach(), "loss": loss.detach()}
     return loss, logs
-
-
-def sample_timesteps(how, count, num_timesteps, gen):
-    """`count` training timesteps in [0, num_timesteps): "uniform" as SD was trained, or "cubic", t = (1 - u^3) T
-    for a uniform u (T2I-Adapter's), which draws 79% of them from the noisier half. A control decides an
-    image's layout, and the layout is settled in the first, noisiest steps of sampling: the later ones refine
-    textures the base already knows how to draw."""
-    if how == "uniform":
-        return torch.randint(0, num_timesteps, (count,), generator=gen, device=gen.device)
-    u = torch.rand(count, generator=gen, device=gen.device)
-    return ((1 - u**3) * num_timesteps).long().clamp_(max=num_timesteps - 1)
-
-
-def latents(model, batch, gen):
-    if "moments" in batch:  # cached VAE encodings
-        posterior = DiagonalGaussianDistribution(batch["moments"].float())
-        return model.get_first_stage_encoding(posterior, generator=gen)
-    with torch.no_grad():
-        posterior = model.encode_first_stage(image_batch(batch["jpg"]))
-    return model.get_first_stage_encoding(posterior, generator=gen)
-
-
-def text_context(model, batch, gen, prompt_dropout):
-    prompts = list(batch["txt"])
-    drop = torch.rand(len(prompts), generator=gen, device=gen.device) < prompt_dropout
-    if "context" in batch:  # cached text encodings, with the empty prompt's beside them
-        return torch.where(drop[:, None, None], batch["empty_context"], batch["context"]).float()
-    prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-    encoder = model.cond_stage_model
-    if any(p.requires_grad for p in encoder.parameters()):
-        return encoder.encode(prompts)
-    return model.get_learned_conditioning(prompts)
-
-
-def training_noise(shape, gen, noise_offset, device):
-    """Gaussian noise, plus `noise_offset` times a per-image, per-channel constant ("offset noise").
-
-    SD's schedule leaves sqrt(alpha_bar_T) ~ 0.07 of the image in x_T, enough for a model to learn to read
-    an image's overall colour from the mean of the noise instead of from the prompt; at sampling time that
-    mean is random, and so are the colours of flat backgrounds. The offset hides that leak.
-    """
-    noise = torch.randn(shape, generator=gen, device=device)
-    if noise_offset:
-        offset = torch.randn(shape[:2], generator=gen, device=device)[..., None, None]
-        noise = noise + noise_offset * offset
-    return noise
 
 
 def drop_what_a_cache_replaces(model, sampling, decoding=False):

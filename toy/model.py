@@ -4,7 +4,6 @@ They are trained on the generated shapes data (models/TOY_MODEL.md says how) so 
 and the tests run offline; with real SD weights the same code runs on those instead.
 """
 
-from pathlib import Path
 
 import numpy as np
 

@@ -28,7 +28,9 @@ def iou(a, b):
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def edge_f1(image, hint):
+def outline_f1(image, hint):
+    """F1 of the image's Canny edges against the outline, each counted as found within EDGE_TOLERANCE pixels of
+    the other (evaluation.metrics.edge_f1 is ControlNet++'s exact pixel F1 of a re-detected map)."""
     edges = cv2.Canny(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 100, 200) > 0
     target = hint[..., 0] > 127
     if not edges.any() or not target.any():
@@ -48,5 +50,5 @@ def score(image, hint, color, background):
         "iou": iou(shape_region(image, color, background), inside),
         "color_ok": float(np.linalg.norm(mean_in - color) <= COLOR_TOLERANCE),
         "background_ok": float(np.linalg.norm(mean_out - background) <= COLOR_TOLERANCE),
-        "edge_f1": edge_f1(image, hint),
+        "outline_f1": outline_f1(image, hint),
     }
