@@ -239,7 +239,7 @@ def main(argv=None):
         run(model, None if start.inpaint_control else beside["hint"], settings, extra, args.out, device,
             args.low_vram, start)
         return
-    extra = [Control(hint, float(scale), net=load_control_net(model, ckpt).to(model.betas.device))
+    extra = [Control(hint, float(scale), net=load_control_net(model, find_model_file(ckpt)).to(model.betas.device))
              for (ckpt, _, scale), hint in zip(args.extra_control, pictures["extra"])]
     speed_up(model, compile=args.compile, nets=[c.net for c in extra])
     if args.input_dir:
