@@ -26,28 +26,33 @@ def guess_mode_scales(strength=1.0, n=NUM_CONTROLS):
     return [strength * 0.825 ** float(n - 1 - i) for i in range(n)]
 
 
-def block_weights(n, strength=1.0, soft=False, block_scales=None):
-    """The multiplier of each of a ControlNet's n residuals: its strength, the release's soft (guess-mode)
-    scales if asked, times per-block scales if given (the release's `control_scales`)."""
+def control_weights(n, strength=1.0, guess_mode=False, control_mode="balanced", block_weights=None):
+    """The multiplier of each of a ControlNet's n residuals (shallowest block first, the middle block last):
+    how the ways of weighing a control combine, the one place they do.
+
+    1. `strength` multiplies every residual.
+    2. The soft scales, the release's guess-mode ones (deeper blocks weigh more: 0.825 ** (n - 1 - i)), apply
+       when guess mode is on, or the control mode is "prompt" (the A1111 extension's name for them), or the
+       block weights are the preset "soft". These are three names for one request and it is granted once:
+       guess mode with "soft" block weights gives the soft scales, not their square (which would all but
+       silence the shallow blocks: 0.825 ** 24 = 0.01).
+    3. Block weights given as numbers, or the preset "only_mid", then multiply each residual in turn.
+    """
+    soft = guess_mode or control_mode == "prompt" or block_weights == "soft"
     weights = guess_mode_scales(strength, n) if soft else [strength] * n
-    if block_scales is None:
-        return weights
-    if len(block_scales) != n:
-        raise ValueError(f"got {len(block_scales)} control scales; this ControlNet has {n} outputs")
-    return [w * s for w, s in zip(weights, block_scales)]
+    scales = None if block_weights == "soft" else parse_block_weights(block_weights, n)
+    return weights if scales is None else [w * s for w, s in zip(weights, scales)]
 
 
 BLOCK_WEIGHT_PRESETS = ("uniform", "soft", "only_mid")
 
 
 def parse_block_weights(value, n=NUM_CONTROLS):
-    """Per-block weights of a control: a preset ("uniform": all ones; "soft": the release's guess-mode scales,
-    deeper blocks more; "only_mid": the middle block alone), n numbers, or their text "1, 0.5, ..."
-    (shallowest block first, the middle block last). None means uniform, as do n ones."""
+    """Per-block weights of a control as numbers (None: uniform): a preset ("uniform": all ones; "only_mid": the
+    middle block alone; "soft" is control_weights' to grant), n numbers, or their text "1, 0.5, ..."
+    (shallowest block first, the middle block last)."""
     if value is None or value == "uniform":
         return None
-    if value == "soft":
-        return guess_mode_scales(1.0, n)
     if value == "only_mid":
         return [0.0] * (n - 1) + [1.0]
     if isinstance(value, str):
@@ -125,9 +130,10 @@ class ControlNet(nn.Module):
         may compute them once per generation and pass them to every step as `hint_features`."""
         return self.input_hint_block(hint.to(self.dtype), None, None)
 
-    def forward(self, x, hint, timesteps, context, hint_features=None, strength=1.0, soft=False, block_scales=None,
-                region=None):
+    def forward(self, x, hint, timesteps, context, hint_features=None, weights=None, region=None):
         """Residuals (B, C_i, H_i, W_i) in the net's dtype; None where `only_mid_control` adds nothing.
+
+        `weights` multiply the residuals, one per block (control_weights makes them; None: all 1).
 
         `region` (B or 1, 1, H, W) in [0, 1], at any resolution, limits the control to part of the picture:
         each residual is multiplied by it, resized to the residual's size by area averaging."""
@@ -149,8 +155,10 @@ class ControlNet(nn.Module):
         outs.append(self.middle_block_out(h, emb, context))
         sizes.append(tuple(h.shape[2:]))
         # 3. the net's weighting
-        weights = block_weights(self.num_outputs, strength, soft, block_scales)
-        outs = [None if o is None else o * w for o, w in zip(outs, weights)]
+        if weights is not None:
+            if len(weights) != self.num_outputs:
+                raise ValueError(f"got {len(weights)} control scales; this ControlNet has {self.num_outputs} outputs")
+            outs = [None if o is None else o * w for o, w in zip(outs, weights)]
         if self.global_average_pooling:
             outs = [None if o is None else o.mean(dim=(2, 3), keepdim=True) for o in outs]
         if region is not None:  # a pooled residual acts uniformly inside the region, at its block's size
@@ -208,7 +216,7 @@ class ControlLDM(LatentDiffusion):
         control = None
         if cond.get("c_concat") is not None:
             scales = self.control_scales if control_scales is None else control_scales
-            control = self.control_model(x_noisy, torch.cat(cond["c_concat"], 1), t, context, block_scales=scales)
+            control = self.control_model(x_noisy, torch.cat(cond["c_concat"], 1), t, context, weights=scales)
         return self.denoise(x_noisy, t, {"c_crossattn": [context]}, control)
 
     # The release's attributes, now the ControlNet's own.

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cldm.cldm import parse_block_weights, sum_residuals
+from cldm.cldm import control_weights, sum_residuals
 from cldm.img2img import mask_array, start_from
 from cldm.samplers import SAMPLERS, sample, skipped_steps
 from cldm.settings import CONTROL_MODES, Settings
@@ -25,7 +25,7 @@ class Control:
     end: float = 1.0  # ... and when it stops
     mode: str = "balanced"
     net: nn.Module | None = None  # a ControlNet; None: the model's own control_model
-    block_weights: object = "uniform"  # a preset or one weight per block (cldm.cldm.parse_block_weights)
+    block_weights: object = "uniform"  # a preset or one weight per block (cldm.cldm.control_weights)
     region_mask: np.ndarray | None = None  # HW (or HWC), white where the control acts; any size of this shape
 
     def __post_init__(self):
@@ -78,8 +78,8 @@ class GuidedDenoiser:
         self.context = torch.cat([uncond_context, context]) if self.guided else context
         self.hints = [hint_tensor(c.hint, context.shape[0], context.device) for c in controls]
         self.regions = [region_tensor(c.region_mask, context.device) for c in controls]
-        self.block_scales = [parse_block_weights(c.block_weights, (c.net or model.control_model).num_outputs)
-                             for c in controls]
+        self.weights = [control_weights((c.net or model.control_model).num_outputs, c.strength, guess_mode, c.mode,
+                                        c.block_weights) for c in controls]
         self.hint_features = [None] * len(controls)  # computed at a control's first step, reused by the others
         self.step, self.steps = 0, steps
         self.finite = []  # (part, dtype, flag) of this step, read together: one device sync a step
@@ -87,16 +87,15 @@ class GuidedDenoiser:
     def residuals(self, x, t, progress):
         """Per-block control residuals for the whole batch, or None when no control acts at this step."""
         total = None
-        for i, (control, hint, region, scales) in enumerate(zip(self.controls, self.hints, self.regions,
-                                                                 self.block_scales)):
+        for i, (control, hint, region, weights) in enumerate(zip(self.controls, self.hints, self.regions,
+                                                                  self.weights)):
             if not control.active(progress):
                 continue
             net = control.net or self.model.control_model
             if self.hint_features[i] is None:
                 self.hint_features[i] = net.encode_hint(hint)
             features = self.hint_features[i]
-            weighting = dict(strength=control.strength, soft=self.guess_mode or control.mode == "prompt",
-                             block_scales=scales, region=region)
+            weighting = dict(weights=weights, region=region)
             # a pooled net (1.1 shuffle) passes only global statistics, which the release trained on the
             # conditional side of classifier-free guidance alone
             cond_only = self.guess_mode or control.mode == "control" or net.global_average_pooling

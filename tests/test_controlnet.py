@@ -108,3 +108,15 @@ def test_only_mid_control_ignores_the_skip_residuals(tiny_v15):
         skips_off = tiny_v15.apply_model(inp["x"], inp["t"], cond, control_scales=[0.0] * 4 + [1.0])
     torch.testing.assert_close(mid_only, skips_off, rtol=0, atol=1e-6)
     assert isinstance(tiny_v15, ControlLDM)
+
+
+def test_soft_scales_are_granted_once_however_they_are_asked_for():
+    from cldm.cldm import control_weights
+
+    soft = guess_mode_scales(0.8)
+    for asked in (dict(guess_mode=True), dict(control_mode="prompt"), dict(block_weights="soft"),
+                  dict(guess_mode=True, block_weights="soft"), dict(guess_mode=True, control_mode="prompt")):
+        assert control_weights(13, 0.8, **asked) == soft, asked
+    halved = [0.5] * 12 + [1.0]
+    assert control_weights(13, 0.8, guess_mode=True, block_weights=halved) == [w * h for w, h in zip(soft, halved)]
+    assert control_weights(13, 0.8, block_weights="only_mid") == [0.0] * 12 + [0.8]
