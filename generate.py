@@ -93,7 +93,7 @@ from tqdm.auto import tqdm
 from annotators import ANNOTATORS, condition_map, fit, list_pictures, read_image, resize_image
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
-from cldm.model import load_control_net, load_model
+from cldm.model import ModelOptions, load_control_net, load_model
 from cldm.outputs import BESIDE, OWN_CONTROL, read_params, save_beside, save_png
 from cldm.pipeline import Control, generate
 from cldm.settings import Settings, add_arguments, from_args
@@ -115,6 +115,12 @@ def parse_args(argv=None):
     add_precision_argument(p, default=None)  # None: the saved one with --reproduce, else auto
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNets")
     add_threads_argument(p)  # None: the saved count with --reproduce, else the default policy
+    p.add_argument("--text-windows", type=int, help="prompt windows of 75 tokens the CLIP text encoder reads, as "
+                   "the control was trained (the 1.1 anime line-art control: 3; default 1, or the saved one)")
+    p.add_argument("--clip-skip", type=int, help="the CLIP layer the prompt is read from, counted from the last "
+                   "(the 1.1 anime line-art control: 2; default 1, or the saved one)")
+    p.add_argument("--pooled", action=argparse.BooleanOptionalAction, help="the control's residuals pooled, as the "
+                   "1.1 shuffle control was trained (default: no, or the saved choice)")
     p.add_argument("--out", default="outputs/sample.png", help="output file; the condition map goes beside it")
     p.add_argument("--out-dir", default="outputs", help="output folder for --input-dir")
     return p.parse_args(argv)
@@ -128,11 +134,18 @@ def condition(args, settings, picture):
     return resize_image(picture, settings.image_resolution)
 
 
-def model_for(args, device, precision):
+def model_options(args, saved):
+    """The ModelOptions the flags give, over those saved with a reproduced image (else the defaults)."""
+    options = ModelOptions.from_record((saved or {}).get("model_options"))
+    given = {"text_windows": args.text_windows, "clip_skip": args.clip_skip, "pooled": args.pooled}
+    return replace(options, **{k: v for k, v in given.items() if v is not None})
+
+
+def model_for(args, device, precision, options):
     dtype = PRECISIONS[precision]
     if not args.ckpt:
-        return load_default_model(device, dtype)
-    return load_model(args.config, *args.ckpt, dtype=dtype, device=device)
+        return load_default_model(device, dtype, options)
+    return load_model(args.config, *args.ckpt, dtype=dtype, device=device, options=options)
 
 
 @dataclass
@@ -163,7 +176,7 @@ def pictures_of(args, pictures, resolution):
     return Pictures(image, pictures["mask"], args.inpaint_control, pictures["region_mask"])
 
 
-def run(model, hint, settings, extra, out, device, low_vram_mode, start=Pictures()):
+def run(model, hint, settings, extra, out, device, low_vram_mode, start=Pictures(), options=ModelOptions()):
     """Generate, then save the map as <out>-map.png (the starting picture, the mask and the region mask as
     <out>-init.png, <out>-mask.png and <out>-region.png) and the images as <out> (<out>_<i> for several)."""
     out = Path(out)
@@ -179,7 +192,8 @@ def run(model, hint, settings, extra, out, device, low_vram_mode, start=Pictures
         images, seed = generate(model, hint, settings=settings, controls=extra, init_image=start.image,
                                 mask=start.mask, region_mask=start.region, verbose=True)
     record = {**settings.record(), "seed": seed, "precision": precision_of(model),
-              "threads": torch.get_num_threads(), "inpaint_control": start.inpaint_control}
+              "threads": torch.get_num_threads(), "model_options": options.record(),
+              "inpaint_control": start.inpaint_control}
     pictures = {"hint": shown, "init_image": start.image, "mask": start.mask, "region_mask": start.region}
     record.update(save_beside(pictures, lambda suffix: out.with_name(f"{out.stem}-{suffix}.png")))
     for i, image in enumerate(images):
@@ -226,7 +240,8 @@ def main(argv=None):
         precision = resolve_precision(args.precision or "auto", device)
     threads = use_threads(args.threads or (saved or {}).get("threads"))  # the saved count gives the same bits
     print(f"computing in {precision} on {device}" + (f" ({threads} threads)" if device == "cpu" else ""))
-    model = model_for(args, "cpu" if args.low_vram else device, precision)
+    options = model_options(args, saved)
+    model = model_for(args, "cpu" if args.low_vram else device, precision, options)
     settings = from_args(args, CLI_DEFAULTS)
     if saved is not None:
         settings = Settings.from_record(saved).with_values(seed=saved["seed"])
@@ -237,7 +252,7 @@ def main(argv=None):
         extra = saved_controls(saved, Path(args.reproduce).parent, model)
         speed_up(model, compile=args.compile, nets=[c.net for c in extra])
         run(model, None if start.inpaint_control else beside["hint"], settings, extra, args.out, device,
-            args.low_vram, start)
+            args.low_vram, start, options)
         return
     extra = [Control(hint, float(scale), net=load_control_net(model, find_model_file(ckpt)).to(model.betas.device))
              for (ckpt, _, scale), hint in zip(args.extra_control, pictures["extra"])]
@@ -245,7 +260,8 @@ def main(argv=None):
     if args.input_dir:
         for path in tqdm(list_pictures(args.input_dir), desc="pictures"):
             hint = condition(args, settings, read_image(str(path)))
-            run(model, hint, settings, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram)
+            run(model, hint, settings, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram,
+                options=options)
         return
     start = pictures_of(args, pictures, settings.image_resolution)
     if pictures["hint"] is not None:
@@ -256,7 +272,7 @@ def main(argv=None):
         hint = None  # image-to-image or inpainting without a map (or with inpaint's own condition)
     else:
         hint = circle_outline(settings.image_resolution)
-    run(model, hint, settings, extra, args.out, device, args.low_vram, start)
+    run(model, hint, settings, extra, args.out, device, args.low_vram, start, options)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from apps.models import resolve_model
 from apps.page import build_demo
 from apps.runner import Runner
 from cldm.speed import speed_up
+from ldm.errors import run_main
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
 from ldm.threads import add_threads_argument, use_threads
 
@@ -43,21 +44,18 @@ def make_runner(task, args):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = PRECISIONS[resolve_precision(args.precision, device)]
     model, note, toy = resolve_model(task.control, args.control, args.base, args.config, "cpu" if offload else None,
-                                     dtype)
-    if model is not None and not toy:
-        text_encoder = model.cond_stage_model
-        if (task.text_windows, task.clip_skip) != (1, 1) and not hasattr(text_encoder, "windows"):
-            raise SystemExit(f"{task.title} needs an SD 1.x base (CLIP text encoder), not {type(text_encoder)}")
-        if hasattr(text_encoder, "windows"):
-            text_encoder.windows, text_encoder.clip_skip = task.text_windows, task.clip_skip
-        if task.pooled:
-            model.control_model.global_average_pooling = True
+                                     dtype, task.options)
     if model is not None:
         speed_up(model, compile=args.compile)
     return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None, toy)
 
 
 def launch(task, argv=None):
+    """Serve the app; a wrong file or setting ends it with one line (the traceback in the debug log)."""
+    run_main(lambda argv: serve(task, argv), argv)
+
+
+def serve(task, argv=None):
     args = parse_args(task, argv)
     log_to_terminal()
     use_threads(args.threads)

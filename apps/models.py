@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import torch
 
-from cldm.model import load_model, normalize_keys, read_any
+from cldm.model import ModelOptions, load_model, normalize_keys, read_any
 from ldm.files import MODELS, missing_file_message
 from toy.model import load_default_model
 
@@ -18,7 +18,8 @@ class Resolved(NamedTuple):
     toy: bool = False  # the shipped default model (its own prompt and resolution defaults suit it)
 
 
-def resolve_model(control_files, control=None, base=None, config=None, device=None, dtype=None):
+def resolve_model(control_files, control=None, base=None, config=None, device=None, dtype=None,
+                  options=ModelOptions()):
     """The model (or None) and a note for the user, for an app whose usual control files are `control_files`
     (a name, or names in order of preference: the 1.0 file, then the 1.1 one).
 
@@ -26,7 +27,8 @@ def resolve_model(control_files, control=None, base=None, config=None, device=No
     used, else the shipped toy model. A control-only file (1.1, extracted) is loaded onto `base` (default
     models/v1-5-pruned.ckpt), with `config`, else the yaml beside the control file (the 1.1 release ships one
     per control), else models/cldm_v15.yaml. A missing file gives no model and a note naming it and where to
-    get it. The model's networks are in `dtype` (None: fp32).
+    get it. The model's networks are in `dtype` (None: fp32); a real model is built with `options` (how its
+    control was trained; the toy model takes none).
     """
     control_files = (control_files,) if isinstance(control_files, (str, Path)) else tuple(control_files)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -53,6 +55,6 @@ def resolve_model(control_files, control=None, base=None, config=None, device=No
         sources = [base, state]
     own_yaml = wanted.with_suffix(".yaml")
     config = config or (own_yaml if own_yaml.is_file() else MODELS / "cldm_v15.yaml")
-    model = load_model(config, *sources, dtype=dtype, device=device)
+    model = load_model(config, *sources, dtype=dtype, device=device, options=options)
     names = [wanted.name] if len(sources) == 1 else [base.name, wanted.name]
     return Resolved(model, f"Running {' + '.join(names)} ({Path(config).name}).")

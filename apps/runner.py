@@ -27,7 +27,7 @@ from apps.task import NEAREST_ANNOTATORS, NO_ANNOTATOR
 from apps.units import EXTRA_UNITS, OWN_CONTROL, UNIT_SETTINGS, Unit, marked, region_of
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
-from cldm.model import load_control_net
+from cldm.model import ModelOptions, load_control_net
 from cldm.outputs import BESIDE, next_path, save_beside, save_png
 from cldm.pipeline import Control, generate
 from ldm.files import find_model_file
@@ -45,6 +45,7 @@ class Runner:
         self.low_vram_device = low_vram_device  # keep the model in CPU memory, run it part by part there
         self.nets = {}  # the units' ControlNets by file
         self.precision = precision_of(model) if model is not None else None
+        self.options = ModelOptions() if toy else task.options  # what the model was built with (apps.launch)
         self.generates = model is not None and not (toy and task.toy is None)
         if model is not None and not self.generates:
             self.note += ("\n\nThe toy model follows outlines only, not these maps: the app shows the map, and "
@@ -152,6 +153,7 @@ class Runner:
                                          mask=mask, region_mask=region)
         record = {**settings.record(), "seed": used_seed, "annotator": params, "preprocessor": preprocessor,
                   "size": list(shown.shape[:2]), "precision": self.precision, "threads": torch.get_num_threads(),
+                  "model_options": self.options.record(),
                   **({"pose": pose} if edited is not None else {})}
         if self.task.start == "inpaint":  # the condition is made again from the picture and the mask
             record["inpaint_control"] = hint is not None

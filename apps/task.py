@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from annotators import ANNOTATORS
 from apps.units import EXTRA_UNITS, unit_inputs
+from cldm.model import ModelOptions
 from cldm.settings import Settings
 from toy.model import TOY_PROMPT
 
@@ -75,10 +76,8 @@ class Task:
     alternatives: tuple = ()  # other annotators offered beside `annotator` (and "none": the upload is the map)
     start: str | None = None  # "img2img": start from the picture (Denoise slider); "inpaint": paint a mask on it
     base: str | None = None  # the SD base its control-only file needs, when not models/v1-5-pruned.ckpt
-    text_windows: int = 1  # prompt windows of 75 tokens, and the CLIP layer counted from the last, that the
-    clip_skip: int = 1  # control was trained with (1.1 anime lineart: 3 and 2)
+    options: ModelOptions = ModelOptions()  # how its control was trained: prompt windows, clip skip, pooling
     toy: str | None = "control"  # one of TOY_MODES
-    pooled: bool = False  # the control's residuals are pooled (1.1 shuffle), whatever yaml it is loaded with
     pose_editor: bool = False  # the page edits the detected pose (OpenPose JSON) before generating
 
     def __post_init__(self):

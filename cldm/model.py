@@ -9,6 +9,7 @@ ControlNet folders), ignores EMA copies, and explains a mismatch instead of load
 
 import copy
 import json
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -22,8 +23,9 @@ from ldm.checkpoint import (
     read_state_dict,
     summarize_keys,
 )
-from ldm.config import LDM_TARGETS, instantiate, load_yaml
+from ldm.config import LDM_TARGETS, ConfigError, instantiate, load_yaml
 from ldm.diffusion import SCHEDULE_BUFFERS
+from ldm.text_encoders import FrozenCLIPEmbedder
 
 TARGETS = {
     **LDM_TARGETS,
@@ -40,6 +42,43 @@ LEGACY_PREFIXES = {
 OPTIONAL_KEYS = set(SCHEDULE_BUFFERS) | {"logvar"}
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """How a model is built beyond its yaml, where a control was trained that way. They become the yaml's fields
+    (never attributes set on a built model) and are saved with every image, so `--reproduce` builds the same.
+
+    text_windows: prompt windows of 75 tokens the CLIP text encoder reads (the 1.1 anime line-art control: 3)
+    clip_skip: the CLIP layer the prompt is read from, counted from the last (the same control: 2)
+    pooled: the ControlNet's residuals pooled to one value per channel (1.1 shuffle), whatever the yaml says
+    """
+
+    text_windows: int = 1
+    clip_skip: int = 1
+    pooled: bool = False
+
+    def record(self):
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record):
+        """Options from saved parameters (images saved before options were saved: the defaults)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (record or {}).items() if k in names})
+
+    def configure(self, config, where="the config"):
+        """The yaml `config` (as read) with these options among its fields."""
+        params = config["model"].setdefault("params", {})
+        if (self.text_windows, self.clip_skip) != (1, 1):
+            text = params.get("cond_stage_config") or {}
+            if LDM_TARGETS.get(text.get("target")) is not FrozenCLIPEmbedder:
+                raise ConfigError(f"text windows and clip skip need an SD 1.x model (CLIP text encoder); {where}'s "
+                                  f"text encoder is {text.get('target')}")
+            text.setdefault("params", {}).update(windows=self.text_windows, clip_skip=self.clip_skip)
+        if self.pooled:
+            params["global_average_pooling"] = True
+        return config
+
+
 def create_model(config_path, device=None, dtype=None):
     """The model a release yaml describes, as the release's training scripts use it: a ControlLDM that is also a
     LightningModule (cldm.lightning), for `trainer.fit(model)`. See build_model."""
@@ -48,10 +87,11 @@ def create_model(config_path, device=None, dtype=None):
     return build_model(config_path, device, dtype, {**TARGETS, "cldm.cldm.ControlLDM": ReleaseControlLDM})
 
 
-def build_model(config_path, device=None, dtype=None, targets=TARGETS):
-    """The model a release yaml describes, with freshly initialised weights (on `device`, e.g. "meta"), its
-    networks in `dtype` (None: as the yaml says, fp32 unless `use_fp16: True`); see ldm.precision."""
-    config = load_yaml(config_path)
+def build_model(config_path, device=None, dtype=None, targets=TARGETS, options=ModelOptions()):
+    """The model a release yaml describes, built with `options`, with freshly initialised weights (on `device`,
+    e.g. "meta"), its networks in `dtype` (None: as the yaml says, fp32 unless `use_fp16: True`); see
+    ldm.precision."""
+    config = options.configure(load_yaml(config_path), config_path)
     if device is None:
         model = instantiate(config["model"], targets).cpu()
     else:
@@ -60,12 +100,13 @@ def build_model(config_path, device=None, dtype=None, targets=TARGETS):
     return model if dtype is None else model.to(dtype)
 
 
-def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_training=False):
+def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_training=False,
+               options=ModelOptions()):
     """The model of `config` with `checkpoints` loaded in order (e.g. an SD base, then a control), in `dtype` on
     `device`: the one loader of the apps, the CLI and training. Weights are loaded in fp32 and then cast, so the
     model holds no fp32 copy. In eval mode, unless `for_training` (the modes it was built with: frozen parts
-    in eval, the rest in train)."""
-    model = build_model(config)
+    in eval, the rest in train). `options`: ModelOptions."""
+    model = build_model(config, options=options)
     if checkpoints:
         load_checkpoint(model, *checkpoints, strict=strict)
     if not for_training:

@@ -86,7 +86,7 @@ class FrozenCLIPEmbedder(nn.Module):
     """SD 1.x conditioning: prompts -> (B, 77, 768) hidden states of CLIP ViT-L/14's text transformer."""
 
     def __init__(self, version="openai/clip-vit-large-patch14", device=None, max_length=CONTEXT_LENGTH, freeze=True,
-                 layer="last", layer_idx=None, arch=None):
+                 layer="last", layer_idx=None, arch=None, windows=1, clip_skip=1):
         super().__init__()
         _check_layer(layer, {"last", "hidden"})
         if layer == "hidden" and layer_idx is None:
@@ -103,8 +103,8 @@ class FrozenCLIPEmbedder(nn.Module):
         embeddings.register_load_state_dict_pre_hook(_keep_position_ids)
         self.max_length, self.layer, self.layer_idx = max_length, layer, layer_idx
         # Some fine-tunes were trained on longer prompts and an earlier layer (the 1.1 anime lineart control:
-        # 3 windows of 75 tokens, the penultimate layer); `clip_skip` and `windows` reproduce that.
-        self.clip_skip, self.windows = 1, 1
+        # 3 windows of 75 tokens, the penultimate layer); `windows` and `clip_skip` reproduce that.
+        self.windows, self.clip_skip = int(windows), int(clip_skip)
         if freeze:
             self.requires_grad_(False)
 

@@ -18,6 +18,7 @@ from apps.errors import log_to_terminal
 from apps.models import resolve_model
 from apps.page import build_demo, friendly
 from apps.runner import Runner
+from cldm.model import ModelOptions
 from cldm.outputs import read_params
 from cldm.pipeline import generate
 from cldm.settings import Settings
@@ -317,7 +318,10 @@ def test_a_1_1_control_file_is_found_with_its_yaml_and_base(release_files, monke
 
 
 def test_the_1_1_apps_generate_on_real_checkpoints(release_files, tmp_path):
-    """Each 1.1 app on a (tiny, random) real model: the condition it feeds the control, and images."""
+    """Each 1.1 app on a (tiny, random) real model: the condition it feeds the control, and images; those of
+    the apps whose control needs model options (prompt windows and clip skip, pooling) reproduce bit for bit
+    from the command line, which reads the options from the image's record."""
+    import generate as cli
     from apps.launch import make_runner, parse_args
 
     base, control = release_files / "v1-5-pruned.safetensors", release_files / "control_v11e_sd15_shuffle.safetensors"
@@ -329,8 +333,14 @@ def test_the_1_1_apps_generate_on_real_checkpoints(release_files, tmp_path):
                                                       str(ROOT / "tests/configs/cldm_tiny_v15.yaml"),
                                                       "--output-dir", str(tmp_path / app)]))
         model = runner.model
-        generate_ = model.get_learned_conditioning
-        model.get_learned_conditioning = lambda c, app=app: fed.setdefault(app, generate_(c))
+        encode = model.get_learned_conditioning
+
+        def recorded(prompts, app=app, encode=encode):  # the first conditioning each app feeds, unchanged
+            context = encode(prompts)
+            fed.setdefault(app, context)
+            return context
+
+        model.get_learned_conditioning = recorded
         picture = painted_astronaut() if task.start == "inpaint" else data.astronaut()
         preprocessor = "invert" if "invert" in task.alternatives else task.annotator  # no weights needed
         gallery, info = runner(picture, **values(task, denoise=0.5, mask_blur=0.0, preprocessor=preprocessor))
@@ -345,6 +355,13 @@ def test_the_1_1_apps_generate_on_real_checkpoints(release_files, tmp_path):
             assert np.array_equal(gallery[0], cv2.resize(data.astronaut(), (64, 64), interpolation=cv2.INTER_LINEAR))
         if app == "gradio_shuffle2image":
             assert model.control_model.global_average_pooling  # by the task, whatever the yaml says
+        if app in ("gradio_shuffle2image", "gradio_lineart_anime2image"):
+            saved = next((tmp_path / app).glob(f"{task.name}-0*.png"))
+            assert read_params(saved)["model_options"] == task.options.record() != ModelOptions().record()
+            again = tmp_path / f"{app}-again.png"
+            cli.main(["--reproduce", str(saved), "--config", str(ROOT / "tests/configs/cldm_tiny_v15.yaml"),
+                      "--ckpt", str(base), str(control), "--out", str(again)])
+            assert np.array_equal(np.asarray(Image.open(again)), gallery[1]), app
     assert fed["gradio_lineart_anime2image"].shape[1] == 3 * 77  # three prompt windows, as it was trained
     assert fed["gradio_tile2image"].shape[1] == 77
 

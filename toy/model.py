@@ -7,7 +7,7 @@ and the tests run offline; with real SD weights the same code runs on those inst
 
 import numpy as np
 
-from cldm.model import load_model
+from cldm.model import ModelOptions, load_model
 from ldm.files import MODELS
 
 TOY_CONFIG = MODELS / "toy_cldm.yaml"
@@ -18,13 +18,14 @@ TOY_PHOTO_NOTE = ("This looks like a photo: the shipped toy model only draws fla
                   "photos come out as blobs. Try the examples, an outline, or a real control file in models/.")
 
 
-def load_default_model(device="cpu", dtype=None):
-    """The toy ControlLDM with its trained weights, in eval mode, in `dtype` (None: fp32) on `device`."""
+def load_default_model(device="cpu", dtype=None, options=ModelOptions()):
+    """The toy ControlLDM with its trained weights, in eval mode, in `dtype` (None: fp32) on `device`, built with
+    `options` (cldm.model.ModelOptions)."""
     missing = [p for p in (TOY_BASE, TOY_CONTROL) if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"the default model files {[str(p) for p in missing]} are missing; they ship with "
                                 "the repository (git checkout models/), or rebuild them as models/TOY_MODEL.md says")
-    return load_model(TOY_CONFIG, TOY_BASE, TOY_CONTROL, dtype=dtype, device=device)
+    return load_model(TOY_CONFIG, TOY_BASE, TOY_CONTROL, dtype=dtype, device=device, options=options)
 
 
 def circle_outline(size=128):
