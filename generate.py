@@ -94,7 +94,7 @@ from annotators import ANNOTATORS, condition_map, fit, list_pictures, read_image
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.model import ModelOptions, load_control_net, load_model
-from cldm.outputs import BESIDE, OWN_CONTROL, read_params, save_beside, save_png
+from cldm.outputs import BESIDE, own_control, read_params, save_beside, save_png
 from cldm.pipeline import Control, generate
 from cldm.settings import Settings, add_arguments, from_args
 from cldm.speed import speed_up
@@ -207,7 +207,7 @@ def saved_controls(saved, folder, model):
     controls = []
     for unit in saved.get("controls", []):
         read = lambda key: read_image(str(folder / unit[key])) if unit.get(key) else None  # noqa: E731
-        net = None if unit["control"] == OWN_CONTROL else load_control_net(model, find_model_file(unit["control"]))
+        net = None if own_control(unit["control"]) else load_control_net(model, find_model_file(unit["control"]))
         controls.append(Control(read("hint"), unit["strength"], unit["control_start"], unit["control_end"],
                                 unit["control_mode"], net and net.to(model.betas.device), unit["block_weights"],
                                 read("region_mask")))
@@ -216,7 +216,7 @@ def saved_controls(saved, folder, model):
 
 def check_saved_controls(saved):
     for unit in (saved or {}).get("controls", []):
-        if unit["control"] != OWN_CONTROL:
+        if not own_control(unit["control"]):
             check_checkpoint_file(find_model_file(unit["control"]))
 
 

@@ -24,7 +24,7 @@ from annotators import (
 )
 from apps.pose_editor import detected_json, picture_or_none, pose_picture
 from apps.task import NEAREST_ANNOTATORS, NO_ANNOTATOR
-from apps.units import EXTRA_UNITS, OWN_CONTROL, UNIT_SETTINGS, Unit, marked, region_of
+from apps.units import EXTRA_UNITS, UNIT_SETTINGS, Unit, marked, region_of
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.model import ModelOptions, load_control_net
@@ -96,7 +96,7 @@ class Runner:
                                    detect_resolution, preprocessor)
             detected = fit(detected, size, settings.resize_mode, nearest=preprocessor in NEAREST_ANNOTATORS)
             region = region_of(unit.region_mask)
-            net = None if unit.control in (None, "", OWN_CONTROL) else self.control_net(unit.control)
+            net = None if unit.own_control else self.control_net(unit.control)
             controls.append(Control(detected, unit.strength, unit.control_start, unit.control_end, unit.control_mode,
                                     net, unit.block_weights.strip() or "uniform",
                                     None if region is None else fit(region, size, settings.resize_mode)))
@@ -178,7 +178,8 @@ class Runner:
         for (k, unit), control in zip(enabled, controls):
             pictures = {"hint": control.hint, "region_mask": control.region_mask}
             preprocessor = unit.preprocessor or self.task.unit_preprocessor
-            records.append({"control": unit.control or OWN_CONTROL, "preprocessor": preprocessor,
+            records.append({"control": None if unit.own_control else unit.control,
+                            "preprocessor": preprocessor,
                             **{name: getattr(control, attribute) for name, attribute in UNIT_SETTINGS.items()},
                             **save_beside(pictures, lambda suffix, k=k: path_for(f"unit{k}-{suffix}"))})
         return records

@@ -10,11 +10,11 @@ from dataclasses import dataclass, fields
 import cv2
 import numpy as np
 
-from cldm.outputs import OWN_CONTROL
 from cldm.settings import Settings
 from ldm.files import MODELS
 
 EXTRA_UNITS = (2, 3)
+OWN_CONTROL = "the app's control"  # the control choice's label for the model's own ControlNet (a label only)
 # a unit's Settings fields -> the cldm.pipeline.Control attribute each becomes
 UNIT_SETTINGS = {"strength": "strength", "control_start": "start", "control_end": "end", "control_mode": "mode",
                  "block_weights": "block_weights"}
@@ -28,13 +28,18 @@ class Unit:
     enabled: bool = False
     image: object = None  # a picture; None: the app's input picture
     preprocessor: str | None = None  # an annotator, "none" (the picture is the map); None: the app's annotator
-    control: str = OWN_CONTROL  # OWN_CONTROL, a file in models/, or a path
+    control: str = OWN_CONTROL  # OWN_CONTROL (or None, empty): the model's own; a file in models/, or a path
     strength: float = Settings.strength
     control_start: float = Settings.control_start
     control_end: float = Settings.control_end
     control_mode: str = Settings.control_mode
     block_weights: str = Settings.block_weights
     region_mask: object = None  # a mask picture or a mask editor's value; None: everywhere
+
+    @property
+    def own_control(self):
+        """Whether the unit runs the model's own ControlNet (its control choice is the label, or left empty)."""
+        return self.control in (None, "", OWN_CONTROL)
 
     @classmethod
     def pop(cls, k, values):

@@ -14,7 +14,6 @@ from skimage import data
 from apps.page import build_demo
 from apps.pose_editor import detected_json
 from apps.runner import Runner
-from apps.units import OWN_CONTROL
 from cldm.outputs import read_params
 from tests.helpers import ROOT
 from tests.test_apps import NOTE, free_port, task_of
@@ -169,7 +168,7 @@ def test_add_a_second_control_with_a_drawn_region_mask(browser, tmp_path):
         assert gallery.count() == 3  # the two maps and the image
         params = read_params(next((tmp_path / "outputs").glob("canny-0*.png")))
         (unit_record,) = params["controls"]
-        assert unit_record["control"] == OWN_CONTROL and unit_record["strength"] == 1.0
+        assert unit_record["control"] is None and unit_record["strength"] == 1.0  # the model's own
         region = np.asarray(Image.open(tmp_path / "outputs" / unit_record["region_mask"]))
         left, right = region[:, : region.shape[1] // 3], region[:, 2 * region.shape[1] // 3:]
         assert left.max() == 255 and right.max() == 0 and 0.02 < (region > 127).mean() < 0.3
