@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ldm.attention import zero_module
+from ldm.conditioning import Conditioning
 from ldm.diffusion import LatentDiffusion
 from ldm.precision import weights_dtype
 from ldm.unet import TimestepEmbedSequential, UNetConfig, UNetModel, build_encoder, time_embedding, timestep_embedding
@@ -141,7 +142,7 @@ class ControlNet(nn.Module):
         dtype = self.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))
         guided_hint = self.encode_hint(hint) if hint_features is None else hint_features.to(dtype)
-        context = context.to(dtype)
+        context = Conditioning.of(context).to(dtype).crossattn
         # 2. the encoder copy; the condition enters once, after the first conv
         outs, sizes = [], []
         h = x.to(dtype)
@@ -179,8 +180,8 @@ class ControlledUnetModel(UNetModel):
     """
 
     @torch.no_grad()
-    def encode(self, x, timesteps, context):
-        return super().encode(x, timesteps, context)
+    def encode(self, x, timesteps, cond):
+        return super().encode(x, timesteps, cond)
 
     def forward(self, x, timesteps, context=None, control=None, only_mid_control=False):
         # only_mid_control: the release's argument; ControlNet(only_mid_control=True) is the way to ask for it
@@ -212,7 +213,7 @@ class ControlLDM(LatentDiffusion):
         self.control_scales = [1.0] * control_model.num_outputs
 
     def apply_model(self, x_noisy, t, cond, control_scales=None):
-        context = torch.cat(cond["c_crossattn"], 1)
+        context = Conditioning.of(cond["c_crossattn"])
         control = None
         if cond.get("c_concat") is not None:
             scales = self.control_scales if control_scales is None else control_scales

@@ -8,6 +8,7 @@ fixed order, so a run seeded the same way draws the same numbers (training.modul
 import torch
 
 from ldm.autoencoder import DiagonalGaussianDistribution
+from ldm.conditioning import Conditioning
 
 
 def image_batch(array):
@@ -61,13 +62,14 @@ def latents(model, batch, gen):
 def text_context(model, batch, gen, prompt_dropout):
     prompts = list(batch["txt"])
     drop = torch.rand(len(prompts), generator=gen, device=gen.device) < prompt_dropout
-    if "context" in batch:  # cached text encodings, with the empty prompt's beside them
-        return torch.where(drop[:, None, None], batch["empty_context"], batch["context"]).float()
+    if "conditioning" in batch:  # cached text encodings, with the empty prompt's beside them
+        cached, empty = (Conditioning.from_tensors(batch[key]) for key in ("conditioning", "empty_conditioning"))
+        return cached.where(drop, empty).map(torch.Tensor.float)
     prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
     encoder = model.cond_stage_model
     if any(p.requires_grad for p in encoder.parameters()):
-        return encoder.encode(prompts)
-    return model.get_learned_conditioning(prompts)
+        return Conditioning.of(encoder.encode(prompts))
+    return model.condition(prompts)
 
 
 def training_noise(shape, gen, noise_offset, device):

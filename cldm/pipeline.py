@@ -11,6 +11,7 @@ from cldm.cldm import control_weights, sum_residuals
 from cldm.img2img import mask_array, start_from
 from cldm.samplers import SAMPLERS, sample, skipped_steps
 from cldm.settings import CONTROL_MODES, Settings
+from ldm.conditioning import Conditioning
 from ldm.ddim import classifier_free_guidance
 from ldm.precision import all_finite, check_finite, non_finite_error, weights_dtype
 
@@ -75,8 +76,8 @@ class GuidedDenoiser:
         self.model, self.controls, self.guess_mode = model, controls, guess_mode
         self.guided = guidance_scale != 1.0
         self.guidance_scale = guidance_scale
-        self.context = torch.cat([uncond_context, context]) if self.guided else context
-        self.hints = [hint_tensor(c.hint, context.shape[0], context.device) for c in controls]
+        self.context = Conditioning.cat([uncond_context, context]) if self.guided else context
+        self.hints = [hint_tensor(c.hint, len(context), context.device) for c in controls]
         self.regions = [region_tensor(c.region_mask, context.device) for c in controls]
         self.weights = [control_weights((c.net or model.control_model).num_outputs, c.strength, guess_mode, c.mode,
                                         c.block_weights) for c in controls]
@@ -163,8 +164,8 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), init_image
     height, width = sizes.pop() if sizes else size
     n = s.num_samples
     full_prompt = ", ".join(p for p in (s.prompt, s.added_prompt) if p)
-    context = check_finite(model.get_learned_conditioning([full_prompt] * n), "text encoder")
-    uncond_context = check_finite(model.get_learned_conditioning([s.negative_prompt] * n), "text encoder")
+    context = check_finite(model.condition([full_prompt] * n), "text encoder")
+    uncond_context = check_finite(model.condition([s.negative_prompt] * n), "text encoder")
     steps_run = s.steps - skipped_steps(s.steps, s.denoise) if init_image is not None else s.steps
     denoiser = GuidedDenoiser(model, context, uncond_context, controls, s.guidance_scale, s.guess_mode, steps_run)
     generator = torch.Generator(device=device).manual_seed(seed)

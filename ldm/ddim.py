@@ -4,6 +4,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ldm.conditioning import Conditioning
+
 
 def ddim_timesteps(num_steps, num_train_timesteps=1000):
     """The S training timesteps DDIM visits, ascending: 1, 1 + c, 1 + 2c, ... with c = T // S.
@@ -20,6 +22,9 @@ def cat_cond(a, b):
     """Two conditionings batched into one, or None when they differ in structure (e.g. guess mode)."""
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return torch.cat([a, b]) if a.shape[1:] == b.shape[1:] else None
+    if isinstance(a, Conditioning) and isinstance(b, Conditioning):
+        same = all(x.shape[1:] == y.shape[1:] for x, y in zip(a.tensors().values(), b.tensors().values()))
+        return Conditioning.cat([a, b]) if same and a.tensors().keys() == b.tensors().keys() else None
     if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
         out = {}
         for key in a:

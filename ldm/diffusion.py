@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.conditioning import Conditioning
 from ldm.precision import computing_in_fp32, weights_dtype
 
 # The schedule buffers; released checkpoints store all but lvlb_weights at top level, with logvar.
@@ -92,7 +93,7 @@ class DiffusionWrapper(nn.Module):
     def forward(self, x, t, c_concat=None, c_crossattn=None, control=None):
         if self.conditioning_key in ("concat", "hybrid"):
             x = torch.cat([x, *c_concat], dim=1)
-        context = torch.cat(c_crossattn, 1) if self.conditioning_key != "concat" else None
+        context = Conditioning.of(c_crossattn) if self.conditioning_key != "concat" else None
         return self.diffusion_model(x, t, context=context, control=control)
 
 
@@ -156,7 +157,12 @@ class LatentDiffusion(nn.Module):
 
     @torch.no_grad()
     def get_learned_conditioning(self, c):
+        """The release's call: the text encoder's output for prompts `c` (SD 1.x/2.x: token features)."""
         return self.cond_stage_model.encode(c)
+
+    def condition(self, prompts):
+        """The Conditioning of `prompts`: what the networks take, passed along unopened (ldm.conditioning)."""
+        return Conditioning.of(self.get_learned_conditioning(list(prompts)))
 
     def get_unconditional_conditioning(self, n):
         return self.get_learned_conditioning([""] * n)

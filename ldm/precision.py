@@ -96,10 +96,17 @@ class NonFiniteError(RuntimeError):
     """A generation produced NaN or infinity; the message names the part, the step and what to try."""
 
 
+def parts_of(values):
+    """The tensors of `values`: a tensor, a list of tensors and Nones, or a Conditioning (its tensors())."""
+    if hasattr(values, "tensors"):
+        return list(values.tensors().values())
+    return [v for v in (values if isinstance(values, (list, tuple)) else [values]) if v is not None]
+
+
 def all_finite(values):
-    """A 0-d bool tensor, on the values' device: no NaN or infinity in `values` (a tensor, or a list of tensors
-    and Nones). Reading it is a device sync, so callers gather several before they look."""
-    tensors = [v for v in (values if isinstance(values, (list, tuple)) else [values]) if v is not None]
+    """A 0-d bool tensor, on the values' device: no NaN or infinity in `values` (see parts_of). Reading it is a
+    device sync, so callers gather several before they look."""
+    tensors = parts_of(values)
     if not tensors:
         return torch.tensor(True)
     return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
@@ -119,6 +126,5 @@ def check_finite(values, part, dtype=None):
     """`values` unchanged; NaN or infinity in them stops the generation with a message instead of becoming a
     black picture."""
     if not all_finite(values):
-        first = next(v for v in (values if isinstance(values, (list, tuple)) else [values]) if v is not None)
-        raise non_finite_error(part, dtype or first.dtype)
+        raise non_finite_error(part, dtype or parts_of(values)[0].dtype)
     return values

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ldm.attention import SpatialTransformer, zero_module
+from ldm.conditioning import Conditioning
 from ldm.precision import weights_dtype
 
 
@@ -268,9 +269,11 @@ class UNetModel(nn.Module):
     def dtype(self):
         return weights_dtype(self.time_embed)
 
-    def encode(self, x, timesteps, context):
-        """The encoder half: (middle block output, skip connections, timestep embedding)."""
+    def encode(self, x, timesteps, cond):
+        """The encoder half for a Conditioning `cond` (or None): (middle block output, skip connections, timestep
+        embedding)."""
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
+        context = None if cond is None else cond.crossattn
         hs = []
         h = x
         for module in self.input_blocks:
@@ -279,9 +282,11 @@ class UNetModel(nn.Module):
         return self.middle_block(h, emb, context), hs, emb
 
     def forward(self, x, timesteps, context=None, control=None):
+        """`context`: the Conditioning (or the release's tensor of token features)."""
         dtype = self.dtype
-        context = None if context is None else context.to(dtype)
-        h, hs, emb = self.encode(x.to(dtype), timesteps, context)
+        cond = None if context is None else Conditioning.of(context).to(dtype)
+        h, hs, emb = self.encode(x.to(dtype), timesteps, cond)
+        context = None if cond is None else cond.crossattn
         residuals = list(control) if control is not None else [None] * (len(hs) + 1)
         if len(residuals) != len(hs) + 1:
             raise ValueError(f"got {len(residuals)} control residuals; this UNet takes {len(hs) + 1} "

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldm.conditioning import Conditioning
 from training.cache import CachedPairs, build_cache
 
 LATENT = (8, 4, 4)  # 512 bytes of moments a row: 2 million rows are a 1 GB cache
@@ -58,7 +59,8 @@ class SyntheticEncoders:
         return batch.reshape(-1, 1, 1, 1).expand(-1, *LATENT).contiguous()
 
     def prompts(self, prompts):
-        return torch.tensor([float(len(p)) for p in prompts]).reshape(-1, 1, 1).expand(-1, 2, 4).contiguous()
+        lengths = torch.tensor([float(len(p)) for p in prompts]).reshape(-1, 1, 1)
+        return Conditioning(lengths.expand(-1, 2, 4).contiguous())
 
 
 def status_mib(field):
@@ -90,7 +92,8 @@ def read(folder, rows, checked=1000):
     right = 0
     for i in np.random.default_rng(0).integers(0, rows, checked).tolist():
         item = cache[i]
-        right += bool(item["moments"].eq(i).all() and item["context"].eq(len(f"caption number {i}")).all())
+        caption = item["conditioning"]["crossattn"]
+        right += bool(item["moments"].eq(i).all() and caption.eq(len(f"caption number {i}")).all())
     return {"seconds": time.perf_counter() - start, "peak_mib": peak_mib_since(before), "right": right,
             "checked": checked}
 

@@ -54,7 +54,8 @@ def test_added_data_is_encoded_alone_and_read_back_exactly(tmp_path):
             posterior = model.encode_first_stage(x)
             expected = torch.cat([posterior.mean, posterior.logvar], dim=1)[0]
             assert torch.equal(cache[i]["moments"], expected)
-            assert torch.equal(cache[i]["context"], model.get_learned_conditioning([dataset[i]["txt"]])[0])
+            cached = cache[i]["conditioning"]["crossattn"]
+            assert torch.equal(cached, model.get_learned_conditioning([dataset[i]["txt"]])[0])
     build_cache(ModelEncoders(model), dataset, folder)  # nothing new: no part added
     assert sorted(p.name for p in folder.glob("part-*")) == ["part-000000", "part-000001"]
 

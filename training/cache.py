@@ -4,12 +4,13 @@ It stores the VAE posterior's moments (so each step still samples the latent, as
 text encoding per distinct prompt, plus the empty prompt's for prompt dropout. Its layout:
 
     cache/manifest.json               the encoders' fingerprint and the parts, written last
-    cache/empty.safetensors           the empty prompt's encoding
+    cache/empty.safetensors           the empty prompt's encoding (its Conditioning's parts, one sample)
     cache/part-000000/index.safetensors
                                       what each build added: item keys -> (moments shard, row),
                                       prompt keys -> (text shard, row); 64-bit hashes, so no header limit
     cache/part-000000/moments-000000.safetensors   (rows, 8, h/8, w/8), one latent size per shard
-    cache/part-000000/text-000000.safetensors      (rows, tokens, width)
+    cache/part-000000/text-000000.safetensors      (rows, n): a prompt's Conditioning, its parts flattened and
+                                                   joined (ldm.conditioning; their shapes: the empty one's)
 
 Building adds a part holding only what the cache lacks, so data added to a dataset is encoded alone; new
 encoders (their weights' fingerprint) start the cache anew. A file lock makes the first process build while
@@ -34,8 +35,9 @@ from filelock import FileLock
 from torch.utils.data import Dataset
 
 from ldm.checkpoint import atomic_path, save_safetensors
+from ldm.conditioning import Conditioning
 
-FORMAT = 2
+FORMAT = 3  # 3: a prompt's row is its whole Conditioning, flattened
 SHARD_BYTES = 64 * 2**20  # a shard's size: few files for millions of rows; a build holds one in memory
 
 
@@ -82,7 +84,8 @@ class ModelEncoders:
         return torch.cat([posterior.mean, posterior.logvar], dim=1).cpu()
 
     def prompts(self, prompts):
-        return self.model.get_learned_conditioning(list(prompts)).cpu()
+        """The prompts' Conditioning (ldm.conditioning), on the CPU."""
+        return self.model.condition(prompts).to("cpu")
 
 
 def read_manifest(folder):
@@ -187,13 +190,13 @@ def build_cache(encoders, dataset, folder, with_text=True, batch_size=16):
         prompts = new_indices(texts, CacheIndex(folder, manifest, "prompt").contains(texts))
         empty = folder / "empty.safetensors"
         if with_text and not (manifest["parts"] and empty.is_file()):
-            save_safetensors({"context": encoders.prompts([""])[0]}, empty)
+            save_safetensors(encoders.prompts([""])[0].tensors(), empty)  # its parts' shapes lay out the rows
         if len(images) or len(prompts):
             part = folder / f"part-{len(manifest['parts']):06d}"
             part.mkdir()
             images_at = encode(encoders.images, (dataset.image(i) for i in images), part / "moments", batch_size)
-            prompts_at = encode(encoders.prompts, (dataset.items[i]["prompt"] for i in prompts), part / "text",
-                                batch_size)
+            prompts_at = encode(lambda texts: encoders.prompts(texts).rows(),
+                                (dataset.items[i]["prompt"] for i in prompts), part / "text", batch_size)
             save_safetensors({"item_keys": torch.from_numpy(targets[images]), **places("item", images_at),
                               "prompt_keys": torch.from_numpy(texts[prompts]), **places("prompt", prompts_at)},
                              part / "index.safetensors")
@@ -261,7 +264,8 @@ class Shard:
 
 class CachedPairs(Dataset):
     """The items of a PairDataset with `moments` in place of the image, and unless the text encoder is
-    being trained (with_text=False), `context` and `empty_context` beside the prompt; read from the cache's
+    being trained (with_text=False), the prompt's and the empty prompt's Conditioning parts (`conditioning`,
+    `empty_conditioning`: {part: tensor}) beside the prompt; read from the cache's
     shards as they are asked for."""
 
     def __init__(self, dataset, folder, with_text=True):
@@ -275,7 +279,7 @@ class CachedPairs(Dataset):
         self.moments_at = CacheIndex(self.folder, manifest, "item").locate(targets)
         if with_text:
             self.context_at = CacheIndex(self.folder, manifest, "prompt").locate(prompts)
-            self.empty = safetensors.torch.load_file(str(self.folder / "empty.safetensors"))["context"]
+            self.empty = Conditioning.from_tensors(safetensors.torch.load_file(str(self.folder / "empty.safetensors")))
         self.shards = {}  # open shards of this process (memory maps), by path
 
     def __getstate__(self):  # a DataLoader worker opens its own
@@ -295,5 +299,6 @@ class CachedPairs(Dataset):
         out = {"moments": self.row("item", self.moments_at[i]), "txt": self.dataset.items[i]["prompt"],
                "hint": self.dataset.hint(i)}
         if self.with_text:
-            out["context"], out["empty_context"] = self.row("prompt", self.context_at[i]), self.empty
+            cached = Conditioning.from_row(self.row("prompt", self.context_at[i]), like=self.empty)
+            out["conditioning"], out["empty_conditioning"] = cached.tensors(), self.empty.tensors()
         return out
