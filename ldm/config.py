@@ -7,12 +7,12 @@ fails at once with the yaml path of the bad key.
 
 import inspect
 from dataclasses import MISSING, fields
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from ldm.autoencoder import AutoencoderKL
 from ldm.diffusion import LatentDiffusion
+from ldm.files import check_config_file
 from ldm.text_encoders import FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder
 from ldm.unet import UNetModel
 
@@ -38,9 +38,7 @@ class ConfigError(ValueError):
 
 
 def load_yaml(path):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} not found; the shipped configs are in models/ (e.g. models/cldm_v15.yaml)")
+    path = check_config_file(path)
     config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(config, dict) or "model" not in config:
         raise ConfigError(f"{path} has no top-level `model:` section; is it a Stable Diffusion / ControlNet config?")

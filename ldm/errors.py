@@ -37,10 +37,13 @@ def log_traceback(error):
 
 
 def run_main(main, argv=None):
-    """Run a command's main(); an expected error ends it with one line on stderr and exit status 2."""
+    """Run a command's main(); an expected error ends it with one line on stderr and exit status 2 (with
+    CONTROLNET_DEBUG=1 set, with its traceback as well)."""
     try:
         return main(argv)
     except EXPECTED as error:
+        if os.environ.get("CONTROLNET_DEBUG"):
+            raise
         log_traceback(error)
         print(f"error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None

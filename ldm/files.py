@@ -78,7 +78,8 @@ def find_model_file(name):
 
 def check_config_file(path):
     if not Path(path).is_file():
-        raise FileNotFoundError(f"config {path} not found: give the model's yaml (e.g. models/cldm_v15.yaml)")
+        raise FileNotFoundError(f"config {path} not found: give the model's yaml (the shipped ones are in models/, "
+                                "e.g. models/cldm_v15.yaml)")
     return Path(path)
 
 
