@@ -126,7 +126,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def condition(args, settings, picture):
+def detected_map(args, settings, picture):
     """A picture -> the condition map at the generation size (through the annotator, if one is named)."""
     if args.annotator:
         detect = settings.image_resolution if settings.pixel_perfect else settings.detect_resolution
@@ -163,7 +163,7 @@ class Pictures:
         sized = lambda a: None if a is None else fit(a, size, mode)  # noqa: E731
         return replace(self, image=sized(self.image), mask=sized(self.mask), region=sized(self.region))
 
-    def condition(self, blur):
+    def inpaint_condition(self, blur):
         """The inpaint control's condition, and the map saved to show it (the -1 pixels black)."""
         condition = inpaint_condition(self.image, self.mask, blur)
         return condition, condition_picture(condition)
@@ -187,7 +187,7 @@ def run(model, hint, settings, extra, out, device, low_vram_mode, start=Pictures
     start = start.sized(size, settings.resize_mode)
     shown = hint
     if start.inpaint_control:
-        hint, shown = start.condition(settings.mask_blur)
+        hint, shown = start.inpaint_condition(settings.mask_blur)
     with low_vram(model, device, nets=[c.net for c in extra]) if low_vram_mode else nullcontext():
         images, seed = generate(model, hint, settings=settings, controls=extra, init_image=start.image,
                                 mask=start.mask, region_mask=start.region, verbose=True)
@@ -259,7 +259,7 @@ def main(argv=None):
     speed_up(model, compile=args.compile, nets=[c.net for c in extra])
     if args.input_dir:
         for path in tqdm(list_pictures(args.input_dir), desc="pictures"):
-            hint = condition(args, settings, read_image(str(path)))
+            hint = detected_map(args, settings, read_image(str(path)))
             run(model, hint, settings, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram,
                 options=options)
         return
@@ -267,7 +267,7 @@ def main(argv=None):
     if pictures["hint"] is not None:
         hint = resize_image(pictures["hint"], settings.image_resolution)
     elif pictures["image"] is not None:
-        hint = condition(args, settings, pictures["image"])
+        hint = detected_map(args, settings, pictures["image"])
     elif start.image is not None:
         hint = None  # image-to-image or inpainting without a map (or with inpaint's own condition)
     else:

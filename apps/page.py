@@ -42,14 +42,14 @@ def friendly(runner, names=(), defaults=()):
 
 def build_demo(task, runner):
     defaults = task.defaults(runner.toy)
-    values = {**task.annotator_defaults(), **{p.name: p.value for p in task.extra if p.value is not None},
+    values = {**task.annotator_defaults(), **{p.name: p.value for p in task.annotator_params if p.value is not None},
               **{name: getattr(defaults, name) for name in task.settings()}, "preprocessor": task.annotator,
               "region_mask": None, "pose": ""}
     for unit in EXTRA_UNITS:
         values.update(unit_defaults(unit, task.unit_preprocessor))
     names = task.inputs()
     page_inputs = [name for name in names if not name.startswith("unit") and name != "pose"]
-    annotator_params = {p.name: p for p in task.extra}
+    annotator_params = {p.name: p for p in task.annotator_params}
 
     def make(name):
         if name in annotator_params:

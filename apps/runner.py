@@ -65,7 +65,7 @@ class Runner:
         return condition_map(picture, annotator, image_resolution, detect_resolution, nearest,
                              self.annotator_weights, **params)
 
-    def condition(self, image, resolution, detect_resolution, params, preprocessor, mask_blur, edited=None):
+    def prepare(self, image, resolution, detect_resolution, params, preprocessor, mask_blur, edited=None):
         """(the control's condition, the map shown and saved, the starting picture, the mask, the picture the
         condition comes from) for the UI's input (and the pose editor's map, which replaces the detection)."""
         if edited is not None:
@@ -74,7 +74,7 @@ class Runner:
         if image is None:
             raise ImageError("no picture was given: upload one" + (" or add a person in the pose editor"
                                                                    if self.task.pose_editor else ""))
-        if self.task.start == "inpaint":
+        if self.task.workflow == "inpaint":
             picture, mask = painted(image)
             init = resize_image(picture, resolution)
             mask = cv2.resize(mask, (init.shape[1], init.shape[0]), interpolation=cv2.INTER_LINEAR)
@@ -82,7 +82,7 @@ class Runner:
             return condition, condition_picture(condition), init, mask, picture
         picture = drawing(image) if self.task.canvas else image
         detected = self.detect(picture, resolution, detect_resolution, preprocessor, **params)
-        init = resize_image(to_rgb_uint8(picture), resolution) if self.task.start == "img2img" else None
+        init = resize_image(to_rgb_uint8(picture), resolution) if self.task.workflow == "img2img" else None
         return detected, detected, init, None, picture
 
     def unit_controls(self, units, picture, size, settings, detect_resolution):
@@ -122,7 +122,7 @@ class Runner:
         defaults) -> (the maps and the images, what happened)."""
         if isinstance(image, (str, os.PathLike)):  # a file, as Gradio hands over an example's picture
             image = read_image(image)
-        params = {p.name: values.pop(p.name) for p in self.task.extra if p.name in values}
+        params = {p.name: values.pop(p.name) for p in self.task.annotator_params if p.name in values}
         units = [Unit.pop(k, values) for k in EXTRA_UNITS]
         preprocessor, region = values.pop("preprocessor", None), region_of(values.pop("region_mask", None))
         pose = values.pop("pose", None)
@@ -135,7 +135,7 @@ class Runner:
         with warnings.catch_warnings(record=True) as notices:
             warnings.simplefilter("always", AnnotatorNotice)
             edited = pose_picture(pose) if self.task.pose_editor else None  # says who found the pose
-            condition, shown, init, mask, picture = self.condition(image, settings.image_resolution,
+            condition, shown, init, mask, picture = self.prepare(image, settings.image_resolution,
                                                                    detect_resolution, params, preprocessor,
                                                                    settings.mask_blur, edited)
             controls, unit_maps = self.unit_controls(units, picture, shown.shape[:2], settings, detect_resolution)
@@ -155,7 +155,7 @@ class Runner:
                   "size": list(shown.shape[:2]), "precision": self.precision, "threads": torch.get_num_threads(),
                   "model_options": self.options.record(),
                   **({"pose": pose} if edited is not None else {})}
-        if self.task.start == "inpaint":  # the condition is made again from the picture and the mask
+        if self.task.workflow == "inpaint":  # the condition is made again from the picture and the mask
             record["inpaint_control"] = hint is not None
         pictures = {"hint": None if hint is None else shown, "init_image": init, "mask": mask, "region_mask": region}
         first = next_path(self.output_dir, self.task.name)  # one number for every file of the request

@@ -68,13 +68,13 @@ class Task:
     title: str
     annotator: str | None  # a key of annotators.ANNOTATORS; None: the condition is built from the picture
     control: str | tuple  # the control file(s) for this condition, looked for in models/ in this order
-    extra: list = field(default_factory=list)  # Slider / Choice / Check for the annotators' parameters
+    annotator_params: list = field(default_factory=list)  # Slider / Choice / Check, one per annotator parameter
     detect_resolution: int | None = 512  # None: the annotator runs at the image resolution (no slider)
     nearest: bool = False  # resize the map without blending (pose skeletons, segment colours)
     canvas: bool = False  # draw the input instead of uploading it
     prompt: str = ""
     alternatives: tuple = ()  # other annotators offered beside `annotator` (and "none": the upload is the map)
-    start: str | None = None  # "img2img": start from the picture (Denoise slider); "inpaint": paint a mask on it
+    workflow: str | None = None  # "img2img": start from the picture (Denoise slider); "inpaint": paint a mask on it
     base: str | None = None  # the SD base its control-only file needs, when not models/v1-5-pruned.ckpt
     options: ModelOptions = ModelOptions()  # how its control was trained: prompt windows, clip skip, pooling
     toy: str | None = "control"  # one of TOY_MODES
@@ -105,14 +105,14 @@ class Task:
     def settings(self):
         """The Settings this app's page shows, in its order."""
         hidden = {*(() if self.detect_resolution is not None else ("detect_resolution", "pixel_perfect")),
-                  *(() if self.start else ("denoise",)), *(() if self.start == "inpaint" else ("mask_blur",))}
+                  *(() if self.workflow else ("denoise",)), *(() if self.workflow == "inpaint" else ("mask_blur",))}
         return [name for name in PAGE_SETTINGS if name not in hidden]
 
     def inputs(self):
         """The names of the page's inputs after the picture, in order: the HTTP API's parameters too."""
         uploads_a_map = self.annotator is not None and not self.canvas
-        return [*self.settings(), *(["preprocessor"] if uploads_a_map else []), *(p.name for p in self.extra),
-                "region_mask", *(["pose"] if self.pose_editor else []),
+        return [*self.settings(), *(["preprocessor"] if uploads_a_map else []),
+                *(p.name for p in self.annotator_params), "region_mask", *(["pose"] if self.pose_editor else []),
                 *(name for k in EXTRA_UNITS for name in unit_inputs(k))]
 
     def defaults(self, toy):
@@ -125,5 +125,5 @@ class Task:
             shows_map_only = self.toy is None  # at a size a person can read the map at
             base = replace(TOY_DEFAULTS, prompt=self.prompt if shows_map_only else TOY_PROMPT,
                            image_resolution=(REAL_DEFAULTS if shows_map_only else TOY_DEFAULTS).image_resolution,
-                           denoise=0.5 if self.start == "img2img" else TOY_DEFAULTS.denoise)
+                           denoise=0.5 if self.workflow == "img2img" else TOY_DEFAULTS.denoise)
         return replace(base, detect_resolution=self.detect_resolution or base.detect_resolution)

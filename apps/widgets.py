@@ -88,7 +88,7 @@ def picture_input(task):
         return gr.ImageEditor(value={"background": white, "layers": [], "composite": None}, type="numpy",
                               label="Draw (black on white)", canvas_size=(512, 512),
                               brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"))
-    if task.start == "inpaint":
+    if task.workflow == "inpaint":
         return gr.ImageEditor(type="numpy", label="Picture: upload, then paint over what to redraw",
                               sources=["upload", "clipboard"], layers=False, transforms=(),
                               brush=gr.Brush(colors=["#ffffff"], default_size=32, color_mode="fixed"))

@@ -76,7 +76,7 @@ def painted_astronaut():
 def app_input(task):
     if task.canvas:
         return {"composite": drawn_circle()}
-    return painted_astronaut() if task.start == "inpaint" else data.astronaut()
+    return painted_astronaut() if task.workflow == "inpaint" else data.astronaut()
 
 
 @pytest.mark.parametrize("app", APPS)
@@ -93,7 +93,7 @@ def test_app_builds_and_returns_the_map_and_images(app, default_model, annotator
         assert len(gallery) == 1 and "follows outlines only" in info and not list(tmp_path.glob("*.png"))
     else:
         # the image; the map when the toy's control used it; the starting picture and the mask
-        saved = 1 + (task.toy == "control") + (task.start is not None) + (task.start == "inpaint")
+        saved = 1 + (task.toy == "control") + (task.workflow is not None) + (task.workflow == "inpaint")
         assert len(gallery) == 2 and "Seed 1" in info and len(list(tmp_path.glob("*.png"))) == saved
 
 
@@ -341,7 +341,7 @@ def test_the_1_1_apps_generate_on_real_checkpoints(release_files, tmp_path):
             return context
 
         model.get_learned_conditioning = recorded
-        picture = painted_astronaut() if task.start == "inpaint" else data.astronaut()
+        picture = painted_astronaut() if task.workflow == "inpaint" else data.astronaut()
         preprocessor = "invert" if "invert" in task.alternatives else task.annotator  # no weights needed
         gallery, info = runner(picture, **values(task, denoise=0.5, mask_blur=0.0, preprocessor=preprocessor))
         assert len(gallery) == 2 and "Seed 1" in info, app
@@ -371,7 +371,7 @@ def test_image_to_image_and_inpainting_from_the_apps_reproduce_on_the_command_li
     import generate as cli
 
     task = task_of(app)
-    picture = painted_astronaut() if task.start == "inpaint" else data.astronaut()
+    picture = painted_astronaut() if task.workflow == "inpaint" else data.astronaut()
     gallery, _ = Runner(task, default_model, NOTE, tmp_path, toy=True)(picture, **values(task, denoise=0.6))
     saved = next(p for p in tmp_path.glob(f"{task.name}-0*.png"))
     assert "hint" not in read_params(saved)  # the toy ran them without a control: nothing to feed it

@@ -13,7 +13,7 @@ from annotators import read_image
 from ldm.checkpoint import save_safetensors
 from tests.helpers import TINY_V15, tiny_model
 from toy.shapes import write_dataset
-from training.buckets import BucketBatchSampler, bucket_sizes, fit, nearest_bucket, picture_size
+from training.buckets import BucketBatchSampler, bucket_sizes, nearest_bucket, picture_size, scale_and_crop
 from training.data import AnnotatedFolder, DataError, PairDataset
 
 
@@ -36,12 +36,12 @@ def test_bucket_sizes_are_multiples_of_64_with_bounded_area_and_ratio():
 def test_fit_covers_the_bucket_and_crops_the_centre():
     picture = np.zeros((100, 300, 3), np.uint8)
     picture[:, 140:160] = 255  # a bar in the middle stays in the middle
-    out = fit(picture, (64, 128))
+    out = scale_and_crop(picture, (64, 128))
     assert out.shape == (64, 128, 3)
     middle = np.flatnonzero(out[32, :, 0] > 127)
     assert abs((middle.min() + middle.max()) / 2 - 63.5) <= 1
-    assert np.array_equal(fit(out, (64, 128)), out)
-    assert fit(np.zeros((10, 10, 3), np.uint8), (128, 64), smooth=False).shape == (128, 64, 3)
+    assert np.array_equal(scale_and_crop(out, (64, 128)), out)
+    assert scale_and_crop(np.zeros((10, 10, 3), np.uint8), (128, 64), smooth=False).shape == (128, 64, 3)
 
 
 def test_picture_size_reads_the_header_with_exif_rotation(tmp_path):

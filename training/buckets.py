@@ -48,7 +48,7 @@ def picture_size(path):
     return height, width
 
 
-def fit(picture, size, smooth=True):
+def scale_and_crop(picture, size, smooth=True):
     """Scale the picture to cover `size` (height, width) and crop its centre to exactly that size.
 
     smooth=False (for condition maps) enlarges bilinearly instead of with Lanczos, which rings around edges.

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
-from training.buckets import fit, nearest_bucket, picture_size
+from training.buckets import nearest_bucket, picture_size, scale_and_crop
 
 
 class DataError(ValueError):
@@ -103,12 +103,12 @@ class PairDataset(Dataset):
 
     def hint(self, i):
         source = read_rgb(self.root / self.items[i]["source"])
-        return as_hint(source if self.sizes is None else fit(source, self.sizes[i], smooth=False))
+        return as_hint(source if self.sizes is None else scale_and_crop(source, self.sizes[i], smooth=False))
 
     def image(self, i):
         """The target alone, as the item's jpg (what the latent cache encodes)."""
         target = read_rgb(self.root / self.items[i]["target"])
-        return as_image(target if self.sizes is None else fit(target, self.sizes[i]))
+        return as_image(target if self.sizes is None else scale_and_crop(target, self.sizes[i]))
 
     def __getitem__(self, i):
         item = self.items[i]
@@ -125,7 +125,7 @@ class PairDataset(Dataset):
             raise DataError(f"{source_path} is {source.shape[1]}x{source.shape[0]} but {target_path} is "
                             f"{target.shape[1]}x{target.shape[0]}: a hint and its target must have the same size")
         if self.sizes is not None:
-            source, target = fit(source, self.sizes[i], smooth=False), fit(target, self.sizes[i])
+            source, target = scale_and_crop(source, self.sizes[i], smooth=False), scale_and_crop(target, self.sizes[i])
         return {"jpg": as_image(target), "txt": item["prompt"], "hint": as_hint(source)}
 
 
@@ -175,7 +175,7 @@ class AnnotatedFolder(Dataset):
             picture = read_image(str(self.paths[i]))
         except ImageError as e:
             raise DataError(f"{self.paths[i]}: {e}; replace or remove it") from None
-        return fit(picture, (self.size, self.size) if self.sizes is None else self.sizes[i])
+        return scale_and_crop(picture, (self.size, self.size) if self.sizes is None else self.sizes[i])
 
     def image(self, i):
         return as_image(self.target(i))

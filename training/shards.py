@@ -32,7 +32,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from training.buckets import fit, nearest_bucket
+from training.buckets import nearest_bucket, scale_and_crop
 from training.data import DataError, as_hint, as_image, collate
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -184,7 +184,8 @@ class ShardStream(IterableDataset):
                             f"{hint.shape[1]}x{hint.shape[0]}")
         size = (self.size, self.size) if self.buckets is None else nearest_bucket(*image.shape[:2], self.buckets)
         caption = sample.get("txt", b"").decode("utf-8").strip()
-        return {"jpg": as_image(fit(image, size)), "txt": caption, "hint": as_hint(fit(hint, size, smooth=False))}
+        return {"jpg": as_image(scale_and_crop(image, size)), "txt": caption,
+                "hint": as_hint(scale_and_crop(hint, size, smooth=False))}
 
     def first(self, n):
         """The first n samples of the stream, decoded (for image logs)."""
