@@ -11,7 +11,7 @@ control with --control-only.
 import argparse
 
 from ldm.errors import run_main
-from ldm.files import check_checkpoint_file, check_config_file, check_output_file
+from ldm.files import check_checkpoint_file, check_output_file
 
 
 def main(argv=None):

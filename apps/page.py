@@ -38,8 +38,6 @@ def friendly(runner, names=(), defaults=()):
     return run
 
 
-
-
 def build_demo(task, runner):
     defaults = task.defaults(runner.toy)
     values = {**task.annotator_defaults(), **{p.name: p.value for p in task.annotator_params if p.value is not None},
@@ -90,8 +88,6 @@ def build_demo(task, runner):
                         friendly(runner, ["preprocessor", "prompt"]), run_on_click=True, cache_examples=False,
                         label="Examples the shipped model follows", example_labels=list(examples))
     return demo
-
-
 
 
 EXAMPLES = Path(tempfile.gettempdir()) / "controlnet-examples"

@@ -136,8 +136,8 @@ class Runner:
             warnings.simplefilter("always", AnnotatorNotice)
             edited = pose_picture(pose) if self.task.pose_editor else None  # says who found the pose
             condition, shown, init, mask, picture = self.prepare(image, settings.image_resolution,
-                                                                   detect_resolution, params, preprocessor,
-                                                                   settings.mask_blur, edited)
+                                                                 detect_resolution, params, preprocessor,
+                                                                 settings.mask_blur, edited)
             controls, unit_maps = self.unit_controls(units, picture, shown.shape[:2], settings, detect_resolution)
         said = "".join(f" {n.message}" for n in notices if issubclass(n.category, AnnotatorNotice))
         if not self.generates:
@@ -183,8 +183,6 @@ class Runner:
                             **{name: getattr(control, attribute) for name, attribute in UNIT_SETTINGS.items()},
                             **save_beside(pictures, lambda suffix, k=k: path_for(f"unit{k}-{suffix}"))})
         return records
-
-
 
 
 def painted(editor_value):

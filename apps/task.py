@@ -52,8 +52,6 @@ class Check:
     label: str | None = None
 
 
-
-
 # How the shipped toy model serves an app: "control" it follows the maps with its outline control (edges,
 # lines, scribbles); "plain" it runs without a control (image-to-image and inpainting need none); None it
 # cannot follow the condition, so the app shows the map and says which files to get.

@@ -33,8 +33,6 @@ def uploaded_image(**kwargs):
     return image
 
 
-
-
 def settings_component(name, value):
     """The control of one Settings field, made from its metadata."""
     f = field_of(name)
@@ -77,8 +75,6 @@ def mask_editor():
                           label="Region mask: paint white where the control acts (nothing white: everywhere)",
                           sources=["upload", "clipboard"], layers=False, transforms=(), canvas_size=(512, 512),
                           brush=gr.Brush(colors=["#ffffff"], default_size=48, color_mode="fixed"))
-
-
 
 
 def picture_input(task):
