@@ -94,9 +94,9 @@ from annotators import ANNOTATORS, condition_map, fit, list_pictures, read_image
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.model import ModelOptions, load_control_net, load_model
-from cldm.outputs import BESIDE, own_control, read_params, save_beside, save_png
+from cldm.outputs import BESIDE, own_control, read_params, save_beside, save_png, save_units
 from cldm.pipeline import Control, generate
-from cldm.settings import Settings, add_arguments, from_args
+from cldm.settings import ControlUnit, Settings, add_arguments, from_args
 from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
 from ldm.threads import add_threads_argument, use_threads
@@ -176,14 +176,18 @@ def pictures_of(args, pictures, resolution):
     return Pictures(image, pictures["mask"], args.inpaint_control, pictures["region_mask"])
 
 
-def run(model, hint, settings, extra, out, device, low_vram_mode, start=Pictures(), options=ModelOptions()):
+def run(model, hint, settings, units, nets, out, device, low_vram_mode, start=Pictures(), options=ModelOptions()):
     """Generate, then save the map as <out>-map.png (the starting picture, the mask and the region mask as
-    <out>-init.png, <out>-mask.png and <out>-region.png) and the images as <out> (<out>_<i> for several)."""
+    <out>-init.png, <out>-mask.png and <out>-region.png; each extra unit's as <out>-unit<k>-map.png and
+    -region.png) and the images as <out> (<out>_<i> for several). `units`: the extra control units,
+    (k, ControlUnit whose image is its map); `nets`: their ControlNets by control file."""
     out = Path(out)
     if hint is None and start.image is None:
         raise ValueError("nothing to generate from: give --hint, --image or --init-image")
     size = hint.shape[:2] if hint is not None else start.image.shape[:2]
-    extra = [replace(c, hint=fit(c.hint, size, settings.resize_mode)) for c in extra]
+    sized = lambda picture: None if picture is None else fit(picture, size, settings.resize_mode)  # noqa: E731
+    units = [(k, replace(unit, image=sized(unit.image), region_mask=sized(unit.region_mask))) for k, unit in units]
+    extra = [Control.of(unit, unit.image, nets.get(unit.control)) for _, unit in units]
     start = start.sized(size, settings.resize_mode)
     shown = hint
     if start.inpaint_control:
@@ -195,23 +199,29 @@ def run(model, hint, settings, extra, out, device, low_vram_mode, start=Pictures
               "threads": torch.get_num_threads(), "model_options": options.record(),
               "inpaint_control": start.inpaint_control}
     pictures = {"hint": shown, "init_image": start.image, "mask": start.mask, "region_mask": start.region}
-    record.update(save_beside(pictures, lambda suffix: out.with_name(f"{out.stem}-{suffix}.png")))
+    path_for = lambda suffix: out.with_name(f"{out.stem}-{suffix}.png")  # noqa: E731
+    record.update(save_beside(pictures, path_for))
+    if units:
+        record["controls"] = save_units(units, path_for)
     for i, image in enumerate(images):
         path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
         print(f"wrote {save_png(image, path, {**record, 'sample': i})} (seed {seed})")
 
 
-def saved_controls(saved, folder, model):
-    """The extra controls a saved image was made with (an app's control units), their maps and masks read from
-    `folder`: each runs the model's own ControlNet or the file it names."""
-    controls = []
-    for unit in saved.get("controls", []):
-        read = lambda key: read_image(str(folder / unit[key])) if unit.get(key) else None  # noqa: E731
-        net = None if own_control(unit["control"]) else load_control_net(model, find_model_file(unit["control"]))
-        controls.append(Control(read("hint"), unit["strength"], unit["control_start"], unit["control_end"],
-                                unit["control_mode"], net and net.to(model.betas.device), unit["block_weights"],
-                                read("region_mask")))
-    return controls
+def saved_units(saved, folder):
+    """The extra control units a saved image was made with, (k, ControlUnit), their maps and region masks read
+    from `folder`."""
+    units = []
+    for k, record in enumerate(saved.get("controls", []), start=2):
+        read = lambda key: read_image(str(folder / record[key])) if record.get(key) else None  # noqa: E731
+        units.append((k, replace(ControlUnit.from_record(record), image=read("hint"), region_mask=read("region_mask"))))
+    return units
+
+
+def unit_nets(model, units):
+    """The ControlNets the units' control files name, loaded once each, in the model's dtype and on its device."""
+    files = {unit.control for _, unit in units if unit.control is not None}
+    return {name: load_control_net(model, find_model_file(name)).to(model.betas.device) for name in files}
 
 
 def check_saved_controls(saved):
@@ -249,19 +259,21 @@ def main(argv=None):
                   for name in BESIDE}
         start = Pictures(beside["init_image"], beside["mask"], saved.get("inpaint_control", False),
                          beside["region_mask"])
-        extra = saved_controls(saved, Path(args.reproduce).parent, model)
-        speed_up(model, compile=args.compile, nets=[c.net for c in extra])
-        run(model, None if start.inpaint_control else beside["hint"], settings, extra, args.out, device,
+        units = saved_units(saved, Path(args.reproduce).parent)
+        nets = unit_nets(model, units)
+        speed_up(model, compile=args.compile, nets=list(nets.values()))
+        run(model, None if start.inpaint_control else beside["hint"], settings, units, nets, args.out, device,
             args.low_vram, start, options)
         return
-    extra = [Control(hint, float(scale), net=load_control_net(model, find_model_file(ckpt)).to(model.betas.device))
-             for (ckpt, _, scale), hint in zip(args.extra_control, pictures["extra"])]
-    speed_up(model, compile=args.compile, nets=[c.net for c in extra])
+    units = [(k, ControlUnit(image=hint, control=ckpt).with_values(strength=scale))
+             for k, ((ckpt, _, scale), hint) in enumerate(zip(args.extra_control, pictures["extra"]), start=2)]
+    nets = unit_nets(model, units)
+    speed_up(model, compile=args.compile, nets=list(nets.values()))
     if args.input_dir:
         for path in tqdm(list_pictures(args.input_dir), desc="pictures"):
             hint = detected_map(args, settings, read_image(str(path)))
-            run(model, hint, settings, extra, Path(args.out_dir) / f"{path.stem}.png", device, args.low_vram,
-                options=options)
+            run(model, hint, settings, units, nets, Path(args.out_dir) / f"{path.stem}.png", device,
+                args.low_vram, options=options)
         return
     start = pictures_of(args, pictures, settings.image_resolution)
     if pictures["hint"] is not None:
@@ -272,7 +284,7 @@ def main(argv=None):
         hint = None  # image-to-image or inpainting without a map (or with inpaint's own condition)
     else:
         hint = circle_outline(settings.image_resolution)
-    run(model, hint, settings, extra, args.out, device, args.low_vram, start, options)
+    run(model, hint, settings, units, nets, args.out, device, args.low_vram, start, options)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ from annotators import (
 )
 from apps.pose_editor import detected_json, picture_or_none, pose_picture
 from apps.task import NEAREST_ANNOTATORS, NO_ANNOTATOR
-from apps.units import EXTRA_UNITS, UNIT_SETTINGS, Unit, marked, region_of
+from apps.units import EXTRA_UNITS, marked, pop_unit, region_of
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.lowvram import low_vram
 from cldm.model import ModelOptions, load_control_net
-from cldm.outputs import BESIDE, next_path, save_beside, save_png
+from cldm.outputs import BESIDE, next_path, save_beside, save_png, save_units
 from cldm.pipeline import Control, generate
 from ldm.files import find_model_file
 from ldm.precision import precision_of
@@ -85,23 +85,22 @@ class Runner:
         init = resize_image(to_rgb_uint8(picture), resolution) if self.task.workflow == "img2img" else None
         return detected, detected, init, None, picture
 
-    def unit_controls(self, units, picture, size, settings, detect_resolution):
-        """The enabled extra units -> (their Controls, their maps at the generation size `size`)."""
-        controls, maps = [], []
-        for unit in units:
-            if not unit.enabled:
-                continue
+    def ready_units(self, units, picture, size, settings, detect_resolution):
+        """The enabled extra units, (k, ControlUnit), ready to run: each one's map detected (from its picture,
+        else the app's) and fitted to the generation's `size`, its region mask fitted, the preprocessor that ran
+        named; and their Controls."""
+        ready, controls = [], []
+        for k, unit in units:
             preprocessor = unit.preprocessor or self.task.unit_preprocessor
             detected = self.detect(unit.image if unit.image is not None else picture, settings.image_resolution,
                                    detect_resolution, preprocessor)
             detected = fit(detected, size, settings.resize_mode, nearest=preprocessor in NEAREST_ANNOTATORS)
-            region = region_of(unit.region_mask)
-            net = None if unit.own_control else self.control_net(unit.control)
-            controls.append(Control(detected, unit.strength, unit.control_start, unit.control_end, unit.control_mode,
-                                    net, unit.block_weights.strip() or "uniform",
-                                    None if region is None else fit(region, size, settings.resize_mode)))
-            maps.append(detected)
-        return controls, maps
+            region = None if unit.region_mask is None else fit(unit.region_mask, size, settings.resize_mode)
+            unit = replace(unit, image=detected, preprocessor=preprocessor, region_mask=region)
+            ready.append((k, unit))
+            net = None if unit.control is None else self.control_net(unit.control)
+            controls.append(Control.of(unit, detected, net))
+        return ready, controls
 
     def pose_json(self, picture, detector, include_hand, include_face, detect_resolution, pixel_perfect,
                   image_resolution):
@@ -123,12 +122,12 @@ class Runner:
         if isinstance(image, (str, os.PathLike)):  # a file, as Gradio hands over an example's picture
             image = read_image(image)
         params = {p.name: values.pop(p.name) for p in self.task.annotator_params if p.name in values}
-        units = [Unit.pop(k, values) for k in EXTRA_UNITS]
+        units = [(k, unit) for k in EXTRA_UNITS if (unit := pop_unit(k, values)) is not None]
         preprocessor, region = values.pop("preprocessor", None), region_of(values.pop("region_mask", None))
         pose = values.pop("pose", None)
+        if str(values.get("block_weights", "")).strip() == "":  # an emptied box: the default
+            values.pop("block_weights", None)
         settings = self.task.defaults(self.toy).with_values(**values)
-        if settings.block_weights.strip() in ("", "uniform"):
-            settings = replace(settings, block_weights="uniform")
         detect_resolution = None if self.task.detect_resolution is None else settings.detect_resolution
         if settings.pixel_perfect:  # the annotator sees the picture at the size it is generated at
             detect_resolution = settings.image_resolution
@@ -138,7 +137,8 @@ class Runner:
             condition, shown, init, mask, picture = self.prepare(image, settings.image_resolution,
                                                                  detect_resolution, params, preprocessor,
                                                                  settings.mask_blur, edited)
-            controls, unit_maps = self.unit_controls(units, picture, shown.shape[:2], settings, detect_resolution)
+            units, controls = self.ready_units(units, picture, shown.shape[:2], settings, detect_resolution)
+        unit_maps = [unit.image for _, unit in units]
         said = "".join(f" {n.message}" for n in notices if issubclass(n.category, AnnotatorNotice))
         if not self.generates:
             return [shown, *unit_maps], self.note + said
@@ -163,26 +163,13 @@ class Runner:
         path_for = lambda suffix: first.with_name(f"{self.task.name}-{suffix}-{number}.png")  # noqa: E731
         beside = save_beside(pictures, path_for, {"hint": {"annotator": params}})
         record.update(beside)
-        if controls:
-            record["controls"] = self.save_units(units, controls, path_for)
+        if units:
+            record["controls"] = save_units(units, path_for)
         saved = [save_png(image, first if i == 0 else first.with_name(f"{first.stem}_{i}.png"),
                           {**record, "sample": i}).name for i, image in enumerate(images)]
         files = ", ".join([*beside.values(), *(c[k] for c in record.get("controls", []) for k in BESIDE if k in c)])
         info = f"Seed {used_seed}. Saved {', '.join(saved)} and {files} in {self.output_dir}/.{said}"
         return [shown, *unit_maps, *images], info
-
-    def save_units(self, units, controls, path_for):
-        """Each enabled unit's map and region mask saved beside the images; its part of their record."""
-        enabled = [(k, unit) for k, unit in zip(EXTRA_UNITS, units) if unit.enabled]
-        records = []
-        for (k, unit), control in zip(enabled, controls):
-            pictures = {"hint": control.hint, "region_mask": control.region_mask}
-            preprocessor = unit.preprocessor or self.task.unit_preprocessor
-            records.append({"control": None if unit.own_control else unit.control,
-                            "preprocessor": preprocessor,
-                            **{name: getattr(control, attribute) for name, attribute in UNIT_SETTINGS.items()},
-                            **save_beside(pictures, lambda suffix, k=k: path_for(f"unit{k}-{suffix}"))})
-        return records
 
 
 def painted(editor_value):

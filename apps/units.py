@@ -5,56 +5,45 @@ and region mask. A unit without a picture reads the app's input picture.
 Every input of a unit is named `unit<k>_<input>` (k = 2, 3) in the page and the HTTP API.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 import cv2
 import numpy as np
 
-from cldm.settings import Settings
+from cldm.settings import ControlUnit
 from ldm.files import MODELS
 
 EXTRA_UNITS = (2, 3)
 OWN_CONTROL = "the app's control"  # the control choice's label for the model's own ControlNet (a label only)
-# a unit's Settings fields -> the cldm.pipeline.Control attribute each becomes
-UNIT_SETTINGS = {"strength": "strength", "control_start": "start", "control_end": "end", "control_mode": "mode",
-                 "block_weights": "block_weights"}
 CONTROL_SUFFIXES = (".pth", ".ckpt", ".safetensors")
 
 
-@dataclass
-class Unit:
-    """One extra control unit's inputs, as the page gives them."""
-
-    enabled: bool = False
-    image: object = None  # a picture; None: the app's input picture
-    preprocessor: str | None = None  # an annotator, "none" (the picture is the map); None: the app's annotator
-    control: str = OWN_CONTROL  # OWN_CONTROL (or None, empty): the model's own; a file in models/, or a path
-    strength: float = Settings.strength
-    control_start: float = Settings.control_start
-    control_end: float = Settings.control_end
-    control_mode: str = Settings.control_mode
-    block_weights: str = Settings.block_weights
-    region_mask: object = None  # a mask picture or a mask editor's value; None: everywhere
-
-    @property
-    def own_control(self):
-        """Whether the unit runs the model's own ControlNet (its control choice is the label, or left empty)."""
-        return self.control in (None, "", OWN_CONTROL)
-
-    @classmethod
-    def pop(cls, k, values):
-        """Unit k's inputs taken out of the page's named values (those missing keep their defaults)."""
-        prefix = f"unit{k}_"
-        return cls(**{f.name: values.pop(prefix + f.name) for f in fields(cls) if prefix + f.name in values})
-
-
 def unit_inputs(k):
-    """The names of unit k's inputs, in the page's order."""
-    return [f"unit{k}_{f.name}" for f in fields(Unit)]
+    """The names of unit k's inputs, in the page's order: `enabled`, then each ControlUnit field."""
+    return [f"unit{k}_enabled", *(f"unit{k}_{f.name}" for f in fields(ControlUnit))]
 
 
 def unit_defaults(k, preprocessor):
-    return {f"unit{k}_{f.name}": (preprocessor if f.name == "preprocessor" else f.default) for f in fields(Unit)}
+    """Unit k's inputs as the page starts: off, detecting with `preprocessor`, running the app's own control."""
+    defaults = {f"unit{k}_{f.name}": f.default for f in fields(ControlUnit)}
+    return {**defaults, f"unit{k}_enabled": False, f"unit{k}_preprocessor": preprocessor,
+            f"unit{k}_control": OWN_CONTROL}
+
+
+def pop_unit(k, values):
+    """Unit k's inputs taken out of the page's named values (those missing keep their defaults): its ControlUnit,
+    or None when it is not enabled. Its region mask is read as a mask (region_of); the control choice's label,
+    or none, is the model's own ControlNet (None)."""
+    prefix = f"unit{k}_"
+    given = {name[len(prefix):]: values.pop(name) for name in list(values) if name.startswith(prefix)}
+    if not given.pop("enabled", False):
+        return None
+    if given.get("control") in ("", OWN_CONTROL):
+        given["control"] = None
+    if str(given.get("block_weights", "")).strip() == "":
+        given.pop("block_weights", None)
+    given["region_mask"] = region_of(given.get("region_mask"))
+    return ControlUnit().with_values(**given)
 
 
 def control_choices():

@@ -51,6 +51,14 @@ def save_beside(pictures, path_for, params=None):
             for key, picture in pictures.items() if picture is not None}
 
 
+def save_units(units, path_for):
+    """Extra control units, (k, ControlUnit whose image is its condition map at the generation's size), saved
+    beside the images (unit<k>-map, unit<k>-region); their records, the images' "controls"."""
+    return [{**unit.record(), **save_beside({"hint": unit.image, "region_mask": unit.region_mask},
+                                            lambda suffix, k=k: path_for(f"unit{k}-{suffix}"))}
+            for k, unit in units]
+
+
 def read_params(path):
     """The parameters saved with a generated PNG."""
     with Image.open(path) as image:

@@ -18,7 +18,8 @@ from ldm.precision import all_finite, check_finite, non_finite_error, weights_dt
 
 @dataclass
 class Control:
-    """One ControlNet's part in a generation: its condition image, its weight and the steps it acts on."""
+    """A control unit (cldm.settings.ControlUnit) as the sampler runs it: its condition map at the generation's
+    size, its weight, the steps it acts on, its ControlNet module."""
 
     hint: np.ndarray  # HWC, sides multiples of 64: uint8, or float32 in [-1, 1] (the inpaint condition)
     strength: float = 1.0
@@ -34,6 +35,13 @@ class Control:
             raise ValueError(f"control mode {self.mode!r} is not one of {CONTROL_MODES}")
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise ValueError(f"control start/end must satisfy 0 <= start <= end <= 1, got {self.start}, {self.end}")
+
+    @classmethod
+    def of(cls, unit, hint, net=None, region_mask=None):
+        """A ControlUnit ready to run: its condition map `hint` (detected, at the generation's size), the
+        ControlNet its `control` names (None: the model's own) and its region mask (default: the unit's)."""
+        return cls(hint, unit.strength, unit.control_start, unit.control_end, unit.control_mode, net,
+                   unit.block_weights, unit.region_mask if region_mask is None else region_mask)
 
     def active(self, progress):
         return self.strength != 0 and self.start <= progress <= self.end
@@ -149,8 +157,7 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), init_image
         raise ValueError(f"unknown sampler {s.sampler!r}; choose one of {list(SAMPLERS)}")
     seed = random.randint(0, 2**31 - 1) if s.seed == -1 else s.seed
     device = model.betas.device
-    own = [] if hint is None else [Control(hint, s.strength, s.control_start, s.control_end, s.control_mode,
-                                           block_weights=s.block_weights, region_mask=region_mask)]
+    own = [] if hint is None else [Control.of(s.units[0], hint, region_mask=region_mask)]
     controls = own + list(controls)
     if controls and not hasattr(model, "control_model") and any(c.net is None for c in controls):
         raise ValueError("this model has no ControlNet: pass hint=None, or Control(..., net=a ControlNet)")

@@ -6,7 +6,7 @@ from dataclasses import fields
 import gradio as gr
 import pytest
 
-from cldm.settings import Settings, add_arguments, from_args
+from cldm.settings import ControlUnit, Settings, add_arguments, from_args, setting_fields
 
 
 def test_flags_come_from_the_settings_with_their_defaults_and_choices():
@@ -32,7 +32,7 @@ def test_record_round_trip_and_conversions():
 
 
 def test_every_setting_says_how_it_is_shown():
-    for f in fields(Settings):
+    for f in [*setting_fields(), *fields(ControlUnit)]:
         assert f.metadata["label"], f.name
         if f.type in (int, float):
             assert f.metadata["range"] is not None, f.name  # a slider needs its range
@@ -46,6 +46,7 @@ def test_an_app_page_shows_each_setting_by_its_label():
     task = task_of("gradio_depth2image")
     demo = build_demo(task, Runner(task, None, NOTE))
     labels = {getattr(block, "label", None) for block in demo.blocks.values()}
-    shown = {f.name: f.metadata["label"] for f in fields(Settings) if f.name in task.settings()}
+    shown = {f.name: f.metadata["label"] for f in setting_fields() if f.name in task.settings()}
     assert set(shown.values()) <= labels and "detect_resolution" in shown and "denoise" not in shown
+    assert "strength" in shown and "block_weights" in shown  # the first control unit's, by their flags' names
     assert isinstance(demo, gr.Blocks)
