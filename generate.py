@@ -83,7 +83,6 @@ if __name__ == "__main__":  # before the slow imports below: a wrong file fails 
     run_main(check_command_line)
 
 # ruff: noqa: E402
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -92,13 +91,12 @@ from tqdm.auto import tqdm
 
 from annotators import ANNOTATORS, condition_map, fit, list_pictures, read_image, resize_image
 from cldm.img2img import condition_picture, inpaint_condition
-from cldm.lowvram import low_vram
 from cldm.model import ModelOptions, load_control_net, load_model
-from cldm.outputs import BESIDE, own_control, read_params, save_beside, save_png, save_units
-from cldm.pipeline import Control, generate
+from cldm.outputs import BESIDE, own_control, read_params
+from cldm.request import Paths, Request, run
 from cldm.settings import ControlUnit, Settings, add_arguments, from_args
 from cldm.speed import speed_up
-from ldm.precision import PRECISIONS, add_precision_argument, precision_of, resolve_precision
+from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
 from ldm.threads import add_threads_argument, use_threads
 from toy.model import TOY_PROMPT, circle_outline, load_default_model
 
@@ -176,36 +174,27 @@ def pictures_of(args, pictures, resolution):
     return Pictures(image, pictures["mask"], args.inpaint_control, pictures["region_mask"])
 
 
-def run(model, hint, settings, units, nets, out, device, low_vram_mode, start=Pictures(), options=ModelOptions()):
-    """Generate, then save the map as <out>-map.png (the starting picture, the mask and the region mask as
-    <out>-init.png, <out>-mask.png and <out>-region.png; each extra unit's as <out>-unit<k>-map.png and
-    -region.png) and the images as <out> (<out>_<i> for several). `units`: the extra control units,
+def generate_and_save(model, hint, settings, units, nets, out, device, low_vram_mode, start=Pictures(),
+                      options=ModelOptions()):
+    """The request the flags make (cldm.request), run and saved: the images as <out> (<out>_<i> for several),
+    the map, starting picture, mask and region mask beside them as <out>-map.png, -init.png, -mask.png and
+    -region.png, each extra unit's as <out>-unit<k>-map.png and -region.png. `units`: the extra control units,
     (k, ControlUnit whose image is its map); `nets`: their ControlNets by control file."""
-    out = Path(out)
     if hint is None and start.image is None:
         raise ValueError("nothing to generate from: give --hint, --image or --init-image")
     size = hint.shape[:2] if hint is not None else start.image.shape[:2]
     sized = lambda picture: None if picture is None else fit(picture, size, settings.resize_mode)  # noqa: E731
-    units = [(k, replace(unit, image=sized(unit.image), region_mask=sized(unit.region_mask))) for k, unit in units]
-    extra = [Control.of(unit, unit.image, nets.get(unit.control)) for _, unit in units]
+    units = tuple((k, replace(unit, image=sized(unit.image), region_mask=sized(unit.region_mask)))
+                  for k, unit in units)
     start = start.sized(size, settings.resize_mode)
     shown = hint
     if start.inpaint_control:
         hint, shown = start.inpaint_condition(settings.mask_blur)
-    with low_vram(model, device, nets=[c.net for c in extra]) if low_vram_mode else nullcontext():
-        images, seed = generate(model, hint, settings=settings, controls=extra, init_image=start.image,
-                                mask=start.mask, region_mask=start.region, verbose=True)
-    record = {**settings.record(), "seed": seed, "precision": precision_of(model),
-              "threads": torch.get_num_threads(), "model_options": options.record(),
-              "inpaint_control": start.inpaint_control}
-    pictures = {"hint": shown, "init_image": start.image, "mask": start.mask, "region_mask": start.region}
-    path_for = lambda suffix: out.with_name(f"{out.stem}-{suffix}.png")  # noqa: E731
-    record.update(save_beside(pictures, path_for))
-    if units:
-        record["controls"] = save_units(units, path_for)
-    for i, image in enumerate(images):
-        path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
-        print(f"wrote {save_png(image, path, {**record, 'sample': i})} (seed {seed})")
+    request = Request(settings, hint, shown, start.image, start.mask, start.region, units, options,
+                      start.inpaint_control)
+    _, seed, _, files = run(model, request, Paths.at(out), nets, device if low_vram_mode else None, verbose=True)
+    for path in files:
+        print(f"wrote {path} (seed {seed})")
 
 
 def saved_units(saved, folder):
@@ -262,8 +251,8 @@ def main(argv=None):
         units = saved_units(saved, Path(args.reproduce).parent)
         nets = unit_nets(model, units)
         speed_up(model, compile=args.compile, nets=list(nets.values()))
-        run(model, None if start.inpaint_control else beside["hint"], settings, units, nets, args.out, device,
-            args.low_vram, start, options)
+        generate_and_save(model, None if start.inpaint_control else beside["hint"], settings, units, nets,
+                          args.out, device, args.low_vram, start, options)
         return
     units = [(k, ControlUnit(image=hint, control=ckpt).with_values(strength=scale))
              for k, ((ckpt, _, scale), hint) in enumerate(zip(args.extra_control, pictures["extra"]), start=2)]
@@ -272,8 +261,8 @@ def main(argv=None):
     if args.input_dir:
         for path in tqdm(list_pictures(args.input_dir), desc="pictures"):
             hint = detected_map(args, settings, read_image(str(path)))
-            run(model, hint, settings, units, nets, Path(args.out_dir) / f"{path.stem}.png", device,
-                args.low_vram, options=options)
+            generate_and_save(model, hint, settings, units, nets, Path(args.out_dir) / f"{path.stem}.png", device,
+                              args.low_vram, options=options)
         return
     start = pictures_of(args, pictures, settings.image_resolution)
     if pictures["hint"] is not None:
@@ -284,7 +273,7 @@ def main(argv=None):
         hint = None  # image-to-image or inpainting without a map (or with inpaint's own condition)
     else:
         hint = circle_outline(settings.image_resolution)
-    run(model, hint, settings, units, nets, args.out, device, args.low_vram, start, options)
+    generate_and_save(model, hint, settings, units, nets, args.out, device, args.low_vram, start, options)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,10 @@ parameters."""
 import inspect
 import os
 import warnings
-from contextlib import nullcontext
 from dataclasses import replace
 
 import cv2
 import numpy as np
-import torch
 
 import config
 from annotators import (
@@ -26,10 +24,9 @@ from apps.pose_editor import detected_json, picture_or_none, pose_picture
 from apps.task import NEAREST_ANNOTATORS, NO_ANNOTATOR
 from apps.units import EXTRA_UNITS, marked, pop_unit, region_of
 from cldm.img2img import condition_picture, inpaint_condition
-from cldm.lowvram import low_vram
 from cldm.model import ModelOptions, load_control_net
-from cldm.outputs import BESIDE, next_path, save_beside, save_png, save_units
-from cldm.pipeline import Control, generate
+from cldm.outputs import BESIDE, next_path
+from cldm.request import Paths, Request, run
 from ldm.files import find_model_file
 from ldm.precision import precision_of
 from toy.model import TOY_PHOTO_NOTE, looks_like_a_photo
@@ -88,8 +85,8 @@ class Runner:
     def ready_units(self, units, picture, size, settings, detect_resolution):
         """The enabled extra units, (k, ControlUnit), ready to run: each one's map detected (from its picture,
         else the app's) and fitted to the generation's `size`, its region mask fitted, the preprocessor that ran
-        named; and their Controls."""
-        ready, controls = [], []
+        named."""
+        ready = []
         for k, unit in units:
             preprocessor = unit.preprocessor or self.task.unit_preprocessor
             detected = self.detect(unit.image if unit.image is not None else picture, settings.image_resolution,
@@ -98,9 +95,7 @@ class Runner:
             region = None if unit.region_mask is None else fit(unit.region_mask, size, settings.resize_mode)
             unit = replace(unit, image=detected, preprocessor=preprocessor, region_mask=region)
             ready.append((k, unit))
-            net = None if unit.control is None else self.control_net(unit.control)
-            controls.append(Control.of(unit, detected, net))
-        return ready, controls
+        return ready
 
     def pose_json(self, picture, detector, include_hand, include_face, detect_resolution, pixel_perfect,
                   image_resolution):
@@ -137,7 +132,7 @@ class Runner:
             condition, shown, init, mask, picture = self.prepare(image, settings.image_resolution,
                                                                  detect_resolution, params, preprocessor,
                                                                  settings.mask_blur, edited)
-            units, controls = self.ready_units(units, picture, shown.shape[:2], settings, detect_resolution)
+            units = self.ready_units(units, picture, shown.shape[:2], settings, detect_resolution)
         unit_maps = [unit.image for _, unit in units]
         said = "".join(f" {n.message}" for n in notices if issubclass(n.category, AnnotatorNotice))
         if not self.generates:
@@ -147,28 +142,18 @@ class Runner:
         if region is not None:
             region = fit(region, shown.shape[:2], settings.resize_mode)
         hint = None if self.toy and self.task.toy == "plain" else condition
-        nets = [c.net for c in controls if c.net is not None]
-        with low_vram(self.model, self.low_vram_device, nets=nets) if self.low_vram_device else nullcontext():
-            images, used_seed = generate(self.model, hint, settings=settings, controls=controls, init_image=init,
-                                         mask=mask, region_mask=region)
-        record = {**settings.record(), "seed": used_seed, "annotator": params, "preprocessor": preprocessor,
-                  "size": list(shown.shape[:2]), "precision": self.precision, "threads": torch.get_num_threads(),
-                  "model_options": self.options.record(),
-                  **({"pose": pose} if edited is not None else {})}
-        if self.task.workflow == "inpaint":  # the condition is made again from the picture and the mask
-            record["inpaint_control"] = hint is not None
-        pictures = {"hint": None if hint is None else shown, "init_image": init, "mask": mask, "region_mask": region}
-        first = next_path(self.output_dir, self.task.name)  # one number for every file of the request
-        number = first.stem.rsplit("-", 1)[1]
-        path_for = lambda suffix: first.with_name(f"{self.task.name}-{suffix}-{number}.png")  # noqa: E731
-        beside = save_beside(pictures, path_for, {"hint": {"annotator": params}})
-        record.update(beside)
-        if units:
-            record["controls"] = save_units(units, path_for)
-        saved = [save_png(image, first if i == 0 else first.with_name(f"{first.stem}_{i}.png"),
-                          {**record, "sample": i}).name for i, image in enumerate(images)]
-        files = ", ".join([*beside.values(), *(c[k] for c in record.get("controls", []) for k in BESIDE if k in c)])
-        info = f"Seed {used_seed}. Saved {', '.join(saved)} and {files} in {self.output_dir}/.{said}"
+        notes = {"annotator": params, "preprocessor": preprocessor, "size": list(shown.shape[:2]),
+                 **({"pose": pose} if edited is not None else {})}
+        request = Request(settings, hint, shown, init, mask, region, tuple(units), self.options,
+                          inpaint_control=self.task.workflow == "inpaint" and hint is not None, notes=notes)
+        nets = {unit.control: self.control_net(unit.control) for _, unit in units if unit.control is not None}
+        paths = Paths.numbered(next_path(self.output_dir, self.task.name))  # one number for the request's files
+        images, seed, record, saved = run(self.model, request, paths, nets, self.low_vram_device,
+                                          map_params={"annotator": params})
+        files = [record[k] for k in BESIDE if k in record]
+        files += [unit[k] for unit in record.get("controls", []) for k in BESIDE if k in unit]
+        saved = ", ".join(path.name for path in saved)
+        info = f"Seed {seed}. Saved {saved} and {', '.join(files)} in {self.output_dir}/.{said}"
         return [shown, *unit_maps, *images], info
 
 

@@ -1,7 +1,11 @@
 import os
+import tempfile
 
 # Tests never reach the model hub: a missing file must fail at once, not after the hub client's retries.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Gradio keeps uploads and results in a cache named by their content; the test processes (pytest-xdist
+# workers) upload the same pictures, and two processes writing one cache file let a reader get it half written.
+os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="gradio-tests-")
 
 import pytest
 
