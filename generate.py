@@ -178,38 +178,36 @@ def generate_and_save(model, hint, settings, units, nets, out, device, low_vram_
                       options=ModelOptions()):
     """The request the flags make (cldm.request), run and saved: the images as <out> (<out>_<i> for several),
     the map, starting picture, mask and region mask beside them as <out>-map.png, -init.png, -mask.png and
-    -region.png, each extra unit's as <out>-unit<k>-map.png and -region.png. `units`: the extra control units,
-    (k, ControlUnit whose image is its map); `nets`: their ControlNets by control file."""
+    -region.png, each extra unit's as <out>-unit<k>-map.png and -region.png. `units`: the extra control units
+    (ControlUnits whose image is their map); `nets`: their ControlNets by control file."""
     if hint is None and start.image is None:
         raise ValueError("nothing to generate from: give --hint, --image or --init-image")
     size = hint.shape[:2] if hint is not None else start.image.shape[:2]
     sized = lambda picture: None if picture is None else fit(picture, size, settings.resize_mode)  # noqa: E731
-    units = tuple((k, replace(unit, image=sized(unit.image), region_mask=sized(unit.region_mask)))
-                  for k, unit in units)
+    units = [replace(unit, image=sized(unit.image), region_mask=sized(unit.region_mask)) for unit in units]
     start = start.sized(size, settings.resize_mode)
     shown = hint
     if start.inpaint_control:
         hint, shown = start.inpaint_condition(settings.mask_blur)
-    request = Request(settings, hint, shown, start.image, start.mask, start.region, units, options,
-                      start.inpaint_control)
+    request = Request(settings.with_values(units=(settings.units[0], *units)), hint, shown, start.image,
+                      start.mask, start.region, options, start.inpaint_control)
     _, seed, _, files = run(model, request, Paths.at(out), nets, device if low_vram_mode else None, verbose=True)
     for path in files:
         print(f"wrote {path} (seed {seed})")
 
 
 def saved_units(saved, folder):
-    """The extra control units a saved image was made with, (k, ControlUnit), their maps and region masks read
-    from `folder`."""
+    """The extra control units a saved image was made with, their maps and region masks read from `folder`."""
     units = []
-    for k, record in enumerate(saved.get("controls", []), start=2):
+    for record in saved.get("controls", []):
         read = lambda key: read_image(str(folder / record[key])) if record.get(key) else None  # noqa: E731
-        units.append((k, replace(ControlUnit.from_record(record), image=read("hint"), region_mask=read("region_mask"))))
+        units.append(replace(ControlUnit.from_record(record), image=read("hint"), region_mask=read("region_mask")))
     return units
 
 
 def unit_nets(model, units):
     """The ControlNets the units' control files name, loaded once each, in the model's dtype and on its device."""
-    files = {unit.control for _, unit in units if unit.control is not None}
+    files = {unit.control for unit in units if unit.control is not None}
     return {name: load_control_net(model, find_model_file(name)).to(model.betas.device) for name in files}
 
 
@@ -254,8 +252,8 @@ def main(argv=None):
         generate_and_save(model, None if start.inpaint_control else beside["hint"], settings, units, nets,
                           args.out, device, args.low_vram, start, options)
         return
-    units = [(k, ControlUnit(image=hint, control=ckpt).with_values(strength=scale))
-             for k, ((ckpt, _, scale), hint) in enumerate(zip(args.extra_control, pictures["extra"]), start=2)]
+    units = [ControlUnit(image=hint, control=ckpt).with_values(strength=scale)
+             for (ckpt, _, scale), hint in zip(args.extra_control, pictures["extra"])]
     nets = unit_nets(model, units)
     speed_up(model, compile=args.compile, nets=list(nets.values()))
     if args.input_dir:

@@ -83,18 +83,17 @@ class Runner:
         return detected, detected, init, None, picture
 
     def ready_units(self, units, picture, size, settings, detect_resolution):
-        """The enabled extra units, (k, ControlUnit), ready to run: each one's map detected (from its picture,
-        else the app's) and fitted to the generation's `size`, its region mask fitted, the preprocessor that ran
-        named."""
+        """The enabled extra units ready to run: each one's map detected (from its picture, else the app's) and
+        fitted to the generation's `size`, its region mask fitted, the preprocessor that ran named."""
         ready = []
-        for k, unit in units:
+        for unit in units:
             preprocessor = unit.preprocessor or self.task.unit_preprocessor
             detected = self.detect(unit.image if unit.image is not None else picture, settings.image_resolution,
                                    detect_resolution, preprocessor)
             detected = fit(detected, size, settings.resize_mode, nearest=preprocessor in NEAREST_ANNOTATORS)
             region = None if unit.region_mask is None else fit(unit.region_mask, size, settings.resize_mode)
             unit = replace(unit, image=detected, preprocessor=preprocessor, region_mask=region)
-            ready.append((k, unit))
+            ready.append(unit)
         return ready
 
     def pose_json(self, picture, detector, include_hand, include_face, detect_resolution, pixel_perfect,
@@ -117,7 +116,7 @@ class Runner:
         if isinstance(image, (str, os.PathLike)):  # a file, as Gradio hands over an example's picture
             image = read_image(image)
         params = {p.name: values.pop(p.name) for p in self.task.annotator_params if p.name in values}
-        units = [(k, unit) for k in EXTRA_UNITS if (unit := pop_unit(k, values)) is not None]
+        units = [unit for k in EXTRA_UNITS if (unit := pop_unit(k, values)) is not None]
         preprocessor, region = values.pop("preprocessor", None), region_of(values.pop("region_mask", None))
         pose = values.pop("pose", None)
         if str(values.get("block_weights", "")).strip() == "":  # an emptied box: the default
@@ -133,7 +132,7 @@ class Runner:
                                                                  detect_resolution, params, preprocessor,
                                                                  settings.mask_blur, edited)
             units = self.ready_units(units, picture, shown.shape[:2], settings, detect_resolution)
-        unit_maps = [unit.image for _, unit in units]
+        unit_maps = [unit.image for unit in units]
         said = "".join(f" {n.message}" for n in notices if issubclass(n.category, AnnotatorNotice))
         if not self.generates:
             return [shown, *unit_maps], self.note + said
@@ -144,9 +143,10 @@ class Runner:
         hint = None if self.toy and self.task.toy == "plain" else condition
         notes = {"annotator": params, "preprocessor": preprocessor, "size": list(shown.shape[:2]),
                  **({"pose": pose} if edited is not None else {})}
-        request = Request(settings, hint, shown, init, mask, region, tuple(units), self.options,
-                          inpaint_control=self.task.workflow == "inpaint" and hint is not None, notes=notes)
-        nets = {unit.control: self.control_net(unit.control) for _, unit in units if unit.control is not None}
+        request = Request(settings.with_values(units=(settings.units[0], *units)), hint, shown, init, mask, region,
+                          self.options, inpaint_control=self.task.workflow == "inpaint" and hint is not None,
+                          notes=notes)
+        nets = {unit.control: self.control_net(unit.control) for unit in units if unit.control is not None}
         paths = Paths.numbered(next_path(self.output_dir, self.task.name))  # one number for the request's files
         images, seed, record, saved = run(self.model, request, paths, nets, self.low_vram_device,
                                           map_params={"annotator": params})

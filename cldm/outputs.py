@@ -52,11 +52,12 @@ def save_beside(pictures, path_for, params=None):
 
 
 def save_units(units, path_for):
-    """Extra control units, (k, ControlUnit whose image is its condition map at the generation's size), saved
-    beside the images (unit<k>-map, unit<k>-region); their records, the images' "controls"."""
+    """The control units after the first (ControlUnits whose image is their condition map at the generation's
+    size), saved beside the images as unit<k>-map and unit<k>-region (k = 2, 3, ...: the unit's place in the
+    generation); their records, the images' "controls"."""
     return [{**unit.record(), **save_beside({"hint": unit.image, "region_mask": unit.region_mask},
                                             lambda suffix, k=k: path_for(f"unit{k}-{suffix}"))}
-            for k, unit in units]
+            for k, unit in enumerate(units, start=2)]
 
 
 def read_params(path):

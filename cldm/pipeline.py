@@ -135,15 +135,16 @@ class GuidedDenoiser:
 
 
 @torch.no_grad()
-def generate(model, hint, prompt=None, *, settings=None, controls=(), init_image=None, mask=None, region_mask=None,
-             size=None, verbose=True, **values):
+def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None, init_image=None, mask=None,
+             region_mask=None, size=None, verbose=True, **values):
     """Images (list of HWC uint8) following `hint` (HWC uint8, sides multiples of 64) and the prompt, and the
     seed used (a random one for seed=-1).
 
     `settings` (cldm.settings.Settings; default: its defaults) and any of its fields given as keywords
     (steps=30, sampler="Euler a", ...) say how. The model's own control is weighed by their strength,
-    control start/end, mode and block weights, and acts where `region_mask` is white; `controls` adds more
-    ControlNets, each a `Control` with its own image, strength, range, mode, block weights and region.
+    control start/end, mode and block weights, and acts where `region_mask` is white. The settings' other units
+    (Settings.units[1:], each a ControlUnit whose image is its condition map) add more, each running the
+    ControlNet `nets` holds for its control file (None: the model's own); `controls` adds ready `Control`s.
     hint=None and no controls samples from the text alone, at `size` (H, W).
 
     Image-to-image: `init_image` (HWC uint8, the generation's size) noised to strength `denoise` and the
@@ -158,7 +159,11 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), init_image
     seed = random.randint(0, 2**31 - 1) if s.seed == -1 else s.seed
     device = model.betas.device
     own = [] if hint is None else [Control.of(s.units[0], hint, region_mask=region_mask)]
-    controls = own + list(controls)
+    for k, unit in enumerate(s.units[1:], start=2):
+        if unit.image is None:
+            raise ValueError(f"control unit {k} has no condition map: give it one (its image)")
+    listed = [Control.of(unit, unit.image, (nets or {}).get(unit.control)) for unit in s.units[1:]]
+    controls = own + listed + list(controls)
     if controls and not hasattr(model, "control_model") and any(c.net is None for c in controls):
         raise ValueError("this model has no ControlNet: pass hint=None, or Control(..., net=a ControlNet)")
     if mask is not None and init_image is None:

@@ -14,20 +14,19 @@ import torch
 from cldm.lowvram import low_vram
 from cldm.model import ModelOptions
 from cldm.outputs import save_beside, save_png, save_units
-from cldm.pipeline import Control, generate
+from cldm.pipeline import generate
 from cldm.settings import Settings
 from ldm.precision import precision_of
 
 
 @dataclass(frozen=True)
 class Request:
-    settings: Settings
+    settings: Settings  # its units after the first each hold their condition map as their image
     hint: np.ndarray | None = None  # the first unit's condition (a map, or the inpaint control's float one)
     shown: np.ndarray | None = None  # the condition as a picture, saved beside the images (default: `hint`)
     init_image: np.ndarray | None = None  # image-to-image's and inpainting's starting picture
     mask: np.ndarray | None = None  # inpainting: white where to redraw
     region_mask: np.ndarray | None = None  # the first unit's: white where it acts
-    units: tuple = ()  # the other control units, (k, ControlUnit whose image is its map)
     options: ModelOptions = ModelOptions()
     inpaint_control: bool = False  # the hint is the inpaint control's condition of init_image and mask
     notes: dict = field(default_factory=dict)  # more for the record: how the maps were made (annotator, pose...)
@@ -67,10 +66,9 @@ def run(model, request, paths, nets=None, low_vram_device=None, verbose=False, m
     `low_vram_device` if given), then save its pictures and images where `paths` say, the request as their
     record. Returns (images, seed, the record with the files' names, the image files)."""
     nets = nets or {}
-    controls = [Control.of(unit, unit.image, nets.get(unit.control)) for _, unit in request.units]
-    offload = low_vram(model, low_vram_device, nets=[c.net for c in controls if c.net is not None])
+    offload = low_vram(model, low_vram_device, nets=list(nets.values()))
     with offload if low_vram_device else nullcontext():
-        images, seed = generate(model, request.hint, settings=request.settings, controls=controls,
+        images, seed = generate(model, request.hint, settings=request.settings, nets=nets,
                                 init_image=request.init_image, mask=request.mask, region_mask=request.region_mask,
                                 verbose=verbose)
     record = request.record(seed, model)
@@ -78,7 +76,7 @@ def run(model, request, paths, nets=None, low_vram_device=None, verbose=False, m
     pictures = {"hint": None if request.hint is None else shown, "init_image": request.init_image,
                 "mask": request.mask, "region_mask": request.region_mask}
     record.update(save_beside(pictures, paths.beside, {"hint": map_params or {}}))
-    if request.units:
-        record["controls"] = save_units(request.units, paths.beside)
+    if len(request.settings.units) > 1:
+        record["controls"] = save_units(request.settings.units[1:], paths.beside)
     files = [save_png(image, paths.image(i, len(images)), {**record, "sample": i}) for i, image in enumerate(images)]
     return images, seed, record, files

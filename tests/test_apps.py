@@ -484,8 +484,8 @@ def test_two_controls_in_an_app(default_model, tmp_path):
     number = saved.stem.split("-")[-1]
     assert number == "00003"  # the third request: its maps took no numbers of their own
     assert sorted(p.name for p in tmp_path.glob(f"*-{number}.png")) == [
-        f"canny-{number}.png", f"canny-map-{number}.png", f"canny-unit3-map-{number}.png",
-        f"canny-unit3-region-{number}.png"]
+        f"canny-{number}.png", f"canny-map-{number}.png", f"canny-unit2-map-{number}.png",  # the second unit run
+        f"canny-unit2-region-{number}.png"]
     (record,) = read_params(saved)["controls"]
     assert record["strength"] == 0.8 and record["control_start"] == 0.5 and record["block_weights"] == "soft"
     again = tmp_path / "again.png"

@@ -7,6 +7,7 @@ import torch
 from cldm.cldm import guess_mode_scales
 from cldm.pipeline import Control, generate
 from cldm.samplers import SAMPLERS, diffusers_scheduler
+from cldm.settings import ControlUnit, Settings
 from ldm.ddim import DDIMSampler
 from tests.helpers import TINY_V15, TINY_V21, tiny_model
 
@@ -114,6 +115,12 @@ def test_several_controls_add_up(model):
     second_net = tiny_model(TINY_V15, seed=7).control_model
     mixed = latents_of(model, hint(), PROMPT, steps=3, seed=4, controls=[Control(hint(), 1.0, net=second_net)])
     assert (mixed - one).abs().max() > 1e-4
+    # the same controls as units of the settings: the model's own first, then each with its map and its net
+    units = (ControlUnit(), ControlUnit(image=hint(1), control_end=0.5), ControlUnit(image=hint(), control="b"))
+    both = latents_of(model, hint(), PROMPT, steps=3, seed=4, settings=Settings().with_values(units=units),
+                      nets={"b": second_net})
+    close(both, latents_of(model, hint(), PROMPT, steps=3, seed=4,
+                           controls=[Control(hint(1), 1.0, end=0.5), Control(hint(), 1.0, net=second_net)]))
     with pytest.raises(ValueError, match="same size"):
         generate(model, hint(), PROMPT, steps=1, controls=[Control(np.zeros((128, 64, 3), np.uint8))])
 
