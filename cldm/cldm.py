@@ -16,7 +16,15 @@ from ldm.attention import zero_module
 from ldm.conditioning import Conditioning
 from ldm.diffusion import LatentDiffusion
 from ldm.precision import weights_dtype
-from ldm.unet import TimestepEmbedSequential, UNetConfig, UNetModel, build_encoder, time_embedding, timestep_embedding
+from ldm.unet import (
+    TimestepEmbedSequential,
+    UNetConfig,
+    UNetModel,
+    build_encoder,
+    embed,
+    label_embedding,
+    time_embedding,
+)
 
 NUM_CONTROLS = 13  # SD 1.x/2.x: one per encoder block (12 input blocks) plus the middle block
 CONTROL_PREFIX = "control_model."  # where a ControlLDM keeps its ControlNet's weights
@@ -114,6 +122,7 @@ class ControlNet(nn.Module):
         self.global_average_pooling = global_average_pooling  # only global statistics of the control pass
         self.only_mid_control = only_mid_control  # residuals for the middle block only
         self.time_embed = time_embedding(cfg.model_channels)
+        self.label_emb = label_embedding(cfg)
         self.input_hint_block = hint_encoder(hint_channels, cfg.model_channels)
         self.input_blocks, self.middle_block, block_channels = build_encoder(cfg)
         self.zero_convs = nn.ModuleList(zero_conv(ch) for ch in block_channels)
@@ -140,9 +149,10 @@ class ControlNet(nn.Module):
         each residual is multiplied by it, resized to the residual's size by area averaging."""
         # 1. timestep embedding and condition features
         dtype = self.dtype
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))
+        cond = Conditioning.of(context).to(dtype)
+        emb = embed(self.time_embed, self.label_emb, self.model_channels, timesteps, cond, dtype)
         guided_hint = self.encode_hint(hint) if hint_features is None else hint_features.to(dtype)
-        context = Conditioning.of(context).to(dtype).crossattn
+        context = cond.crossattn
         # 2. the encoder copy; the condition enters once, after the first conv
         outs, sizes = [], []
         h = x.to(dtype)

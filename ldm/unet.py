@@ -133,6 +133,8 @@ class UNetConfig:
     use_linear_in_transformer: bool = False
     use_checkpoint: bool = False
     use_fp16: bool = False
+    num_classes: str | None = None  # "sequential": SDXL's label embedding of the conditioning's vector part
+    adm_in_channels: int | None = None  # ... and that vector's width (SDXL: 2816)
     image_size: int | None = None  # unused: the network is fully convolutional
 
     def __post_init__(self):
@@ -151,6 +153,8 @@ class UNetConfig:
         if len(self.num_res_blocks) != n_levels or len(self.transformer_depth) < n_levels:
             raise ValueError(f"num_res_blocks and transformer_depth need one entry per channel_mult level ({n_levels})")
         self.out_channels = self.out_channels or self.in_channels
+        if self.num_classes not in (None, "sequential") or (self.num_classes is None) != (self.adm_in_channels is None):
+            raise ValueError("a label embedding is SDXL's: num_classes: sequential with adm_in_channels, or neither")
 
     def heads_for(self, ch):
         """(number of heads, channels per head) of the transformer at width `ch`."""
@@ -181,6 +185,31 @@ class UNetConfig:
 def time_embedding(model_channels):
     time_embed_dim = model_channels * 4
     return nn.Sequential(nn.Linear(model_channels, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim))
+
+
+def label_embedding(cfg):
+    """SDXL's label embedding (sgm's num_classes: "sequential"): the conditioning's vector part (the pooled text
+    embedding and the size and crop ids) to the timestep embedding's width; None for SD 1.x/2.x."""
+    if cfg.num_classes is None:
+        return None
+    dim = cfg.model_channels * 4
+    return nn.Sequential(nn.Sequential(nn.Linear(cfg.adm_in_channels, dim), nn.SiLU(), nn.Linear(dim, dim)))
+
+
+def embed(time_embed, label_emb, model_channels, timesteps, cond, dtype):
+    """The embedding every ResBlock gets: the timesteps', plus the label embedding of the conditioning's vector
+    part where the network has one (SDXL). Shared by the UNet and ControlNet's copy."""
+    emb = time_embed(timestep_embedding(timesteps, model_channels).to(dtype))
+    vector = None if cond is None else cond.vector
+    if label_emb is None:
+        if vector is not None:
+            raise ValueError("this network takes no vector conditioning (it has no label embedding): an SDXL "
+                             "conditioning given to an SD 1.x/2.x model?")
+        return emb
+    if vector is None:
+        raise ValueError("this network needs the conditioning's vector part (SDXL: the pooled text embedding and "
+                         "the size and crop ids)")
+    return emb + label_emb(vector.to(dtype))
 
 
 def build_encoder(cfg: UNetConfig):
@@ -257,6 +286,7 @@ class UNetModel(nn.Module):
         self.config = cfg = UNetConfig(**params)
         self.model_channels = cfg.model_channels
         self.time_embed = time_embedding(cfg.model_channels)
+        self.label_emb = label_embedding(cfg)
         self.input_blocks, self.middle_block, block_channels = build_encoder(cfg)
         self.output_blocks, ch = build_decoder(cfg, block_channels)
         self.out = nn.Sequential(
@@ -272,7 +302,7 @@ class UNetModel(nn.Module):
     def encode(self, x, timesteps, cond):
         """The encoder half for a Conditioning `cond` (or None): (middle block output, skip connections, timestep
         embedding)."""
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
+        emb = embed(self.time_embed, self.label_emb, self.model_channels, timesteps, cond, x.dtype)
         context = None if cond is None else cond.crossattn
         hs = []
         h = x
