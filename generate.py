@@ -189,8 +189,9 @@ def generate_and_save(model, hint, settings, units, nets, out, device, low_vram_
     shown = hint
     if start.inpaint_control:
         hint, shown = start.inpaint_condition(settings.mask_blur)
-    request = Request(settings.with_values(units=(settings.units[0], *units)), hint, shown, start.image,
-                      start.mask, start.region, options, start.inpaint_control)
+    first = replace(settings.units[0], region_mask=start.region)
+    request = Request(settings.with_values(units=(first, *units)), hint, shown, start.image, start.mask, options,
+                      start.inpaint_control)
     _, seed, _, files = run(model, request, Paths.at(out), nets, device if low_vram_mode else None, verbose=True)
     for path in files:
         print(f"wrote {path} (seed {seed})")

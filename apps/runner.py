@@ -143,9 +143,9 @@ class Runner:
         hint = None if self.toy and self.task.toy == "plain" else condition
         notes = {"annotator": params, "preprocessor": preprocessor, "size": list(shown.shape[:2]),
                  **({"pose": pose} if edited is not None else {})}
-        request = Request(settings.with_values(units=(settings.units[0], *units)), hint, shown, init, mask, region,
-                          self.options, inpaint_control=self.task.workflow == "inpaint" and hint is not None,
-                          notes=notes)
+        first = replace(settings.units[0], region_mask=region)
+        request = Request(settings.with_values(units=(first, *units)), hint, shown, init, mask, self.options,
+                          inpaint_control=self.task.workflow == "inpaint" and hint is not None, notes=notes)
         nets = {unit.control: self.control_net(unit.control) for unit in units if unit.control is not None}
         paths = Paths.numbered(next_path(self.output_dir, self.task.name))  # one number for the request's files
         images, seed, record, saved = run(self.model, request, paths, nets, self.low_vram_device,

@@ -21,12 +21,11 @@ from ldm.precision import precision_of
 
 @dataclass(frozen=True)
 class Request:
-    settings: Settings  # its units after the first each hold their condition map as their image
+    settings: Settings  # its units: the first's region mask, and the others' condition maps as their image
     hint: np.ndarray | None = None  # the first unit's condition (a map, or the inpaint control's float one)
     shown: np.ndarray | None = None  # the condition as a picture, saved beside the images (default: `hint`)
     init_image: np.ndarray | None = None  # image-to-image's and inpainting's starting picture
     mask: np.ndarray | None = None  # inpainting: white where to redraw
-    region_mask: np.ndarray | None = None  # the first unit's: white where it acts
     options: ModelOptions = ModelOptions()
     inpaint_control: bool = False  # the hint is the inpaint control's condition of init_image and mask
     notes: dict = field(default_factory=dict)  # more for the record: how the maps were made (annotator, pose...)
@@ -69,12 +68,11 @@ def run(model, request, paths, nets=None, low_vram_device=None, verbose=False, m
     offload = low_vram(model, low_vram_device, nets=list(nets.values()))
     with offload if low_vram_device else nullcontext():
         images, seed = generate(model, request.hint, settings=request.settings, nets=nets,
-                                init_image=request.init_image, mask=request.mask, region_mask=request.region_mask,
-                                verbose=verbose)
+                                init_image=request.init_image, mask=request.mask, verbose=verbose)
     record = request.record(seed, model)
     shown = request.hint if request.shown is None else request.shown
     pictures = {"hint": None if request.hint is None else shown, "init_image": request.init_image,
-                "mask": request.mask, "region_mask": request.region_mask}
+                "mask": request.mask, "region_mask": request.settings.units[0].region_mask}
     record.update(save_beside(pictures, paths.beside, {"hint": map_params or {}}))
     if len(request.settings.units) > 1:
         record["controls"] = save_units(request.settings.units[1:], paths.beside)
