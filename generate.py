@@ -92,7 +92,7 @@ from tqdm.auto import tqdm
 from annotators import ANNOTATORS, condition_map, fit, list_pictures, read_image, resize_image
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.model import ModelOptions, load_control_net, load_model
-from cldm.outputs import BESIDE, own_control, read_params
+from cldm.outputs import BESIDE, read_params
 from cldm.request import Paths, Request, run
 from cldm.settings import ControlUnit, Settings, add_arguments, from_args
 from cldm.speed import speed_up
@@ -213,9 +213,10 @@ def unit_nets(model, units):
 
 
 def check_saved_controls(saved):
-    for unit in (saved or {}).get("controls", []):
-        if not own_control(unit["control"]):
-            check_checkpoint_file(find_model_file(unit["control"]))
+    for record in (saved or {}).get("controls", []):
+        control = ControlUnit.from_record(record).control
+        if control is not None:
+            check_checkpoint_file(find_model_file(control))
 
 
 def read_pictures(args):

@@ -31,15 +31,6 @@ def save_png(image, path, params):
     return Path(path)
 
 
-LEGACY_OWN_CONTROL = "the app's control"  # what records saved before null named the model's own ControlNet by
-
-
-def own_control(value):
-    """Whether a control unit's record names the model's own ControlNet: null, as saved now (older images: the
-    page's label)."""
-    return value in (None, "", LEGACY_OWN_CONTROL)
-
-
 # the pictures a generation reads besides its settings, saved next to its images: record key -> file suffix
 BESIDE = {"hint": "map", "init_image": "init", "mask": "mask", "region_mask": "region"}
 

@@ -73,12 +73,14 @@ class ControlUnit:
 
     @classmethod
     def from_record(cls, record):
-        """A unit from its record; the app's label for the model's own control, in older records, reads as None."""
+        """A unit from its record; the page's label for the model's own control, which older records saved in
+        place of null, reads as None."""
         names = {f.name for f in fields(cls) if not f.metadata.get("picture")}
         unit = cls(**{k: v for k, v in record.items() if k in names})
-        return replace(unit, control=None) if unit.control == "the app's control" else unit
+        return replace(unit, control=None) if unit.control in ("", LEGACY_OWN_CONTROL) else unit
 
 
+LEGACY_OWN_CONTROL = "the app's control"
 UNIT_SETTINGS = ("strength", "control_start", "control_end", "control_mode", "block_weights")
 
 

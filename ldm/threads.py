@@ -29,9 +29,9 @@ def default_threads():
         try:
             count = int(value)
         except ValueError:
-            raise SystemExit(f"{THREADS_ENV}={value!r} is not a whole number of threads") from None
+            raise ValueError(f"{THREADS_ENV}={value!r} is not a whole number of threads") from None
         if count < 1:
-            raise SystemExit(f"{THREADS_ENV}={value!r}: give at least 1 thread")
+            raise ValueError(f"{THREADS_ENV}={value!r}: give at least 1 thread")
         return count
     return max(1, cores() - 1)
 
@@ -40,7 +40,7 @@ def use_threads(requested=None):
     """Compute on `requested` threads (None: the default policy); returns the count in force."""
     count = int(requested) if requested else default_threads()
     if count < 1:
-        raise SystemExit(f"--threads {requested}: give at least 1 thread")
+        raise ValueError(f"--threads {requested}: give at least 1 thread")
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count
