@@ -254,7 +254,7 @@ def main(argv=None):
         generate_and_save(model, None if start.inpaint_control else beside["hint"], settings, units, nets,
                           args.out, device, args.low_vram, start, options)
         return
-    units = [ControlUnit(image=hint, control=ckpt).with_values(strength=scale)
+    units = [ControlUnit(image=hint, control=ckpt, strength=float(scale))
              for (ckpt, _, scale), hint in zip(args.extra_control, pictures["extra"])]
     nets = unit_nets(model, units)
     speed_up(model, compile=args.compile, nets=list(nets.values()))

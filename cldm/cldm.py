@@ -59,11 +59,11 @@ BLOCK_WEIGHT_PRESETS = ("uniform", "soft", "only_mid")
 def parse_block_weights(value, n=NUM_CONTROLS):
     """Per-block weights of a control as numbers (None: uniform): a preset ("uniform": all ones; "only_mid": the
     middle block alone; "soft" is control_weights' to grant), n numbers, or their text "1, 0.5, ..."
-    (shallowest block first, the middle block last)."""
+    (shallowest block first, the middle block last); n=None takes any count of numbers."""
     if value is None or value == "uniform":
         return None
     if value == "only_mid":
-        return [0.0] * (n - 1) + [1.0]
+        return None if n is None else [0.0] * (n - 1) + [1.0]
     if isinstance(value, str):
         try:
             value = [float(v) for v in value.replace(",", " ").split()]
@@ -71,7 +71,7 @@ def parse_block_weights(value, n=NUM_CONTROLS):
             raise ValueError(f"block weights {value!r} are neither a preset {BLOCK_WEIGHT_PRESETS} nor numbers "
                              f"like '1, 1, 0.5'") from None
     value = [float(v) for v in value]
-    if len(value) != n:
+    if n is not None and len(value) != n:
         raise ValueError(f"got {len(value)} block weights; this ControlNet has {n} blocks (the middle one last)")
     return value
 

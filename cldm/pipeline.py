@@ -9,8 +9,8 @@ from torch import nn
 
 from cldm.cldm import control_weights, sum_residuals
 from cldm.img2img import mask_array, start_from
-from cldm.samplers import SAMPLERS, sample, skipped_steps
-from cldm.settings import CONTROL_MODES, Settings
+from cldm.samplers import sample, skipped_steps
+from cldm.settings import ControlUnit, Settings
 from ldm.conditioning import Conditioning
 from ldm.ddim import classifier_free_guidance
 from ldm.precision import all_finite, check_finite, non_finite_error, weights_dtype
@@ -30,11 +30,9 @@ class Control:
     block_weights: object = "uniform"  # a preset or one weight per block (cldm.cldm.control_weights)
     region_mask: np.ndarray | None = None  # HW (or HWC), white where the control acts; any size of this shape
 
-    def __post_init__(self):
-        if self.mode not in CONTROL_MODES:
-            raise ValueError(f"control mode {self.mode!r} is not one of {CONTROL_MODES}")
-        if not 0.0 <= self.start <= self.end <= 1.0:
-            raise ValueError(f"control start/end must satisfy 0 <= start <= end <= 1, got {self.start}, {self.end}")
+    def __post_init__(self):  # given directly (not of a unit): the units' check
+        ControlUnit(strength=self.strength, control_start=self.start, control_end=self.end, control_mode=self.mode,
+                    block_weights=self.block_weights)
 
     @classmethod
     def of(cls, unit, hint, net=None, region_mask=None):
@@ -154,8 +152,6 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None,
     if prompt is not None:
         values["prompt"] = prompt
     s = (settings or Settings()).with_values(**values)
-    if s.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {s.sampler!r}; choose one of {list(SAMPLERS)}")
     seed = random.randint(0, 2**31 - 1) if s.seed == -1 else s.seed
     device = model.betas.device
     own = [] if hint is None else [Control.of(s.units[0], hint, region_mask=region_mask)]

@@ -7,16 +7,25 @@ pixel perfect, resize mode): the apps and the command line use them, `generate()
 """
 
 import argparse
+import math
+import numbers
+import types
 from dataclasses import dataclass, field, fields, replace
 
 from annotators.util import RESIZE_MODES
-from cldm.cldm import BLOCK_WEIGHT_PRESETS
+from cldm.cldm import BLOCK_WEIGHT_PRESETS, parse_block_weights
 from cldm.samplers import SAMPLERS
 
 # The control modes of the A1111 ControlNet extension: "prompt" weighs the control's blocks softly (deeper
 # blocks more, the release's guess-mode scales); "control" gives the control to the conditional branch only,
 # so classifier-free guidance amplifies it.
 CONTROL_MODES = ("balanced", "prompt", "control")
+MAX_TEXT = 20_000  # characters of a text setting: CLIP reads 77 tokens a window; more is a mistake or an attack
+MAX_UNITS = 8
+
+
+class SettingError(ValueError):
+    """A setting's value that cannot be used; the message names the setting, the value and what it takes."""
 
 
 def setting(default, label, help="", range=None, choices=None, aliases=()):  # noqa: A002 (the names users read)
@@ -28,6 +37,81 @@ def picture(label, help=""):  # noqa: A002
     """A picture field (HWC / HW uint8, or None): shown as an upload, saved beside the images, never compared."""
     return field(default=None, compare=False, metadata={"label": label, "help": help, "range": None, "choices": None,
                                                          "aliases": (), "picture": True})
+
+
+# -- the check at the door: every value a Settings or ControlUnit holds went through checked() ---------------
+
+def check_fields(instance, checked_fields):
+    """Check and convert the fields of a frozen dataclass being built (pictures are checked when read)."""
+    for f in checked_fields:
+        if not f.metadata.get("picture"):
+            object.__setattr__(instance, f.name, checked(f, getattr(instance, f.name)))
+
+
+def checked(f, value):
+    """`value` as setting `f` holds it (an int from a UI's 20.0, a float from an int), or a SettingError that
+    names the setting, the value and what the setting takes: its type, range or choices, finite numbers."""
+    kind, optional = f.type, False
+    if isinstance(kind, types.UnionType):  # `str | None`
+        optional, kind = True, next(k for k in kind.__args__ if k is not type(None))
+    if value is None and optional:
+        return None
+    if f.name == "block_weights":
+        return checked_block_weights(value)
+    low, high, step = f.metadata["range"] or (None, None, None)
+    if kind is bool:
+        if isinstance(value, (bool, int)) and value in (0, 1):
+            return bool(value)
+        raise SettingError(f"{f.name} must be true or false, not {short(value)}")
+    if kind is str:
+        if not isinstance(value, str):
+            raise SettingError(f"{f.name} must be text{' or null' if optional else ''}, not {short(value)}")
+        if len(value) > MAX_TEXT:
+            raise SettingError(f"{f.name} is {len(value)} characters long; at most {MAX_TEXT} are read")
+        choices = f.metadata["choices"]
+        if choices and value not in choices:
+            raise SettingError(f"{f.name} {value!r} is not one of {', '.join(choices)}")
+        return value
+    whole = kind is int
+    what = (f"a whole number from {low} to {high}" if whole else f"a number from {low} to {high}") if step else (
+        "a whole number" if whole else "a finite number")
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        raise SettingError(f"{f.name} must be {what}, not {short(value)}")
+    if whole and value != int(value):
+        raise SettingError(f"{f.name} must be {what}, not {short(value)}")
+    if step and not low <= value <= high:
+        raise SettingError(f"{f.name} must be {what}; {short(value)} is out of range")
+    return int(value) if whole else float(value)
+
+
+def checked_block_weights(value):
+    """A block-weights setting: a preset, or numbers (text or a list) each finite and in the strength's range
+    (how many is the ControlNet's to say: its blocks)."""
+    if not isinstance(value, (str, list, tuple)):
+        raise SettingError(f"block_weights must be a preset or numbers, not {short(value)}")
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise SettingError(f"block_weights is {len(value)} characters long; at most {MAX_TEXT} are read")
+    if value in BLOCK_WEIGHT_PRESETS:
+        return value
+    try:
+        numbers = parse_block_weights(value, n=None)
+    except (TypeError, ValueError, OverflowError):
+        raise SettingError(f"block_weights {short(value)} are neither a preset ({', '.join(BLOCK_WEIGHT_PRESETS)}) "
+                           "nor numbers like '1, 1, 0.5'") from None
+    low, high, _ = ControlUnit.__dataclass_fields__["strength"].metadata["range"]
+    wrong = [w for w in numbers or [] if not (math.isfinite(w) and low <= w <= high)]
+    if wrong:
+        raise SettingError(f"block_weights must each be a number from {low} to {high}; {short(wrong[0])} is not")
+    return value if isinstance(value, str) else list(numbers)
+
+
+def short(value, limit=60):
+    """A value as a message quotes it: its repr, cut to `limit` characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to write out
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -55,13 +139,19 @@ class ControlUnit:
                                  "middle block last)")
     region_mask: object = picture("Region mask", "white where the control acts; none: everywhere")
 
+    def __post_init__(self):
+        check_fields(self, fields(self))
+        if self.control_start > self.control_end:
+            raise SettingError(f"control_start {self.control_start} is after control_end {self.control_end}: the "
+                               "control would never act; start before it ends")
+
     def with_values(self, **values):
-        """A copy with `values` changed, each converted to its field's type (UI numbers arrive as floats)."""
-        types = {f.name: f.type for f in fields(self)}
-        unknown = sorted(set(values) - set(types))
+        """A copy with `values` changed, each checked and converted to its field's type (UI numbers arrive as
+        floats); a value that cannot be used is a SettingError."""
+        unknown = sorted(set(values) - {f.name for f in fields(self)})
         if unknown:
-            raise TypeError(f"unknown control unit settings {unknown}; they are {sorted(types)}")
-        return replace(self, **{k: convert(types[k], v) for k, v in values.items()})
+            raise SettingError(f"unknown control unit settings {unknown}; they are {[f.name for f in fields(self)]}")
+        return replace(self, **values)
 
     def settings(self):
         """Its settings (those the first unit has as Settings' flags), by name."""
@@ -73,11 +163,15 @@ class ControlUnit:
 
     @classmethod
     def from_record(cls, record):
-        """A unit from its record; the page's label for the model's own control, which older records saved in
-        place of null, reads as None."""
+        """A unit from its record (settings saved before they existed take their defaults); the page's label for
+        the model's own control, which older records saved in place of null, reads as None."""
+        if not isinstance(record, dict):
+            raise SettingError(f"a control unit's record must be a JSON object, not {short(record)}")
         names = {f.name for f in fields(cls) if not f.metadata.get("picture")}
-        unit = cls(**{k: v for k, v in record.items() if k in names})
-        return replace(unit, control=None) if unit.control in ("", LEGACY_OWN_CONTROL) else unit
+        values = {k: v for k, v in record.items() if k in names}
+        if values.get("control") in ("", LEGACY_OWN_CONTROL):
+            values["control"] = None
+        return cls().with_values(**values)
 
 
 LEGACY_OWN_CONTROL = "the app's control"
@@ -111,6 +205,15 @@ class Settings:
 
     units: tuple = field(default=(ControlUnit(),), metadata={"label": "Control units", "unit": True})
 
+    def __post_init__(self):
+        check_fields(self, [f for f in fields(self) if not f.metadata.get("unit")])
+        units = self.units
+        if not isinstance(units, (tuple, list)) or not 1 <= len(units) <= MAX_UNITS or not all(
+                isinstance(u, ControlUnit) for u in units):
+            raise SettingError(f"units must be 1 to {MAX_UNITS} control units (the model's own first), not "
+                               f"{short(units)}")
+        object.__setattr__(self, "units", tuple(units))
+
     def __getattr__(self, name):  # only for names that are not fields: the first unit's settings
         if name in UNIT_SETTINGS:
             return getattr(self.units[0], name)
@@ -125,35 +228,29 @@ class Settings:
     def from_record(cls, record):
         """Settings from saved parameters (whose seed is the one used); keys of other things (file names, the
         precision) are left aside, and settings saved before they existed take their defaults."""
+        if not isinstance(record, dict):
+            raise SettingError(f"saved parameters must be a JSON object, not {short(record)}")
         names = {f.name for f in setting_fields()}
         return cls().with_values(**{k: v for k, v in record.items() if k in names})
 
     def with_values(self, **values):
-        """A copy with `values` changed (the first unit's settings among them), each converted to its field's
-        type (UI numbers arrive as floats)."""
-        types = {f.name: f.type for f in setting_fields()}
-        unknown = sorted(set(values) - set(types) - {"units"})
+        """A copy with `values` changed (the first unit's settings among them), each checked and converted to its
+        field's type (UI numbers arrive as floats); a value that cannot be used is a SettingError."""
+        names = {f.name for f in setting_fields()}
+        unknown = sorted(set(values) - names - {"units"})
         if unknown:
-            raise TypeError(f"unknown settings {unknown}; the settings are {sorted(types)}")
+            raise SettingError(f"unknown settings {unknown}; the settings are {sorted(names)}")
         first = {k: values.pop(k) for k in UNIT_SETTINGS if k in values}
-        units = tuple(values.pop("units", self.units))
+        units = values.pop("units", self.units)
         if first:
             units = (units[0].with_values(**first), *units[1:])
-        return replace(self, units=units, **{k: convert(types[k], v) for k, v in values.items()})
+        return replace(self, units=units, **values)
 
 
 def setting_fields():
     """Every setting a flag, a page input and a record key: Settings' own, and its first unit's."""
     own = [f for f in fields(Settings) if not f.metadata.get("unit")]
     return [*own, *(f for f in fields(ControlUnit) if f.name in UNIT_SETTINGS)]
-
-
-def convert(kind, value):
-    """A number as a field of type `kind` holds it (an int from a UI's float, a float from an int); text fields
-    take what they are given (block weights may be a list of numbers)."""
-    if kind is int:
-        return int(round(float(value)))
-    return kind(value) if kind in (float, bool) else value
 
 
 def add_arguments(parser, defaults=Settings(), skip=()):

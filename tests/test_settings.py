@@ -6,7 +6,7 @@ from dataclasses import fields
 import gradio as gr
 import pytest
 
-from cldm.settings import ControlUnit, Settings, add_arguments, from_args, setting_fields
+from cldm.settings import ControlUnit, SettingError, Settings, add_arguments, from_args, setting_fields
 
 
 def test_flags_come_from_the_settings_with_their_defaults_and_choices():
@@ -21,13 +21,13 @@ def test_flags_come_from_the_settings_with_their_defaults_and_choices():
 
 
 def test_record_round_trip_and_conversions():
-    settings = Settings().with_values(steps=12.0, seed="5", strength=1, guess_mode=1, block_weights=[1.0] * 13)
+    settings = Settings().with_values(steps=12.0, seed=5.0, strength=1, guess_mode=1, block_weights=[1.0] * 13)
     assert settings.steps == 12 and isinstance(settings.steps, int) and settings.seed == 5
     assert isinstance(settings.strength, float) and settings.guess_mode is True
     saved = {**settings.record(), "hint": "map.png", "precision": "fp32"}  # what a PNG carries beside them
     assert Settings.from_record(saved) == settings
     assert Settings.from_record({"steps": 3}) == Settings(steps=3)  # records from before a setting existed
-    with pytest.raises(TypeError, match="unknown settings"):
+    with pytest.raises(SettingError, match="unknown settings"):
         Settings().with_values(stepz=3)
 
 
