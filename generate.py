@@ -24,7 +24,7 @@ import argparse
 from pathlib import Path
 
 from ldm.errors import run_main
-from ldm.files import check_checkpoint_file, check_config_file, check_picture_file, find_model_file
+from ldm.files import MODELS, check_checkpoint_file, check_config_file, check_picture_file, find_model_file
 
 PICTURE_FLAGS = ("hint", "image", "reproduce", "region_mask", "init_image", "mask")
 
@@ -92,9 +92,9 @@ from tqdm.auto import tqdm
 from annotators import ANNOTATORS, condition_map, fit, list_pictures, read_image, resize_image
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.model import ModelOptions, load_control_net, load_model
-from cldm.outputs import BESIDE, read_params
+from cldm.outputs import BESIDE, RecordError, beside_record, read_params
 from cldm.request import Paths, Request, run
-from cldm.settings import ControlUnit, Settings, add_arguments, from_args
+from cldm.settings import ControlUnit, Settings, add_arguments, from_args, short
 from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
 from ldm.threads import add_threads_argument, use_threads
@@ -134,7 +134,7 @@ def detected_map(args, settings, picture):
 
 def model_options(args, saved):
     """The ModelOptions the flags give, over those saved with a reproduced image (else the defaults)."""
-    options = ModelOptions.from_record((saved or {}).get("model_options"))
+    options = saved.options if saved is not None else ModelOptions()
     given = {"text_windows": args.text_windows, "clip_skip": args.clip_skip, "pooled": args.pooled}
     return replace(options, **{k: v for k, v in given.items() if v is not None})
 
@@ -197,26 +197,55 @@ def generate_and_save(model, hint, settings, units, nets, out, device, low_vram_
         print(f"wrote {path} (seed {seed})")
 
 
-def saved_units(saved, folder):
-    """The extra control units a saved image was made with, their maps and region masks read from `folder`."""
-    units = []
-    for record in saved.get("controls", []):
-        read = lambda key: read_image(str(folder / record[key])) if record.get(key) else None  # noqa: E731
-        units.append(replace(ControlUnit.from_record(record), image=read("hint"), region_mask=read("region_mask")))
-    return units
+@dataclass(frozen=True)
+class Saved:
+    """A saved image's record, read and checked before any model is built: its settings (seed included) and
+    control units, the files beside it, how its model was built and run."""
+
+    settings: Settings
+    pictures: dict  # BESIDE key -> the file beside the record
+    units: list  # (ControlUnit, {BESIDE key: file}) of each extra unit
+    precision: str
+    threads: int | None
+    options: ModelOptions
+    inpaint_control: bool
+
+    @classmethod
+    def read(cls, path):
+        saved = read_params(path)
+        settings = Settings.from_record(saved).with_values(seed=saved["seed"])
+        files = lambda record: {key: beside_record(path, record[key], key) for key in BESIDE  # noqa: E731
+                                if record.get(key) is not None}
+        controls = saved.get("controls", [])
+        if not isinstance(controls, list):
+            raise RecordError(f"{path}: its controls must be a list of control units, not {short(controls)}")
+        units = [(ControlUnit.from_record(record), files(record)) for record in controls]
+        for unit, _ in units:
+            if unit.control is not None:
+                check_checkpoint_file(find_model_file(unit.control, [MODELS, Path(path).parent]))
+        precision = saved.get("precision", "fp32")  # images saved before precisions existed were fp32
+        if precision not in PRECISIONS:
+            raise RecordError(f"{path}: precision {short(precision)} is not one of {', '.join(PRECISIONS)}")
+        threads = saved.get("threads")
+        if threads is not None and not (type(threads) is int and 1 <= threads <= 1024):
+            raise RecordError(f"{path}: threads must be a whole number from 1 to 1024, not {short(threads)}")
+        inpaint_control = saved.get("inpaint_control", False)
+        if not isinstance(inpaint_control, bool):
+            raise RecordError(f"{path}: inpaint_control must be true or false, not {short(inpaint_control)}")
+        return cls(settings, files(saved), units, precision, threads, ModelOptions.from_record(
+            saved.get("model_options")), inpaint_control)
+
+    def read_units(self):
+        """The extra control units with their maps and region masks read from beside the record."""
+        read = lambda files, key: read_image(str(files[key])) if key in files else None  # noqa: E731
+        return [replace(unit, image=read(files, "hint"), region_mask=read(files, "region_mask"))
+                for unit, files in self.units]
 
 
-def unit_nets(model, units):
+def unit_nets(model, units, folders=None):
     """The ControlNets the units' control files name, loaded once each, in the model's dtype and on its device."""
     files = {unit.control for unit in units if unit.control is not None}
-    return {name: load_control_net(model, find_model_file(name)).to(model.betas.device) for name in files}
-
-
-def check_saved_controls(saved):
-    for record in (saved or {}).get("controls", []):
-        control = ControlUnit.from_record(record).control
-        if control is not None:
-            check_checkpoint_file(find_model_file(control))
+    return {name: load_control_net(model, find_model_file(name, folders)).to(model.betas.device) for name in files}
 
 
 def read_pictures(args):
@@ -229,27 +258,23 @@ def read_pictures(args):
 def main(argv=None):
     args = parse_args(argv)
     check_files(args)
-    saved = read_params(args.reproduce) if args.reproduce else None
-    check_saved_controls(saved)
+    saved = Saved.read(args.reproduce) if args.reproduce else None
+    settings = from_args(args, CLI_DEFAULTS) if saved is None else saved.settings
     pictures = read_pictures(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.precision is None and saved is not None:
-        precision = saved.get("precision", "fp32")  # images saved before precisions existed were fp32
+        precision = saved.precision
     else:
         precision = resolve_precision(args.precision or "auto", device)
-    threads = use_threads(args.threads or (saved or {}).get("threads"))  # the saved count gives the same bits
+    threads = use_threads(args.threads or (saved and saved.threads))  # the saved count gives the same bits
     print(f"computing in {precision} on {device}" + (f" ({threads} threads)" if device == "cpu" else ""))
     options = model_options(args, saved)
     model = model_for(args, "cpu" if args.low_vram else device, precision, options)
-    settings = from_args(args, CLI_DEFAULTS)
     if saved is not None:
-        settings = Settings.from_record(saved).with_values(seed=saved["seed"])
-        beside = {name: read_image(str(Path(args.reproduce).parent / saved[name])) if saved.get(name) else None
-                  for name in BESIDE}
-        start = Pictures(beside["init_image"], beside["mask"], saved.get("inpaint_control", False),
-                         beside["region_mask"])
-        units = saved_units(saved, Path(args.reproduce).parent)
-        nets = unit_nets(model, units)
+        beside = {name: read_image(str(saved.pictures[name])) if name in saved.pictures else None for name in BESIDE}
+        start = Pictures(beside["init_image"], beside["mask"], saved.inpaint_control, beside["region_mask"])
+        units = saved.read_units()
+        nets = unit_nets(model, units, [MODELS, Path(args.reproduce).parent])
         speed_up(model, compile=args.compile, nets=list(nets.values()))
         generate_and_save(model, None if start.inpaint_control else beside["hint"], settings, units, nets,
                           args.out, device, args.low_vram, start, options)

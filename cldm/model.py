@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from cldm.cldm import CONTROL_PREFIX, ControlLDM, ControlledUnetModel, ControlNet
+from cldm.settings import SettingError, check_fields, setting, short
 from ldm.checkpoint import (
     CheckpointError,
     check_finite_weights,
@@ -52,9 +53,12 @@ class ModelOptions:
     pooled: the ControlNet's residuals pooled to one value per channel (1.1 shuffle), whatever the yaml says
     """
 
-    text_windows: int = 1
-    clip_skip: int = 1
-    pooled: bool = False
+    text_windows: int = setting(1, "Text windows", range=(1, 8, 1))
+    clip_skip: int = setting(1, "CLIP skip", range=(1, 12, 1))
+    pooled: bool = setting(False, "Pooled")
+
+    def __post_init__(self):
+        check_fields(self, fields(self))
 
     def record(self):
         return asdict(self)
@@ -62,6 +66,8 @@ class ModelOptions:
     @classmethod
     def from_record(cls, record):
         """Options from saved parameters (images saved before options were saved: the defaults)."""
+        if record is not None and not isinstance(record, dict):
+            raise SettingError(f"model_options must be a JSON object, not {short(record)}")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in (record or {}).items() if k in names})
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from ldm.checkpoint import atomic_path
+from ldm.files import plain_name
 
 PARAMS_KEY = "controlnet"  # JSON of every generation parameter
 SUMMARY_KEY = "parameters"  # the one-line summary the web UIs show (prompt, then "Steps: ..., Seed: ...")
@@ -51,13 +52,39 @@ def save_units(units, path_for):
             for k, unit in enumerate(units, start=2)]
 
 
+class RecordError(ValueError):
+    """A saved image's parameters that cannot be read back as a request."""
+
+
 def read_params(path):
-    """The parameters saved with a generated PNG."""
+    """The parameters saved with a generated PNG: a JSON object of finite numbers, with the seed it was made
+    with (each setting is checked as the request is built from it)."""
     with Image.open(path) as image:
         text = image.text.get(PARAMS_KEY) if hasattr(image, "text") else None
     if text is None:
-        raise ValueError(f"{path} carries no generation parameters (no '{PARAMS_KEY}' PNG text chunk)")
-    return json.loads(text)
+        raise RecordError(f"{path} carries no generation parameters (no '{PARAMS_KEY}' PNG text chunk)")
+    try:
+        params = json.loads(text, parse_constant=not_json)
+    except (ValueError, RecursionError) as error:
+        raise RecordError(f"{path}'s generation parameters are not readable JSON ({error})") from None
+    if not isinstance(params, dict):
+        raise RecordError(f"{path}'s generation parameters are a JSON {type(params).__name__}, not an object")
+    if "seed" not in params:
+        raise RecordError(f"{path}'s generation parameters have no seed: the image cannot be made again")
+    return params
+
+
+def not_json(constant):
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def beside_record(record, name, what="file"):
+    """The file a record names (`name`, from the saved parameters of the PNG `record`): only beside the record,
+    so a record cannot point at other files (no folders, no '..', no absolute paths)."""
+    if not plain_name(name):
+        raise RecordError(f"{record} names {name!r} as its {what}: a record's files are plain file names beside "
+                          "it")
+    return Path(record).parent / name
 
 
 def next_path(folder, stem):

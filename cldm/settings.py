@@ -11,6 +11,7 @@ import math
 import numbers
 import types
 from dataclasses import dataclass, field, fields, replace
+from pathlib import PurePath
 
 from annotators.util import RESIZE_MODES
 from cldm.cldm import BLOCK_WEIGHT_PRESETS, parse_block_weights
@@ -158,8 +159,10 @@ class ControlUnit:
         return {name: getattr(self, name) for name in UNIT_SETTINGS}
 
     def record(self):
-        """What a saved image records of it (its pictures are saved as files beside, named by the caller)."""
-        return {"control": self.control, "preprocessor": self.preprocessor, **self.settings()}
+        """What a saved image records of it (its pictures are saved as files beside, named by the caller); its
+        control file by name, which reproduction looks for in models/ and beside the record."""
+        control = None if self.control is None else PurePath(self.control).name
+        return {"control": control, "preprocessor": self.preprocessor, **self.settings()}
 
     @classmethod
     def from_record(cls, record):

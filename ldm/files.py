@@ -65,8 +65,22 @@ def check_checkpoint_file(path):
     return path
 
 
-def find_model_file(name):
-    """A file named on the command line or in a record -> its path (a bare name is looked for in models/)."""
+def plain_name(name):
+    """Whether `name` is a file name with no folder in it (no separator, no '..', not absolute)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and not any(
+        c in name for c in "\\\0")
+
+
+def find_model_file(name, folders=None):
+    """A file named on the command line -> its path (a bare name is looked for in models/). With `folders` (a
+    record's, or what a server offers), only a plain file name in one of them: a record or a caller cannot
+    point at other files, nor tell from the message whether a path exists elsewhere."""
+    if folders is not None:
+        found = [Path(folder) / name for folder in folders if plain_name(name) and (Path(folder) / name).is_file()]
+        if not found:
+            raise CheckpointError(f"{str(name)[:100]!r} is not a file in {', '.join(map(str, folders))}: name one "
+                                  "of the files there (put the file there first)")
+        return found[0]
     path = Path(name)
     if not path.exists() and (MODELS / name).exists():
         path = MODELS / name

@@ -43,8 +43,8 @@ def test_a_folder_with_an_extra_control(tmp_path):
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["a-map.png", "a-unit2-map.png", "a_0.png", "a_1.png",
                        "b-map.png", "b-unit2-map.png", "b_0.png", "b_1.png"]
-    (unit,) = read_params(tmp_path / "out/b_1.png")["controls"]  # the extra control is recorded as a unit
-    assert unit["control"] == str(TOY_CONTROL) and unit["strength"] == 0.5 and unit["hint"] == "b-unit2-map.png"
+    (unit,) = read_params(tmp_path / "out/b_1.png")["controls"]  # recorded as a unit, its file by name
+    assert unit["control"] == TOY_CONTROL.name and unit["strength"] == 0.5 and unit["hint"] == "b-unit2-map.png"
     cli.main(["--reproduce", str(tmp_path / "out/b_1.png"), "--out", str(tmp_path / "again.png")])  # both samples
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again_1.png")),
                           np.asarray(Image.open(tmp_path / "out/b_1.png")))
