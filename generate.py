@@ -23,7 +23,7 @@ generation parameters (and its condition map beside it).
 import argparse
 from pathlib import Path
 
-from ldm.errors import run_main
+from ldm.errors import add_debug_argument, run_main
 from ldm.files import MODELS, check_checkpoint_file, check_config_file, check_picture_file, find_model_file
 
 PICTURE_FLAGS = ("hint", "image", "reproduce", "region_mask", "init_image", "mask")
@@ -94,7 +94,7 @@ from cldm.img2img import condition_picture, inpaint_condition
 from cldm.model import ModelOptions, load_control_net, load_model
 from cldm.outputs import BESIDE, RecordError, beside_record, read_params
 from cldm.request import Paths, Request, run
-from cldm.settings import ControlUnit, Settings, add_arguments, from_args, short
+from cldm.settings import ControlUnit, SettingError, Settings, add_arguments, from_args, short
 from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
 from ldm.threads import add_threads_argument, use_threads
@@ -107,6 +107,7 @@ CLI_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_file_arguments(p)
+    add_debug_argument(p)
     p.add_argument("--annotator", choices=sorted(ANNOTATORS), help="detector for --image / --input-dir")
     add_arguments(p, CLI_DEFAULTS)  # every generation setting: --steps, --sampler, --image-resolution, ...
     p.add_argument("--low-vram", action="store_true", help="keep only the running part of the model on the GPU")
@@ -212,7 +213,13 @@ class Saved:
 
     @classmethod
     def read(cls, path):
-        saved = read_params(path)
+        try:
+            return cls.checked(path, read_params(path))
+        except SettingError as error:
+            raise RecordError(f"{path}: {error}") from None
+
+    @classmethod
+    def checked(cls, path, saved):
         settings = Settings.from_record(saved).with_values(seed=saved["seed"])
         files = lambda record: {key: beside_record(path, record[key], key) for key in BESIDE  # noqa: E731
                                 if record.get(key) is not None}

@@ -9,7 +9,7 @@ complete, noise schedule included, so `model.load_state_dict(...)` loads it stri
 
 import argparse
 
-from ldm.errors import run_main
+from ldm.errors import add_debug_argument, run_main
 from ldm.files import check_checkpoint_file, check_config_file, check_output_file
 
 
@@ -20,6 +20,7 @@ def main(argv=None):
     parser.add_argument("--config", default="models/cldm_v15.yaml", help="cldm_v15.yaml (SD 1.x) or cldm_v21.yaml (SD 2.x)")
     parser.add_argument("--seed", type=int, default=0, help="of the hint encoder's random initial weights")
     parser.add_argument("--force", action="store_true", help="replace the output if it exists")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     check_checkpoint_file(args.input)
     check_config_file(args.config)

@@ -5,7 +5,7 @@
 
 import argparse
 
-from ldm.errors import run_main
+from ldm.errors import add_debug_argument, run_main
 from ldm.files import check_checkpoint_file, check_output_file
 
 
@@ -14,6 +14,7 @@ def main(argv=None):
     parser.add_argument("input", help="full ControlLDM checkpoint")
     parser.add_argument("output", help=".safetensors to write")
     parser.add_argument("--force", action="store_true", help="replace the output if it exists")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     check_checkpoint_file(args.input)
     check_output_file(args.output, args.force)

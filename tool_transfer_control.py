@@ -10,7 +10,7 @@ control with --control-only.
 
 import argparse
 
-from ldm.errors import run_main
+from ldm.errors import add_debug_argument, run_main
 from ldm.files import check_checkpoint_file, check_output_file
 
 
@@ -22,6 +22,7 @@ def main(argv=None):
     parser.add_argument("--output", required=True, help=".safetensors to write")
     parser.add_argument("--control-only", action="store_true", help="write only the control_model.* weights")
     parser.add_argument("--force", action="store_true", help="replace the output if it exists")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     check_checkpoint_file(args.control)
     check_checkpoint_file(args.base)

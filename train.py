@@ -15,7 +15,7 @@ which continues exactly where it stopped.
 import argparse
 from pathlib import Path
 
-from ldm.errors import run_main
+from ldm.errors import add_debug_argument, run_main
 from ldm.files import check_checkpoint_file, check_config_file
 
 
@@ -159,6 +159,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=0)
     add_threads_argument(p)  # the image logs and evaluations then sample as generate.py and the apps do
     p.add_argument("--seed", type=int, default=0)
+    add_debug_argument(p)
     return p.parse_args(argv)
 
 

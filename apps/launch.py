@@ -10,7 +10,7 @@ from apps.models import resolve_model
 from apps.page import build_demo
 from apps.runner import Runner
 from cldm.speed import speed_up
-from ldm.errors import run_main
+from ldm.errors import add_debug_argument, run_main
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
 from ldm.threads import add_threads_argument, use_threads
 
@@ -36,6 +36,7 @@ def parse_args(task, argv=None):
     add_precision_argument(p, config.PRECISION)
     p.add_argument("--compile", action="store_true", default=config.COMPILE,
                    help="torch.compile the UNet and ControlNet (the first request then takes a while longer)")
+    add_debug_argument(p)
     return p.parse_args(argv)
 
 

@@ -1,8 +1,9 @@
-"""Expected errors at every entry point (a missing file, a refused overwrite, a bad value): one line for the
-person who ran the command, the traceback in a debug log for whoever debugs it.
+"""Expected errors at every entry point (a missing file, a refused overwrite, a bad value, a computation that
+went non-finite): one line for the person who ran the command and exit status 2, the traceback in a debug log
+for whoever debugs it, or on the terminal with --debug.
 
     if __name__ == "__main__":
-        run_main(main)
+        run_main(main)  # main's parser has add_debug_argument(parser)
 """
 
 import logging
@@ -13,9 +14,15 @@ import traceback
 from datetime import datetime
 from pathlib import Path
 
+
+class NonFiniteError(RuntimeError):
+    """A generation produced NaN or infinity; the message names the part, the step and what to try."""
+
+
 # What a person's input or files cause; anything else is a bug and keeps its traceback on the terminal.
-# (CheckpointError and ImageError are ValueErrors.)
-EXPECTED = (ValueError, OSError)
+# (SettingError, RecordError, CheckpointError, ImageError and PoseError are ValueErrors.)
+EXPECTED = (ValueError, OSError, NonFiniteError)
+DEBUG_FLAG = "--debug"
 DEBUG_LOG = Path(os.environ.get("CONTROLNET_DEBUG_LOG") or Path(tempfile.gettempdir()) / "controlnet-debug.log")
 
 
@@ -36,13 +43,19 @@ def log_traceback(error):
         return None
 
 
+def add_debug_argument(parser):
+    parser.add_argument(DEBUG_FLAG, action="store_true",
+                        help="on an error, show its traceback, not one line (also: CONTROLNET_DEBUG=1)")
+
+
 def run_main(main, argv=None):
-    """Run a command's main(); an expected error ends it with one line on stderr and exit status 2 (with
-    CONTROLNET_DEBUG=1 set, with its traceback as well)."""
+    """Run a command's main(argv); an expected error ends it with one line on stderr and exit status 2 (with
+    --debug or CONTROLNET_DEBUG=1, with its traceback as well)."""
+    debug = DEBUG_FLAG in (sys.argv[1:] if argv is None else argv) or os.environ.get("CONTROLNET_DEBUG")
     try:
         return main(argv)
     except EXPECTED as error:
-        if os.environ.get("CONTROLNET_DEBUG"):
+        if debug:
             raise
         log_traceback(error)
         print(f"error: {one_line(error)}", file=sys.stderr)

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 
 import torch
 
+from ldm.errors import NonFiniteError
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHOICES = ("auto", *PRECISIONS)
 
@@ -90,10 +92,6 @@ def computing_in_fp32(module):
         yield module
     finally:
         module.to(dtype)
-
-
-class NonFiniteError(RuntimeError):
-    """A generation produced NaN or infinity; the message names the part, the step and what to try."""
 
 
 def parts_of(values):
