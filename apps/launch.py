@@ -11,6 +11,7 @@ from apps.page import build_demo
 from apps.runner import Runner
 from cldm.speed import speed_up
 from ldm.errors import add_debug_argument, run_main
+from ldm.files import MODELS
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
 from ldm.threads import add_threads_argument, use_threads
 
@@ -24,6 +25,8 @@ def parse_args(task, argv=None):
     p.add_argument("--config", default=config.CONFIG,
                    help="model yaml for real checkpoints (default: the yaml beside the control file, else "
                         "models/cldm_v15.yaml)")
+    p.add_argument("--control-dir", action="append", default=[], help="a folder whose control files the control "
+                   "units offer, beside models/ (repeatable); a request can name no other file")
     p.add_argument("--annotator-ckpts", default=config.ANNOTATOR_CKPTS, help="folder of annotator weights")
     p.add_argument("--output-dir", default=config.OUTPUT_DIR)
     p.add_argument("--host", default=config.HOST, help="address to bind (default 127.0.0.1: this machine only)")
@@ -48,7 +51,8 @@ def make_runner(task, args):
                                      dtype, task.options)
     if model is not None:
         speed_up(model, compile=args.compile)
-    return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None, toy)
+    return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None, toy,
+                  [MODELS, *args.control_dir])
 
 
 def launch(task, argv=None):

@@ -53,7 +53,7 @@ def build_demo(task, runner):
         if name in annotator_params:
             return component(annotator_params[name], values[name])
         if name in ("preprocessor", "region_mask") or name.startswith("unit"):
-            return page_component(task, name, values[name])
+            return page_component(task, name, values[name], runner.control_dirs)
         return settings_component(name, values[name])
 
     with gr.Blocks(title=task.title) as demo:

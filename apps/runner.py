@@ -22,12 +22,13 @@ from annotators import (
 )
 from apps.pose_editor import detected_json, picture_or_none, pose_picture
 from apps.task import NEAREST_ANNOTATORS, NO_ANNOTATOR
-from apps.units import EXTRA_UNITS, marked, pop_unit, region_of
+from apps.units import EXTRA_UNITS, control_choices, marked, pop_unit, region_of
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.model import ModelOptions, load_control_net
 from cldm.outputs import BESIDE, next_path
 from cldm.request import Paths, Request, run
-from ldm.files import find_model_file
+from cldm.settings import SettingError, short
+from ldm.files import MODELS, CheckpointError, find_model_file
 from ldm.precision import precision_of
 from toy.model import TOY_PHOTO_NOTE, looks_like_a_photo
 
@@ -36,8 +37,9 @@ class Runner:
     """The model behind an app, turning the UI's values into a detected map and images saved with parameters."""
 
     def __init__(self, task, model, note, output_dir=config.OUTPUT_DIR, annotator_weights=None, low_vram_device=None,
-                 toy=False):
+                 toy=False, control_dirs=(MODELS,)):
         self.task, self.model, self.note, self.toy = task, model, note, toy
+        self.control_dirs = tuple(control_dirs)  # the folders whose control files the units may name
         self.output_dir, self.annotator_weights = output_dir, annotator_weights
         self.low_vram_device = low_vram_device  # keep the model in CPU memory, run it part by part there
         self.nets = {}  # the units' ControlNets by file
@@ -53,6 +55,8 @@ class Runner:
     def detect(self, picture, image_resolution, detect_resolution=None, annotator=None, **params):
         """The condition map at the generation size: image resolution's grid, sides multiples of 64."""
         annotator = annotator or self.task.annotator
+        if annotator not in (*ANNOTATORS, NO_ANNOTATOR, None):
+            raise SettingError(f"preprocessor {short(annotator)} is not one of {NO_ANNOTATOR}, {', '.join(ANNOTATORS)}")
         nearest = self.task.nearest if annotator in (self.task.annotator, NO_ANNOTATOR) else (
             annotator in NEAREST_ANNOTATORS)
         if annotator in (None, NO_ANNOTATOR):
@@ -104,8 +108,13 @@ class Runner:
                              self.annotator_weights)
 
     def control_net(self, name):
-        """A unit's ControlNet file, loaded once, in the model's dtype and on its device."""
-        path = find_model_file(name)
+        """A unit's ControlNet file, loaded once, in the model's dtype and on its device: only a file of the
+        server's control folders, by name (a caller learns nothing of other paths, whether they exist or not)."""
+        try:
+            path = find_model_file(name, self.control_dirs)
+        except CheckpointError:
+            raise SettingError(f"control {short(name)} is not one of the control files this server offers: "
+                               f"{', '.join(control_choices(self.control_dirs)[1:]) or 'none'}") from None
         if path not in self.nets:
             self.nets[path] = load_control_net(self.model, path).to(self.model.betas.device)
         return self.nets[path]
@@ -115,7 +124,7 @@ class Runner:
         defaults) -> (the maps and the images, what happened)."""
         if isinstance(image, (str, os.PathLike)):  # a file, as Gradio hands over an example's picture
             image = read_image(image)
-        params = {p.name: values.pop(p.name) for p in self.task.annotator_params if p.name in values}
+        params = {p.name: p.checked(values.pop(p.name)) for p in self.task.annotator_params if p.name in values}
         units = [unit for k in EXTRA_UNITS if (unit := pop_unit(k, values)) is not None]
         preprocessor, region = values.pop("preprocessor", None), region_of(values.pop("region_mask", None))
         pose = values.pop("pose", None)

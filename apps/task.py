@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from annotators import ANNOTATORS
 from apps.units import EXTRA_UNITS, unit_inputs
 from cldm.model import ModelOptions
-from cldm.settings import Settings
+from cldm.settings import SettingError, Settings, checked_value, short
 from toy.model import TOY_PROMPT
 
 REAL_DEFAULTS = Settings(added_prompt="best quality, extremely detailed",
@@ -32,6 +32,10 @@ class Slider:
     step: float = 1
     label: str | None = None
 
+    def checked(self, value):
+        whole = all(float(v).is_integer() for v in (self.minimum, self.maximum, self.step))
+        return checked_value(self.name, value, int if whole else float, self.minimum, self.maximum)
+
 
 @dataclass
 class Choice:
@@ -42,6 +46,11 @@ class Choice:
     value: str | None = None
     label: str | None = None
 
+    def checked(self, value):
+        if value not in self.choices:
+            raise SettingError(f"{self.name} {short(value)} is not one of {', '.join(map(str, self.choices))}")
+        return value
+
 
 @dataclass
 class Check:
@@ -50,6 +59,9 @@ class Check:
     name: str
     value: bool | None = None
     label: str | None = None
+
+    def checked(self, value):
+        return checked_value(self.name, value, bool)
 
 
 # How the shipped toy model serves an app: "control" it follows the maps with its outline control (edges,

@@ -6,11 +6,14 @@ Every input of a unit is named `unit<k>_<input>` (k = 2, 3) in the page and the 
 """
 
 from dataclasses import fields
+from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from cldm.settings import ControlUnit
+from annotators.util import ImageError
+from cldm.settings import ControlUnit, SettingError, checked_value
 from ldm.files import MODELS
 
 EXTRA_UNITS = (2, 3)
@@ -36,20 +39,24 @@ def pop_unit(k, values):
     or none, is the model's own ControlNet (None)."""
     prefix = f"unit{k}_"
     given = {name[len(prefix):]: values.pop(name) for name in list(values) if name.startswith(prefix)}
-    if not given.pop("enabled", False):
-        return None
-    if given.get("control") in ("", OWN_CONTROL):
-        given["control"] = None
-    if str(given.get("block_weights", "")).strip() == "":
-        given.pop("block_weights", None)
-    given["region_mask"] = region_of(given.get("region_mask"))
-    return ControlUnit().with_values(**given)
+    try:
+        if not checked_value("enabled", given.pop("enabled", False), bool):
+            return None
+        if given.get("control") in ("", OWN_CONTROL):
+            given["control"] = None
+        if str(given.get("block_weights", "")).strip() == "":
+            given.pop("block_weights", None)
+        given["region_mask"] = region_of(given.get("region_mask"))
+        return ControlUnit().with_values(**given)
+    except SettingError as error:
+        raise SettingError(f"control unit {k}: {error}") from None
 
 
-def control_choices():
-    """The unit's control choices: the app's own, then the control files in models/."""
-    files = sorted(p.name for p in MODELS.glob("*") if p.suffix in CONTROL_SUFFIXES and "control" in p.name)
-    return [OWN_CONTROL, *files]
+def control_choices(folders=(MODELS,)):
+    """The unit's control choices: the app's own, then the control files in `folders` by name."""
+    files = {p.name for folder in folders for p in Path(folder).glob("*")
+             if p.suffix in CONTROL_SUFFIXES and "control" in p.name}
+    return [OWN_CONTROL, *sorted(files)]
 
 
 def region_of(value):
@@ -57,19 +64,34 @@ def region_of(value):
 
     A mask editor's value is its picture with strokes painted on it, each marking where it is white
     (`marked`); with nothing marked there is no mask, so an untouched editor leaves the control everywhere. A
-    plain picture is taken as it is, grey levels included (all black: the control acts nowhere)."""
+    plain picture is taken as it is, grey levels included (all black: the control acts nowhere). Anything else
+    is refused: a mask is never ignored."""
     if value is None:
         return None
     if not isinstance(value, dict):
-        return lightness(np.asarray(value))
+        return lightness(mask_picture(value))
     background = value.get("background")
-    marks = [] if background is None else [marked(np.asarray(background))]
-    marks += [marked(np.asarray(layer)) for layer in value.get("layers") or [] if layer is not None]
+    marks = [] if background is None else [marked(mask_picture(background))]
+    marks += [marked(mask_picture(layer)) for layer in value.get("layers") or [] if layer is not None]
+    if not marks and value.get("composite") is not None:  # the editor's flattened picture alone
+        marks = [marked(mask_picture(value["composite"]))]
     if not marks:
         return None
     height, width = marks[0].shape
     union = np.max([cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST) for m in marks], axis=0)
     return union if union.any() else None
+
+
+def mask_picture(value):
+    """A mask's picture as an array: HW or HWC (1, 3 or 4 channels) of uint8 (bool: white where true)."""
+    picture = np.asarray(value.convert("RGBA") if isinstance(value, Image.Image) else value)
+    if picture.dtype == np.bool_:
+        picture = picture.astype(np.uint8) * 255
+    shaped = picture.ndim == 2 or (picture.ndim == 3 and picture.shape[2] in (1, 3, 4))
+    if picture.dtype != np.uint8 or not shaped or 0 in picture.shape:
+        raise ImageError(f"a region mask must be a picture (8-bit grey, RGB or RGBA), not {type(value).__name__} "
+                         f"{getattr(picture, 'shape', '')}: give a picture, white where the control acts")
+    return picture[..., 0] if picture.ndim == 3 and picture.shape[2] == 1 else picture
 
 
 def lightness(picture):

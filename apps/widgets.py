@@ -4,12 +4,15 @@ control unit's input, the picture."""
 
 import gradio as gr
 import numpy as np
+from gradio.components.image_editor import EditorData
+from pydantic import ValidationError
 
 from annotators import ANNOTATORS, ImageError, read_image
 from apps.errors import page_error
 from apps.task import NO_ANNOTATOR, Check, Choice
 from apps.units import control_choices
-from cldm.settings import field_of
+from cldm.settings import field_of, short
+from ldm.files import MODELS
 
 
 def uploaded_image(**kwargs):
@@ -49,8 +52,9 @@ def settings_component(name, value):
     return gr.Textbox(label=label, value=value, info=info)
 
 
-def page_component(task, name, value):
-    """A page input that is not a setting: the preprocessor choice, a region mask, a control unit's inputs."""
+def page_component(task, name, value, control_dirs=(MODELS,)):
+    """A page input that is not a setting: the preprocessor choice, a region mask, a control unit's inputs (its
+    control files are those in `control_dirs`)."""
     if name == "preprocessor":
         return gr.Radio(label="Preprocessor", choices=[*task.annotators, NO_ANNOTATOR], value=value)
     if name.endswith("region_mask"):
@@ -63,18 +67,48 @@ def page_component(task, name, value):
     if unit_input == "preprocessor":
         return gr.Dropdown(label="Preprocessor", choices=[NO_ANNOTATOR, *ANNOTATORS], value=value)
     if unit_input == "control":
-        return gr.Dropdown(label="Control file", choices=control_choices(), value=value, allow_custom_value=True,
-                           info="a file in models/ or a path; the app's control runs it on this unit's picture")
+        return gr.Dropdown(label="Control file", choices=control_choices(control_dirs), value=value,
+                           info="a control file of the server's models/ folder; the app's control runs it on "
+                                "this unit's picture")
     return settings_component(unit_input, value)
+
+
+class MaskEditorData(EditorData):
+    """The mask editor's value, or a plain picture file sent in its place through the API: taken as the
+    editor's picture, as an upload into the editor is (a mask is never dropped for its form)."""
+
+    @classmethod
+    def model_validate(cls, value, **kwargs):
+        if isinstance(value, dict) and not {"background", "layers", "composite"} & set(value) and "path" in value:
+            value = {"background": value, "layers": [], "composite": None}
+        elif isinstance(value, dict) and value.get("layers") is None:
+            value = {**value, "layers": []}
+        try:
+            return super().model_validate(value, **kwargs)
+        except ValidationError:
+            raise page_error("a region mask is the mask editor's value (background, layers, composite) or a "
+                             f"picture file, not {short(value)}") from None
 
 
 def mask_editor():
     """A region mask, painted white on black (or uploaded: white where the control acts)."""
     black = np.zeros((512, 512, 3), np.uint8)
-    return gr.ImageEditor(value={"background": black, "layers": [], "composite": None}, type="numpy",
-                          label="Region mask: paint white where the control acts (nothing white: everywhere)",
-                          sources=["upload", "clipboard"], layers=False, transforms=(), canvas_size=(512, 512),
-                          brush=gr.Brush(colors=["#ffffff"], default_size=48, color_mode="fixed"))
+    editor = gr.ImageEditor(value={"background": black, "layers": [], "composite": None}, type="numpy",
+                            label="Region mask: paint white where the control acts (nothing white: everywhere)",
+                            sources=["upload", "clipboard"], layers=False, transforms=(), canvas_size=(512, 512),
+                            brush=gr.Brush(colors=["#ffffff"], default_size=48, color_mode="fixed"))
+    editor.data_model = MaskEditorData
+    to_arrays = editor.preprocess
+
+    def preprocess(payload):
+        try:
+            return to_arrays(payload)
+        except Exception as error:  # a file that is no picture
+            raise page_error(f"the region mask could not be read as a picture ({error}); give a PNG or JPEG, "
+                             "white where the control acts") from error
+
+    editor.preprocess = preprocess
+    return editor
 
 
 def picture_input(task):

@@ -59,29 +59,34 @@ def checked(f, value):
         return None
     if f.name == "block_weights":
         return checked_block_weights(value)
-    low, high, step = f.metadata["range"] or (None, None, None)
+    low, high, _ = f.metadata["range"] or (None, None, None)
+    return checked_value(f.name, value, kind, low, high, f.metadata["choices"], optional)
+
+
+def checked_value(name, value, kind, low=None, high=None, choices=None, optional=False):
+    """`value` as a `kind` (bool, str, int or float) named `name` holds it: a bool, text (of `choices`), or a
+    finite number from `low` to `high` (an int: a whole one); else a SettingError saying what it takes."""
     if kind is bool:
         if isinstance(value, (bool, int)) and value in (0, 1):
             return bool(value)
-        raise SettingError(f"{f.name} must be true or false, not {short(value)}")
+        raise SettingError(f"{name} must be true or false, not {short(value)}")
     if kind is str:
         if not isinstance(value, str):
-            raise SettingError(f"{f.name} must be text{' or null' if optional else ''}, not {short(value)}")
+            raise SettingError(f"{name} must be text{' or null' if optional else ''}, not {short(value)}")
         if len(value) > MAX_TEXT:
-            raise SettingError(f"{f.name} is {len(value)} characters long; at most {MAX_TEXT} are read")
-        choices = f.metadata["choices"]
+            raise SettingError(f"{name} is {len(value)} characters long; at most {MAX_TEXT} are read")
         if choices and value not in choices:
-            raise SettingError(f"{f.name} {value!r} is not one of {', '.join(choices)}")
+            raise SettingError(f"{name} {short(value)} is not one of {', '.join(map(str, choices))}")
         return value
     whole = kind is int
-    what = (f"a whole number from {low} to {high}" if whole else f"a number from {low} to {high}") if step else (
-        "a whole number" if whole else "a finite number")
+    what = "a whole number" if whole else "a number"
+    what += f" from {low} to {high}" if low is not None else "" if whole else " (finite)"
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
-        raise SettingError(f"{f.name} must be {what}, not {short(value)}")
+        raise SettingError(f"{name} must be {what}, not {short(value)}")
     if whole and value != int(value):
-        raise SettingError(f"{f.name} must be {what}, not {short(value)}")
-    if step and not low <= value <= high:
-        raise SettingError(f"{f.name} must be {what}; {short(value)} is out of range")
+        raise SettingError(f"{name} must be {what}, not {short(value)}")
+    if low is not None and not low <= value <= high:
+        raise SettingError(f"{name} must be {what}; {short(value)} is out of range")
     return int(value) if whole else float(value)
 
 
