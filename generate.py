@@ -35,6 +35,8 @@ def add_file_arguments(p):
     source.add_argument("--hint", help="a condition map (edges, pose, ...) used as it is")
     source.add_argument("--image", help="a picture turned into a condition map by --annotator")
     source.add_argument("--input-dir", help="every picture in this folder, through --annotator (or as maps)")
+    source.add_argument("--pose", help="an OpenPose JSON file with its canvas size (the pose editor's download) "
+                        "drawn as the condition map")
     source.add_argument("--reproduce", help="a PNG saved by this project: generate it again from its parameters")
     p.add_argument("--config", default="models/cldm_v15.yaml", help="model yaml, used with --ckpt")
     p.add_argument("--ckpt", nargs="*", default=[], help="checkpoints to load in order (base, then control)")
@@ -69,6 +71,8 @@ def check_files(args):
     for flag in PICTURE_FLAGS:
         if getattr(args, flag):
             check_picture_file(getattr(args, flag))
+    if args.pose and not Path(args.pose).is_file():
+        raise FileNotFoundError(f"--pose {args.pose} not found: check the path")
     if args.input_dir and not Path(args.input_dir).is_dir():
         raise FileNotFoundError(f"--input-dir {args.input_dir} is not a folder")
 
@@ -90,6 +94,8 @@ import torch
 from tqdm.auto import tqdm
 
 from annotators import ANNOTATORS, condition_map, fit, list_pictures, read_image, resize_image
+from annotators.pose import draw
+from annotators.pose_json import read_pose_file
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.model import ModelOptions, load_control_net, load_model
 from cldm.outputs import BESIDE, RecordError, beside_record, read_params
@@ -259,7 +265,8 @@ def read_pictures(args):
     """The pictures the flags name, read (and so checked) before any model is built."""
     names = ("hint", "image", "init_image", "mask", "region_mask")
     return {name: read_image(getattr(args, name)) if getattr(args, name) else None for name in names} | {
-        "extra": [read_image(hint) for _, hint, _ in args.extra_control]}
+        "extra": [read_image(hint) for _, hint, _ in args.extra_control],
+        "pose": draw(*read_pose_file(args.pose)[:2]) if args.pose else None}
 
 
 def main(argv=None):
@@ -301,6 +308,8 @@ def main(argv=None):
         hint = resize_image(pictures["hint"], settings.image_resolution)
     elif pictures["image"] is not None:
         hint = detected_map(args, settings, pictures["image"])
+    elif pictures["pose"] is not None:
+        hint = condition_map(pictures["pose"], None, settings.image_resolution, nearest=True)
     elif start.image is not None:
         hint = None  # image-to-image or inpainting without a map (or with inpaint's own condition)
     else:

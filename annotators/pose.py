@@ -1,18 +1,16 @@
 """Human pose: OpenPose (body, hands, face) through controlnet-aux, or mediapipe's bundled model offline.
 
 Both give controlnet-aux `PoseResult`s with keypoints in [0, 1] image coordinates, in the 18-point OpenPose
-(COCO) body order, drawn in the OpenPose colour convention the pose controls were trained on. Poses can be
-written and read as OpenPose JSON, so a pose can be edited in any OpenPose tool and drawn again.
+(COCO) body order, drawn in the OpenPose colour convention the pose controls were trained on. Poses are
+written and read as OpenPose JSON (annotators.pose_json), so a pose can be edited in any OpenPose tool.
 """
 
-import json
 import os
 import warnings
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Literal
 
-import numpy as np
 
 from annotators.util import AnnotatorNotice, prepare
 from annotators.weights import NEEDS, WeightsError, aux_detector, search_dirs, weights_on_disk
@@ -25,8 +23,6 @@ OPENPOSE_FILES = NEEDS["openpose"]
 BLAZEPOSE_TO_OPENPOSE = [0, None, 12, 14, 16, 11, 13, 15, 24, 26, 28, 23, 25, 27, 5, 2, 8, 7]
 SHOULDERS = (11, 12)
 MIN_KEYPOINTS = 6  # a head and shoulders, or a torso: less is no person to draw
-# OpenPose's BODY_25 -> the 18 COCO points (BODY_25 adds the mid hip, 8, and six foot points, 19-24)
-BODY25_TO_COCO18 = [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
 
 
 def openpose_detector(location=None):
@@ -143,67 +139,3 @@ def detect_poses(image, detector="auto", include_hand=False, include_face=False,
     warnings.warn(f"{'Pose detected' if poses else 'No person found'} by {name}{why}.", AnnotatorNotice,
                   stacklevel=3)
     return poses, size
-
-
-# -- OpenPose JSON ---------------------------------------------------------------------------------------------
-
-def flat(keypoints, width, height):
-    """Keypoints -> OpenPose's flat [x, y, confidence, ...] in pixels; a missing point is 0, 0, 0."""
-    values = []
-    for k in keypoints or []:
-        values += [0.0, 0.0, 0.0] if k is None else [float(k.x) * width, float(k.y) * height, float(k.score)]
-    return values
-
-
-def poses_to_json(poses, size):
-    height, width = size
-    people = [{
-        "pose_keypoints_2d": flat(p.body.keypoints, width, height),
-        "hand_left_keypoints_2d": flat(p.left_hand, width, height),
-        "hand_right_keypoints_2d": flat(p.right_hand, width, height),
-        "face_keypoints_2d": flat(p.face, width, height),
-    } for p in poses]
-    return json.dumps({"canvas_width": width, "canvas_height": height, "people": people})
-
-
-def unflat(values, width, height, what):
-    from controlnet_aux.open_pose import Keypoint
-
-    if not values:
-        return None
-    if len(values) % 3:
-        raise ValueError(f"OpenPose JSON: {what} has {len(values)} numbers, not a multiple of 3 (x, y, confidence)")
-    points = np.asarray(values, np.float64).reshape(-1, 3)
-    return [None if c <= 0 else Keypoint(x / width, y / height, c, i) for i, (x, y, c) in enumerate(points)]
-
-
-def poses_from_json(text, size=None):
-    """OpenPose JSON (one frame: canvas size and people) -> (poses, (H, W)). A body of OpenPose's 25 points
-    (BODY_25, its default model) is taken to the 18 the controls were trained on; a file without a canvas size
-    (OpenPose's own output) is read at `size` (H, W) when given."""
-    from controlnet_aux.open_pose import BodyResult, PoseResult
-
-    try:
-        data = json.loads(text)
-        people = data["people"]
-        if "canvas_width" in data or size is None:
-            width, height = int(data["canvas_width"]), int(data["canvas_height"])
-        else:
-            height, width = size
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"not an OpenPose JSON frame with canvas_width, canvas_height and people: {error}") from error
-    poses = []
-    for i, person in enumerate(people):
-        body = unflat(person.get("pose_keypoints_2d"), width, height, f"person {i} body") or []
-        if len(body) == len(BODY25_TO_COCO18) + 7:
-            body = [body[j] for j in BODY25_TO_COCO18]
-        if body and len(body) != 18:
-            raise ValueError(f"OpenPose JSON: person {i} has {len(body)} body points; the pose controls use "
-                             "OpenPose's 18 (COCO) or 25 (BODY_25)")
-        body = [None if k is None else k._replace(id=j) for j, k in enumerate(body)]
-        found = sum(k is not None for k in body)
-        poses.append(PoseResult(BodyResult(body, float(found), found),
-                                unflat(person.get("hand_left_keypoints_2d"), width, height, f"person {i} left hand"),
-                                unflat(person.get("hand_right_keypoints_2d"), width, height, f"person {i} right hand"),
-                                unflat(person.get("face_keypoints_2d"), width, height, f"person {i} face")))
-    return poses, (height, width)

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 8192 * 8192  # larger images are refused before decoding (decompression bombs)
+MAX_SIDE = 2048  # the longest side a condition map or a generation has
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
@@ -74,7 +75,7 @@ def read_image(source):
         raise ImageError(f"{name} is not a readable image ({error}); give a PNG, JPEG or WebP file") from error
 
 
-def resize_image(image, resolution, max_side=2048):
+def resize_image(image, resolution, max_side=MAX_SIDE):
     """Scale so the shorter side is `resolution`, then round both sides to multiples of 64 (the release's rule).
 
     Unlike the release, a very elongated picture is scaled down further so its longer side stays within

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from annotators import ANNOTATORS, AnnotatorNotice, ImageError, WeightsError
+from annotators.util import MAX_SIDE
 from annotators.weights import ENV_VAR, FILES, NEEDS, found_on_disk
 from apps.errors import page_error
 from apps.widgets import uploaded_image
@@ -54,7 +55,7 @@ PARAMETERS = {
                                 "where they join one", (1, 255, 1)),
     "threshold": Parameter("Darkness threshold", "pixels darker than this become strokes", (1, 255, 1)),
     "detect_resolution": Parameter("Detect resolution", "the shorter side the detector sees, in pixels; the map "
-                                   "comes out at this size", (64, 2048, 64)),
+                                   "comes out at this size", (64, MAX_SIDE, 64)),
     "value_threshold": Parameter("Line score threshold", "lines M-LSD scores below this are dropped: higher "
                                  "keeps fewer", (0.01, 2.0, 0.01)),
     "distance_threshold": Parameter("Minimum line length", "lines shorter than this (pixels) are dropped",

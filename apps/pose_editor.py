@@ -11,7 +11,8 @@ import gradio as gr
 import numpy as np
 
 from annotators import AnnotatorNotice, ImageError, read_image
-from annotators.pose import detect_poses, draw, poses_from_json, poses_to_json
+from annotators.pose import detect_poses, draw
+from annotators.pose_json import poses_to_json, read_pose_file, read_pose_json
 from apps.errors import page_error
 
 EMPTY_POSE = json.dumps({"canvas_width": 512, "canvas_height": 512, "people": []})
@@ -59,15 +60,14 @@ def pose_picture(text):
     """The map the editor's JSON draws (body, hands and face as it has them), at its canvas size; None when it
     holds no one (the picture's pose is then detected). Which detector found the pose, when the JSON says
     (see detected_json), comes as an AnnotatorNotice, for the page to show with the run's other notes."""
-    if not text or not text.strip():
+    if text is None or (isinstance(text, str) and not text.strip()):
         return None
-    poses, size = poses_from_json(text)
-    if not poses:
+    frame = read_pose_json(text)
+    if not frame.poses:
         return None
-    note = json.loads(text).get("note")
-    if note:
-        warnings.warn(note, AnnotatorNotice, stacklevel=2)
-    return draw(poses, size, hands=True, face=True)
+    if frame.note:
+        warnings.warn(frame.note, AnnotatorNotice, stacklevel=2)
+    return draw(frame.poses, frame.size, hands=True, face=True)
 
 
 def detected_json(picture, detector, include_hand, include_face, detect_resolution, weights=None):
@@ -80,20 +80,17 @@ def detected_json(picture, detector, include_hand, include_face, detect_resoluti
     with warnings.catch_warnings(record=True) as notices:
         warnings.simplefilter("always", AnnotatorNotice)
         poses, size = detect_poses(picture, detector, include_hand, include_face, detect_resolution, weights)
-    frame = json.loads(poses_to_json(poses, size))
     said = " ".join(str(n.message) for n in notices if issubclass(n.category, AnnotatorNotice))
-    return json.dumps({**frame, "note": said} if said else frame)
+    return poses_to_json(poses, size, note=said)
 
 
 def uploaded_json(path, current):
     """An uploaded OpenPose file -> the editor's JSON; a file without a canvas size takes the editor's."""
     try:
-        text = Path(path).read_text()
-        current_size = poses_from_json(current or EMPTY_POSE)[1]
-        poses, size = poses_from_json(text, size=current_size)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+        frame = read_pose_file(path, size=read_pose_json(current or EMPTY_POSE).size)
+    except (OSError, ValueError) as error:
         raise page_error(f"could not read that pose file: {error}") from error
-    return poses_to_json(poses, size)
+    return poses_to_json(frame.poses, frame.size)
 
 
 class PoseEditor(NamedTuple):

@@ -11,7 +11,7 @@ from annotators import ANNOTATORS, ImageError, read_image
 from apps.errors import page_error
 from apps.task import NO_ANNOTATOR, Check, Choice
 from apps.units import control_choices
-from cldm.settings import field_of, short
+from cldm.settings import SettingError, checked, checked_value, field_of, short
 from ldm.files import MODELS
 
 
@@ -36,41 +36,64 @@ def uploaded_image(**kwargs):
     return image
 
 
-def settings_component(name, value):
-    """The control of one Settings field, made from its metadata."""
+def settings_component(name, value, api_name=None):
+    """The control of one Settings field, made from its metadata; what arrives in it is checked as the setting
+    (named `api_name`, as the page's input is called) before anything else reads it."""
     f = field_of(name)
     label, help_text, number_range, choices = (f.metadata[k] for k in ("label", "help", "range", "choices"))
     info = help_text or None
     if f.type is bool:
-        return gr.Checkbox(label=label, value=value, info=info)
-    if choices:
-        widget = gr.Dropdown if name == "sampler" else gr.Radio
-        return widget(label=label, choices=list(choices), value=value, info=info)
-    if number_range:
+        widget = gr.Checkbox(label=label, value=value, info=info)
+    elif choices:
+        widget = (gr.Dropdown if name == "sampler" else gr.Radio)(label=label, choices=list(choices), value=value,
+                                                                   info=info)
+    elif number_range:
         minimum, maximum, step = number_range
-        return gr.Slider(label=label, minimum=minimum, maximum=maximum, step=step, value=value, info=info)
-    return gr.Textbox(label=label, value=value, info=info)
+        widget = gr.Slider(label=label, minimum=minimum, maximum=maximum, step=step, value=value, info=info)
+    else:
+        widget = gr.Textbox(label=label, value=value, info=info)
+    blank_is_default = name == "block_weights"  # an emptied box: the default (Runner)
+    return checked_on_arrival(widget, lambda v: v if blank_is_default and v == "" else checked(f, v, api_name))
+
+
+def checked_on_arrival(widget, check):
+    """`widget` whose value, from the page or any HTTP client, is first given to `check` (a setting's or an
+    annotator parameter's): a wrong one is the project's message naming the input, not a framework error."""
+    preprocess = widget.preprocess
+
+    def checked_preprocess(payload):
+        try:
+            return preprocess(check(payload))
+        except SettingError as error:
+            raise page_error(error) from None
+
+    widget.preprocess = checked_preprocess
+    return widget
 
 
 def page_component(task, name, value, control_dirs=(MODELS,)):
     """A page input that is not a setting: the preprocessor choice, a region mask, a control unit's inputs (its
-    control files are those in `control_dirs`)."""
+    control files are those in `control_dirs`), each checked on arrival."""
+    one_of = lambda choices: lambda v: checked_value(name, v, str, choices=choices)  # noqa: E731
     if name == "preprocessor":
-        return gr.Radio(label="Preprocessor", choices=[*task.annotators, NO_ANNOTATOR], value=value)
+        choices = [*task.annotators, NO_ANNOTATOR]
+        return checked_on_arrival(gr.Radio(label="Preprocessor", choices=choices, value=value), one_of(choices))
     if name.endswith("region_mask"):
         return mask_editor()
     unit_input = name.split("_", 1)[1]  # unit<k>_<input>
     if unit_input == "enabled":
-        return gr.Checkbox(label="Enable", value=value)
+        return checked_on_arrival(gr.Checkbox(label="Enable", value=value), lambda v: checked_value(name, v, bool))
     if unit_input == "image":
         return uploaded_image(label="Picture (none: the input image)", sources=["upload", "clipboard"])
     if unit_input == "preprocessor":
-        return gr.Dropdown(label="Preprocessor", choices=[NO_ANNOTATOR, *ANNOTATORS], value=value)
+        choices = [NO_ANNOTATOR, *ANNOTATORS]
+        return checked_on_arrival(gr.Dropdown(label="Preprocessor", choices=choices, value=value), one_of(choices))
     if unit_input == "control":
-        return gr.Dropdown(label="Control file", choices=control_choices(control_dirs), value=value,
-                           info="a control file of the server's models/ folder; the app's control runs it on "
-                                "this unit's picture")
-    return settings_component(unit_input, value)
+        choices = control_choices(control_dirs)
+        return checked_on_arrival(gr.Dropdown(label="Control file", choices=choices, value=value,
+                                              info="a control file of the server's models/ folder; the app's "
+                                                   "control runs it on this unit's picture"), one_of(choices))
+    return settings_component(unit_input, value, api_name=name)
 
 
 class MaskEditorData(EditorData):
@@ -128,7 +151,9 @@ def component(param, default):
     label = param.label or param.name.replace("_", " ").capitalize()
     value = default if param.value is None else param.value
     if isinstance(param, Choice):
-        return gr.Radio(label=label, choices=list(param.choices), value=value)
-    if isinstance(param, Check):
-        return gr.Checkbox(label=label, value=bool(value))
-    return gr.Slider(label=label, minimum=param.minimum, maximum=param.maximum, step=param.step, value=value)
+        widget = gr.Radio(label=label, choices=list(param.choices), value=value)
+    elif isinstance(param, Check):
+        widget = gr.Checkbox(label=label, value=bool(value))
+    else:
+        widget = gr.Slider(label=label, minimum=param.minimum, maximum=param.maximum, step=param.step, value=value)
+    return checked_on_arrival(widget, param.checked)

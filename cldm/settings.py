@@ -13,7 +13,7 @@ import types
 from dataclasses import dataclass, field, fields, replace
 from pathlib import PurePath
 
-from annotators.util import RESIZE_MODES
+from annotators.util import MAX_SIDE, RESIZE_MODES
 from cldm.cldm import BLOCK_WEIGHT_PRESETS, parse_block_weights
 from cldm.samplers import SAMPLERS
 
@@ -49,18 +49,19 @@ def check_fields(instance, checked_fields):
             object.__setattr__(instance, f.name, checked(f, getattr(instance, f.name)))
 
 
-def checked(f, value):
+def checked(f, value, name=None):
     """`value` as setting `f` holds it (an int from a UI's 20.0, a float from an int), or a SettingError that
-    names the setting, the value and what the setting takes: its type, range or choices, finite numbers."""
-    kind, optional = f.type, False
+    names the setting (or `name`, as a page's input calls it), the value and what the setting takes: its type,
+    range or choices, finite numbers."""
+    kind, optional, name = f.type, False, name or f.name
     if isinstance(kind, types.UnionType):  # `str | None`
         optional, kind = True, next(k for k in kind.__args__ if k is not type(None))
     if value is None and optional:
         return None
     if f.name == "block_weights":
-        return checked_block_weights(value)
+        return checked_block_weights(value, name)
     low, high, _ = f.metadata["range"] or (None, None, None)
-    return checked_value(f.name, value, kind, low, high, f.metadata["choices"], optional)
+    return checked_value(name, value, kind, low, high, f.metadata["choices"], optional)
 
 
 def checked_value(name, value, kind, low=None, high=None, choices=None, optional=False):
@@ -90,25 +91,25 @@ def checked_value(name, value, kind, low=None, high=None, choices=None, optional
     return int(value) if whole else float(value)
 
 
-def checked_block_weights(value):
+def checked_block_weights(value, name="block_weights"):
     """A block-weights setting: a preset, or numbers (text or a list) each finite and in the strength's range
     (how many is the ControlNet's to say: its blocks)."""
     if not isinstance(value, (str, list, tuple)):
-        raise SettingError(f"block_weights must be a preset or numbers, not {short(value)}")
+        raise SettingError(f"{name} must be a preset or numbers, not {short(value)}")
     if isinstance(value, str) and len(value) > MAX_TEXT:
-        raise SettingError(f"block_weights is {len(value)} characters long; at most {MAX_TEXT} are read")
+        raise SettingError(f"{name} is {len(value)} characters long; at most {MAX_TEXT} are read")
     if value in BLOCK_WEIGHT_PRESETS:
         return value
     try:
-        numbers = parse_block_weights(value, n=None)
+        weights = parse_block_weights(value, n=None)
     except (TypeError, ValueError, OverflowError):
-        raise SettingError(f"block_weights {short(value)} are neither a preset ({', '.join(BLOCK_WEIGHT_PRESETS)}) "
+        raise SettingError(f"{name} {short(value)} are neither a preset ({', '.join(BLOCK_WEIGHT_PRESETS)}) "
                            "nor numbers like '1, 1, 0.5'") from None
     low, high, _ = ControlUnit.__dataclass_fields__["strength"].metadata["range"]
-    wrong = [w for w in numbers or [] if not (math.isfinite(w) and low <= w <= high)]
+    wrong = [w for w in weights or [] if not (math.isfinite(w) and low <= w <= high)]
     if wrong:
-        raise SettingError(f"block_weights must each be a number from {low} to {high}; {short(wrong[0])} is not")
-    return value if isinstance(value, str) else list(numbers)
+        raise SettingError(f"{name} must each be a number from {low} to {high}; {short(wrong[0])} is not")
+    return value if isinstance(value, str) else list(weights)
 
 
 def short(value, limit=60):
@@ -193,9 +194,9 @@ class Settings:
     negative_prompt: str = setting("", "Negative Prompt")
     num_samples: int = setting(1, "Images", "images generated together", (1, 12, 1), aliases=("--samples",))
     image_resolution: int = setting(512, "Image Resolution", "the shorter side, rounded to a multiple of 64",
-                                    (64, 2048, 64), aliases=("--resolution",))
+                                    (64, MAX_SIDE, 64), aliases=("--resolution",))
     detect_resolution: int = setting(512, "Detect Resolution", "the shorter side the annotator sees",
-                                     (64, 2048, 64))
+                                     (64, MAX_SIDE, 64))
     pixel_perfect: bool = setting(False, "Pixel perfect", "the annotator sees the image resolution")
     resize_mode: str = setting("just_resize", "Resize mode", "how a picture of another shape is fitted",
                                choices=RESIZE_MODES)
