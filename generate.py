@@ -237,7 +237,7 @@ class Saved:
             if unit.control is not None:
                 check_checkpoint_file(find_model_file(unit.control, [MODELS, Path(path).parent]))
         precision = saved.get("precision", "fp32")  # images saved before precisions existed were fp32
-        if precision not in PRECISIONS:
+        if not isinstance(precision, str) or precision not in PRECISIONS:
             raise RecordError(f"{path}: precision {short(precision)} is not one of {', '.join(PRECISIONS)}")
         threads = saved.get("threads")
         if threads is not None and not (type(threads) is int and 1 <= threads <= 1024):

@@ -102,7 +102,10 @@ class MaskEditorData(EditorData):
 
     @classmethod
     def model_validate(cls, value, **kwargs):
-        if isinstance(value, dict) and not {"background", "layers", "composite"} & set(value) and "path" in value:
+        if isinstance(value, dict) and not {"background", "layers", "composite"} & set(value):
+            if "path" not in value:
+                raise page_error("a region mask is the mask editor's value (background, layers, composite) or a "
+                                 f"picture file, not {short(value)}")
             value = {"background": value, "layers": [], "composite": None}
         elif isinstance(value, dict) and value.get("layers") is None:
             value = {**value, "layers": []}
