@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Literal
 
-
 from annotators.util import AnnotatorNotice, prepare
 from annotators.weights import NEEDS, WeightsError, aux_detector, search_dirs, weights_on_disk
 
