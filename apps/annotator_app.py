@@ -14,7 +14,8 @@ from annotators import ANNOTATORS, AnnotatorNotice, ImageError, WeightsError
 from annotators.util import MAX_SIDE
 from annotators.weights import ENV_VAR, FILES, NEEDS, found_on_disk
 from apps.errors import page_error
-from apps.widgets import uploaded_image
+from apps.widgets import checked_on_arrival, uploaded_image
+from cldm.settings import checked_value
 
 TITLES = {
     "canny": "Canny edges",
@@ -92,21 +93,30 @@ CHOICES = {
 
 
 def parameter_component(name, default, annotation=None):
+    """The widget of one annotator parameter, its value checked on arrival (from the page or any HTTP client)."""
     known = PARAMETERS.get(name) or Parameter(name.replace("_", " ").capitalize(), "")
     label, info = known.label, known.info or None
     if typing.get_origin(annotation) is typing.Literal:
         choices = list(typing.get_args(annotation))
         info = "; ".join(f"{choice}: {CHOICES[choice]}" for choice in choices if choice in CHOICES) or info
-        return gr.Radio(label=label, info=info, choices=choices, value=default)
-    if isinstance(default, bool):
-        return gr.Checkbox(label=label, info=info, value=default)
-    if known.range and isinstance(default, (int, float)):
-        minimum, maximum, step = known.range
-        return gr.Slider(minimum, maximum, value=default, step=step, label=label, info=info,
-                         precision=0 if isinstance(default, int) else None)
-    if isinstance(default, (int, float)):
-        return gr.Number(label=label, info=info, value=default, precision=0 if isinstance(default, int) else None)
-    return gr.Textbox(label=label, info=info, value="" if default is None else str(default))
+        widget, check = gr.Radio(label=label, info=info, choices=choices, value=default), (str, None, None, choices)
+    elif isinstance(default, bool):
+        widget, check = gr.Checkbox(label=label, info=info, value=default), (bool, None, None, None)
+    elif isinstance(default, (int, float)):
+        kind, precision = type(default), 0 if isinstance(default, int) else None
+        if known.range:
+            minimum, maximum, step = known.range
+            widget = gr.Slider(minimum, maximum, value=default, step=step, label=label, info=info, precision=precision)
+        else:
+            minimum = maximum = None
+            widget = gr.Number(label=label, info=info, value=default, precision=precision)
+        check = (kind, minimum, maximum, None)
+    else:
+        widget, check = gr.Textbox(label=label, info=info, value="" if default is None else str(default)), (
+            str, None, None, None)
+    kind, low, high, choices = check
+    optional = kind is str and not choices  # an empty weights folder: the default places
+    return checked_on_arrival(widget, lambda v: checked_value(name, v, kind, low, high, choices, optional))
 
 
 def weights_note(key):

@@ -56,8 +56,6 @@ def checked(f, value, name=None):
     kind, optional, name = f.type, False, name or f.name
     if isinstance(kind, types.UnionType):  # `str | None`
         optional, kind = True, next(k for k in kind.__args__ if k is not type(None))
-    if value is None and optional:
-        return None
     if f.name == "block_weights":
         return checked_block_weights(value, name)
     low, high, _ = f.metadata["range"] or (None, None, None)
@@ -66,7 +64,10 @@ def checked(f, value, name=None):
 
 def checked_value(name, value, kind, low=None, high=None, choices=None, optional=False):
     """`value` as a `kind` (bool, str, int or float) named `name` holds it: a bool, text (of `choices`), or a
-    finite number from `low` to `high` (an int: a whole one); else a SettingError saying what it takes."""
+    finite number from `low` to `high` (an int: a whole one), or None if `optional`; else a SettingError saying
+    what it takes."""
+    if value is None and optional:
+        return None
     if kind is bool:
         if isinstance(value, (bool, int)) and value in (0, 1):
             return bool(value)
