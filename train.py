@@ -56,9 +56,12 @@ import warnings
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 
+from annotators.util import MAX_SIDE
 from cldm.model import load_model
+from cldm.settings import number_flag
 from evaluation.conditions import CONDITIONS
 from evaluation.harness import default_settings
 from ldm.threads import add_threads_argument, use_threads
@@ -91,7 +94,7 @@ def parse_args(argv=None):
                    "training (default: a spread of 1000; the others are reported, with their line, when read)")
     p.add_argument("--annotator", help="make pairs from plain pictures (captions from photo.txt beside photo.jpg) "
                                        "with this annotator, e.g. canny, hed")
-    p.add_argument("--resolution", type=int, default=512,
+    p.add_argument("--resolution", type=number_flag(int, 64, MAX_SIDE), default=512,
                    help="square crop size for --annotator folders and shards; the buckets' size with --buckets")
     p.add_argument("--buckets", action="store_true",
                    help="non-square data: scale and crop each pair to the aspect bucket (sides multiples of 64, "
@@ -101,12 +104,12 @@ def parse_args(argv=None):
     p.add_argument("--sd-locked", action=argparse.BooleanOptionalAction, default=True,
                    help="train only the control (default) or also the UNet decoder")
     p.add_argument("--only-mid-control", action="store_true")
-    p.add_argument("--learning-rate", type=float, default=1e-5)
+    p.add_argument("--learning-rate", type=number_flag(float, 0.0, 1.0), default=1e-5)
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                    help="constant, or cosine: from --learning-rate down to 0 at --max-steps")
-    p.add_argument("--warmup-steps", type=int, default=0, help="raise the learning rate linearly over these steps")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation: micro-batches per step")
+    p.add_argument("--warmup-steps", type=number_flag(int, 0), default=0, help="raise the learning rate linearly over these steps")
+    p.add_argument("--batch-size", type=number_flag(int, 1), default=4)
+    p.add_argument("--accumulate", type=number_flag(int, 1), default=1, help="gradient accumulation: micro-batches per step")
     p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"],
                    help="mixed precision computes in bf16/fp16 and holds the frozen weights in it; what is trained "
                         "stays fp32")
@@ -123,8 +126,8 @@ def parse_args(argv=None):
                         "read as needed; built once for all processes, extended (not rebuilt) when data is added")
     p.add_argument("--cache-dir", help="the cache's folder (implies --cache; default: OUT/cache): runs on the same "
                                        "data with the same VAE and text encoder can share one")
-    p.add_argument("--prompt-dropout", type=float, default=0.0, help="probability of training on the empty prompt")
-    p.add_argument("--noise-offset", type=float, default=0.0, help="offset noise: add this times a per-image, "
+    p.add_argument("--prompt-dropout", type=number_flag(float, 0.0, 1.0), default=0.0, help="probability of training on the empty prompt")
+    p.add_argument("--noise-offset", type=number_flag(float, 0.0, 1.0), default=0.0, help="offset noise: add this times a per-image, "
                    "per-channel constant to the training noise, so flat colours follow the prompt (0.1 is usual)")
     p.add_argument("--timesteps", choices=TIMESTEP_SAMPLINGS,
                    help="how training timesteps are drawn: uniform (as SD was trained; the default but for a "
@@ -133,32 +136,32 @@ def parse_args(argv=None):
     p.add_argument("--reward", choices=sorted(REWARDS),
                    help="ControlNet++'s consistency reward: at low noise, decode the one-step prediction, detect "
                         "this condition on it and add the mismatch with the hint to the loss (a control only)")
-    p.add_argument("--reward-weight", type=float, default=0.5, help="the reward's weight in the loss")
-    p.add_argument("--reward-timesteps", type=int, default=200,
+    p.add_argument("--reward-weight", type=number_flag(float, 0.0), default=0.5, help="the reward's weight in the loss")
+    p.add_argument("--reward-timesteps", type=number_flag(int, 1, 1000), default=200,
                    help="rewarded timesteps are drawn below this (one-step predictions are sharp there)")
-    p.add_argument("--max-steps", type=int, default=10_000)
-    p.add_argument("--ckpt-every", type=int, default=1000)
-    p.add_argument("--log-every", type=int, default=10, help="write the loss to the CSV log every N steps")
-    p.add_argument("--log-images-every", type=int, default=0, help="0: no image logging")
-    p.add_argument("--log-images", type=int, default=4, help="how many dataset items the image grid shows")
+    p.add_argument("--max-steps", type=number_flag(int, 1), default=10_000)
+    p.add_argument("--ckpt-every", type=number_flag(int, 1), default=1000)
+    p.add_argument("--log-every", type=number_flag(int, 1), default=10, help="write the loss to the CSV log every N steps")
+    p.add_argument("--log-images-every", type=number_flag(int, 0), default=0, help="0: no image logging")
+    p.add_argument("--log-images", type=number_flag(int, 1), default=4, help="how many dataset items the image grid shows")
     p.add_argument("--validation-prompt", action="append", default=[],
                    help="log this prompt instead of dataset items (repeatable; pair each with --validation-hint)")
     p.add_argument("--validation-hint", action="append", default=[], help="the condition image of a validation prompt")
-    p.add_argument("--eval-every", type=int, default=0, help="every N steps, measure how well generated images "
+    p.add_argument("--eval-every", type=number_flag(int, 0), default=0, help="every N steps, measure how well generated images "
                    "follow held-out conditions, as bench/controllability.py does (0: never)")
     p.add_argument("--eval-condition", default="shapes", choices=sorted(CONDITIONS),
                    help="the condition measured (its annotator re-detects it on the images)")
     p.add_argument("--eval-data", help="held-out cases for a condition other than shapes: a release-layout folder "
                                        "or photos with captions (default for shapes: held-out outlines)")
-    p.add_argument("--eval-count", type=int, default=20, help="held-out cases per evaluation (the first N)")
-    p.add_argument("--eval-steps", type=int, default=20, help="sampling steps per evaluated image")
-    p.add_argument("--eval-images", type=int, default=1, help="images per case")
+    p.add_argument("--eval-count", type=number_flag(int, 1), default=20, help="held-out cases per evaluation (the first N)")
+    p.add_argument("--eval-steps", type=number_flag(int, 1, 1000), default=20, help="sampling steps per evaluated image")
+    p.add_argument("--eval-images", type=number_flag(int, 1), default=1, help="images per case")
     p.add_argument("--devices", default="auto")
     p.add_argument("--strategy", default="auto", help="e.g. ddp, fsdp, deepspeed_stage_2")
     p.add_argument("--accelerator", default="auto")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=number_flag(int, 0), default=0)
     add_threads_argument(p)  # the image logs and evaluations then sample as generate.py and the apps do
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=number_flag(int, 0, 2**32 - 1), default=0)
     add_debug_argument(p)
     return p.parse_args(argv)
 
@@ -340,13 +343,17 @@ def main(argv=None):
         if args.stage in ("vae", "decoder"):
             raise SystemExit("--cache stores VAE encodings and text encodings, not the images a VAE stage needs")
         cache_dir = Path(args.cache_dir or out / "cache")
-    trainer = pl.Trainer(
-        max_steps=args.max_steps, accumulate_grad_batches=args.accumulate, precision=args.precision,
-        devices=args.devices, strategy=args.strategy, accelerator=args.accelerator, callbacks=callbacks,
-        default_root_dir=out, enable_checkpointing=False, logger=pl.loggers.CSVLogger(out, name="logs"),
-        log_every_n_steps=args.log_every, use_distributed_sampler=False,
-        max_epochs=-1, num_sanity_val_steps=0, plugins=[DirectCheckpointIO()],
-    )
+    try:
+        trainer = pl.Trainer(
+            max_steps=args.max_steps, accumulate_grad_batches=args.accumulate, precision=args.precision,
+            devices=args.devices, strategy=args.strategy, accelerator=args.accelerator, callbacks=callbacks,
+            default_root_dir=out, enable_checkpointing=False, logger=pl.loggers.CSVLogger(out, name="logs"),
+            log_every_n_steps=args.log_every, use_distributed_sampler=False,
+            max_epochs=-1, num_sanity_val_steps=0, plugins=[DirectCheckpointIO()],
+        )
+    except MisconfigurationException as error:  # --devices, --strategy or --accelerator this machine cannot run
+        raise ValueError(f"--devices {args.devices} --strategy {args.strategy} --accelerator {args.accelerator}: "
+                         f"{error}") from None
     ckpt_path = args.resume[0] if is_training_checkpoint(args.resume) else None
     datamodule = DataModule(dataset, trainee, args, cache_dir, samples=bool(args.log_images_every or args.eval_every))
     try:

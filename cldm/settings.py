@@ -82,14 +82,32 @@ def checked_value(name, value, kind, low=None, high=None, choices=None, optional
         return value
     whole = kind is int
     what = "a whole number" if whole else "a number"
-    what += f" from {low} to {high}" if low is not None else "" if whole else " (finite)"
+    if low is not None:
+        what += f" from {low} to {high}" if high is not None else f" of at least {low}"
+    elif not whole:
+        what += " (finite)"
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
         raise SettingError(f"{name} must be {what}, not {short(value)}")
     if whole and value != int(value):
         raise SettingError(f"{name} must be {what}, not {short(value)}")
-    if low is not None and not low <= value <= high:
+    if (low is not None and value < low) or (high is not None and value > high):
         raise SettingError(f"{name} must be {what}; {short(value)} is out of range")
     return int(value) if whole else float(value)
+
+
+def number_flag(kind, low=None, high=None):
+    """An argparse type for a number flag, checked as a setting is: finite, a whole one for int, from `low` (to
+    `high`); argparse then names the flag in its one-line error."""
+
+    def parse(text):
+        try:
+            return checked_value("the value", kind(text), kind, low, high)
+        except (ValueError, OverflowError) as error:  # SettingError, or text that is no number
+            raise argparse.ArgumentTypeError(str(error) if isinstance(error, SettingError) else
+                                             f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value" wording for what it reports itself
+    return parse
 
 
 def checked_block_weights(value, name="block_weights"):
