@@ -157,5 +157,7 @@ def keypoints(person, part, i, width, height):
         raise PoseError(f"OpenPose JSON: person {i}'s {part} has {len(values)} numbers; it takes "
                         f"{' or '.join(str(n) for n in counts)} points of 3 (x, y, confidence)")
     points = [values[j:j + 3] for j in range(0, len(values), 3)]
-    return [Keypoint(x / width, y / height, c, j) if c > 0 and 0 <= x <= width and 0 <= y <= height else None
-            for j, (x, y, c) in enumerate(points)]
+    # a missing body point is None; a hand's or the face's is at 0, 0, which controlnet-aux does not draw
+    missing = None if part == "body" else Keypoint(0.0, 0.0, 0.0)
+    return [Keypoint(x / width, y / height, c, j) if c > 0 and 0 <= x <= width and 0 <= y <= height else
+            missing if missing is None else missing._replace(id=j) for j, (x, y, c) in enumerate(points)]

@@ -28,7 +28,7 @@ from cldm.model import ModelOptions, load_control_net
 from cldm.outputs import BESIDE, next_path
 from cldm.request import Paths, Request, run
 from cldm.settings import SettingError, short
-from ldm.files import MODELS, CheckpointError, find_model_file
+from ldm.files import MODELS, find_model_file
 from ldm.precision import precision_of
 from toy.model import TOY_PHOTO_NOTE, looks_like_a_photo
 
@@ -110,11 +110,11 @@ class Runner:
     def control_net(self, name):
         """A unit's ControlNet file, loaded once, in the model's dtype and on its device: only a file of the
         server's control folders, by name (a caller learns nothing of other paths, whether they exist or not)."""
-        try:
-            path = find_model_file(name, self.control_dirs)
-        except CheckpointError:
+        offered = control_choices(self.control_dirs)[1:]
+        if name not in offered:
             raise SettingError(f"control {short(name)} is not one of the control files this server offers: "
-                               f"{', '.join(control_choices(self.control_dirs)[1:]) or 'none'}") from None
+                               f"{', '.join(offered) or 'none'}")
+        path = find_model_file(name, self.control_dirs)
         if path not in self.nets:
             self.nets[path] = load_control_net(self.model, path).to(self.model.betas.device)
         return self.nets[path]

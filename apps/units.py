@@ -53,9 +53,10 @@ def pop_unit(k, values):
 
 
 def control_choices(folders=(MODELS,)):
-    """The unit's control choices: the app's own, then the control files in `folders` by name."""
-    files = {p.name for folder in folders for p in Path(folder).glob("*")
-             if p.suffix in CONTROL_SUFFIXES and "control" in p.name}
+    """The unit's control choices: the app's own, then by name the control files of `folders`: in models/, those
+    named as controls (it holds the bases too), every checkpoint in a folder the server adds."""
+    files = {p.name for folder in folders for p in Path(folder).glob("*") if p.suffix in CONTROL_SUFFIXES
+             and ("control" in p.name or Path(folder).resolve() != MODELS)}
     return [OWN_CONTROL, *sorted(files)]
 
 

@@ -125,7 +125,7 @@ def test_a_float_condition_drives_the_control(model):
     (dict(mask=np.zeros((64, 64), np.uint8)), "needs the picture"),
     (dict(init_image=picture(0, 128)), "same size"),
     (dict(init_image=picture(0), mask=np.zeros((32, 32), np.uint8)), "must be 64x64"),
-    (dict(init_image=picture(0), denoise=1.5), "denoise must be between"),
+    (dict(init_image=picture(0), denoise=1.5), "denoise must be a number from 0.0 to 1.0"),
     (dict(init_image=picture(0), mask=np.zeros((64, 64), np.uint8), mask_blur=-1), "blur must be"),
 ])
 def test_bad_img2img_inputs_are_refused_clearly(model, kwargs, message):

@@ -21,7 +21,7 @@ from apps.runner import Runner
 from cldm.outputs import PARAMS_KEY, RecordError
 from cldm.settings import ControlUnit, SettingError, Settings, setting_fields
 from ldm.errors import run_main
-from ldm.files import CheckpointError
+from ldm.files import MODELS, CheckpointError
 from tests.test_apps import NOTE, default_model, served, task_of, values  # noqa: F401 (a fixture)
 from toy.model import TOY_CONTROL
 
@@ -216,9 +216,27 @@ def test_cli_errors_are_one_line_and_exit_2_with_the_traceback_behind_debug(tmp_
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--batch-size", "0", "argument --batch-size: the value must be a whole number of at least 1; 0 is out of range"),
+    ("--learning-rate", "nan", "argument --learning-rate: the value must be a number from 0.0 to 1.0, not nan"),
+    ("--ckpt-every", "0", "argument --ckpt-every: the value must be a whole number of at least 1"),
+    ("--prompt-dropout", "x", "argument --prompt-dropout: 'x' is not a number"),
+])
+def test_train_flags_are_checked_as_settings_are(capsys, flag, value, message):
+    import train
+
+    with pytest.raises(SystemExit) as exit_status:
+        train.parse_args(["--data", "d", flag, value])
+    assert exit_status.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_a_served_unit_names_its_control_file_only_among_the_servers(default_model, tmp_path):  # noqa: F811
-    runner = Runner(task_of("gradio_canny2image"), default_model, NOTE, tmp_path, toy=True)
-    assert runner.control_net(TOY_CONTROL.name) is not None  # by name, from models/
+    added = tmp_path / "added"  # a folder the server's command line adds (--control-dir): any checkpoint in it
+    added.mkdir()
+    (added / "mine.safetensors").write_bytes(TOY_CONTROL.read_bytes())
+    runner = Runner(task_of("gradio_canny2image"), default_model, NOTE, tmp_path, toy=True,
+                    control_dirs=[MODELS, added])
+    assert runner.control_net(TOY_CONTROL.name) is not None and runner.control_net("mine.safetensors") is not None
     answers = []
     for name in (str(TOY_CONTROL), "/etc/hostname", "/nowhere/x.pth", "../models/" + TOY_CONTROL.name, 5):
         with pytest.raises(SettingError) as error:
