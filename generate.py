@@ -21,6 +21,7 @@ generation parameters (and its condition map beside it).
 """
 
 import argparse
+import os
 from pathlib import Path
 
 from ldm.errors import add_debug_argument, run_main
@@ -46,6 +47,8 @@ def add_file_arguments(p):
     p.add_argument("--init-image", help="image-to-image: start from this picture instead of pure noise "
                                         "(--denoise says how much of it is redrawn)")
     p.add_argument("--mask", help="inpainting: redraw --init-image only where this picture is white")
+    p.add_argument("--out", default="outputs/sample.png", help="output file; the condition map goes beside it")
+    p.add_argument("--out-dir", default="outputs", help="output folder for --input-dir")
     p.add_argument("--inpaint-control", action="store_true",
                    help="the ControlNet is an inpaint one (control_v11p_sd15_inpaint): its condition is "
                         "--init-image with the --mask pixels at -1")
@@ -75,6 +78,10 @@ def check_files(args):
         raise FileNotFoundError(f"--pose {args.pose} not found: check the path")
     if args.input_dir and not Path(args.input_dir).is_dir():
         raise FileNotFoundError(f"--input-dir {args.input_dir} is not a folder")
+    folder = Path(args.out_dir) if args.input_dir else Path(args.out).parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise PermissionError(f"cannot write the outputs in {folder}: choose another --out / --out-dir")
 
 
 def check_command_line(argv=None):
@@ -93,7 +100,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from annotators import ANNOTATORS, condition_map, fit, list_pictures, read_image, resize_image
+from annotators import ANNOTATORS, ImageError, condition_map, fit, list_pictures, read_image, resize_image
 from annotators.pose import draw
 from annotators.pose_json import read_pose_file
 from cldm.img2img import condition_picture, inpaint_condition
@@ -126,8 +133,6 @@ def parse_args(argv=None):
                    "(the 1.1 anime line-art control: 2; default 1, or the saved one)")
     p.add_argument("--pooled", action=argparse.BooleanOptionalAction, help="the control's residuals pooled, as the "
                    "1.1 shuffle control was trained (default: no, or the saved choice)")
-    p.add_argument("--out", default="outputs/sample.png", help="output file; the condition map goes beside it")
-    p.add_argument("--out-dir", default="outputs", help="output folder for --input-dir")
     return p.parse_args(argv)
 
 
@@ -280,7 +285,8 @@ def main(argv=None):
         precision = saved.precision
     else:
         precision = resolve_precision(args.precision or "auto", device)
-    threads = use_threads(args.threads or (saved and saved.threads))  # the saved count gives the same bits
+    saved_threads = saved.threads if saved is not None else None  # the saved count gives the same bits
+    threads = use_threads(args.threads if args.threads is not None else saved_threads)
     print(f"computing in {precision} on {device}" + (f" ({threads} threads)" if device == "cpu" else ""))
     options = model_options(args, saved)
     model = model_for(args, "cpu" if args.low_vram else device, precision, options)
@@ -298,10 +304,20 @@ def main(argv=None):
     nets = unit_nets(model, units)
     speed_up(model, compile=args.compile, nets=list(nets.values()))
     if args.input_dir:
+        skipped = []
         for path in tqdm(list_pictures(args.input_dir), desc="pictures"):
-            hint = detected_map(args, settings, read_image(str(path)))
+            try:
+                picture = read_image(str(path))
+            except ImageError as error:  # one unreadable file does not stop the others
+                print(f"skipped {path.name}: {error}")
+                skipped.append(path.name)
+                continue
+            hint = detected_map(args, settings, picture)
             generate_and_save(model, hint, settings, units, nets, Path(args.out_dir) / f"{path.stem}.png", device,
                               args.low_vram, options=options)
+        if skipped:
+            raise ImageError(f"{len(skipped)} of the pictures in {args.input_dir} could not be read: "
+                             f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
         return
     start = pictures_of(args, pictures, settings.image_resolution)
     if pictures["hint"] is not None:

@@ -38,7 +38,7 @@ def default_threads():
 
 def use_threads(requested=None):
     """Compute on `requested` threads (None: the default policy); returns the count in force."""
-    count = int(requested) if requested else default_threads()
+    count = int(requested) if requested is not None else default_threads()
     if count < 1:
         raise ValueError(f"--threads {requested}: give at least 1 thread")
     if torch.get_num_threads() != count:
