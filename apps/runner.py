@@ -181,8 +181,9 @@ def painted(editor_value):
 
 def drawing(editor_value):
     """A canvas value (gradio ImageEditor dict, or a plain array) -> RGB, strokes dark on white."""
-    if isinstance(editor_value, dict):
-        editor_value = editor_value.get("composite")
+    if isinstance(editor_value, dict):  # the drawing; a picture sent alone through the API is its background
+        composite = editor_value.get("composite")
+        editor_value = editor_value.get("background") if composite is None else composite
     if editor_value is None:
         raise ImageError("the canvas is empty: draw something first")
     return to_rgb_uint8(editor_value)

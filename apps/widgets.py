@@ -96,58 +96,62 @@ def page_component(task, name, value, control_dirs=(MODELS,)):
     return settings_component(unit_input, value, api_name=name)
 
 
-class MaskEditorData(EditorData):
-    """The mask editor's value, or a plain picture file sent in its place through the API: taken as the
-    editor's picture, as an upload into the editor is (a mask is never dropped for its form)."""
+def taking_files(editor, what):
+    """An ImageEditor that takes, through the API, its own value or a plain picture file (as its picture, as an
+    upload into the editor is: a mask is never dropped for its form), and refuses anything else, or a file that
+    is no picture, with a message naming `what` it is."""
+    wrong = lambda value: page_error(  # noqa: E731
+        f"{what} is the image editor's value (background, layers, composite) or a picture file, not {short(value)}")
 
-    @classmethod
-    def model_validate(cls, value, **kwargs):
-        if isinstance(value, dict) and not {"background", "layers", "composite"} & set(value):
-            if "path" not in value:
-                raise page_error("a region mask is the mask editor's value (background, layers, composite) or a "
-                                 f"picture file, not {short(value)}")
-            value = {"background": value, "layers": [], "composite": None}
-        elif isinstance(value, dict) and value.get("layers") is None:
-            value = {**value, "layers": []}
-        try:
-            return super().model_validate(value, **kwargs)
-        except ValidationError:
-            raise page_error("a region mask is the mask editor's value (background, layers, composite) or a "
-                             f"picture file, not {short(value)}") from None
+    class Data(EditorData):
+        @classmethod
+        def model_validate(cls, value, **kwargs):
+            if isinstance(value, dict) and not {"background", "layers", "composite"} & set(value):
+                if "path" not in value:
+                    raise wrong(value)
+                value = {"background": value, "layers": [], "composite": None}
+            elif isinstance(value, dict) and value.get("layers") is None:
+                value = {**value, "layers": []}
+            try:
+                return super().model_validate(value, **kwargs)
+            except ValidationError:
+                raise wrong(value) from None
 
-
-def mask_editor():
-    """A region mask, painted white on black (or uploaded: white where the control acts)."""
-    black = np.zeros((512, 512, 3), np.uint8)
-    editor = gr.ImageEditor(value={"background": black, "layers": [], "composite": None}, type="numpy",
-                            label="Region mask: paint white where the control acts (nothing white: everywhere)",
-                            sources=["upload", "clipboard"], layers=False, transforms=(), canvas_size=(512, 512),
-                            brush=gr.Brush(colors=["#ffffff"], default_size=48, color_mode="fixed"))
-    editor.data_model = MaskEditorData
     to_arrays = editor.preprocess
 
     def preprocess(payload):
         try:
             return to_arrays(payload)
-        except Exception as error:  # a file that is no picture
-            raise page_error(f"the region mask could not be read as a picture ({error}); give a PNG or JPEG, "
-                             "white where the control acts") from error
+        except Exception as error:
+            raise page_error(f"{what} could not be read as a picture ({error}); give a PNG or JPEG") from error
 
-    editor.preprocess = preprocess
+    editor.data_model, editor.preprocess = Data, preprocess
     return editor
+
+
+def mask_editor():
+    """A region mask, painted white on black (or uploaded: white where the control acts)."""
+    black = np.zeros((512, 512, 3), np.uint8)
+    return taking_files(gr.ImageEditor(
+        value={"background": black, "layers": [], "composite": None}, type="numpy",
+        label="Region mask: paint white where the control acts (nothing white: everywhere)",
+        sources=["upload", "clipboard"], layers=False, transforms=(), canvas_size=(512, 512),
+        brush=gr.Brush(colors=["#ffffff"], default_size=48, color_mode="fixed")), "a region mask")
 
 
 def picture_input(task):
     """The page's picture: a drawing canvas, an upload to paint a mask on, or a plain upload."""
     if task.canvas:
         white = np.full((512, 512, 3), 255, np.uint8)
-        return gr.ImageEditor(value={"background": white, "layers": [], "composite": None}, type="numpy",
-                              label="Draw (black on white)", canvas_size=(512, 512),
-                              brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"))
+        return taking_files(gr.ImageEditor(value={"background": white, "layers": [], "composite": None},
+                                           type="numpy", label="Draw (black on white)", canvas_size=(512, 512),
+                                           brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed")),
+                            "the drawing")
     if task.workflow == "inpaint":
-        return gr.ImageEditor(type="numpy", label="Picture: upload, then paint over what to redraw",
-                              sources=["upload", "clipboard"], layers=False, transforms=(),
-                              brush=gr.Brush(colors=["#ffffff"], default_size=32, color_mode="fixed"))
+        return taking_files(gr.ImageEditor(type="numpy", label="Picture: upload, then paint over what to redraw",
+                                           sources=["upload", "clipboard"], layers=False, transforms=(),
+                                           brush=gr.Brush(colors=["#ffffff"], default_size=32, color_mode="fixed")),
+                            "the picture to inpaint")
     return uploaded_image(label="Input image", sources=["upload", "clipboard"])
 
 def component(param, default):

@@ -252,6 +252,7 @@ def raw_client(app, model, folder):
     the answer, its data)."""
     from gradio_client import Client
 
+    folder.mkdir(parents=True, exist_ok=True)
     task, url, demo = served(app, model, folder)
     endpoint = Client(url, verbose=False).view_api(return_format="dict", print_info=False)["named_endpoints"]
     parameters = endpoint["/generate"]["parameters"]
@@ -333,7 +334,7 @@ def test_raw_http_inputs_at_the_door(raw_api):
             ({"block_weights": "1, 1e39"}, "block_weights must each be a number"),
             ({"unit2_enabled": True, "unit2_control": 5}, "unit2_control must be text, not 5"),
             ({"unit2_enabled": True, "unit2_control": "/etc/hostname"}, "unit2_control '/etc/hostname' is not one of"),
-            ({"region_mask": "mask.png"}, "a region mask is the mask editor's value")]:
+            ({"region_mask": "mask.png"}, "a region mask is the image editor's value")]:
         kind, data = call(**changes)
         assert kind == "error" and message in data["error"], (changes, data)
     # a region mask sent as a plain file is honoured: saved beside the image, black where it is black
@@ -345,3 +346,20 @@ def test_raw_http_inputs_at_the_door(raw_api):
     region = np.asarray(Image.open(sorted(folder.glob("canny-region-*.png"))[-1]))
     assert region[:, :28].min() == 255 and region[:, 36:].max() == 0
     assert call(steps=1)[0] == "complete"  # and the server is still up
+
+
+def test_the_inpaint_and_canvas_editors_take_a_plain_file_or_say_what_they_take(default_model, tmp_path):  # noqa: F811
+    for app, what in (("gradio_inpaint2image", "the picture to inpaint"), ("gradio_scribble2image_interactive",
+                                                                           "the drawing")):
+        call, upload, demo = raw_client(app, default_model, tmp_path / app)
+        try:
+            kind, data = call(image="photo.png")
+            assert kind == "error" and data["error"].startswith(f"{what} is the image editor's value"), data
+            picture = upload(tmp_path / app / "photo.png")
+            kind, data = call(image=picture)  # a plain file: the editor's picture
+            if app == "gradio_inpaint2image":  # ... with no mask painted on it
+                assert kind == "error" and "paint over the part of the picture to redraw" in data["error"]
+            else:
+                assert kind == "complete", data
+        finally:
+            demo.close()
