@@ -16,6 +16,7 @@ from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, c
 from cldm.cldm import CONTROL_PREFIX, ControlNet
 from ldm.checkpoint import CheckpointError, read_state_dict, save_safetensors
 from ldm.config import load_yaml
+from ldm.sdxl import ID_FEATURES
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -52,6 +53,22 @@ def diffusers_controlnet_config(original_config, global_average_pooling=False):
         "conditioning_channels": control_params["hint_channels"],
         "global_pool_conditions": bool(global_average_pooling),
     }
+
+
+def diffusers_unet_config(unet_params, id_features=ID_FEATURES):
+    """The UNet2DConditionModel config of a UNet's yaml params; SDXL's label embedding (num_classes:
+    sequential) is diffusers' "text_time" embedding whatever the context width (diffusers' helper recognises
+    only the released widths), its ids through `id_features` Fourier features each."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # image_size is deprecated there and does not affect the weights
+        vae = {"params": {"ddconfig": {"ch_mult": [1, 2, 4, 4]}}}  # only its sample size is read from the VAE
+        config = create_unet_diffusers_config_from_ldm(
+            {"model": {"params": {"unet_config": {"params": unet_params}, "first_stage_config": vae}}}, {},
+            image_size=512)
+    if unet_params.get("num_classes") == "sequential":
+        config.update(class_embed_type=None, addition_embed_type="text_time", addition_time_embed_dim=id_features,
+                      projection_class_embeddings_input_dim=unet_params["adm_in_channels"])
+    return config
 
 
 def ldm_control_params(diffusers_config):
