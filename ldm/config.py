@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from ldm.autoencoder import AutoencoderKL
 from ldm.diffusion import LatentDiffusion
 from ldm.files import check_config_file
-from ldm.text_encoders import FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder
+from ldm.sdxl import Conditioner, SizeEmbedder
+from ldm.text_encoders import FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, FrozenOpenCLIPEmbedder2
 from ldm.unet import UNetModel
 
 LDM_TARGETS = {
@@ -22,6 +23,13 @@ LDM_TARGETS = {
     "ldm.models.autoencoder.AutoencoderKL": AutoencoderKL,
     "ldm.modules.encoders.modules.FrozenCLIPEmbedder": FrozenCLIPEmbedder,
     "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder": FrozenOpenCLIPEmbedder,
+    # SDXL (sgm's names)
+    "sgm.modules.diffusionmodules.openaimodel.UNetModel": UNetModel,
+    "sgm.models.autoencoder.AutoencoderKLInferenceWrapper": AutoencoderKL,
+    "sgm.modules.GeneralConditioner": Conditioner,
+    "sgm.modules.encoders.modules.FrozenCLIPEmbedder": FrozenCLIPEmbedder,
+    "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2": FrozenOpenCLIPEmbedder2,
+    "sgm.modules.encoders.modules.ConcatTimestepEmbedderND": SizeEmbedder,
 }
 
 # Sub-model configs inside a diffusion model's params, and the constructor argument each becomes.
@@ -85,5 +93,9 @@ def instantiate(node, targets, path="model"):
     for key, arg in SUBMODELS.items():
         if key in params:
             params[arg] = instantiate(params.pop(key), targets, f"{path}.params.{key}")
+    if "emb_models" in params:  # sgm's conditioner: (input key, embedder) each; is_trainable and ucg_rate are
+        params["emb_models"] = [  # training's (the embedders stay frozen, prompt dropout is train.py's)
+            (item.get("input_key"), instantiate(item, targets, f"{path}.params.emb_models.{i}"))
+            for i, item in enumerate(params["emb_models"])]
     return cls(**params)
 

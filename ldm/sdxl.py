@@ -3,12 +3,17 @@ bigG's projection) followed by six size and crop ids, each through the timesteps
 features: the picture's original size (h, w), the crop's top-left corner (top, left) and the target size
 (h, w), as SDXL was trained on them (sgm's ConcatTimestepEmbedderND; diffusers' add_time_ids). The UNet and
 its ControlNets take that vector through their label embedding (ldm.unet.embed).
+
+`Conditioner` is sgm's GeneralConditioner as SDXL's yaml builds it: the two text encoders and the three id
+embedders under `conditioner.embedders.<i>`, making one Conditioning {crossattn, vector} of prompts and ids.
 """
 
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from ldm.conditioning import Conditioning
 from ldm.unet import timestep_embedding
 
 ID_FEATURES = 256  # Fourier features per id in SDXL's released models (sgm's outdim, diffusers' addition_time_embed_dim)
@@ -44,3 +49,46 @@ def id_features(ids, width=ID_FEATURES):
 def vector(pooled, ids, width=ID_FEATURES):
     """SDXL's vector conditioning: the pooled text embedding (B, P) then the ids' features (B, 6 * width)."""
     return torch.cat([pooled.float(), id_features(ids.to(pooled.device), width)], dim=-1)
+
+
+class SizeEmbedder(nn.Module):
+    """sgm's ConcatTimestepEmbedderND: (B, n) ids -> (B, n * outdim) Fourier features; no weights."""
+
+    def __init__(self, outdim=ID_FEATURES):
+        super().__init__()
+        self.outdim = outdim
+
+    def forward(self, ids):
+        return id_features(ids, self.outdim)
+
+
+ID_INPUTS = ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple")  # sgm's input keys
+TEXT_INPUT = "txt"
+
+
+class Conditioner(nn.Module):
+    """Prompts and size ids -> one Conditioning: each embedder reads its input (sgm's input_key: "txt", or one
+    pair of ids), its 3-D outputs are joined into the cross-attention part along the features, its 2-D ones
+    into the vector part, in the embedders' order (SDXL: CLIP-L's 768 and bigG's 1280 features; bigG's pooled
+    1280 then three times two ids' features)."""
+
+    def __init__(self, emb_models):
+        super().__init__()
+        self.input_keys = [key for key, _ in emb_models]
+        unknown = sorted(set(self.input_keys) - {TEXT_INPUT, *ID_INPUTS})
+        if unknown:
+            raise ValueError(f"conditioner inputs {unknown} are not SDXL's ({TEXT_INPUT}, {', '.join(ID_INPUTS)})")
+        self.embedders = nn.ModuleList(module for _, module in emb_models)
+
+    def forward(self, prompts, ids, zero_text=False):
+        """`ids`: (B, 6) (SizeIds.tensor); `zero_text`: the text's features are zeros (SDXL's pipelines do this
+        for an empty negative prompt; sgm's force_zero_embeddings)."""
+        crossattn, vectors = [], []
+        pairs = dict(zip(ID_INPUTS, ids.split(2, dim=1)))
+        for key, embedder in zip(self.input_keys, self.embedders):
+            outputs = embedder(list(prompts)) if key == TEXT_INPUT else embedder(pairs[key])
+            for out in outputs if isinstance(outputs, tuple) else (outputs,):
+                if key == TEXT_INPUT and zero_text:
+                    out = torch.zeros_like(out)
+                (crossattn if out.dim() == 3 else vectors).append(out)
+        return Conditioning(torch.cat(crossattn, dim=2), torch.cat([v.float() for v in vectors], dim=1))

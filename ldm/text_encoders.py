@@ -2,6 +2,8 @@
 
 - SD 1.x: CLIP ViT-L/14's text transformer (transformers `CLIPTextModel`), last layer.
 - SD 2.x: OpenCLIP ViT-H-14's text transformer (open_clip), penultimate layer, then the final LayerNorm.
+- SDXL: CLIP ViT-L/14's penultimate layer beside OpenCLIP ViT-bigG-14's (as they are, no final LayerNorm), and
+  bigG's pooled embedding (ldm.sdxl.Conditioner holds both, under sgm's `conditioner.embedders.<i>` keys).
 
 The CLIP BPE vocabulary ships inside the open_clip package, so both tokenizers build from it.
 Weights come from the Stable Diffusion checkpoint (`cond_stage_model.*`).
@@ -21,7 +23,8 @@ CLIP_TEXT_ARCHS = {
     "openai/clip-vit-large-patch14": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                           num_attention_heads=12),
 }
-OPEN_CLIP_TEXT_ARCHS = {"ViT-H-14": dict(width=1024, heads=16, layers=24, output_dim=1024)}
+OPEN_CLIP_TEXT_ARCHS = {"ViT-H-14": dict(width=1024, heads=16, layers=24, output_dim=1024),
+                        "ViT-bigG-14": dict(width=1280, heads=20, layers=32, output_dim=1280)}
 CONTEXT_LENGTH = 77
 VOCAB_SIZE = 49408
 
@@ -36,11 +39,12 @@ def byte_symbols():
 
 
 @functools.cache
-def clip_tokenizer():
-    """transformers' CLIPTokenizer with the vocabulary and merges of OpenAI CLIP. The merges are read from the copy
-    open_clip ships, without importing open_clip (which pulls in torchvision and its models: seconds at every
-    start); the ids are CLIP's: the byte symbols, each again with the end-of-word mark, one per merge in rank
-    order, then the two special tokens."""
+def clip_tokenizer(pad_token="<|endoftext|>"):
+    """transformers' CLIPTokenizer with the vocabulary and merges of OpenAI CLIP, padding with `pad_token` (SD's
+    and SDXL's first tokenizer: <|endoftext|>; SDXL's second pads with "!", id 0, as open_clip does). The merges
+    are read from the copy open_clip ships, without importing open_clip (which pulls in torchvision and its
+    models: seconds at every start); the ids are CLIP's: the byte symbols, each again with the end-of-word mark,
+    one per merge in rank order, then the two special tokens."""
     package = importlib.util.find_spec("open_clip").submodule_search_locations[0]
     with gzip.open(Path(package) / "bpe_simple_vocab_16e6.txt.gz", "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")
@@ -48,7 +52,8 @@ def clip_tokenizer():
     symbols = byte_symbols()
     tokens = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges), "<|startoftext|>",
               "<|endoftext|>"]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, model_max_length=CONTEXT_LENGTH)
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, model_max_length=CONTEXT_LENGTH,
+                         pad_token=pad_token)
 
 
 def _check_layer(layer, allowed):
@@ -183,3 +188,33 @@ class FrozenOpenCLIPEmbedder(nn.Module):
 
     def encode(self, text):
         return self(text)
+
+
+class FrozenOpenCLIPEmbedder2(FrozenOpenCLIPEmbedder):
+    """SDXL's second text encoder (sgm's name and parameters): OpenCLIP ViT-bigG-14's text transformer. With
+    legacy: False (SDXL's yaml), the chosen layer as it is, without the final LayerNorm, and with
+    always_return_pooled the pooled embedding beside it: the last layer's end-of-text token, normed and
+    projected (what diffusers calls text_embeds)."""
+
+    def __init__(self, arch="ViT-bigG-14", version="laion2b_s39b_b160k", device=None, max_length=CONTEXT_LENGTH,
+                 freeze=True, layer="last", always_return_pooled=False, legacy=True, text_cfg=None):
+        super().__init__(arch, version, device, max_length, freeze, layer, text_cfg)
+        if always_return_pooled and legacy:
+            raise ValueError("always_return_pooled needs legacy: False (as sgm's FrozenOpenCLIPEmbedder2)")
+        self.return_pooled, self.legacy = always_return_pooled, legacy
+
+    def forward(self, text):
+        tokens = self.tokenize(text).to(self.device)
+        m = self.model
+        x = m.token_embedding(tokens) + m.positional_embedding
+        *blocks, last_block = m.transformer.resblocks
+        for block in blocks:
+            x = block(x, attn_mask=m.attn_mask)
+        penultimate, last = x, last_block(x, attn_mask=m.attn_mask)
+        chosen = penultimate if self.layer_idx else last
+        if self.legacy:
+            return m.ln_final(chosen)
+        if not self.return_pooled:
+            return chosen
+        pooled = m.ln_final(last)[torch.arange(len(tokens)), tokens.argmax(dim=-1)] @ m.text_projection
+        return chosen, pooled

@@ -50,3 +50,68 @@ def test_the_sdxl_unet_matches_diffusers_unet2dconditionmodel():
                           added_cond_kwargs={"text_embeds": inp["pooled"], "time_ids": inp["ids"]}).sample
     assert eps.abs().max() > 0.1
     torch.testing.assert_close(eps, expected, rtol=0, atol=1e-5)
+
+
+TEXT_ARCH = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4)
+BIGG_ARCH = dict(width=32, heads=4, layers=5, output_dim=POOLED)
+EMBEDDERS = "sgm.modules.encoders.modules."
+TINY_XL_CONDITIONER = {"target": "sgm.modules.GeneralConditioner", "params": {"emb_models": [
+    {"is_trainable": False, "input_key": "txt", "target": EMBEDDERS + "FrozenCLIPEmbedder",
+     "params": {"layer": "hidden", "layer_idx": 4, "arch": TEXT_ARCH}},  # the penultimate of 5 layers
+    {"is_trainable": False, "input_key": "txt", "target": EMBEDDERS + "FrozenOpenCLIPEmbedder2",
+     "params": {"arch": "tiny", "layer": "penultimate", "always_return_pooled": True, "legacy": False,
+                "text_cfg": BIGG_ARCH}},
+    *({"is_trainable": False, "input_key": key, "target": EMBEDDERS + "ConcatTimestepEmbedderND",
+       "params": {"outdim": ID_WIDTH}} for key in ("original_size_as_tuple", "crop_coords_top_left",
+                                                   "target_size_as_tuple"))]}}
+
+
+def diffusers_text_encoders(conditioner):
+    """diffusers' SDXL text encoders holding the conditioner's weights: CLIPTextModel and, converted by
+    diffusers' own single-file helper, CLIPTextModelWithProjection; their tokenizers (the second pads with "!")."""
+    import copy
+
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from ldm.text_encoders import clip_tokenizer
+
+    first = copy.deepcopy(conditioner.embedders[0].transformer.text_model)
+    config = CLIPTextConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=5, num_attention_heads=4,
+                            projection_dim=POOLED, hidden_act="gelu", vocab_size=49408, max_position_embeddings=77,
+                            bos_token_id=49406, eos_token_id=49407, pad_token_id=0)
+    second = CLIPTextModelWithProjection(config).eval()
+    prefix = "conditioner.embedders.1.model."
+    state = {prefix + k: v for k, v in conditioner.embedders[1].model.state_dict().items()}
+    missing, unexpected = second.load_state_dict(convert_open_clip_checkpoint(second, state, prefix), strict=False)
+    assert not unexpected and all("position_ids" in k for k in missing)
+    return first, second, clip_tokenizer(), clip_tokenizer(pad_token="!")
+
+
+def test_the_sdxl_conditioner_matches_diffusers_encode_prompt_and_time_ids():
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from ldm.config import LDM_TARGETS, instantiate
+
+    conditioner = randomize(instantiate(TINY_XL_CONDITIONER, LDM_TARGETS).eval())
+    assert {"embedders.0.transformer.text_model.encoder.layers.0.mlp.fc1.weight",
+            "embedders.1.model.text_projection", "embedders.1.model.transformer.resblocks.4.attn.in_proj_weight"} <= set(
+        conditioner.state_dict())
+    text_encoder, text_encoder_2, tokenizer, tokenizer_2 = diffusers_text_encoders(conditioner)
+    unet = UNet2DConditionModel(**diffusers_unet_config(TINY_XL_UNET, ID_WIDTH))
+    pipe = StableDiffusionXLPipeline(AutoencoderKL(), text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet,
+                                     EulerDiscreteScheduler())
+    prompts = ["a crimson circle on a light sky blue background", "a dog " * 60]  # the second one is cut at 77
+    ids = SizeIds((1024, 768), (32, 16), (512, 512))
+    with torch.no_grad():
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(prompts, device="cpu", negative_prompt=None)
+        theirs_ids = pipe._get_add_time_ids((1024, 768), (32, 16), (512, 512), torch.float32, POOLED)
+        ours = conditioner(prompts, ids.tensor(2))
+        empty = conditioner(["", ""], ids.tensor(2), zero_text=True)
+    assert embeds.shape == (2, 77, 64) and embeds.abs().max() > 0.1
+    torch.testing.assert_close(ours.crossattn, embeds, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.vector[:, :POOLED], pooled, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ids.tensor(), theirs_ids, rtol=0, atol=0)
+    torch.testing.assert_close(ours.vector[:, POOLED:], id_features(theirs_ids.repeat(2, 1), ID_WIDTH))
+    # an empty negative prompt: zeros, as SDXL's pipelines give it (force_zeros_for_empty_prompt)
+    assert torch.equal(empty.crossattn, negative) and torch.equal(empty.vector[:, :POOLED], negative_pooled)
