@@ -146,7 +146,7 @@ def normalize_keys(state):
     """Drop EMA copies and rename legacy key layouts to the release's."""
     out = {}
     for key, value in state.items():
-        if key.startswith("model_ema."):
+        if key.startswith(("model_ema.", "denoiser.")):  # EMA copies; sgm's denoiser holds only the schedule
             continue
         for old, new in LEGACY_PREFIXES.items():
             if key.startswith(old):

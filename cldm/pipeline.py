@@ -14,6 +14,7 @@ from cldm.settings import ControlUnit, Settings
 from ldm.conditioning import Conditioning
 from ldm.ddim import classifier_free_guidance
 from ldm.precision import all_finite, check_finite, non_finite_error, weights_dtype
+from ldm.sdxl import SizeIds
 
 
 @dataclass
@@ -172,8 +173,9 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None,
     height, width = sizes.pop() if sizes else size
     n = s.num_samples
     full_prompt = ", ".join(p for p in (s.prompt, s.added_prompt) if p)
-    context = check_finite(model.condition([full_prompt] * n), "text encoder")
-    uncond_context = check_finite(model.condition([s.negative_prompt] * n), "text encoder")
+    ids = SizeIds.of(height, width)  # SDXL's size and crop conditioning: an uncropped picture of this size
+    context = check_finite(model.condition([full_prompt] * n, ids), "text encoder")
+    uncond_context = check_finite(model.condition([s.negative_prompt] * n, ids, negative=True), "text encoder")
     steps_run = s.steps - skipped_steps(s.steps, s.denoise) if init_image is not None else s.steps
     denoiser = GuidedDenoiser(model, context, uncond_context, controls, s.guidance_scale, s.guess_mode, steps_run)
     generator = torch.Generator(device=device).manual_seed(seed)

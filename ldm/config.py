@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from ldm.autoencoder import AutoencoderKL
 from ldm.diffusion import LatentDiffusion
 from ldm.files import check_config_file
-from ldm.sdxl import Conditioner, SizeEmbedder
+from ldm.sdxl import Conditioner, DiffusionEngine, SizeEmbedder
 from ldm.text_encoders import FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, FrozenOpenCLIPEmbedder2
 from ldm.unet import UNetModel
 
@@ -23,18 +23,25 @@ LDM_TARGETS = {
     "ldm.models.autoencoder.AutoencoderKL": AutoencoderKL,
     "ldm.modules.encoders.modules.FrozenCLIPEmbedder": FrozenCLIPEmbedder,
     "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder": FrozenOpenCLIPEmbedder,
-    # SDXL (sgm's names)
-    "sgm.modules.diffusionmodules.openaimodel.UNetModel": UNetModel,
-    "sgm.models.autoencoder.AutoencoderKLInferenceWrapper": AutoencoderKL,
-    "sgm.modules.GeneralConditioner": Conditioner,
-    "sgm.modules.encoders.modules.FrozenCLIPEmbedder": FrozenCLIPEmbedder,
-    "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2": FrozenOpenCLIPEmbedder2,
-    "sgm.modules.encoders.modules.ConcatTimestepEmbedderND": SizeEmbedder,
 }
+# SDXL: sgm's names, which its yamls write with the package's name (sgm.) or as in its source tree (ldm.)
+SGM_TARGETS = {
+    "models.diffusion.DiffusionEngine": DiffusionEngine,
+    "modules.diffusionmodules.openaimodel.UNetModel": UNetModel,
+    "models.autoencoder.AutoencoderKLInferenceWrapper": AutoencoderKL,
+    "models.autoencoder.AutoencoderKL": AutoencoderKL,
+    "modules.GeneralConditioner": Conditioner,
+    "modules.encoders.modules.FrozenCLIPEmbedder": FrozenCLIPEmbedder,
+    "modules.encoders.modules.FrozenOpenCLIPEmbedder2": FrozenOpenCLIPEmbedder2,
+    "modules.encoders.modules.ConcatTimestepEmbedderND": SizeEmbedder,
+}
+LDM_TARGETS.update({f"{package}.{name}": cls for name, cls in SGM_TARGETS.items() for package in ("sgm", "ldm")})
 
 # Sub-model configs inside a diffusion model's params, and the constructor argument each becomes.
 SUBMODELS = {
     "unet_config": "unet",
+    "network_config": "unet",  # sgm's names
+    "conditioner_config": "conditioner",
     "first_stage_config": "first_stage_model",
     "cond_stage_config": "cond_stage_model",
     "control_stage_config": "control_model",

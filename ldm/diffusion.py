@@ -104,6 +104,8 @@ class LatentDiffusion(nn.Module):
     (see `ldm.config`). Arguments that only configured the release's training loop are accepted and ignored.
     """
 
+    TEXT_MODULE = "cond_stage_model"  # the text encoder's name, its checkpoint keys' prefix (SDXL: conditioner)
+
     def __init__(self, unet, first_stage_model, cond_stage_model, *, timesteps=1000, beta_schedule="linear",
                  linear_start=1e-4, linear_end=2e-2, cosine_s=8e-3, parameterization="eps", scale_factor=1.0,
                  scale_by_std=False, conditioning_key="crossattn", first_stage_key="image", cond_stage_key="image",
@@ -122,7 +124,7 @@ class LatentDiffusion(nn.Module):
             raise ValueError("v_posterior and ckpt_path are not supported: load weights with load_state_dict")
         self.model = DiffusionWrapper(unet, conditioning_key)
         self.first_stage_model = first_stage_model.eval().requires_grad_(False)
-        self.cond_stage_model = cond_stage_model
+        self.add_module(self.TEXT_MODULE, cond_stage_model)
         if not cond_stage_trainable:
             cond_stage_model.eval().requires_grad_(False)
         self.parameterization, self.loss_type = parameterization, loss_type
@@ -155,13 +157,29 @@ class LatentDiffusion(nn.Module):
 
     # -- conditioning and the VAE -------------------------------------------------------------------------
 
+    @property
+    def cond_stage_model(self):
+        """The text encoder (under whatever name its checkpoint keys give it)."""
+        if self.TEXT_MODULE not in self._modules:  # still being built
+            raise AttributeError(f"{type(self).__name__} has no {self.TEXT_MODULE} yet")
+        return self._modules[self.TEXT_MODULE]
+
+    @cond_stage_model.setter
+    def cond_stage_model(self, module):
+        self._modules[self.TEXT_MODULE] = module
+
     @torch.no_grad()
     def get_learned_conditioning(self, c):
         """The release's call: the text encoder's output for prompts `c` (SD 1.x/2.x: token features)."""
         return self.cond_stage_model.encode(c)
 
-    def condition(self, prompts):
-        """The Conditioning of `prompts`: what the networks take, passed along unopened (ldm.conditioning)."""
+    def condition(self, prompts, size=None, negative=False):
+        """The Conditioning of `prompts`: what the networks take, passed along unopened (ldm.conditioning). A
+        conditioner that makes a whole Conditioning (SDXL's) also reads the generation's `size`
+        (ldm.sdxl.SizeIds) and whether these are negative prompts; SD 1.x/2.x's text encoders read neither."""
+        encoder = self.cond_stage_model
+        if hasattr(encoder, "condition"):
+            return encoder.condition(list(prompts), size, negative)
         return Conditioning.of(self.get_learned_conditioning(list(prompts)))
 
     def get_unconditional_conditioning(self, n):

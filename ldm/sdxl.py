@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ldm.conditioning import Conditioning
+from ldm.diffusion import LatentDiffusion
 from ldm.unet import timestep_embedding
 
 ID_FEATURES = 256  # Fourier features per id in SDXL's released models (sgm's outdim, diffusers' addition_time_embed_dim)
@@ -92,3 +93,61 @@ class Conditioner(nn.Module):
                     out = torch.zeros_like(out)
                 (crossattn if out.dim() == 3 else vectors).append(out)
         return Conditioning(torch.cat(crossattn, dim=2), torch.cat([v.float() for v in vectors], dim=1))
+
+    @torch.no_grad()
+    def condition(self, prompts, size, negative=False):
+        """LatentDiffusion.condition's SDXL half: every prompt with the generation's SizeIds `size`; negative
+        prompts that are all empty are zeros, as SDXL's pipelines make them."""
+        if size is None:
+            raise ValueError("SDXL's conditioning needs the generation's size and crop (ldm.sdxl.SizeIds)")
+        device = next(self.parameters()).device
+        return self(prompts, size.tensor(len(prompts), device), zero_text=negative and not any(prompts))
+
+    def encode(self, prompts):  # the release's get_learned_conditioning: the generated size unknown there
+        raise ValueError("SDXL's conditioning needs the generation's size: use model.condition(prompts, size)")
+
+
+# sgm's discrete denoiser as SDXL's yaml configures it: eps prediction on SD's noise schedule
+DENOISER = {"ldm.modules.diffusionmodules.denoiser.DiscreteDenoiser": {"num_idx": 1000},
+            "ldm.modules.diffusionmodules.denoiser_scaling.EpsScaling": {},
+            "ldm.modules.diffusionmodules.denoiser_weighting.EpsWeighting": {},
+            "ldm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization": {
+                "linear_start": 0.00085, "linear_end": 0.0120, "num_timesteps": 1000}}
+
+
+def check_denoiser(config, path="denoiser_config"):
+    """sgm's denoiser config, read as data: only SDXL's (eps on SD's schedule, its defaults) is supported."""
+    if config is None:
+        return
+    target = config.get("target", "").replace("sgm.", "ldm.", 1)
+    if target not in DENOISER:
+        raise ValueError(f"{path}.target {config.get('target')!r}: only SDXL's denoiser (DiscreteDenoiser with "
+                         "EpsScaling and LegacyDDPMDiscretization) is supported")
+    params = dict(config.get("params") or {})
+    for key in ("weighting_config", "scaling_config", "discretization_config"):
+        if key in params:
+            check_denoiser(params.pop(key), f"{path}.params.{key}")
+    expected = DENOISER[target]
+    different = {k: v for k, v in params.items() if expected.get(k, v) != v or k not in expected}
+    if different:
+        raise ValueError(f"{path}.params {different}: only SDXL's values {expected} are supported")
+
+
+class DiffusionEngine(LatentDiffusion):
+    """sgm's DiffusionEngine as SDXL's yaml describes it: the UNet (network_config), the VAE with SDXL's scale,
+    the conditioner under `conditioner.*`; eps prediction on SD's schedule (its denoiser config, read as data).
+    Its keys are sgm's: `model.diffusion_model.*`, `conditioner.embedders.<i>.*`, `first_stage_model.*`."""
+
+    TEXT_MODULE = "conditioner"
+
+    def __init__(self, unet, first_stage_model, conditioner, *, denoiser_config=None, scale_factor=0.13025,
+                 disable_first_stage_autocast=False, input_key="jpg", sampler_config=None, optimizer_config=None,
+                 scheduler_config=None, loss_fn_config=None, network_wrapper=None, ckpt_path=None,
+                 use_ema=False, ema_decay_rate=0.9999, log_keys=None, no_cond_log=False, compile_model=False,
+                 en_and_decode_n_samples_a_time=None):
+        check_denoiser(denoiser_config)
+        if ckpt_path:
+            raise ValueError("ckpt_path is not supported: load weights with load_state_dict")
+        super().__init__(unet, first_stage_model, conditioner, beta_schedule="linear", linear_start=0.00085,
+                         linear_end=0.0120, scale_factor=scale_factor, use_ema=False,
+                         channels=unet.config.in_channels)

@@ -136,6 +136,7 @@ class UNetConfig:
     num_classes: str | None = None  # "sequential": SDXL's label embedding of the conditioning's vector part
     adm_in_channels: int | None = None  # ... and that vector's width (SDXL: 2816)
     image_size: int | None = None  # unused: the network is fully convolutional
+    spatial_transformer_attn_type: str = "softmax"  # sgm's kernel choice; attention here is torch's SDPA
 
     def __post_init__(self):
         if not self.use_spatial_transformer or self.context_dim is None:

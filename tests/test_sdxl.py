@@ -1,6 +1,7 @@
 """SDXL, exact against diffusers on tiny configs with every weight random: the UNet with its label embedding
 of the pooled text embedding and the size and crop ids."""
 
+import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
@@ -9,7 +10,7 @@ from cldm.diffusers_interop import diffusers_unet_config
 from ldm.conditioning import Conditioning
 from ldm.sdxl import SizeIds, id_features, vector
 from ldm.unet import UNetModel
-from tests.helpers import randomize
+from tests.helpers import ROOT, randomize
 
 POOLED, ID_WIDTH = 32, 8  # diffusers' own SDXL tests: a 32-wide pooled embedding, 8 Fourier features an id
 TINY_XL_UNET = dict(in_channels=4, out_channels=4, model_channels=32, num_res_blocks=2, attention_resolutions=[2],
@@ -115,3 +116,26 @@ def test_the_sdxl_conditioner_matches_diffusers_encode_prompt_and_time_ids():
     torch.testing.assert_close(ours.vector[:, POOLED:], id_features(theirs_ids.repeat(2, 1), ID_WIDTH))
     # an empty negative prompt: zeros, as SDXL's pipelines give it (force_zeros_for_empty_prompt)
     assert torch.equal(empty.crossattn, negative) and torch.equal(empty.vector[:, :POOLED], negative_pooled)
+
+
+TINY_XL_YAML = ROOT / "tests/configs/sdxl_tiny.yaml"
+
+
+def test_an_sdxl_base_in_the_sgm_single_file_layout_loads_and_generates(tmp_path):
+    from cldm.model import create_model, load_model
+    from cldm.pipeline import generate
+    from ldm.checkpoint import save_safetensors
+    from ldm.diffusion import SCHEDULE_BUFFERS
+
+    model = randomize(create_model(TINY_XL_YAML).eval())
+    state = {k: v for k, v in model.state_dict().items() if k not in (*SCHEDULE_BUFFERS, "logvar")}
+    assert {k.split(".")[0] for k in state} == {"model", "conditioner", "first_stage_model"}  # sgm's layout
+    assert "conditioner.embedders.1.model.text_projection" in state and "model.diffusion_model.label_emb.0.0.weight" in state
+    save_safetensors({**state, "denoiser.sigmas": torch.ones(1000)}, tmp_path / "sd_xl_tiny.safetensors")
+    loaded = load_model(TINY_XL_YAML, tmp_path / "sd_xl_tiny.safetensors")
+    assert loaded.scale_factor == 0.13025 and all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    torch.testing.assert_close(loaded.alphas_cumprod, model.alphas_cumprod)  # SD's schedule, from the yaml
+    images, _ = generate(loaded, None, "a red circle", steps=2, seed=1, size=(64, 96), guidance_scale=5.0)
+    assert images[0].shape == (64, 96, 3)
+    with pytest.raises(ValueError, match="needs the generation's size"):
+        loaded.get_learned_conditioning(["a red circle"])
