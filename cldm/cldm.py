@@ -15,6 +15,7 @@ from torch import nn
 from ldm.attention import zero_module
 from ldm.conditioning import Conditioning
 from ldm.diffusion import LatentDiffusion
+from ldm.sdxl import DiffusionEngine
 from ldm.precision import weights_dtype
 from ldm.unet import (
     TimestepEmbedSequential,
@@ -258,3 +259,8 @@ class ControlLDM(LatentDiffusion):
             unet = self.model.diffusion_model
             params += list(unet.output_blocks.parameters()) + list(unet.out.parameters())
         return params
+
+
+class ControlDiffusionEngine(ControlLDM, DiffusionEngine):
+    """SDXL with a ControlNet: sgm's DiffusionEngine (its keys: model.diffusion_model, conditioner,
+    first_stage_model) and the control under `control_model.*`, as ControlLDM holds one on SD 1.x/2.x."""

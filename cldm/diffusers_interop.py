@@ -35,19 +35,16 @@ SHARED_UNET_FIELDS = (
 )
 
 
-def diffusers_controlnet_config(original_config, global_average_pooling=False):
+def diffusers_controlnet_config(original_config, global_average_pooling=False, id_features=ID_FEATURES):
     """The `ControlNetModel` config equivalent to a release yaml (a path or its parsed dict).
 
     Built from diffusers' UNet config helper applied to the control's params; diffusers' own
     `create_controlnet_diffusers_config_from_ldm` calls that helper without its checkpoint argument
     in some releases, so it is not used.
     """
-    original_config, control_params = _control_params(original_config)
-    as_unet = {"model": {"params": {**original_config["model"]["params"], "unet_config": {
-        "params": {"out_channels": control_params["in_channels"], **control_params}}}}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # image_size is deprecated there and does not affect a ControlNet
-        unet_config = create_unet_diffusers_config_from_ldm(as_unet, {}, image_size=512)
+    _, control_params = _control_params(original_config)
+    unet_config = diffusers_unet_config({"out_channels": control_params["in_channels"], **control_params},
+                                        id_features)
     return {
         **{k: unet_config[k] for k in SHARED_UNET_FIELDS},
         "conditioning_channels": control_params["hint_channels"],
@@ -88,12 +85,20 @@ def ldm_control_params(diffusers_config):
         params["num_heads"] = heads
     else:
         params["num_head_channels"] = channels[0] // heads[0]
+    if c.get("addition_embed_type") == "text_time":  # SDXL: the vector conditioning's label embedding
+        params.update(num_classes="sequential", adm_in_channels=c["projection_class_embeddings_input_dim"])
     return params
+
+
+# SDXL's label embedding, which diffusers' single-file ControlNet conversion leaves out
+LABEL_EMBEDDING = {f"label_emb.0.{ldm}.{kind}": f"add_embedding.linear_{n}.{kind}"
+                   for ldm, n in ((0, 1), (2, 2)) for kind in ("weight", "bias")}
 
 
 def control_to_diffusers_keys(control_state, diffusers_config):
     """Control weights (release layout, no `control_model.` prefix) -> diffusers ControlNetModel keys."""
-    return convert_controlnet_checkpoint(dict(control_state), diffusers_config)
+    converted = convert_controlnet_checkpoint(dict(control_state), diffusers_config)
+    return {**converted, **{LABEL_EMBEDDING[k]: v for k, v in control_state.items() if k in LABEL_EMBEDDING}}
 
 
 def diffusers_to_control_keymap(diffusers_config):
@@ -133,18 +138,19 @@ def read_diffusers_controlnet(folder):
     return {keymap[k]: v for k, v in state.items()}
 
 
-def diffusers_models(state, original_config):
-    """A diffusers (UNet2DConditionModel, ControlNetModel) pair holding a full ControlLDM state dict's weights."""
+def diffusers_models(state, original_config, id_features=ID_FEATURES):
+    """A diffusers (UNet2DConditionModel, ControlNetModel) pair holding a full ControlLDM state dict's weights
+    (SDXL's with `id_features` Fourier features a size or crop id)."""
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
     original_config, _ = _control_params(original_config)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # image_size is deprecated there and does not affect the weights
-        unet_config = create_unet_diffusers_config_from_ldm(original_config, {}, image_size=512)
+    params = original_config["model"]["params"]
+    unet_config = diffusers_unet_config((params.get("unet_config") or params["network_config"])["params"],
+                                        id_features)
     unet = UNet2DConditionModel(**unet_config).eval()
     unet.load_state_dict(convert_ldm_unet_checkpoint(state, unet_config), strict=True)
-    cn_config = diffusers_controlnet_config(original_config)
+    cn_config = diffusers_controlnet_config(original_config, id_features=id_features)
     controlnet = ControlNetModel(**cn_config).eval()
     control = {k[len(CONTROL_PREFIX):]: v for k, v in state.items() if k.startswith(CONTROL_PREFIX)}
     controlnet.load_state_dict(control_to_diffusers_keys(control, cn_config), strict=True)

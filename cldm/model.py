@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from cldm.cldm import CONTROL_PREFIX, ControlLDM, ControlledUnetModel, ControlNet
+from cldm.cldm import CONTROL_PREFIX, ControlDiffusionEngine, ControlLDM, ControlledUnetModel, ControlNet
 from cldm.settings import SettingError, check_fields, setting, short
 from ldm.checkpoint import (
     CheckpointError,
@@ -31,6 +31,7 @@ from ldm.text_encoders import FrozenCLIPEmbedder
 TARGETS = {
     **LDM_TARGETS,
     "cldm.cldm.ControlLDM": ControlLDM,
+    "cldm.cldm.ControlDiffusionEngine": ControlDiffusionEngine,
     "cldm.cldm.ControlNet": ControlNet,
     "cldm.cldm.ControlledUnetModel": ControlledUnetModel,
 }
@@ -85,6 +86,24 @@ class ModelOptions:
         return config
 
 
+# a base model's target -> the same model holding a ControlNet
+CONTROLLED = {"ldm.models.diffusion.ddpm.LatentDiffusion": "cldm.cldm.ControlLDM",
+              **{f"{package}.models.diffusion.DiffusionEngine": "cldm.cldm.ControlDiffusionEngine"
+                 for package in ("sgm", "ldm")}}
+
+
+def controlled(config, control_params):
+    """A base model's config (a yaml's, as read) made to hold a ControlNet of `control_params` (the release's
+    control_stage_config params) under `control_model.*`: how an SDXL base yaml takes a control."""
+    config = copy.deepcopy(config)
+    model = config["model"]
+    if model["target"] not in CONTROLLED:
+        raise ConfigError(f"a {model['target']} cannot hold a ControlNet; bases that can: {sorted(CONTROLLED)}")
+    model["target"] = CONTROLLED[model["target"]]
+    model["params"]["control_stage_config"] = {"target": "cldm.cldm.ControlNet", "params": control_params}
+    return config
+
+
 def create_model(config_path, device=None, dtype=None):
     """The model a release yaml describes, as the release's training scripts use it: a ControlLDM that is also a
     LightningModule (cldm.lightning), for `trainer.fit(model)`. See build_model."""
@@ -97,7 +116,9 @@ def build_model(config_path, device=None, dtype=None, targets=TARGETS, options=M
     """The model a release yaml describes, built with `options`, with freshly initialised weights (on `device`,
     e.g. "meta"), its networks in `dtype` (None: as the yaml says, fp32 unless `use_fp16: True`); see
     ldm.precision."""
-    config = options.configure(load_yaml(config_path), config_path)
+    given = isinstance(config_path, dict)  # a config as read (e.g. controlled()'s)
+    config = copy.deepcopy(config_path) if given else load_yaml(config_path)
+    config = options.configure(config, "the config" if given else config_path)
     if device is None:
         model = instantiate(config["model"], targets).cpu()
     else:

@@ -61,18 +61,21 @@ def load_yaml(path):
 
 
 def _named_params(cls):
-    """(accepted, required) constructor parameters, following **kwargs up to the parent class."""
-    sig = inspect.signature(cls.__init__).parameters.values()
+    """(accepted, required) constructor parameters, following **kwargs along the class's MRO to the next
+    constructor (a ControlNet model's to its diffusion model's), or to a `config_class`'s fields."""
+    accepted, required = set(), set()
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    accepted = {p.name for p in sig if p.kind in kinds} - {"self"}
-    required = {p.name for p in sig if p.kind in kinds and p.default is p.empty} - {"self"}
-    if hasattr(cls, "config_class"):
-        accepted |= {f.name for f in fields(cls.config_class)}
-        required |= {f.name for f in fields(cls.config_class) if f.default is MISSING and f.default_factory is MISSING}
-    elif any(p.kind is p.VAR_KEYWORD for p in sig):
-        parent_accepted, parent_required = _named_params(cls.__mro__[1])
-        accepted |= parent_accepted
-        required |= parent_required
+    for klass in [k for k in cls.__mro__ if "__init__" in vars(k)]:
+        sig = inspect.signature(klass.__init__).parameters.values()
+        accepted |= {p.name for p in sig if p.kind in kinds} - {"self"}
+        required |= {p.name for p in sig if p.kind in kinds and p.default is p.empty} - {"self"}
+        if hasattr(klass, "config_class"):
+            accepted |= {f.name for f in fields(klass.config_class)}
+            required |= {f.name for f in fields(klass.config_class)
+                         if f.default is MISSING and f.default_factory is MISSING}
+            break
+        if not any(p.kind is p.VAR_KEYWORD for p in sig):
+            break
     return accepted, required
 
 

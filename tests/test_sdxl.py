@@ -139,3 +139,73 @@ def test_an_sdxl_base_in_the_sgm_single_file_layout_loads_and_generates(tmp_path
     assert images[0].shape == (64, 96, 3)
     with pytest.raises(ValueError, match="needs the generation's size"):
         loaded.get_learned_conditioning(["a red circle"])
+
+
+def tiny_controlled_xl(seed=0):
+    """The tiny SDXL base holding a ControlNet (every weight random, zero convolutions included)."""
+    from cldm.model import build_model, controlled
+    from ldm.config import load_yaml
+
+    config = controlled(load_yaml(TINY_XL_YAML), {**TINY_XL_UNET, "hint_channels": 3})
+    torch.manual_seed(seed)
+    return randomize(build_model(config).eval(), seed), config
+
+
+def test_an_sdxl_controlnet_matches_diffusers_controlnetmodel_and_unet():
+    from cldm.cldm import guess_mode_scales
+    from cldm.diffusers_interop import diffusers_models
+
+    model, config = tiny_controlled_xl()
+    assert "control_model.label_emb.0.2.weight" in model.state_dict()
+    unet, controlnet = diffusers_models(model.state_dict(), config, id_features=ID_WIDTH)
+    inp = tiny_xl_inputs()
+    hint = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    cond = Conditioning(inp["context"], vector(inp["pooled"], inp["ids"], ID_WIDTH))
+    added = {"text_embeds": inp["pooled"], "time_ids": inp["ids"]}
+    n = model.control_model.num_outputs
+    with torch.no_grad():
+        for name, scales in (("control", [1.0] * n), ("guess mode", guess_mode_scales(1.0, n))):
+            residuals = model.control_model(inp["x"], hint, inp["t"], cond, weights=scales)
+            down, mid = controlnet(inp["x"], inp["t"], encoder_hidden_states=inp["context"], controlnet_cond=hint,
+                                   added_cond_kwargs=added, return_dict=False)
+            theirs = [r * s for r, s in zip([*down, mid], scales)]
+            assert len(residuals) == len(theirs) == 7  # SDXL's 10 at full size: 9 down and the middle
+            for ours_r, their_r in zip(residuals, theirs):
+                torch.testing.assert_close(ours_r, their_r, rtol=0, atol=1e-5, msg=name)
+            eps = model.apply_model(inp["x"], inp["t"], {"c_concat": [hint], "c_crossattn": [cond]},
+                                    control_scales=scales)
+            expected = unet(inp["x"], inp["t"], encoder_hidden_states=inp["context"], added_cond_kwargs=added,
+                            down_block_additional_residuals=theirs[:-1], mid_block_additional_residual=theirs[-1])
+            assert eps.abs().max() > 0.1
+            torch.testing.assert_close(eps, expected.sample, rtol=0, atol=1e-5, msg=name)
+
+
+def test_an_sdxl_controlnet_exports_to_a_diffusers_folder_and_back(tmp_path):
+    from diffusers import ControlNetModel
+
+    from cldm.diffusers_interop import export_diffusers_controlnet, read_diffusers_controlnet
+
+    model, config = tiny_controlled_xl(seed=2)
+    control = model.control_model.state_dict()
+    folder = export_diffusers_controlnet(control, config, tmp_path / "controlnet")
+    loaded = ControlNetModel.from_pretrained(folder)
+    assert loaded.config.addition_embed_type == "text_time" and loaded.add_embedding is not None
+    back = read_diffusers_controlnet(folder)
+    assert back.keys() == control.keys() and all(torch.equal(back[k], control[k]) for k in control)
+
+
+def test_sdxl_generates_with_its_control_through_the_one_pipeline():
+    import numpy as np
+
+    from cldm.pipeline import generate
+
+    model, _ = tiny_controlled_xl(seed=4)
+    hint = np.zeros((64, 128, 3), np.uint8)
+    hint[16:48, 32:96] = 255
+    common = dict(steps=2, seed=3, guidance_scale=5.0, verbose=False)
+    plain, _ = generate(model, None, "a red circle", size=(64, 128), **common)
+    off, _ = generate(model, hint, "a red circle", strength=0.0, **common)
+    on, _ = generate(model, hint, "a red circle", **common)
+    late, _ = generate(model, hint, "a red circle", control_start=0.5, block_weights="soft", **common)
+    assert np.array_equal(plain[0], off[0])  # strength 0: the base alone, bit for bit
+    assert np.abs(on[0].astype(int) - plain[0]).max() > 0 and np.abs(late[0].astype(int) - on[0]).max() > 0
