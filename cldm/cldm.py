@@ -15,8 +15,8 @@ from torch import nn
 from ldm.attention import zero_module
 from ldm.conditioning import Conditioning
 from ldm.diffusion import LatentDiffusion
-from ldm.sdxl import DiffusionEngine
 from ldm.precision import weights_dtype
+from ldm.sdxl import DiffusionEngine
 from ldm.unet import (
     TimestepEmbedSequential,
     UNetConfig,
