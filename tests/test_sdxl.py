@@ -141,21 +141,24 @@ def test_an_sdxl_base_in_the_sgm_single_file_layout_loads_and_generates(tmp_path
         loaded.get_learned_conditioning(["a red circle"])
 
 
-def tiny_controlled_xl(seed=0):
-    """The tiny SDXL base holding a ControlNet (every weight random, zero convolutions included)."""
+def tiny_controlled_xl(seed=0, depth=(0, 2)):
+    """The tiny SDXL base holding a ControlNet (every weight random, zero convolutions included) of transformer
+    `depth` per level (the reduced "mid" and "small" SDXL ControlNets have fewer, down to none)."""
     from cldm.model import build_model, controlled
     from ldm.config import load_yaml
 
-    config = controlled(load_yaml(TINY_XL_YAML), {**TINY_XL_UNET, "hint_channels": 3})
+    config = controlled(load_yaml(TINY_XL_YAML), {**TINY_XL_UNET, "hint_channels": 3, "transformer_depth": list(depth)})
     torch.manual_seed(seed)
     return randomize(build_model(config).eval(), seed), config
 
 
-def test_an_sdxl_controlnet_matches_diffusers_controlnetmodel_and_unet():
+@pytest.mark.parametrize("depth", [(0, 2), (0, 1), (0, 0)], ids=["full", "mid", "small"])
+def test_an_sdxl_controlnet_matches_diffusers_controlnetmodel_and_unet(depth):
     from cldm.cldm import guess_mode_scales
     from cldm.diffusers_interop import diffusers_models
 
-    model, config = tiny_controlled_xl()
+    model, config = tiny_controlled_xl(depth=depth)
+    assert controlnet_depth(model.control_model) == [depth[1]] * 3  # level 1's two blocks and the middle
     assert "control_model.label_emb.0.2.weight" in model.state_dict()
     unet, controlnet = diffusers_models(model.state_dict(), config, id_features=ID_WIDTH)
     inp = tiny_xl_inputs()
@@ -178,6 +181,12 @@ def test_an_sdxl_controlnet_matches_diffusers_controlnetmodel_and_unet():
                             down_block_additional_residuals=theirs[:-1], mid_block_additional_residual=theirs[-1])
             assert eps.abs().max() > 0.1
             torch.testing.assert_close(eps, expected.sample, rtol=0, atol=1e-5, msg=name)
+
+
+def controlnet_depth(net):
+    """Transformer blocks in each attention block of a tiny ControlNet: level 1's two, then the middle one."""
+    blocks = lambda block: sum(k.endswith("attn1.to_q.weight") for k in block.state_dict())  # noqa: E731
+    return [blocks(net.input_blocks[4]), blocks(net.input_blocks[5]), blocks(net.middle_block)]
 
 
 def test_an_sdxl_controlnet_exports_to_a_diffusers_folder_and_back(tmp_path):
