@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from cldm.cldm import CONTROL_PREFIX, ControlDiffusionEngine, ControlLDM, ControlledUnetModel, ControlNet
+from cldm.control_files import control_params, control_state
 from cldm.settings import SettingError, check_fields, setting, short
 from ldm.checkpoint import (
     CheckpointError,
@@ -133,9 +134,17 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
     `device`: the one loader of the apps, the CLI and training. Weights are loaded in fp32 and then cast, so the
     model holds no fp32 copy. In eval mode, unless `for_training` (the modes it was built with: frozen parts
     in eval, the rest in train). `options`: ModelOptions."""
+    sources = [("state dict", c) if isinstance(c, dict) else (str(c), read_any(c)) for c in checkpoints]
+    controls = [(where, control_state(normalize_keys(state))) for where, state in sources]
+    controls = [(where, control) for where, control in controls if control]
+    read = load_yaml(config) if not isinstance(config, dict) else config
+    params = read["model"]["params"]
+    if controls and "control_stage_config" not in params:  # a base's yaml: the control's layout from its file
+        base = (params.get("unet_config") or params.get("network_config") or {}).get("params", {})
+        config = controlled(read, control_params(base, controls[-1][1], controls[-1][0]))
     model = build_model(config, options=options)
     if checkpoints:
-        load_checkpoint(model, *checkpoints, strict=strict)
+        load_checkpoint(model, *sources, strict=strict)
     if not for_training:
         model.eval()
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
@@ -194,7 +203,8 @@ def _check_shapes(model_state, state, where):
 
 
 def load_checkpoint(model, *sources, strict=True):
-    """Load one or more checkpoints (e.g. an SD base, then a control) into `model`, checking every key.
+    """Load one or more checkpoints (e.g. an SD base, then a control) into `model`, checking every key. A source
+    is a file, a diffusers folder, a state dict, or (its name, a state dict already read).
 
     Returns the keys of the model that no source provided. With strict=True a missing or unexpected
     weight is an error naming the key groups; EMA copies (`model_ema.*`) are always ignored.
@@ -202,7 +212,8 @@ def load_checkpoint(model, *sources, strict=True):
     model_state = model.state_dict()
     merged = {}
     for source in sources:
-        where = str(source) if not isinstance(source, dict) else "state dict"
+        where, source = source if isinstance(source, tuple) else (
+            str(source) if not isinstance(source, dict) else "state dict", source)
         state = normalize_keys(read_any(source))
         _check_shapes(model_state, state, where)
         merged.update(state)

@@ -88,15 +88,20 @@ def save_safetensors(state_dict, path, metadata=None):
 
 
 def cross_attention_width(state, prefix):
-    """768 for SD 1.x, 1024 for SD 2.x (the text width a UNet or control attends to), None if absent."""
+    """768 for SD 1.x, 1024 for SD 2.x, 2048 for SDXL (the text width a UNet or control attends to), None if
+    absent."""
     for key, value in state.items():
         if key.startswith(prefix) and key.endswith("attn2.to_k.weight"):
             return int(value.shape[1])
     return None
 
 
+FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+
+
 def family(width):
-    return {768: "SD 1.x", 1024: "SD 2.x"}.get(width, f"cross-attention width {width}")
+    """The model family a cross-attention width means."""
+    return FAMILIES.get(width, f"cross-attention width {width}")
 
 
 def summarize_keys(keys, depth=2, limit=8):

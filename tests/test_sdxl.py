@@ -218,3 +218,33 @@ def test_sdxl_generates_with_its_control_through_the_one_pipeline():
     late, _ = generate(model, hint, "a red circle", control_start=0.5, block_weights="soft", **common)
     assert np.array_equal(plain[0], off[0])  # strength 0: the base alone, bit for bit
     assert np.abs(on[0].astype(int) - plain[0]).max() > 0 and np.abs(late[0].astype(int) - on[0]).max() > 0
+
+
+def test_the_cli_takes_an_sdxl_base_and_a_control_file_with_the_bases_yaml(tmp_path, capsys):
+    """sgm's yaml describes the base only: the control's layout (here a small one) comes from its file; an SD 1.5
+    control on that base is refused naming both families."""
+    import generate as cli
+    from cldm.model import load_model
+    from ldm.checkpoint import save_safetensors
+    from ldm.errors import run_main
+    from tests.helpers import TINY_V15, tiny_model
+
+    model, _ = tiny_controlled_xl(seed=5, depth=(0, 0))
+    state = model.state_dict()
+    base = {k: v for k, v in state.items() if not k.startswith("control_model.")}
+    save_safetensors(base, tmp_path / "base.safetensors")
+    save_safetensors({k: v for k, v in state.items() if k.startswith("control_model.")}, tmp_path / "control.safetensors")
+    loaded = load_model(str(TINY_XL_YAML), tmp_path / "base.safetensors", tmp_path / "control.safetensors")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    cli.main(["--config", str(TINY_XL_YAML), "--ckpt", str(tmp_path / "base.safetensors"),
+              str(tmp_path / "control.safetensors"), "--steps", "2", "--resolution", "64", "--seed", "1",
+              "--precision", "fp32", "--out", str(tmp_path / "out.png")])
+    assert (tmp_path / "out.png").is_file() and (tmp_path / "out-map.png").is_file()
+    sd15 = tiny_model(TINY_V15).state_dict()
+    save_safetensors({k: v for k, v in sd15.items() if k.startswith("control_model.")}, tmp_path / "sd15.safetensors")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_main(cli.main, ["--config", str(TINY_XL_YAML), "--ckpt", str(tmp_path / "base.safetensors"),
+                            str(tmp_path / "sd15.safetensors"), "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert "sd15.safetensors is a control for cross-attention width 32" in err and "base is cross-attention width 64" in err

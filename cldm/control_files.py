@@ -1,0 +1,67 @@
+"""A control's layout read from its file: a yaml describing only a base (SD's, or SDXL's sgm yaml) takes the
+control a checkpoint holds, with what the control may change read from its keys and shapes: its hint's
+channels and its transformer depth per level (SDXL's reduced "mid" and "small" ControlNets have fewer, down
+to none). The rest (widths, heads, the label embedding) is its base's, from which every control is made; a
+control of another family than the base is refused with a message naming both."""
+
+import re
+
+from cldm.cldm import CONTROL_PREFIX
+from ldm.checkpoint import CheckpointError, cross_attention_width, family
+
+
+def control_state(state):
+    """The control weights of a state dict in the release layout, without their prefix."""
+    return {k[len(CONTROL_PREFIX):]: v for k, v in state.items() if k.startswith(CONTROL_PREFIX)}
+
+
+def transformer_depths(control):
+    """{input block index (or "middle"): transformer blocks} of a control's attention blocks, from its keys
+    (an attention block without transformer blocks still has its projections)."""
+    found = {}
+    pattern = re.compile(r"(?:input_blocks\.(\d+)|middle_block)\.1\.(?:transformer_blocks\.(\d+)\.|proj_in\.)")
+    for key in control:
+        match = pattern.match(key)
+        if match:
+            block = int(match[1]) if match[1] is not None else "middle"
+            depth = int(match[2]) + 1 if match[2] is not None else 0
+            found[block] = max(found.get(block, 0), depth)
+    return found
+
+
+def control_params(base_params, control, where="the control"):
+    """The ControlNet params of `control` (release-layout weights, no prefix) on a base UNet of `base_params`."""
+    width, base_width = cross_attention_width(control, ""), base_params.get("context_dim")
+    has_label = "label_emb.0.0.weight" in control
+    channels = control["input_blocks.0.0.weight"].shape[0] if "input_blocks.0.0.weight" in control else None
+    if (width and width != base_width) or has_label != (base_params.get("num_classes") == "sequential") or (
+            channels != base_params["model_channels"]):
+        raise CheckpointError(f"{where} is a control for {family(width)} ({channels} channels"
+                              f"{', SDXL label embedding' if has_label else ''}) but the base is {family(base_width)} "
+                              f"({base_params['model_channels']} channels): use a control made for this base")
+    params = {k: v for k, v in base_params.items() if k not in ("out_channels", "spatial_transformer_attn_type")}
+    params["hint_channels"] = int(control["input_hint_block.0.weight"].shape[1])
+    n_levels = len(base_params["channel_mult"])
+    depth = base_params.get("transformer_depth", 1)
+    levels = [depth] * n_levels if isinstance(depth, int) else list(depth)
+    found = transformer_depths(control)
+    for block, blocks in found.items():
+        if block != "middle":
+            levels[level_of(base_params, block)] = blocks
+    if found.get("middle", levels[-1]) != levels[-1]:
+        raise CheckpointError(f"{where}: its middle block has {found['middle']} transformer blocks, its last level "
+                              f"{levels[-1]}; a ControlNet's middle block follows its last level")
+    params["transformer_depth"] = levels
+    return params
+
+
+def level_of(params, index):
+    """The level of input block `index` (0 is the input convolution) in a UNet of `params`."""
+    per_level = params["num_res_blocks"]
+    per_level = [per_level] * len(params["channel_mult"]) if isinstance(per_level, int) else list(per_level)
+    last = 0
+    for level, count in enumerate(per_level):
+        last += count + (level < len(per_level) - 1)  # its blocks, then its downsampling
+        if index <= last:
+            return level
+    return len(per_level) - 1
