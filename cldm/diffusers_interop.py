@@ -130,12 +130,46 @@ def read_diffusers_controlnet(folder):
     config = json.loads(config_file.read_text())
     if config.get("_class_name") not in (None, "ControlNetModel"):
         raise CheckpointError(f"{folder} holds a {config['_class_name']}, not a ControlNetModel")
-    state = read_state_dict(weights_file)
+    return control_from_diffusers(read_state_dict(weights_file), config, folder)
+
+
+def control_from_diffusers(state, config, where):
+    """Release-layout control weights (no prefix) from diffusers ControlNetModel weights of `config`."""
     keymap = diffusers_to_control_keymap(config)
     unknown = sorted(set(state) - set(keymap))
     if unknown:
-        raise CheckpointError(f"{folder}: {len(unknown)} weights have no place in a ControlNet of its config: {unknown[:5]}")
+        raise CheckpointError(f"{where}: {len(unknown)} weights have no place in a ControlNet of its config: "
+                              f"{unknown[:5]}")
     return {keymap[k]: v for k, v in state.items()}
+
+
+def config_from_keys(state):
+    """The ControlNetModel config a diffusers-layout ControlNet's weights imply (a single file has no
+    config.json): widths, blocks, the label embedding and transformer depth per level (SDXL's full, mid and
+    small layouts) from its keys and shapes. Heads, which weights do not show, are the released families':
+    8 for SD 1.x's 768-wide context, else 64 channels each; the key layout does not depend on them."""
+    levels = sorted({int(k.split(".")[1]) for k in state if k.startswith("down_blocks.")})
+    channels = [int(state[f"down_blocks.{i}.resnets.0.conv2.weight"].shape[0]) for i in levels]
+    depth = lambda prefix: len({k.split(".")[len(prefix.split("."))] for k in state  # noqa: E731
+                                if k.startswith(prefix) and ".transformer_blocks." in k})
+    attention = [any(k.startswith(f"down_blocks.{i}.attentions.") for k in state) for i in levels]
+    depths = [depth(f"down_blocks.{i}.attentions.0.transformer_blocks.") for i in levels]
+    context = next((int(v.shape[1]) for k, v in state.items() if k.endswith("attn2.to_k.weight")), None)
+    label = "add_embedding.linear_1.weight" in state
+    context = context or (2048 if label else 768)
+    proj_in = next((v for k, v in state.items() if k.endswith("proj_in.weight")), None)
+    config = dict(
+        in_channels=int(state["conv_in.weight"].shape[1]), block_out_channels=channels,
+        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+        layers_per_block=len({k.split(".")[3] for k in state if k.startswith("down_blocks.0.resnets.")}),
+        cross_attention_dim=context, transformer_layers_per_block=depths,
+        attention_head_dim=8 if context == 768 else [max(1, c // 64) for c in channels],
+        use_linear_projection=proj_in is not None and proj_in.dim() == 2,
+        conditioning_channels=int(state["controlnet_cond_embedding.conv_in.weight"].shape[1]))
+    if label:
+        config.update(addition_embed_type="text_time", addition_time_embed_dim=ID_FEATURES,
+                      projection_class_embeddings_input_dim=int(state["add_embedding.linear_1.weight"].shape[1]))
+    return config
 
 
 def diffusers_models(state, original_config, id_features=ID_FEATURES):

@@ -156,7 +156,8 @@ def load_state_dict(ckpt_path, location="cpu"):
 
 
 def read_any(source):
-    """A state dict in the release layout from a file, a diffusers ControlNet folder, or a dict."""
+    """A state dict in the release layout from a file (a diffusers ControlNet's single file too), a diffusers
+    ControlNet folder, or a dict."""
     if isinstance(source, dict):
         return check_finite_weights(source, "the state dict")
     path = Path(source)
@@ -165,8 +166,10 @@ def read_any(source):
 
         return {CONTROL_PREFIX + k: v for k, v in read_diffusers_controlnet(path).items()}
     state = read_state_dict(path)
-    if any(k.startswith("controlnet_cond_embedding.") for k in state):
-        raise CheckpointError(f"{path} is a diffusers-layout ControlNet: pass its folder (with config.json) instead")
+    if any(k.startswith("controlnet_cond_embedding.") for k in state):  # a diffusers ControlNet's single file
+        from cldm.diffusers_interop import config_from_keys, control_from_diffusers
+
+        return {CONTROL_PREFIX + k: v for k, v in control_from_diffusers(state, config_from_keys(state), path).items()}
     if "time_embed.0.weight" in state and "input_hint_block.0.weight" in state:
         state = {CONTROL_PREFIX + k: v for k, v in state.items()}  # a control saved without its prefix
     return state

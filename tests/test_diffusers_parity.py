@@ -6,7 +6,7 @@ from diffusers import ControlNetModel
 
 from cldm.cldm import guess_mode_scales
 from cldm.diffusers_interop import diffusers_models, export_diffusers_controlnet, read_diffusers_controlnet
-from cldm.model import load_checkpoint
+from cldm.model import load_checkpoint, load_model
 from ldm.config import load_yaml
 from tests.helpers import TINY_V15, TINY_V21, tiny_inputs, tiny_model
 
@@ -74,3 +74,16 @@ def test_export_to_diffusers_and_back_round_trips(tmp_path):
     load_checkpoint(fresh, {k: v for k, v in model.state_dict().items() if not k.startswith("control_model.")},
                     folder)
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_diffusers_controlnet_single_file_loads_without_its_config(tmp_path):
+    from cldm.diffusers_interop import control_to_diffusers_keys, diffusers_controlnet_config
+    from ldm.checkpoint import save_safetensors
+
+    model = tiny_model(TINY_V15)
+    control = model.control_model.state_dict()
+    save_safetensors(control_to_diffusers_keys(control, diffusers_controlnet_config(load_yaml(TINY_V15))),
+                     tmp_path / "diffusion_pytorch_model.safetensors")
+    base = {k: v for k, v in model.state_dict().items() if not k.startswith("control_model.")}
+    loaded = load_model(TINY_V15, base, tmp_path / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(loaded.control_model.state_dict()[k], v) for k, v in control.items())

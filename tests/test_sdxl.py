@@ -248,3 +248,21 @@ def test_the_cli_takes_an_sdxl_base_and_a_control_file_with_the_bases_yaml(tmp_p
                             str(tmp_path / "sd15.safetensors"), "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert "sd15.safetensors is a control for cross-attention width 32" in err and "base is cross-attention width 64" in err
+
+
+@pytest.mark.parametrize("depth", [(0, 2), (0, 0)], ids=["full", "small"])
+def test_a_diffusers_sdxl_controlnet_single_file_loads_without_its_config(tmp_path, depth):
+    """diffusers' layout in one file (as lllyasviel's sd_control_collection ships them): the layout, the label
+    embedding and the transformer depth per level come from the keys and shapes."""
+    from cldm.diffusers_interop import control_to_diffusers_keys, diffusers_controlnet_config
+    from cldm.model import load_model
+    from ldm.checkpoint import save_safetensors
+
+    model, config = tiny_controlled_xl(seed=6, depth=depth)
+    control = model.control_model.state_dict()
+    theirs = control_to_diffusers_keys(control, diffusers_controlnet_config(config, id_features=ID_WIDTH))
+    save_safetensors(theirs, tmp_path / "diffusers_xl_tiny.safetensors")
+    base = {k: v for k, v in model.state_dict().items() if not k.startswith("control_model.")}
+    loaded = load_model(str(TINY_XL_YAML), base, tmp_path / "diffusers_xl_tiny.safetensors")
+    assert loaded.control_model.state_dict().keys() == control.keys()
+    assert all(torch.equal(loaded.control_model.state_dict()[k], v) for k, v in control.items())
