@@ -39,7 +39,8 @@ def add_file_arguments(p):
     source.add_argument("--pose", help="an OpenPose JSON file with its canvas size (the pose editor's download) "
                         "drawn as the condition map")
     source.add_argument("--reproduce", help="a PNG saved by this project: generate it again from its parameters")
-    p.add_argument("--config", default="models/cldm_v15.yaml", help="model yaml, used with --ckpt")
+    p.add_argument("--config", help="model yaml, used with --ckpt (default: the base's family, from its keys: "
+                                   "models/cldm_v15.yaml, cldm_v21.yaml or sd_xl_base.yaml)")
     p.add_argument("--ckpt", nargs="*", default=[], help="checkpoints to load in order (base, then control)")
     p.add_argument("--extra-control", nargs=3, action="append", default=[], metavar=("CKPT", "HINT", "SCALE"),
                    help="another ControlNet with its own condition map and scale (repeatable)")
@@ -60,7 +61,7 @@ def check_files(args):
         raise ValueError("--mask needs --init-image: the picture the mask applies to")
     if args.inpaint_control and not args.mask:
         raise ValueError("--inpaint-control needs --init-image and --mask")
-    if args.ckpt:
+    if args.ckpt and args.config:
         check_config_file(args.config)
     for path in args.ckpt:
         check_checkpoint_file(path)
@@ -110,11 +111,13 @@ from cldm.request import Paths, Request, run
 from cldm.settings import ControlUnit, SettingError, Settings, add_arguments, from_args, short
 from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
+from ldm.sdxl import DiffusionEngine
 from ldm.threads import add_threads_argument, use_threads
 from toy.model import TOY_PROMPT, circle_outline, load_default_model
 
 # the command line's own defaults: the shipped toy model's prompt and size
 CLI_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)
+SDXL_RESOLUTION = 1024
 
 
 def parse_args(argv=None):
@@ -133,6 +136,7 @@ def parse_args(argv=None):
                    "(the 1.1 anime line-art control: 2; default 1, or the saved one)")
     p.add_argument("--pooled", action=argparse.BooleanOptionalAction, help="the control's residuals pooled, as the "
                    "1.1 shuffle control was trained (default: no, or the saved choice)")
+    p.set_defaults(image_resolution=None)  # not given: the family's (SDXL: 1024), else CLI_DEFAULTS's
     return p.parse_args(argv)
 
 
@@ -278,6 +282,9 @@ def main(argv=None):
     args = parse_args(argv)
     check_files(args)
     saved = Saved.read(args.reproduce) if args.reproduce else None
+    resolution_given = args.image_resolution is not None
+    if not resolution_given:
+        args.image_resolution = CLI_DEFAULTS.image_resolution
     settings = from_args(args, CLI_DEFAULTS) if saved is None else saved.settings
     pictures = read_pictures(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -290,6 +297,8 @@ def main(argv=None):
     print(f"computing in {precision} on {device}" + (f" ({threads} threads)" if device == "cpu" else ""))
     options = model_options(args, saved)
     model = model_for(args, "cpu" if args.low_vram else device, precision, options)
+    if isinstance(model, DiffusionEngine) and saved is None and not resolution_given:
+        settings = settings.with_values(image_resolution=SDXL_RESOLUTION)  # the size SDXL was trained at
     if saved is not None:
         beside = {name: read_image(str(saved.pictures[name])) if name in saved.pictures else None for name in BESIDE}
         start = Pictures(beside["init_image"], beside["mask"], saved.inpaint_control, beside["region_mask"])

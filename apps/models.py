@@ -54,7 +54,8 @@ def resolve_model(control_files, control=None, base=None, config=None, device=No
                                   f"{missing_file_message(base)} (or name another with --base)")
         sources = [base, state]
     own_yaml = wanted.with_suffix(".yaml")
-    config = config or (own_yaml if own_yaml.is_file() else MODELS / "cldm_v15.yaml")
+    config = config or (own_yaml if own_yaml.is_file() else None)  # None: the base's family (cldm.model)
     model = load_model(config, *sources, dtype=dtype, device=device, options=options)
     names = [wanted.name] if len(sources) == 1 else [base.name, wanted.name]
-    return Resolved(model, f"Running {' + '.join(names)} ({Path(config).name}).")
+    yaml = Path(config).name if config else "the yaml of its family"
+    return Resolved(model, f"Running {' + '.join(names)} ({yaml}).")

@@ -27,6 +27,7 @@ from ldm.checkpoint import (
 )
 from ldm.config import LDM_TARGETS, ConfigError, instantiate, load_yaml
 from ldm.diffusion import SCHEDULE_BUFFERS
+from ldm.files import MODELS
 from ldm.text_encoders import FrozenCLIPEmbedder
 
 TARGETS = {
@@ -128,13 +129,26 @@ def build_model(config_path, device=None, dtype=None, targets=TARGETS, options=M
     return model if dtype is None else model.to(dtype)
 
 
+def family_config(state):
+    """The shipped yaml of the family a base checkpoint's keys show: SDXL (sgm's conditioner), SD 2.x (OpenCLIP's
+    text encoder), else SD 1.x."""
+    if any(k.startswith("conditioner.embedders.") for k in state):
+        return MODELS / "sd_xl_base.yaml"
+    if any(k.startswith("cond_stage_model.model.") for k in state):
+        return MODELS / "cldm_v21.yaml"
+    return MODELS / "cldm_v15.yaml"
+
+
 def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_training=False,
                options=ModelOptions()):
-    """The model of `config` with `checkpoints` loaded in order (e.g. an SD base, then a control), in `dtype` on
-    `device`: the one loader of the apps, the CLI and training. Weights are loaded in fp32 and then cast, so the
-    model holds no fp32 copy. In eval mode, unless `for_training` (the modes it was built with: frozen parts
-    in eval, the rest in train). `options`: ModelOptions."""
+    """The model of `config` (None: the family's shipped yaml, from the first checkpoint's keys) with
+    `checkpoints` loaded in order (e.g. an SD base, then a control), in `dtype` on `device`: the one loader of
+    the apps, the CLI and training. Weights are loaded in fp32 and then cast, so the model holds no fp32 copy.
+    In eval mode, unless `for_training` (the modes it was built with: frozen parts in eval, the rest in train).
+    `options`: ModelOptions."""
     sources = [("state dict", c) if isinstance(c, dict) else (str(c), read_any(c)) for c in checkpoints]
+    if config is None:
+        config = family_config(sources[0][1] if sources else {})
     controls = [(where, control_state(normalize_keys(state))) for where, state in sources]
     controls = [(where, control) for where, control in controls if control]
     read = load_yaml(config) if not isinstance(config, dict) else config

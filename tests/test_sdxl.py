@@ -266,3 +266,22 @@ def test_a_diffusers_sdxl_controlnet_single_file_loads_without_its_config(tmp_pa
     loaded = load_model(str(TINY_XL_YAML), base, tmp_path / "diffusers_xl_tiny.safetensors")
     assert loaded.control_model.state_dict().keys() == control.keys()
     assert all(torch.equal(loaded.control_model.state_dict()[k], v) for k, v in control.items())
+
+
+def test_the_family_yaml_follows_the_base_file():
+    from cldm.model import family_config
+
+    assert family_config({"conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": 0}).name == \
+        "sd_xl_base.yaml"
+    assert family_config({"cond_stage_model.model.ln_final.weight": 0}).name == "cldm_v21.yaml"
+    assert family_config({"cond_stage_model.transformer.text_model.final_layer_norm.weight": 0}).name == \
+        "cldm_v15.yaml"
+
+
+def test_the_shipped_sdxl_yaml_builds_sdxl_at_its_real_size():
+    from cldm.model import build_model
+
+    model = build_model(ROOT / "models/sd_xl_base.yaml", device="meta")
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert round(count(model.model) / 1e6) == 2567 and round(count(model.conditioner) / 1e6) == 818
+    assert model.scale_factor == 0.13025 and model.model.diffusion_model.config.adm_in_channels == 2816
