@@ -1,6 +1,8 @@
 """Make the initial weights of a ControlNet from a Stable Diffusion checkpoint.
 
     python tool_add_control.py models/v1-5-pruned.ckpt models/control_sd15_ini.safetensors --config models/cldm_v15.yaml
+    python tool_add_control.py models/sd_xl_base_1.0.safetensors models/control_sdxl_small_ini.safetensors \
+        --config models/sd_xl_base.yaml --layout small
 
 The control's encoder is a copy of the UNet's; its hint encoder is freshly initialised and its zero
 convolutions are zero, so the result generates exactly what the SD checkpoint does until trained. The file is
@@ -17,7 +19,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="SD checkpoint (.ckpt, .pth or .safetensors)")
     parser.add_argument("output", help="ControlLDM initial weights to write (.safetensors)")
-    parser.add_argument("--config", default="models/cldm_v15.yaml", help="cldm_v15.yaml (SD 1.x) or cldm_v21.yaml (SD 2.x)")
+    parser.add_argument("--config", default="models/cldm_v15.yaml",
+                        help="cldm_v15.yaml (SD 1.x), cldm_v21.yaml (SD 2.x) or sd_xl_base.yaml (SDXL)")
+    parser.add_argument("--layout", choices=("full", "mid", "small"), default="full",
+                        help="SDXL: the control's transformer blocks per level, the base's (full) or diffusers' "
+                             "reduced mid (only the last level's first) and small (none)")
     parser.add_argument("--seed", type=int, default=0, help="of the hint encoder's random initial weights")
     parser.add_argument("--force", action="store_true", help="replace the output if it exists")
     add_debug_argument(parser)
@@ -29,7 +35,7 @@ def main(argv=None):
     from cldm.model import read_any  # torch and the models load only once the paths are known to be good
     from cldm.tools import add_control, write_output
 
-    state, added = add_control(read_any(args.input), args.config, args.seed)
+    state, added = add_control(read_any(args.input), args.config, args.seed, args.layout)
     for key in added:
         print(f"new: {key}")
     path = write_output(state, args.output, force=args.force)

@@ -39,11 +39,7 @@ def control_params(base_params, control, where="the control"):
         raise CheckpointError(f"{where} is a control for {family(width)} ({channels} channels"
                               f"{', SDXL label embedding' if has_label else ''}) but the base is {family(base_width)} "
                               f"({base_params['model_channels']} channels): use a control made for this base")
-    params = {k: v for k, v in base_params.items() if k not in ("out_channels", "spatial_transformer_attn_type")}
-    params["hint_channels"] = int(control["input_hint_block.0.weight"].shape[1])
-    n_levels = len(base_params["channel_mult"])
-    depth = base_params.get("transformer_depth", 1)
-    levels = [depth] * n_levels if isinstance(depth, int) else list(depth)
+    levels = base_depths(base_params)
     found = transformer_depths(control)
     for block, blocks in found.items():
         if block != "middle":
@@ -51,8 +47,31 @@ def control_params(base_params, control, where="the control"):
     if found.get("middle", levels[-1]) != levels[-1]:
         raise CheckpointError(f"{where}: its middle block has {found['middle']} transformer blocks, its last level "
                               f"{levels[-1]}; a ControlNet's middle block follows its last level")
-    params["transformer_depth"] = levels
-    return params
+    return params_on_base(base_params, int(control["input_hint_block.0.weight"].shape[1]), levels)
+
+
+def base_depths(base_params):
+    """The base UNet's transformer depth per level, as a list."""
+    depth = base_params.get("transformer_depth", 1)
+    return [depth] * len(base_params["channel_mult"]) if isinstance(depth, int) else list(depth)
+
+
+def params_on_base(base_params, hint_channels, transformer_depth):
+    """ControlNet params: its base UNet's, with its hint's channels and its transformer depth per level."""
+    params = {k: v for k, v in base_params.items() if k not in ("out_channels", "spatial_transformer_attn_type")}
+    return {**params, "hint_channels": hint_channels, "transformer_depth": list(transformer_depth)}
+
+
+# SDXL's reduced ControlNets (diffusers' trainers): transformer blocks per level, the middle block's as the last's
+LAYOUTS = {"full": None, "mid": lambda n: [0] * (n - 1) + [1], "small": lambda n: [0] * n}
+
+
+def layout_depths(base_params, layout):
+    """The transformer depth per level of a control of `layout` on a base of `base_params`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"control layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    levels = base_depths(base_params)
+    return levels if LAYOUTS[layout] is None else LAYOUTS[layout](len(levels))
 
 
 def level_of(params, index):

@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 from cldm.cldm import CONTROL_PREFIX
+from cldm.control_files import layout_depths, params_on_base
 from cldm.model import TARGETS, normalize_keys
 from ldm.checkpoint import CheckpointError, cross_attention_width, family, save_safetensors
 from ldm.config import ConfigError, instantiate, load_yaml
 from ldm.diffusion import LatentDiffusion
+from ldm.sdxl import SDXL_SCHEDULE, DiffusionEngine
 
 UNET_PREFIX = "model.diffusion_model."
 
@@ -30,12 +32,21 @@ def _model_params(config_path):
     return load_yaml(config_path)["model"].get("params") or {}
 
 
-def fresh_control_state(config_path, seed=0):
-    """A freshly initialised control (hint encoder random from `seed`, zero convs zero), built from the yaml alone."""
-    node = _model_params(config_path).get("control_stage_config")
+def fresh_control_state(config_path, seed=0, layout="full"):
+    """A freshly initialised control (hint encoder random from `seed`, zero convs zero), built from the yaml alone:
+    its control_stage_config, or for a base's yaml (SDXL's) a control of the base's widths, with the transformer
+    depth of `layout` (full: the base's; SDXL's reduced mid and small)."""
+    params = _model_params(config_path)
+    node = params.get("control_stage_config")
+    base = (params.get("network_config") or params.get("unet_config") or {}).get("params")
+    if node is None and base is not None:
+        node = {"target": "cldm.cldm.ControlNet", "params": params_on_base(base, 3, layout_depths(base, layout))}
+    elif layout != "full":
+        raise ConfigError(f"{config_path} describes its ControlNet: the {layout} layout is for a base's yaml "
+                          "(models/sd_xl_base.yaml)")
     if node is None:
-        raise ConfigError(f"{config_path} describes no ControlNet (no control_stage_config): give a ControlLDM "
-                          "config such as models/cldm_v15.yaml (SD 1.x) or models/cldm_v21.yaml (SD 2.x)")
+        raise ConfigError(f"{config_path} describes no ControlNet and no base UNet: give models/cldm_v15.yaml (SD "
+                          "1.x), models/cldm_v21.yaml (SD 2.x) or models/sd_xl_base.yaml (SDXL)")
     with torch.random.fork_rng(devices=[]):  # the same initial weights every time, the caller's generator untouched
         torch.manual_seed(seed)
         control = instantiate(node, TARGETS, "model.params.control_stage_config")
@@ -47,10 +58,12 @@ def schedule_state(config_path):
     model computes them: stand-ins take the networks' places, so nothing large is built."""
     accepted = inspect.signature(LatentDiffusion).parameters
     params = {k: v for k, v in _model_params(config_path).items() if k in accepted}
+    if TARGETS.get(load_yaml(config_path)["model"]["target"]) is DiffusionEngine:
+        params = {**params, **SDXL_SCHEDULE}  # sgm's yaml names its schedule in its denoiser config
     return LatentDiffusion(nn.Identity(), nn.Identity(), nn.Identity(), **params).state_dict()
 
 
-def add_control(sd_state, config_path, seed=0):
+def add_control(sd_state, config_path, seed=0, layout="full"):
     """ControlLDM initial weights: the SD checkpoint, plus a control whose encoder copies the UNet's.
 
     Returns (state, added_keys): the keys that did not come from the SD checkpoint (hint encoder, zero convs).
@@ -60,7 +73,7 @@ def add_control(sd_state, config_path, seed=0):
     sd_state = normalize_keys(sd_state)
     if any(k.startswith(CONTROL_PREFIX) for k in sd_state):
         raise CheckpointError("the input already has control weights (control_model.*); give a plain SD checkpoint")
-    control = fresh_control_state(config_path, seed)
+    control = fresh_control_state(config_path, seed, layout)
     check_same_family([("the SD checkpoint", cross_attention_width(sd_state, UNET_PREFIX)),
                        (f"the config {Path(config_path).name}", cross_attention_width(control, CONTROL_PREFIX))])
     state, added = {**schedule_state(config_path), **sd_state}, []

@@ -107,6 +107,8 @@ class Conditioner(nn.Module):
         raise ValueError("SDXL's conditioning needs the generation's size: use model.condition(prompts, size)")
 
 
+SDXL_SCHEDULE = dict(beta_schedule="linear", linear_start=0.00085, linear_end=0.0120)  # SD's, as sgm's legacy DDPM
+
 # sgm's discrete denoiser as SDXL's yaml configures it: eps prediction on SD's noise schedule
 DENOISER = {"ldm.modules.diffusionmodules.denoiser.DiscreteDenoiser": {"num_idx": 1000},
             "ldm.modules.diffusionmodules.denoiser_scaling.EpsScaling": {},
@@ -148,6 +150,5 @@ class DiffusionEngine(LatentDiffusion):
         check_denoiser(denoiser_config)
         if ckpt_path:
             raise ValueError("ckpt_path is not supported: load weights with load_state_dict")
-        super().__init__(unet, first_stage_model, conditioner, beta_schedule="linear", linear_start=0.00085,
-                         linear_end=0.0120, scale_factor=scale_factor, use_ema=False,
-                         channels=unet.config.in_channels)
+        super().__init__(unet, first_stage_model, conditioner, **SDXL_SCHEDULE, scale_factor=scale_factor,
+                         use_ema=False, channels=unet.config.in_channels)

@@ -285,3 +285,30 @@ def test_the_shipped_sdxl_yaml_builds_sdxl_at_its_real_size():
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     assert round(count(model.model) / 1e6) == 2567 and round(count(model.conditioner) / 1e6) == 818
     assert model.scale_factor == 0.13025 and model.model.diffusion_model.config.adm_in_channels == 2816
+
+
+@pytest.mark.parametrize("layout, depth", [("full", 2), ("small", 0)])
+def test_tool_add_control_makes_an_sdxl_control_that_starts_at_its_base(tmp_path, layout, depth):
+    import numpy as np
+
+    import tool_add_control
+    from cldm.model import create_model, load_model
+    from cldm.pipeline import generate
+    from ldm.checkpoint import save_safetensors
+
+    base = randomize(create_model(TINY_XL_YAML).eval(), seed=7).state_dict()
+    save_safetensors(base, tmp_path / "base.safetensors")
+    tool_add_control.main([str(tmp_path / "base.safetensors"), str(tmp_path / "ini.safetensors"), "--config",
+                           str(TINY_XL_YAML), "--layout", layout])
+    model = load_model(str(TINY_XL_YAML), tmp_path / "ini.safetensors")
+    net, state = model.control_model, model.state_dict()
+    assert controlnet_depth(net) == [depth] * 3
+    copied = [k for k in net.state_dict() if f"model.diffusion_model.{k}" in base]
+    assert "label_emb.0.2.weight" in copied and all(
+        torch.equal(state[f"control_model.{k}"], base[f"model.diffusion_model.{k}"]) for k in copied)
+    assert all(not v.any() for k, v in net.state_dict().items() if k.startswith(("zero_convs", "middle_block_out")))
+    hint = np.full((64, 64, 3), 255, np.uint8)
+    common = dict(steps=2, seed=1, verbose=False)
+    with_control, _ = generate(model, hint, "a red circle", **common)
+    plain, _ = generate(model, None, "a red circle", size=(64, 64), **common)
+    assert np.array_equal(with_control[0], plain[0])  # zero convolutions: exactly the base, until trained

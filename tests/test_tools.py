@@ -115,11 +115,14 @@ def test_outputs_are_never_overwritten(case, tmp_path):
 
 def test_a_damaged_input_or_a_config_without_a_control_is_one_line(tmp_path, capsys):
     (tmp_path / "sd.ckpt").write_text("not a checkpoint")
+    (tmp_path / "vae.yaml").write_text("model:\n  target: ldm.models.autoencoder.AutoencoderKL\n  params: {}\n")
     for argv, message in [
         ([tmp_path / "sd.ckpt", tmp_path / "out.safetensors", "--config", TINY_V15],
          r"^error: \S*sd.ckpt could not be read as a checkpoint [^\n]*\n$"),
-        ([TOY_SD, tmp_path / "out.safetensors", "--config", ROOT / "models/toy_sd.yaml"],
-         r"^error: \S*toy_sd.yaml describes no ControlNet [^\n]*\n$"),
+        ([TOY_SD, tmp_path / "out.safetensors", "--config", tmp_path / "vae.yaml"],
+         r"^error: \S*vae.yaml describes no ControlNet and no base UNet[^\n]*\n$"),
+        ([TOY_SD, tmp_path / "out.safetensors", "--config", TINY_V15, "--layout", "small"],
+         r"^error: \S*cldm_tiny_v15.yaml describes its ControlNet: the small layout is for a base's yaml[^\n]*\n$"),
     ]:
         with pytest.raises(SystemExit) as stopped:
             run_main(tool_add_control.main, list(map(str, argv)))
