@@ -312,3 +312,29 @@ def test_tool_add_control_makes_an_sdxl_control_that_starts_at_its_base(tmp_path
     with_control, _ = generate(model, hint, "a red circle", **common)
     plain, _ = generate(model, None, "a red circle", size=(64, 64), **common)
     assert np.array_equal(with_control[0], plain[0])  # zero convolutions: exactly the base, until trained
+
+
+def test_the_transfer_and_extract_tools_work_on_sdxl(tmp_path):
+    """A control trained on one SDXL base moved to a community SDXL checkpoint (control + community - base on
+    the copied encoder), then extracted; the community model with it loads from the base's yaml."""
+    import tool_extract_control
+    import tool_transfer_control
+    from cldm.model import load_model
+    from ldm.checkpoint import read_state_dict, save_safetensors
+
+    trained, _ = tiny_controlled_xl(seed=8)
+    state = trained.state_dict()
+    base = {k: v for k, v in state.items() if not k.startswith("control_model.")}
+    community = {k: v + 0.01 if k.startswith("model.diffusion_model.") else v for k, v in base.items()}
+    for name, weights in (("control", state), ("base", base), ("community", community)):
+        save_safetensors(weights, tmp_path / f"{name}.safetensors")
+    tool_transfer_control.main(["--control", str(tmp_path / "control.safetensors"), "--base",
+                                str(tmp_path / "base.safetensors"), "--community",
+                                str(tmp_path / "community.safetensors"), "--output", str(tmp_path / "moved.safetensors")])
+    tool_extract_control.main([str(tmp_path / "moved.safetensors"), str(tmp_path / "only.safetensors")])
+    moved = read_state_dict(tmp_path / "only.safetensors")
+    key = "control_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"  # copied from the UNet: moved
+    torch.testing.assert_close(moved[key], state[key] + 0.01)
+    assert torch.equal(moved["control_model.zero_convs.0.0.weight"], state["control_model.zero_convs.0.0.weight"])
+    loaded = load_model(str(TINY_XL_YAML), tmp_path / "community.safetensors", tmp_path / "only.safetensors")
+    assert torch.equal(loaded.state_dict()[key], moved[key])
