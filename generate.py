@@ -111,13 +111,12 @@ from cldm.request import Paths, Request, run
 from cldm.settings import ControlUnit, SettingError, Settings, add_arguments, from_args, short
 from cldm.speed import speed_up
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
-from ldm.sdxl import DiffusionEngine
+from ldm.sdxl import SDXL_RESOLUTION, DiffusionEngine
 from ldm.threads import add_threads_argument, use_threads
 from toy.model import TOY_PROMPT, circle_outline, load_default_model
 
 # the command line's own defaults: the shipped toy model's prompt and size
 CLI_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)
-SDXL_RESOLUTION = 1024
 
 
 def parse_args(argv=None):

@@ -39,7 +39,7 @@ def friendly(runner, names=(), defaults=()):
 
 
 def build_demo(task, runner):
-    defaults = task.defaults(runner.toy)
+    defaults = runner.defaults()
     values = {**task.annotator_defaults(), **{p.name: p.value for p in task.annotator_params if p.value is not None},
               **{name: getattr(defaults, name) for name in task.settings()}, "preprocessor": task.annotator,
               "region_mask": None, "pose": ""}

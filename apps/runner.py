@@ -30,6 +30,7 @@ from cldm.request import Paths, Request, run
 from cldm.settings import SettingError, short
 from ldm.files import MODELS, find_model_file
 from ldm.precision import precision_of
+from ldm.sdxl import SDXL_RESOLUTION, DiffusionEngine
 from toy.model import TOY_PHOTO_NOTE, looks_like_a_photo
 
 
@@ -51,6 +52,14 @@ class Runner:
                           "generates once the control file is in place.")
         elif model is not None:
             self.note += f"\n\nComputing in {self.precision}."
+
+    def defaults(self):
+        """The Settings the page starts from: the task's, at the size the model's family was trained at (SDXL:
+        1024)."""
+        defaults = self.task.defaults(self.toy)
+        if isinstance(self.model, DiffusionEngine):
+            defaults = replace(defaults, image_resolution=SDXL_RESOLUTION, detect_resolution=SDXL_RESOLUTION)
+        return defaults
 
     def detect(self, picture, image_resolution, detect_resolution=None, annotator=None, **params):
         """The condition map at the generation size: image resolution's grid, sides multiples of 64."""
@@ -130,7 +139,7 @@ class Runner:
         pose = values.pop("pose", None)
         if str(values.get("block_weights", "")).strip() == "":  # an emptied box: the default
             values.pop("block_weights", None)
-        settings = self.task.defaults(self.toy).with_values(**values)
+        settings = self.defaults().with_values(**values)
         detect_resolution = None if self.task.detect_resolution is None else settings.detect_resolution
         if settings.pixel_perfect:  # the annotator sees the picture at the size it is generated at
             detect_resolution = settings.image_resolution

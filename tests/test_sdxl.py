@@ -338,3 +338,19 @@ def test_the_transfer_and_extract_tools_work_on_sdxl(tmp_path):
     assert torch.equal(moved["control_model.zero_convs.0.0.weight"], state["control_model.zero_convs.0.0.weight"])
     loaded = load_model(str(TINY_XL_YAML), tmp_path / "community.safetensors", tmp_path / "only.safetensors")
     assert torch.equal(loaded.state_dict()[key], moved[key])
+
+
+def test_an_app_runs_an_sdxl_base_and_control_starting_at_1024(tmp_path):
+    from skimage import data
+
+    from apps.page import build_demo
+    from apps.runner import Runner
+    from tests.test_apps import NOTE, task_of, values
+
+    model, _ = tiny_controlled_xl(seed=9)
+    task = task_of("gradio_canny2image")
+    runner = Runner(task, model, NOTE, tmp_path)
+    assert runner.defaults().image_resolution == 1024
+    build_demo(task, runner)  # the page shows those defaults
+    gallery, info = runner(data.astronaut(), **values(task, resolution=64, steps=1))
+    assert len(gallery) == 2 and gallery[1].shape == (64, 64, 3) and "Seed 1" in info
