@@ -17,7 +17,7 @@ from ldm.conditioning import Conditioning
 from ldm.diffusion import LatentDiffusion
 from ldm.unet import timestep_embedding
 
-ID_FEATURES = 256  # Fourier features per id in SDXL's released models (sgm's outdim, diffusers' addition_time_embed_dim)
+ID_FEATURES = 256  # Fourier features an id in SDXL's models (sgm's outdim, diffusers' addition_time_embed_dim)
 SDXL_RESOLUTION = 1024  # the shorter side SDXL generates at by default, as it was trained
 
 
