@@ -42,6 +42,8 @@ def add_file_arguments(p):
     p.add_argument("--config", help="model yaml, used with --ckpt (default: the base's family, from its keys: "
                                    "models/cldm_v15.yaml, cldm_v21.yaml or sd_xl_base.yaml)")
     p.add_argument("--ckpt", nargs="*", default=[], help="checkpoints to load in order (base, then control)")
+    p.add_argument("--vae", help="a VAE file to decode (and encode) with instead of the base's: SDXL's fp16-fix "
+                                "VAE, a fine-tuned one (the release's layout, the VAE's own keys, or diffusers')")
     p.add_argument("--extra-control", nargs=3, action="append", default=[], metavar=("CKPT", "HINT", "SCALE"),
                    help="another ControlNet with its own condition map and scale (repeatable)")
     p.add_argument("--region-mask", help="a picture, white where the control acts (default: everywhere)")
@@ -63,7 +65,7 @@ def check_files(args):
         raise ValueError("--inpaint-control needs --init-image and --mask")
     if args.ckpt and args.config:
         check_config_file(args.config)
-    for path in args.ckpt:
+    for path in [*args.ckpt, *([args.vae] if args.vae else [])]:
         check_checkpoint_file(path)
     for ckpt, hint, scale in args.extra_control:
         check_checkpoint_file(find_model_file(ckpt))
@@ -110,6 +112,7 @@ from cldm.outputs import BESIDE, RecordError, beside_record, read_params
 from cldm.request import Paths, Request, run
 from cldm.settings import ControlUnit, SettingError, Settings, add_arguments, from_args, short
 from cldm.speed import speed_up
+from cldm.vae_files import load_vae
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
 from ldm.sdxl import SDXL_RESOLUTION, DiffusionEngine
 from ldm.threads import add_threads_argument, use_threads
@@ -157,8 +160,10 @@ def model_options(args, saved):
 def model_for(args, device, precision, options):
     dtype = PRECISIONS[precision]
     if not args.ckpt:
-        return load_default_model(device, dtype, options)
-    return load_model(args.config, *args.ckpt, dtype=dtype, device=device, options=options)
+        model = load_default_model(device, dtype, options)
+    else:
+        model = load_model(args.config, *args.ckpt, dtype=dtype, device=device, options=options)
+    return load_vae(model, args.vae) if args.vae else model
 
 
 @dataclass

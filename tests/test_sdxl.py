@@ -392,3 +392,25 @@ def test_a_whole_sdxl_generation_equals_diffusers_controlnet_pipeline(sampler):
     # measured: at most 1, 0.46 on average (we truncate to 8 bits as the release does, diffusers rounds)
     difference = np.abs(ours[0].astype(float) - theirs)
     assert difference.max() <= 1.0
+
+
+@pytest.mark.parametrize("layout", ["release", "bare", "diffusers"])
+def test_a_vae_file_replaces_the_bases_vae_in_any_layout(tmp_path, layout):
+    """--vae (SDXL's fp16-fix VAE, a fine-tuned one): the release's keys, the VAE's own, or diffusers'."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+
+    from cldm.model import create_model
+    from cldm.vae_files import load_vae
+    from ldm.checkpoint import save_safetensors
+    from ldm.config import load_yaml
+
+    model = create_model(TINY_XL_YAML).eval()
+    other = randomize(create_model(TINY_XL_YAML), seed=11).first_stage_model.state_dict()
+    written = {"release": {f"first_stage_model.{k}": v for k, v in other.items()}, "bare": other}.get(layout)
+    if layout == "diffusers":
+        config = create_vae_diffusers_config_from_ldm(load_yaml(TINY_XL_YAML), {})
+        written = convert_ldm_vae_checkpoint({f"first_stage_model.{k}": v for k, v in other.items()}, config)
+    save_safetensors(written, tmp_path / "vae.safetensors")
+    load_vae(model, tmp_path / "vae.safetensors")
+    loaded = model.first_stage_model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in other.items())
