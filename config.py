@@ -3,8 +3,9 @@
 Command-line flags override these values (run any app with --help).
 """
 
-CONFIG = None  # the yaml for real SD checkpoints; None: the one beside the control file, else models/cldm_v15.yaml
+CONFIG = None  # the yaml for real SD checkpoints; None: the one beside the control file, else the base's family's
 BASE = None  # an SD checkpoint for control-only files (ControlNet 1.1); None: models/v1-5-pruned.ckpt if present
+VAE = None  # a VAE file used instead of the base's (SDXL's fp16-fix VAE); None: the base's
 PRECISION = "auto"  # fp32, fp16, bf16, or auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32
 COMPILE = False  # torch.compile the UNet and ControlNet (faster steps on GPUs; the first request compiles)
 SAVE_MEMORY = False  # low-VRAM mode: only the running part of the model is on the GPU

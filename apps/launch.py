@@ -10,8 +10,9 @@ from apps.models import resolve_model
 from apps.page import build_demo
 from apps.runner import Runner
 from cldm.speed import speed_up
+from cldm.vae_files import load_vae
 from ldm.errors import add_debug_argument, run_main
-from ldm.files import MODELS
+from ldm.files import MODELS, check_checkpoint_file
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
 from ldm.threads import add_threads_argument, use_threads
 
@@ -25,6 +26,8 @@ def parse_args(task, argv=None):
     p.add_argument("--config", default=config.CONFIG,
                    help="model yaml for real checkpoints (default: the yaml beside the control file, else "
                         "models/cldm_v15.yaml)")
+    p.add_argument("--vae", default=config.VAE, help="a VAE file to use instead of the base's (SDXL's fp16-fix VAE, "
+                   "a fine-tuned one)")
     p.add_argument("--control-dir", action="append", default=[], help="a folder whose control files the control "
                    "units offer, beside models/ (repeatable); a request can name no other file")
     p.add_argument("--annotator-ckpts", default=config.ANNOTATOR_CKPTS, help="folder of annotator weights")
@@ -49,6 +52,8 @@ def make_runner(task, args):
     dtype = PRECISIONS[resolve_precision(args.precision, device)]
     model, note, toy = resolve_model(task.control, args.control, args.base, args.config, "cpu" if offload else None,
                                      dtype, task.options)
+    if model is not None and args.vae:
+        load_vae(model, check_checkpoint_file(args.vae))
     if model is not None:
         speed_up(model, compile=args.compile)
     return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None, toy,
