@@ -24,8 +24,8 @@ def parse_args(task, argv=None):
     p.add_argument("--base", default=config.BASE or (f"models/{task.base}" if task.base else None),
                    help=f"SD checkpoint for control-only files (default: models/{task.base or 'v1-5-pruned.ckpt'})")
     p.add_argument("--config", default=config.CONFIG,
-                   help="model yaml for real checkpoints (default: the yaml beside the control file, else "
-                        "models/cldm_v15.yaml)")
+                   help="model yaml for real checkpoints (default: the yaml beside the control file, else the "
+                        "base's family's: models/cldm_v15.yaml, cldm_v21.yaml or sd_xl_base.yaml)")
     p.add_argument("--vae", default=config.VAE, help="a VAE file to use instead of the base's (SDXL's fp16-fix VAE, "
                    "a fine-tuned one)")
     p.add_argument("--control-dir", action="append", default=[], help="a folder whose control files the control "
