@@ -363,3 +363,35 @@ def test_the_inpaint_and_canvas_editors_take_a_plain_file_or_say_what_they_take(
                 assert kind == "complete", data
         finally:
             demo.close()
+
+
+def test_the_cli_draws_a_pose_file_through_the_same_reader(tmp_path, capsys):
+    body = [[128, 40], [128, 80], [100, 80], [90, 120], [85, 160], [156, 80], [166, 120], [171, 160], [110, 160],
+            [110, 210], [110, 250], [146, 160], [146, 210], [146, 250], [120, 35], [136, 35], [112, 40], [144, 40]]
+    frame = {"canvas_width": 256, "canvas_height": 256, "people": [{"pose_keypoints_2d": [v for x, y in body
+                                                                                         for v in (x, y, 1)]}]}
+    (tmp_path / "pose.json").write_text(json.dumps(frame))
+    cli.main(["--pose", str(tmp_path / "pose.json"), "--steps", "1", "--resolution", "64",
+              "--out", str(tmp_path / "out.png")])
+    drawn = np.asarray(Image.open(tmp_path / "out-map.png"))
+    assert drawn.shape == (64, 64, 3) and (drawn.max(axis=2) > 0).mean() > 0.02  # the skeleton, scaled
+    (tmp_path / "bad.json").write_text('{"canvas_width": 64, "canvas_height": 64, "people": [{"pose_keypoints_2d": '
+                                       '[NaN, 1, 1]}]}')
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_main(cli.main, ["--pose", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.png")])
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'bad.json'}: not OpenPose JSON: NaN is not")
+
+
+def test_the_cli_decodes_with_a_vae_file(tmp_path):
+    from ldm.checkpoint import save_safetensors
+    from toy.model import load_default_model
+
+    vae = load_default_model().first_stage_model.state_dict()
+    brighter = {k: v + 0.2 if k == "decoder.conv_out.bias" else v for k, v in vae.items()}
+    save_safetensors(brighter, tmp_path / "vae.safetensors")
+    common = ["--steps", "1", "--resolution", "64", "--seed", "3", "--precision", "fp32"]
+    cli.main([*common, "--out", str(tmp_path / "plain.png")])
+    cli.main([*common, "--vae", str(tmp_path / "vae.safetensors"), "--out", str(tmp_path / "vae.png")])
+    plain, other = (np.asarray(Image.open(tmp_path / f"{name}.png")).astype(int) for name in ("plain", "vae"))
+    assert 20 < (other - plain).mean() < 30  # +0.2 on the output's [-1, 1] scale: about 25 levels brighter
