@@ -25,6 +25,7 @@ CLIP_TEXT_ARCHS = {
 }
 OPEN_CLIP_TEXT_ARCHS = {"ViT-H-14": dict(width=1024, heads=16, layers=24, output_dim=1024),
                         "ViT-bigG-14": dict(width=1280, heads=20, layers=32, output_dim=1280)}
+OPTIONAL_ARCH_KEYS = {"hidden_act", "mlp_ratio"}  # as the released towers have them unless given (small test models)
 CONTEXT_LENGTH = 77
 VOCAB_SIZE = 49408
 
@@ -68,8 +69,9 @@ def _architecture(given, name, known):
             raise ValueError(f"unknown text encoder {name!r}; known: {sorted(known)}, or give its architecture")
         return known[name]
     expected = set(next(iter(known.values())))
-    if set(given) != expected:
-        raise ValueError(f"text encoder architecture needs exactly the keys {sorted(expected)}, got {sorted(given)}")
+    if not expected <= set(given) <= expected | OPTIONAL_ARCH_KEYS:
+        raise ValueError(f"text encoder architecture needs the keys {sorted(expected)} (and may give "
+                         f"{sorted(OPTIONAL_ARCH_KEYS)}), got {sorted(given)}")
     return dict(given)
 
 
@@ -97,8 +99,8 @@ class FrozenCLIPEmbedder(nn.Module):
         if layer == "hidden" and layer_idx is None:
             raise ValueError("layer: hidden needs layer_idx (e.g. -2 for the penultimate layer)")
         arch = _architecture(arch, version, CLIP_TEXT_ARCHS)
-        config = CLIPTextConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=max_length, hidden_act="quick_gelu",
-                                bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **arch)
+        config = CLIPTextConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=max_length, bos_token_id=49406,
+                                eos_token_id=49407, pad_token_id=49407, **{"hidden_act": "quick_gelu", **arch})
         # Checkpoints keep the `transformer.text_model.` level of transformers 4.x; today's CLIPTextModel
         # has no such level, so one is added by nesting.
         self.transformer = _Nest(text_model=CLIPTextModel(config))
@@ -161,7 +163,7 @@ class FrozenOpenCLIPEmbedder(nn.Module):
 
         self.model = open_clip.transformer.TextTransformer(
             context_length=max_length, vocab_size=VOCAB_SIZE, width=text_cfg["width"], heads=text_cfg["heads"],
-            layers=text_cfg["layers"], output_dim=text_cfg["output_dim"],
+            layers=text_cfg["layers"], output_dim=text_cfg["output_dim"], mlp_ratio=text_cfg.get("mlp_ratio", 4.0),
         )
         self.model.logit_scale = nn.Parameter(torch.ones([]))
         self.layer_idx = self.LAYERS[layer]

@@ -65,7 +65,7 @@ def test_penultimate_layer_stops_one_block_early_and_applies_ln_final():
 def test_unknown_text_encoder_names_the_known_ones():
     with pytest.raises(ValueError, match="openai/clip-vit-large-patch14"):
         FrozenCLIPEmbedder(version="someone/other-clip")
-    with pytest.raises(ValueError, match="exactly the keys"):
+    with pytest.raises(ValueError, match="architecture needs the keys"):
         FrozenCLIPEmbedder(arch=dict(hidden_size=8))
 
 
