@@ -79,7 +79,8 @@ def ldm_unet_params(diffusers_config):
     channels = list(c["block_out_channels"])
     heads = c.get("num_attention_heads") or c["attention_head_dim"]  # diffusers' legacy name for head count
     params = dict(
-        in_channels=c.get("in_channels", 4), model_channels=channels[0], channel_mult=[ch // channels[0] for ch in channels],
+        in_channels=c.get("in_channels", 4), model_channels=channels[0],
+        channel_mult=[ch // channels[0] for ch in channels],
         num_res_blocks=c.get("layers_per_block", 2), context_dim=c["cross_attention_dim"],
         attention_resolutions=[2**i for i, t in enumerate(c["down_block_types"]) if t.startswith("CrossAttn")],
         use_linear_in_transformer=c.get("use_linear_projection", False),

@@ -27,7 +27,7 @@ from ldm.checkpoint import (
 )
 from ldm.config import LDM_TARGETS, ConfigError, instantiate, load_yaml
 from ldm.diffusion import SCHEDULE_BUFFERS
-from ldm.files import MODELS
+from ldm.files import MODELS, is_diffusers_base
 from ldm.text_encoders import FrozenCLIPEmbedder
 
 TARGETS = {
@@ -146,9 +146,13 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
     the apps, the CLI and training. Weights are loaded in fp32 and then cast, so the model holds no fp32 copy.
     In eval mode, unless `for_training` (the modes it was built with: frozen parts in eval, the rest in train).
     `options`: ModelOptions."""
-    sources = [("state dict", c) if isinstance(c, dict) else (str(c), read_any(c)) for c in checkpoints]
+    bases = [c for c in checkpoints if not isinstance(c, dict) and is_diffusers_base(c)]  # read once built
+    sources = [("state dict", c) if isinstance(c, dict) else (str(c), read_any(c)) for c in checkpoints
+               if c not in bases]
+    if bases:  # diffusers is slow to import: only folders need it
+        from cldm.diffusers_bases import sgm_config, sgm_state
     if config is None:
-        config = family_config(sources[0][1] if sources else {})
+        config = sgm_config(bases[0]) if bases else family_config(sources[0][1] if sources else {})
     controls = [(where, control_state(normalize_keys(state))) for where, state in sources]
     controls = [(where, control) for where, control in controls if control]
     read = load_yaml(config) if not isinstance(config, dict) else config
@@ -157,6 +161,9 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
         base = (params.get("unet_config") or params.get("network_config") or {}).get("params", {})
         config = controlled(read, control_params(base, controls[-1][1], controls[-1][0]))
     model = build_model(config, options=options)
+    if bases:
+        read = load_yaml(config) if not isinstance(config, dict) else config
+        sources = [(str(folder), sgm_state(folder, model, read)) for folder in bases] + sources
     if checkpoints:
         load_checkpoint(model, *sources, strict=strict)
     if not for_training:

@@ -44,9 +44,9 @@ def check_checkpoint_file(path):
     file they are given before building a model, so a wrong path fails in a moment, not after the build."""
     path = Path(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path} is a folder without config.json: give a checkpoint file, or a diffusers "
-                                  "model folder")
+        if not (path / "config.json").is_file() and not is_diffusers_base(path):
+            raise CheckpointError(f"{path} is a folder without config.json or model_index.json: give a checkpoint "
+                                  "file, or a diffusers model or pipeline folder")
         return path
     if not path.is_file():
         raise FileNotFoundError(missing_file_message(path))
@@ -119,3 +119,9 @@ def check_output_file(path, force=False):
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; choose another name or pass --force to replace it")
     return path
+
+
+def is_diffusers_base(path):
+    """Whether `path` is a diffusers pipeline folder (model_index.json beside the parts' folders)."""
+    path = Path(path)
+    return path.is_dir() and (path / "model_index.json").is_file()

@@ -414,3 +414,40 @@ def test_a_vae_file_replaces_the_bases_vae_in_any_layout(tmp_path, layout):
     load_vae(model, tmp_path / "vae.safetensors")
     loaded = model.first_stage_model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in other.items())
+
+
+def test_an_sdxl_base_in_a_diffusers_folder_loads_into_sgms_layout(tmp_path):
+    """A pipeline saved by diffusers (model_index.json, unet, text_encoder(_2), vae, ...): its yaml made from
+    the parts' configs, its weights in sgm's keys, equal to the weights it was saved from."""
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+
+    import generate as cli
+    from cldm.diffusers_interop import diffusers_models
+    from cldm.model import load_model
+    from cldm.samplers import diffusers_scheduler
+    from ldm.checkpoint import save_safetensors
+
+    model, config = tiny_controlled_xl(seed=12)
+    state = model.state_dict()
+    unet, _ = diffusers_models(state, config, id_features=ID_WIDTH)
+    text_encoder, text_encoder_2, tokenizer, tokenizer_2 = diffusers_text_encoders(model.conditioner)
+    vae_config = create_vae_diffusers_config_from_ldm(config, state)
+    vae = AutoencoderKL(**vae_config)
+    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
+    text_encoder.config.hidden_act = "quick_gelu"  # the CLIP-L tower's, as the conditioner built it
+    StableDiffusionXLPipeline(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet,
+                              diffusers_scheduler(model, "UniPC")).save_pretrained(tmp_path / "sdxl")
+    loaded = load_model(None, tmp_path / "sdxl")
+    ours = loaded.state_dict()
+    # every weight but bigG's logit_scale, CLIP's image-text temperature, which diffusers' text encoder lacks
+    base = {k: v for k, v in state.items() if not k.startswith("control_model.") and not k.endswith("logit_scale")}
+    different = [k for k, v in base.items() if not k.endswith("position_ids") and not torch.equal(ours[k], v)]
+    assert len(base) > 700 and not different, different[:5]
+    assert loaded.scale_factor == 0.13025 and loaded.conditioner.embedders[2].outdim == ID_WIDTH
+    # the CLI: the yaml from the folder, a control from its file
+    control = {k: v for k, v in state.items() if k.startswith("control_model.")}
+    save_safetensors(control, tmp_path / "control.safetensors")
+    cli.main(["--ckpt", str(tmp_path / "sdxl"), str(tmp_path / "control.safetensors"), "--steps", "1",
+              "--resolution", "64", "--out", str(tmp_path / "out.png")])
+    assert (tmp_path / "out.png").is_file()
