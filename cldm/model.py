@@ -162,7 +162,6 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
         config = controlled(read, control_params(base, controls[-1][1], controls[-1][0]))
     model = build_model(config, options=options)
     if bases:
-        read = load_yaml(config) if not isinstance(config, dict) else config
         sources = [(str(folder), sgm_state(folder, model, read)) for folder in bases] + sources
     if checkpoints:
         load_checkpoint(model, *sources, strict=strict)
