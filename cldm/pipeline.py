@@ -135,7 +135,7 @@ class GuidedDenoiser:
 
 @torch.no_grad()
 def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None, init_image=None, mask=None,
-             region_mask=None, size=None, verbose=True, **values):
+             region_mask=None, size=None, latents=None, verbose=True, **values):
     """Images (list of HWC uint8) following `hint` (HWC uint8, sides multiples of 64) and the prompt, and the
     seed used (a random one for seed=-1).
 
@@ -144,7 +144,8 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None,
     control start/end, mode and block weights, and acts where `region_mask` is white. The settings' other units
     (Settings.units[1:], each a ControlUnit whose image is its condition map) add more, each running the
     ControlNet `nets` holds for its control file (None: the model's own); `controls` adds ready `Control`s.
-    hint=None and no controls samples from the text alone, at `size` (H, W).
+    hint=None and no controls samples from the text alone, at `size` (H, W). The starting noise is one seeded
+    `randn` of the latents' shape, as diffusers' pipelines draw it, or `latents` (N, C, H/8, W/8) when given.
 
     Image-to-image: `init_image` (HWC uint8, the generation's size) noised to strength `denoise` and the
     remaining steps run (1: the init image is ignored; 0: it comes back through the VAE). Inpainting: `mask`
@@ -180,7 +181,10 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None,
     denoiser = GuidedDenoiser(model, context, uncond_context, controls, s.guidance_scale, s.guess_mode, steps_run)
     generator = torch.Generator(device=device).manual_seed(seed)
     # the starting noise and the latents the sampler updates are fp32 whatever the model computes in
-    x_T = torch.randn((n, model.channels, height // 8, width // 8), generator=generator, device=device)
+    shape = (n, model.channels, height // 8, width // 8)
+    x_T = torch.randn(shape, generator=generator, device=device) if latents is None else latents.float().to(device)
+    if x_T.shape != shape:
+        raise ValueError(f"latents of shape {tuple(x_T.shape)} given; this generation's are {shape}")
     start = None if init_image is None else start_from(model, init_image, n, mask, s.mask_blur)
     latents = sample(model, denoiser, x_T, s.steps, s.sampler, s.eta, generator, verbose,
                      init=start and start.latent, denoise=s.denoise, keep=start and start.keep)

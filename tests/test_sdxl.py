@@ -451,3 +451,19 @@ def test_an_sdxl_base_in_a_diffusers_folder_loads_into_sgms_layout(tmp_path):
     cli.main(["--ckpt", str(tmp_path / "sdxl"), str(tmp_path / "control.safetensors"), "--steps", "1",
               "--resolution", "64", "--out", str(tmp_path / "out.png")])
     assert (tmp_path / "out.png").is_file()
+
+
+def test_the_starting_noise_can_be_given_as_latents():
+    import numpy as np
+
+    from cldm.pipeline import generate
+
+    model, _ = tiny_controlled_xl(seed=13)
+    hint = np.full((64, 64, 3), 255, np.uint8)
+    seeded, _ = generate(model, hint, "a red circle", steps=2, seed=5, verbose=False)
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5))  # diffusers' draw of it
+    given, _ = generate(model, hint, "a red circle", steps=2, seed=5, latents=noise, verbose=False)
+    other, _ = generate(model, hint, "a red circle", steps=2, seed=5, latents=noise + 1, verbose=False)
+    assert np.array_equal(seeded[0], given[0]) and not np.array_equal(seeded[0], other[0])
+    with pytest.raises(ValueError, match=r"latents of shape \(1, 4, 4, 4\) given; this generation's are"):
+        generate(model, hint, "a red circle", steps=1, latents=torch.zeros(1, 4, 4, 4), verbose=False)
