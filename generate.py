@@ -200,9 +200,11 @@ def generate_and_save(model, hint, settings, units, nets, out, device, low_vram_
     the map, starting picture, mask and region mask beside them as <out>-map.png, -init.png, -mask.png and
     -region.png, each extra unit's as <out>-unit<k>-map.png and -region.png. `units`: the extra control units
     (ControlUnits whose image is their map); `nets`: their ControlNets by control file."""
-    if hint is None and start.image is None:
-        raise ValueError("nothing to generate from: give --hint, --image or --init-image")
-    size = hint.shape[:2] if hint is not None else start.image.shape[:2]
+    text_alone = hint is None and start.image is None
+    if text_alone and hasattr(model, "control_model"):
+        raise ValueError("nothing to generate from: give --hint, --image, --pose or --init-image")
+    side = int(np.round(settings.image_resolution / 64.0)) * 64  # a square, from the text alone (a base only)
+    size = (side, side) if text_alone else hint.shape[:2] if hint is not None else start.image.shape[:2]
     sized = lambda picture: None if picture is None else fit(picture, size, settings.resize_mode)  # noqa: E731
     units = [replace(unit, image=sized(unit.image), region_mask=sized(unit.region_mask)) for unit in units]
     start = start.sized(size, settings.resize_mode)
@@ -211,7 +213,7 @@ def generate_and_save(model, hint, settings, units, nets, out, device, low_vram_
         hint, shown = start.inpaint_condition(settings.mask_blur)
     first = replace(settings.units[0], region_mask=start.region)
     request = Request(settings.with_values(units=(first, *units)), hint, shown, start.image, start.mask, options,
-                      start.inpaint_control)
+                      start.inpaint_control, size=size if text_alone else None)
     _, seed, _, files = run(model, request, Paths.at(out), nets, device if low_vram_mode else None, verbose=True)
     for path in files:
         print(f"wrote {path} (seed {seed})")
@@ -341,8 +343,10 @@ def main(argv=None):
         hint = condition_map(pictures["pose"], None, settings.image_resolution, nearest=True)
     elif start.image is not None:
         hint = None  # image-to-image or inpainting without a map (or with inpaint's own condition)
+    elif hasattr(model, "control_model"):
+        hint = circle_outline(settings.image_resolution)  # the shipped model's example outline
     else:
-        hint = circle_outline(settings.image_resolution)
+        hint = None  # a base alone: from the text
     generate_and_save(model, hint, settings, units, nets, args.out, device, args.low_vram, start, options)
 
 

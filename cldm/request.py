@@ -28,6 +28,7 @@ class Request:
     mask: np.ndarray | None = None  # inpainting: white where to redraw
     options: ModelOptions = ModelOptions()
     inpaint_control: bool = False  # the hint is the inpaint control's condition of init_image and mask
+    size: tuple | None = None  # (H, W) of a generation from the text alone (no map, no starting picture)
     notes: dict = field(default_factory=dict)  # more for the record: how the maps were made (annotator, pose...)
 
     def record(self, seed, model):
@@ -68,7 +69,8 @@ def run(model, request, paths, nets=None, low_vram_device=None, verbose=False, m
     offload = low_vram(model, low_vram_device, nets=list(nets.values()))
     with offload if low_vram_device else nullcontext():
         images, seed = generate(model, request.hint, settings=request.settings, nets=nets,
-                                init_image=request.init_image, mask=request.mask, verbose=verbose)
+                                init_image=request.init_image, mask=request.mask, size=request.size,
+                                verbose=verbose)
     record = request.record(seed, model)
     shown = request.hint if request.shown is None else request.shown
     pictures = {"hint": None if request.hint is None else shown, "init_image": request.init_image,

@@ -419,8 +419,10 @@ def test_a_vae_file_replaces_the_bases_vae_in_any_layout(tmp_path, layout):
 def test_an_sdxl_base_in_a_diffusers_folder_loads_into_sgms_layout(tmp_path):
     """A pipeline saved by diffusers (model_index.json, unet, text_encoder(_2), vae, ...): its yaml made from
     the parts' configs, its weights in sgm's keys, equal to the weights it was saved from."""
+    import numpy as np
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+    from PIL import Image
 
     import generate as cli
     from cldm.diffusers_interop import diffusers_models
@@ -451,6 +453,13 @@ def test_an_sdxl_base_in_a_diffusers_folder_loads_into_sgms_layout(tmp_path):
     cli.main(["--ckpt", str(tmp_path / "sdxl"), str(tmp_path / "control.safetensors"), "--steps", "1",
               "--resolution", "64", "--out", str(tmp_path / "out.png")])
     assert (tmp_path / "out.png").is_file()
+    # the base alone: from the text, and again from its record
+    cli.main(["--ckpt", str(tmp_path / "sdxl"), "--steps", "2", "--resolution", "64", "--seed", "2",
+              "--out", str(tmp_path / "text.png")])
+    cli.main(["--ckpt", str(tmp_path / "sdxl"), "--reproduce", str(tmp_path / "text.png"), "--out",
+              str(tmp_path / "again.png")])
+    text, again = (np.asarray(Image.open(tmp_path / f"{name}.png")) for name in ("text", "again"))
+    assert text.shape == (64, 64, 3) and np.array_equal(text, again) and not (tmp_path / "text-map.png").exists()
 
 
 def test_the_starting_noise_can_be_given_as_latents():
