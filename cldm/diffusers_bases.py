@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from cldm.diffusers_interop import diffusers_unet_config, ldm_unet_params
-from cldm.vae_files import from_diffusers
+from cldm.vae_files import from_diffusers, keymap_of_views
 from ldm.checkpoint import CheckpointError, read_state_dict
 
 PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")
@@ -79,8 +79,7 @@ def sgm_state(folder, model, config):
     unet = {k[len("model.diffusion_model."):]: v for k, v in ours.items() if k.startswith("model.diffusion_model.")}
     converted = convert_ldm_unet_checkpoint({f"model.diffusion_model.{k}": v for k, v in unet.items()},
                                             diffusers_unet_config(config["model"]["params"]["network_config"]["params"]))
-    where = {t.untyped_storage().data_ptr(): k for k, t in unet.items()}
-    keymap = {dk: where[t.untyped_storage().data_ptr()] for dk, t in converted.items()}
+    keymap = keymap_of_views(unet, converted)
     for key, value in part_weights(folder, "unet").items():
         if key not in keymap:
             raise CheckpointError(f"{folder}/unet: {key} has no place in SDXL's UNet")

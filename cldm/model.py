@@ -259,8 +259,7 @@ def load_control_net(model, source, global_average_pooling=None):
     """A second ControlNet, shaped like `model`'s own and in its dtype, with the control weights of `source`
     (any layout above). Pooling is the net's own: `global_average_pooling` (ControlNet 1.1 shuffle), or None
     for what a diffusers folder's config says (off for other files), never the host model's setting."""
-    state = normalize_keys(read_any(source))
-    state = {k[len(CONTROL_PREFIX):]: v for k, v in state.items() if k.startswith(CONTROL_PREFIX)}
+    state = control_state(normalize_keys(read_any(source)))
     if not state:
         raise CheckpointError(f"{source} holds no ControlNet weights (no {CONTROL_PREFIX}* keys)")
     net = copy.deepcopy(model.control_model)

@@ -33,13 +33,18 @@ def from_diffusers(ours, state, source):
 
     levels = len({k.split(".")[2] for k in ours if k.startswith("encoder.down.")})
     config = {"down_block_types": [None] * levels, "up_block_types": [None] * levels}  # read for their count only
-    converted = convert_ldm_vae_checkpoint({PREFIX + k: v for k, v in ours.items()}, config)
-    where = {t.untyped_storage().data_ptr(): k for k, t in ours.items()}
-    keymap = {dk: where[t.untyped_storage().data_ptr()] for dk, t in converted.items()}
+    keymap = keymap_of_views(ours, convert_ldm_vae_checkpoint({PREFIX + k: v for k, v in ours.items()}, config))
     unknown = sorted(set(state) - set(keymap))
     if unknown:
         raise CheckpointError(f"{source}: {len(unknown)} weights have no place in this model's VAE: {unknown[:3]}")
     return {keymap[k]: v.reshape(ours[keymap[k]].shape) for k, v in state.items()}
+
+
+def keymap_of_views(ours, converted):
+    """{converted key: our key} of a conversion run on our own tensors: each converted tensor is one of ours or a
+    view of it (reshaped, sliced), so its storage names the key it came from."""
+    where = {t.untyped_storage().data_ptr(): k for k, t in ours.items()}
+    return {key: where[t.untyped_storage().data_ptr()] for key, t in converted.items()}
 
 
 def load_vae(model, source):
