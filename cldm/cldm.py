@@ -32,8 +32,12 @@ CONTROL_PREFIX = "control_model."  # where a ControlLDM keeps its ControlNet's w
 
 
 def guess_mode_scales(strength=1.0, n=NUM_CONTROLS):
-    """The release's guess-mode scales: deeper blocks count more, strength * 0.825 ** (12 - i) for SD."""
-    return [strength * 0.825 ** float(n - 1 - i) for i in range(n)]
+    """The soft scales of guess mode, deeper blocks counting more: the release's strength * 0.825 ** (12 - i) for
+    its 13 outputs (SD 1.x/2.x); for other nets (SDXL's 10), which were released for diffusers, diffusers' own:
+    strength * 10 ** (i / (n - 1) - 1), from 0.1 to 1."""
+    if n == NUM_CONTROLS:
+        return [strength * 0.825 ** float(n - 1 - i) for i in range(n)]
+    return [strength * s for s in torch.logspace(-1, 0, n).tolist()]
 
 
 def control_weights(n, strength=1.0, guess_mode=False, control_mode="balanced", block_weights=None):
@@ -94,13 +98,19 @@ def zero_conv(channels):
     return TimestepEmbedSequential(zero_module(nn.Conv2d(channels, channels, 1)))
 
 
-def hint_encoder(hint_channels, model_channels):
-    """Image-space condition (B, hint_channels, 8H, 8W) -> latent-sized features (B, model_channels, H, W)."""
-    widths = [(hint_channels, 16, 1), (16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 96, 2), (96, 96, 1), (96, 256, 2)]
+HINT_WIDTHS = (16, 32, 96, 256)  # the release's; ControlNet-Union's files may say others
+
+
+def hint_encoder(hint_channels, model_channels, widths=HINT_WIDTHS):
+    """Image-space condition (B, hint_channels, 8H, 8W) -> latent-sized features (B, model_channels, H, W): a
+    conv to each width, each width's conv then a stride-2 conv to the next (three halvings), a zero conv out."""
+    convs = [(hint_channels, widths[0], 1)]
+    for c_in, c_out in zip(widths, widths[1:]):
+        convs += [(c_in, c_in, 1), (c_in, c_out, 2)]
     layers = []
-    for c_in, c_out, stride in widths:
+    for c_in, c_out, stride in convs:
         layers += [nn.Conv2d(c_in, c_out, 3, padding=1, stride=stride), nn.SiLU()]
-    layers.append(zero_module(nn.Conv2d(256, model_channels, 3, padding=1)))
+    layers.append(zero_module(nn.Conv2d(widths[-1], model_channels, 3, padding=1)))
     return TimestepEmbedSequential(*layers)
 
 
@@ -115,7 +125,8 @@ class ControlNet(nn.Module):
 
     config_class = UNetConfig  # yaml params are its fields
 
-    def __init__(self, hint_channels, global_average_pooling=False, only_mid_control=False, **params):
+    def __init__(self, hint_channels, global_average_pooling=False, only_mid_control=False, hint_widths=HINT_WIDTHS,
+                 **params):
         super().__init__()
         params.pop("out_channels", None)  # the control has no decoder
         self.config = cfg = UNetConfig(**params)
@@ -124,7 +135,7 @@ class ControlNet(nn.Module):
         self.only_mid_control = only_mid_control  # residuals for the middle block only
         self.time_embed = time_embedding(cfg.model_channels)
         self.label_emb = label_embedding(cfg)
-        self.input_hint_block = hint_encoder(hint_channels, cfg.model_channels)
+        self.input_hint_block = hint_encoder(hint_channels, cfg.model_channels, tuple(hint_widths))
         self.input_blocks, self.middle_block, block_channels = build_encoder(cfg)
         self.zero_convs = nn.ModuleList(zero_conv(ch) for ch in block_channels)
         self.middle_block_out = zero_conv(block_channels[-1])
@@ -141,18 +152,28 @@ class ControlNet(nn.Module):
         may compute them once per generation and pass them to every step as `hint_features`."""
         return self.input_hint_block(hint.to(self.dtype), None, None)
 
-    def forward(self, x, hint, timesteps, context, hint_features=None, weights=None, region=None):
+    def embedding(self, timesteps, cond, dtype):
+        """What every ResBlock of the copy gets: the timesteps' embedding (and SDXL's label embedding)."""
+        return embed(self.time_embed, self.label_emb, self.model_channels, timesteps, cond, dtype)
+
+    def conditioned(self, h, hint_features):
+        """The copy's first features with the condition's added."""
+        return h + hint_features.to(h.dtype)
+
+    def forward(self, x, hint, timesteps, context, hint_features=None, weights=None, region=None, **condition):
         """Residuals (B, C_i, H_i, W_i) in the net's dtype; None where `only_mid_control` adds nothing.
 
         `weights` multiply the residuals, one per block (control_weights makes them; None: all 1).
 
         `region` (B or 1, 1, H, W) in [0, 1], at any resolution, limits the control to part of the picture:
-        each residual is multiplied by it, resized to the residual's size by area averaging."""
+        each residual is multiplied by it, resized to the residual's size by area averaging.
+
+        `condition`: what a kind of net reads beside the hint (ControlNet-Union: the conditions' types)."""
         # 1. timestep embedding and condition features
         dtype = self.dtype
         cond = Conditioning.of(context).to(dtype)
-        emb = embed(self.time_embed, self.label_emb, self.model_channels, timesteps, cond, dtype)
-        guided_hint = self.encode_hint(hint) if hint_features is None else hint_features.to(dtype)
+        emb = self.embedding(timesteps, cond, dtype, **condition)
+        guided_hint = self.encode_hint(hint) if hint_features is None else hint_features
         context = cond.crossattn
         # 2. the encoder copy; the condition enters once, after the first conv
         outs, sizes = [], []
@@ -160,7 +181,7 @@ class ControlNet(nn.Module):
         for i, (module, zero) in enumerate(zip(self.input_blocks, self.zero_convs)):
             h = module(h, emb, context)
             if i == 0:
-                h = h + guided_hint
+                h = self.conditioned(h, guided_hint, **condition)
             outs.append(None if self.only_mid_control else zero(h, emb, context))
             sizes.append(tuple(h.shape[2:]))
         h = self.middle_block(h, emb, context)

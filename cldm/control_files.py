@@ -6,7 +6,8 @@ control of another family than the base is refused with a message naming both.""
 
 import re
 
-from cldm.cldm import CONTROL_PREFIX
+from cldm.cldm import CONTROL_PREFIX, HINT_WIDTHS, ControlNet
+from cldm.union import UnionControlNet
 from ldm.checkpoint import CheckpointError, cross_attention_width, family
 
 
@@ -47,7 +48,35 @@ def control_params(base_params, control, where="the control"):
     if found.get("middle", levels[-1]) != levels[-1]:
         raise CheckpointError(f"{where}: its middle block has {found['middle']} transformer blocks, its last level "
                               f"{levels[-1]}; a ControlNet's middle block follows its last level")
-    return params_on_base(base_params, int(control["input_hint_block.0.weight"].shape[1]), levels)
+    params = params_on_base(base_params, int(control["input_hint_block.0.weight"].shape[1]), levels)
+    return {**params, **own_parts(control)}
+
+
+def own_parts(control):
+    """The params of what a control's file has of its own beyond its base's layout: its hint encoder's widths
+    where they are not the release's, ControlNet-Union's control types and mixing layers."""
+    params = {}
+    widths = tuple(int(control[f"input_hint_block.{i}.weight"].shape[0]) for i in (0, 4, 8, 12))
+    if widths != HINT_WIDTHS:
+        params["hint_widths"] = list(widths)
+    if "task_embedding" in control:
+        types = int(control["task_embedding"].shape[0])
+        params.update(num_control_types=types,
+                      mixer_layers=len({k.split(".")[1] for k in control if k.startswith("transformer_layes.")}),
+                      type_features=int(control["control_add_embedding.linear_1.weight"].shape[1]) // types)
+    return params
+
+
+CONTROL_TARGETS = {"cldm.cldm.ControlNet": ControlNet, "cldm.union.UnionControlNet": UnionControlNet}
+
+
+def control_target(params):
+    """The config target of a ControlNet of `params`."""
+    return "cldm.union.UnionControlNet" if "num_control_types" in params else "cldm.cldm.ControlNet"
+
+
+def control_net_class(params):
+    return CONTROL_TARGETS[control_target(params)]
 
 
 def base_depths(base_params):

@@ -10,10 +10,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import ControlNetModel
+from diffusers import ControlNetModel, ControlNetUnionModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, create_unet_diffusers_config_from_ldm
 
-from cldm.cldm import CONTROL_PREFIX, ControlNet
+from cldm.cldm import CONTROL_PREFIX, HINT_WIDTHS
+from cldm.control_files import control_net_class
 from ldm.checkpoint import CheckpointError, read_state_dict, save_safetensors
 from ldm.config import load_yaml
 from ldm.sdxl import ID_FEATURES
@@ -45,11 +46,25 @@ def diffusers_controlnet_config(original_config, global_average_pooling=False, i
     _, control_params = _control_params(original_config)
     unet_config = diffusers_unet_config({"out_channels": control_params["in_channels"], **control_params},
                                         id_features)
-    return {
+    config = {
         **{k: unet_config[k] for k in SHARED_UNET_FIELDS},
         "conditioning_channels": control_params["hint_channels"],
+        "conditioning_embedding_out_channels": list(control_params.get("hint_widths", HINT_WIDTHS)),
         "global_pool_conditions": bool(global_average_pooling),
     }
+    if "num_control_types" in control_params:  # ControlNet-Union, its types through the ids' Fourier features
+        config.update(num_control_type=control_params["num_control_types"],
+                      num_trans_layer=control_params.get("mixer_layers", 1),
+                      num_trans_head=control_params.get("mixer_heads", 8),
+                      num_trans_channel=control_params["model_channels"],
+                      num_proj_channel=control_params["model_channels"],
+                      addition_time_embed_dim=control_params.get("type_features", ID_FEATURES))
+    return config
+
+
+def diffusers_class(config):
+    """The diffusers class of a ControlNet config: ControlNetUnionModel where it has control types."""
+    return ControlNetUnionModel if "num_control_type" in config else ControlNetModel
 
 
 def diffusers_unet_config(unet_params, id_features=ID_FEATURES):
@@ -69,8 +84,17 @@ def diffusers_unet_config(unet_params, id_features=ID_FEATURES):
 
 
 def ldm_control_params(diffusers_config):
-    """The release yaml's ControlNet params equivalent to a diffusers `ControlNetModel` config."""
-    return {**ldm_unet_params(diffusers_config), "hint_channels": diffusers_config.get("conditioning_channels", 3)}
+    """The release yaml's ControlNet params equivalent to a diffusers `ControlNetModel` (or
+    `ControlNetUnionModel`) config."""
+    c = diffusers_config
+    params = {**ldm_unet_params(c), "hint_channels": c.get("conditioning_channels", 3)}
+    widths = tuple(c.get("conditioning_embedding_out_channels") or HINT_WIDTHS)
+    if widths != HINT_WIDTHS:
+        params["hint_widths"] = list(widths)
+    if c.get("_class_name") == "ControlNetUnionModel" or "num_control_type" in c:
+        params.update(num_control_types=c.get("num_control_type", 6), mixer_layers=c.get("num_trans_layer", 1),
+                      mixer_heads=c.get("num_trans_head", 8), type_features=c["addition_time_embed_dim"])
+    return params
 
 
 def ldm_unet_params(diffusers_config):
@@ -98,18 +122,22 @@ def ldm_unet_params(diffusers_config):
 # SDXL's label embedding, which diffusers' single-file ControlNet conversion leaves out
 LABEL_EMBEDDING = {f"label_emb.0.{ldm}.{kind}": f"add_embedding.linear_{n}.{kind}"
                    for ldm, n in ((0, 1), (2, 2)) for kind in ("weight", "bias")}
+# ControlNet-Union's own parts, named alike in both layouts (as other sgm-layout readers name them too)
+UNION_PARTS = ("task_embedding", "transformer_layes.", "spatial_ch_projs.", "control_add_embedding.")
 
 
 def control_to_diffusers_keys(control_state, diffusers_config):
     """Control weights (release layout, no `control_model.` prefix) -> diffusers ControlNetModel keys."""
     converted = convert_controlnet_checkpoint(dict(control_state), diffusers_config)
-    return {**converted, **{LABEL_EMBEDDING[k]: v for k, v in control_state.items() if k in LABEL_EMBEDDING}}
+    return {**converted, **{LABEL_EMBEDDING[k]: v for k, v in control_state.items() if k in LABEL_EMBEDDING},
+            **{k: v for k, v in control_state.items() if k.startswith(UNION_PARTS)}}
 
 
 def diffusers_to_control_keymap(diffusers_config):
     """{diffusers key: release key} for a ControlNet of this config."""
+    params = ldm_control_params(diffusers_config)
     with torch.device("meta"):
-        net = ControlNet(**ldm_control_params(diffusers_config))
+        net = control_net_class(params)(**params)
     placeholders = dict(net.state_dict())
     converted = control_to_diffusers_keys(placeholders, diffusers_config)
     source_key = {id(t): k for k, t in placeholders.items()}
@@ -119,7 +147,7 @@ def diffusers_to_control_keymap(diffusers_config):
 def export_diffusers_controlnet(control_state, original_config, folder, global_average_pooling=False):
     """Write a diffusers ControlNetModel folder (config.json + safetensors) from release-layout weights."""
     config = diffusers_controlnet_config(original_config, global_average_pooling)
-    net = ControlNetModel(**config)
+    net = diffusers_class(config)(**config)
     state = control_to_diffusers_keys(control_state, config)
     net.load_state_dict(state, strict=True)
     net.save_pretrained(folder, safe_serialization=True)
@@ -133,8 +161,9 @@ def read_diffusers_controlnet(folder):
     if not config_file.is_file() or not weights_file.is_file():
         raise CheckpointError(f"{folder} is not a diffusers ControlNet folder: it needs config.json and {WEIGHTS_NAME}")
     config = json.loads(config_file.read_text())
-    if config.get("_class_name") not in (None, "ControlNetModel"):
-        raise CheckpointError(f"{folder} holds a {config['_class_name']}, not a ControlNetModel")
+    if config.get("_class_name") not in (None, "ControlNetModel", "ControlNetUnionModel"):
+        raise CheckpointError(f"{folder} holds a {config['_class_name']}, not a ControlNetModel or "
+                              "ControlNetUnionModel")
     return control_from_diffusers(read_state_dict(weights_file), config, folder)
 
 
@@ -170,7 +199,16 @@ def config_from_keys(state):
         cross_attention_dim=context, transformer_layers_per_block=depths,
         attention_head_dim=8 if context == 768 else [max(1, c // 64) for c in channels],
         use_linear_projection=proj_in is not None and proj_in.dim() == 2,
-        conditioning_channels=int(state["controlnet_cond_embedding.conv_in.weight"].shape[1]))
+        conditioning_channels=int(state["controlnet_cond_embedding.conv_in.weight"].shape[1]),
+        conditioning_embedding_out_channels=[int(state[k].shape[0]) for k in (
+            "controlnet_cond_embedding.conv_in.weight", *(f"controlnet_cond_embedding.blocks.{i}.weight"
+                                                          for i in (1, 3, 5)))])
+    if "task_embedding" in state:  # ControlNet-Union, whose types go through the ids' Fourier features
+        types = int(state["task_embedding"].shape[0])
+        config.update(num_control_type=types,
+                      addition_time_embed_dim=int(state["control_add_embedding.linear_1.weight"].shape[1]) // types,
+                      num_trans_channel=channels[0], num_proj_channel=channels[0],
+                      num_trans_layer=len({k.split(".")[1] for k in state if k.startswith("transformer_layes.")}))
     if label:
         config.update(addition_embed_type="text_time", addition_time_embed_dim=ID_FEATURES,
                       projection_class_embeddings_input_dim=int(state["add_embedding.linear_1.weight"].shape[1]))
@@ -190,7 +228,7 @@ def diffusers_models(state, original_config, id_features=ID_FEATURES):
     unet = UNet2DConditionModel(**unet_config).eval()
     unet.load_state_dict(convert_ldm_unet_checkpoint(state, unet_config), strict=True)
     cn_config = diffusers_controlnet_config(original_config, id_features=id_features)
-    controlnet = ControlNetModel(**cn_config).eval()
+    controlnet = diffusers_class(cn_config)(**cn_config).eval()
     control = {k[len(CONTROL_PREFIX):]: v for k, v in state.items() if k.startswith(CONTROL_PREFIX)}
     controlnet.load_state_dict(control_to_diffusers_keys(control, cn_config), strict=True)
     return unet, controlnet

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
-from cldm.cldm import CONTROL_PREFIX, ControlDiffusionEngine, ControlLDM, ControlledUnetModel, ControlNet
-from cldm.control_files import control_params, control_state
+from cldm.cldm import CONTROL_PREFIX, ControlDiffusionEngine, ControlLDM, ControlledUnetModel
+from cldm.control_files import CONTROL_TARGETS, control_net_class, control_params, control_state, control_target
+from cldm.control_lora import MARK as CONTROL_LORA_MARK
+from cldm.control_lora import is_control_lora, layout_view, merged_control
 from cldm.settings import SettingError, check_fields, setting, short
 from ldm.checkpoint import (
     CheckpointError,
@@ -28,13 +30,14 @@ from ldm.checkpoint import (
 from ldm.config import LDM_TARGETS, ConfigError, instantiate, load_yaml
 from ldm.diffusion import SCHEDULE_BUFFERS
 from ldm.files import MODELS, is_diffusers_base
+from ldm.precision import weights_dtype
 from ldm.text_encoders import FrozenCLIPEmbedder
 
 TARGETS = {
     **LDM_TARGETS,
     "cldm.cldm.ControlLDM": ControlLDM,
     "cldm.cldm.ControlDiffusionEngine": ControlDiffusionEngine,
-    "cldm.cldm.ControlNet": ControlNet,
+    **CONTROL_TARGETS,
     "cldm.cldm.ControlledUnetModel": ControlledUnetModel,
 }
 # Older SD 1.x files name the CLIP text encoder without its `text_model.` level.
@@ -102,7 +105,7 @@ def controlled(config, control_params):
     if model["target"] not in CONTROLLED:
         raise ConfigError(f"a {model['target']} cannot hold a ControlNet; bases that can: {sorted(CONTROLLED)}")
     model["target"] = CONTROLLED[model["target"]]
-    model["params"]["control_stage_config"] = {"target": "cldm.cldm.ControlNet", "params": control_params}
+    model["params"]["control_stage_config"] = {"target": control_target(control_params), "params": control_params}
     return config
 
 
@@ -154,7 +157,8 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
     if config is None:
         config = sgm_config(bases[0]) if bases else family_config(sources[0][1] if sources else {})
     controls = [(where, control_state(normalize_keys(state))) for where, state in sources]
-    controls = [(where, control) for where, control in controls if control]
+    controls = [(where, layout_view(control) if is_control_lora(control) else control)
+                for where, control in controls if control]
     read = load_yaml(config) if not isinstance(config, dict) else config
     params = read["model"]["params"]
     if controls and "control_stage_config" not in params:  # a base's yaml: the control's layout from its file
@@ -163,11 +167,33 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
     model = build_model(config, options=options)
     if bases:
         sources = [(str(folder), sgm_state(folder, model, read)) for folder in bases] + sources
+    sources = with_control_loras(sources)
     if checkpoints:
         load_checkpoint(model, *sources, strict=strict)
     if not for_training:
         model.eval()
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+UNET_PREFIX = "model.diffusion_model."
+
+
+def with_control_loras(sources):
+    """(where, state) sources with each Control-LoRA made into the ControlNet weights it makes on the base UNet
+    of the sources before it."""
+    out, unet = [], {}
+    for where, state in sources:
+        state = normalize_keys(state)
+        control = control_state(state)
+        if is_control_lora(control):
+            if not unet:
+                raise CheckpointError(f"{where} is a Control-LoRA, the difference from its base's UNet: give the "
+                                      "base model before it")
+            state = {CONTROL_PREFIX + k: v for k, v in merged_control(control, unet, where).items()}
+        else:
+            unet.update({k[len(UNET_PREFIX):]: v for k, v in state.items() if k.startswith(UNET_PREFIX)})
+        out.append((where, state))
+    return out
 
 
 def load_state_dict(ckpt_path, location="cpu"):
@@ -190,7 +216,7 @@ def read_any(source):
         from cldm.diffusers_interop import config_from_keys, control_from_diffusers
 
         return {CONTROL_PREFIX + k: v for k, v in control_from_diffusers(state, config_from_keys(state), path).items()}
-    if "time_embed.0.weight" in state and "input_hint_block.0.weight" in state:
+    if ("time_embed.0.weight" in state and "input_hint_block.0.weight" in state) or CONTROL_LORA_MARK in state:
         state = {CONTROL_PREFIX + k: v for k, v in state.items()}  # a control saved without its prefix
     return state
 
@@ -256,13 +282,17 @@ def load_checkpoint(model, *sources, strict=True):
 
 
 def load_control_net(model, source, global_average_pooling=None):
-    """A second ControlNet, shaped like `model`'s own and in its dtype, with the control weights of `source`
-    (any layout above). Pooling is the net's own: `global_average_pooling` (ControlNet 1.1 shuffle), or None
-    for what a diffusers folder's config says (off for other files), never the host model's setting."""
+    """A second ControlNet for `model`, in its dtype, with the control weights of `source` (any layout above),
+    laid out as the file says on the model's base (a full, mid or small net, a Union net). Pooling is the net's
+    own: `global_average_pooling` (ControlNet 1.1 shuffle), or None for what a diffusers folder's config says
+    (off for other files), never the host model's setting."""
     state = control_state(normalize_keys(read_any(source)))
     if not state:
         raise CheckpointError(f"{source} holds no ControlNet weights (no {CONTROL_PREFIX}* keys)")
-    net = copy.deepcopy(model.control_model)
+    if is_control_lora(state):
+        state = merged_control(state, model.model.diffusion_model.state_dict(), str(source))
+    params = control_params(asdict(model.model.diffusion_model.config), state, str(source))
+    net = control_net_class(params)(**params)
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shapes differ
@@ -273,7 +303,7 @@ def load_control_net(model, source, global_average_pooling=None):
     if global_average_pooling is None:
         global_average_pooling = diffusers_pooling(source)
     net.global_average_pooling, net.only_mid_control = bool(global_average_pooling), False
-    return net.eval()
+    return net.to(weights_dtype(model.model)).eval()
 
 
 def diffusers_pooling(source):

@@ -11,6 +11,7 @@ from cldm.cldm import control_weights, sum_residuals
 from cldm.img2img import mask_array, start_from
 from cldm.samplers import sample, skipped_steps
 from cldm.settings import ControlUnit, Settings
+from cldm.union import AUTO, UnionControlNet
 from ldm.conditioning import Conditioning
 from ldm.ddim import classifier_free_guidance
 from ldm.precision import all_finite, check_finite, non_finite_error, weights_dtype
@@ -30,20 +31,40 @@ class Control:
     net: nn.Module | None = None  # a ControlNet; None: the model's own control_model
     block_weights: object = "uniform"  # a preset or one weight per block (cldm.cldm.control_weights)
     region_mask: np.ndarray | None = None  # HW (or HWC), white where the control acts; any size of this shape
+    control_type: str = AUTO  # the kind of map, for a ControlNet-Union (cldm.union.UNION_TYPES)
 
     def __post_init__(self):  # given directly (not of a unit): the units' check
         ControlUnit(strength=self.strength, control_start=self.start, control_end=self.end, control_mode=self.mode,
-                    block_weights=self.block_weights)
+                    block_weights=self.block_weights, control_type=self.control_type)
 
     @classmethod
     def of(cls, unit, hint, net=None, region_mask=None):
         """A ControlUnit ready to run: its condition map `hint` (detected, at the generation's size), the
         ControlNet its `control` names (None: the model's own) and its region mask (default: the unit's)."""
         return cls(hint, unit.strength, unit.control_start, unit.control_end, unit.control_mode, net,
-                   unit.block_weights, unit.region_mask if region_mask is None else region_mask)
+                   unit.block_weights, unit.region_mask if region_mask is None else region_mask, unit.control_type)
 
     def active(self, progress):
         return self.strength != 0 and self.start <= progress <= self.end
+
+
+def check_shared_unions(controls, nets):
+    """Controls that share a ControlNet-Union run in one pass of it, so they must agree on what weighs the
+    pass as a whole: the control mode, the block weights and the region mask."""
+    first = {}
+    for k, (control, net) in enumerate(zip(controls, nets), start=1):
+        if not isinstance(net, UnionControlNet):
+            continue
+        if id(net) not in first:
+            first[id(net)] = (k, control)
+            continue
+        j, other = first[id(net)]
+        same_region = (control.region_mask is None and other.region_mask is None) or (
+            control.region_mask is not None and other.region_mask is not None
+            and np.array_equal(np.asarray(control.region_mask), np.asarray(other.region_mask)))
+        if control.mode != other.mode or control.block_weights != other.block_weights or not same_region:
+            raise ValueError(f"controls {j} and {k} share a ControlNet-Union, which runs them in one pass: give "
+                             "them the same control mode, block weights and region mask (or separate files)")
 
 
 def hint_tensor(hint, num_samples, device):
@@ -75,8 +96,9 @@ class GuidedDenoiser:
 
     The unconditional and conditional halves run as one batch [uncond; cond]. A control that skips the
     unconditional branch (guess mode, "control" mode, a pooled net) runs on the conditional half only and adds
-    zeros to the other, which leaves that half exactly as without the control. Each call is one sampling step;
-    a NaN or infinity stops the generation with the part and the step named.
+    zeros to the other, which leaves that half exactly as without the control. Controls that share a
+    ControlNet-Union run as one pass of it, each condition weighed by its strength. Each call is one sampling
+    step; a NaN or infinity stops the generation with the part and the step named.
     """
 
     def __init__(self, model, context, uncond_context, controls, guidance_scale, guess_mode=False, steps=None):
@@ -84,36 +106,61 @@ class GuidedDenoiser:
         self.guided = guidance_scale != 1.0
         self.guidance_scale = guidance_scale
         self.context = Conditioning.cat([uncond_context, context]) if self.guided else context
+        self.nets = [c.net or model.control_model for c in controls]
         self.hints = [hint_tensor(c.hint, len(context), context.device) for c in controls]
         self.regions = [region_tensor(c.region_mask, context.device) for c in controls]
-        self.weights = [control_weights((c.net or model.control_model).num_outputs, c.strength, guess_mode, c.mode,
-                                        c.block_weights) for c in controls]
+        self.weights = [control_weights(net.num_outputs, c.strength, guess_mode, c.mode, c.block_weights)
+                        for c, net in zip(controls, self.nets)]
+        self.types = [net.type_index(c.control_type, f"control {k}") if isinstance(net, UnionControlNet) else None
+                      for k, (c, net) in enumerate(zip(controls, self.nets), start=1)]
+        check_shared_unions(controls, self.nets)
         self.hint_features = [None] * len(controls)  # computed at a control's first step, reused by the others
         self.step, self.steps = 0, steps
         self.finite = []  # (part, dtype, flag) of this step, read together: one device sync a step
 
+    def passes(self, progress):
+        """The controls acting at this step, as the passes that run them: each alone, but those sharing a
+        ControlNet-Union together."""
+        passes = {}
+        for i, control in enumerate(self.controls):
+            if control.active(progress):
+                shared = self.types[i] is not None
+                passes.setdefault(id(self.nets[i]) if shared else ("alone", i), []).append(i)
+        return passes.values()
+
+    def features(self, i):
+        if self.hint_features[i] is None:
+            net, hint = self.nets[i], self.hints[i]
+            self.hint_features[i] = net.encode_hint([hint])[0] if self.types[i] is not None else net.encode_hint(hint)
+        return self.hint_features[i]
+
     def residuals(self, x, t, progress):
         """Per-block control residuals for the whole batch, or None when no control acts at this step."""
         total = None
-        for i, (control, hint, region, weights) in enumerate(zip(self.controls, self.hints, self.regions,
-                                                                  self.weights)):
-            if not control.active(progress):
-                continue
-            net = control.net or self.model.control_model
-            if self.hint_features[i] is None:
-                self.hint_features[i] = net.encode_hint(hint)
-            features = self.hint_features[i]
-            weighting = dict(weights=weights, region=region)
+        for members in self.passes(progress):
+            first, net = self.controls[members[0]], self.nets[members[0]]
+            hint, weights, extra = self.hints[members[0]], self.weights[members[0]], {}
+            features = [self.features(i) for i in members]
+            if self.types[members[0]] is not None:
+                hint, extra["types"] = [self.hints[i] for i in members], [self.types[i] for i in members]
+                if len(members) > 1:  # each condition weighed by its strength, the residuals by the rest
+                    weights = control_weights(net.num_outputs, 1.0, self.guess_mode, first.mode, first.block_weights)
+                    extra["scales"] = [self.controls[i].strength for i in members]
+            else:
+                features = features[0]
+            weighting = dict(weights=weights, region=self.regions[members[0]], **extra)
             # a pooled net (1.1 shuffle) passes only global statistics, which the release trained on the
             # conditional side of classifier-free guidance alone
-            cond_only = self.guess_mode or control.mode == "control" or net.global_average_pooling
+            cond_only = self.guess_mode or first.mode == "control" or net.global_average_pooling
             if self.guided and cond_only:  # conditional half only
                 n = x.shape[0] // 2
                 outputs = net(x[n:], hint, t[n:], self.context[n:], hint_features=features, **weighting)
                 outputs = [None if o is None else torch.cat([torch.zeros_like(o), o]) for o in outputs]
             else:
-                copies = x.shape[0] // hint.shape[0]
-                outputs = net(x, hint, t, self.context, hint_features=torch.cat([features] * copies), **weighting)
+                copies = x.shape[0] // self.hints[members[0]].shape[0]
+                batched = lambda f: torch.cat([f] * copies)  # noqa: E731
+                features = [batched(f) for f in features] if isinstance(features, list) else batched(features)
+                outputs = net(x, hint, t, self.context, hint_features=features, **weighting)
             self.finite.append(("ControlNet", net.dtype, all_finite(outputs)))
             total = sum_residuals(total, outputs)
         return total

@@ -16,6 +16,7 @@ from pathlib import PurePath
 from annotators.util import MAX_SIDE, RESIZE_MODES
 from cldm.cldm import BLOCK_WEIGHT_PRESETS, parse_block_weights
 from cldm.samplers import SAMPLERS
+from cldm.union import AUTO, UNION_TYPES
 
 # The control modes of the A1111 ControlNet extension: "prompt" weighs the control's blocks softly (deeper
 # blocks more, the release's guess-mode scales); "control" gives the control to the conditional branch only,
@@ -161,8 +162,10 @@ class ControlUnit:
     control_mode: str = setting("balanced", "Control Mode", "prompt: the release's soft block weights; control: "
                                 "the control on the conditional branch only", choices=CONTROL_MODES)
     block_weights: str = setting("uniform", "Block weights",
-                                 f"{', '.join(BLOCK_WEIGHT_PRESETS)}, or 13 numbers (shallowest block first, the "
-                                 "middle block last)")
+                                 f"{', '.join(BLOCK_WEIGHT_PRESETS)}, or one number per block (SD: 13, SDXL: 10; "
+                                 "shallowest block first, the middle block last)")
+    control_type: str = setting(AUTO, "Control type", "what kind of map a ControlNet-Union is given; auto: its "
+                                "preprocessor's kind", choices=(AUTO, *UNION_TYPES))
     region_mask: object = picture("Region mask", "white where the control acts; none: everywhere")
 
     def __post_init__(self):
@@ -203,7 +206,7 @@ class ControlUnit:
 
 
 LEGACY_OWN_CONTROL = "the app's control"
-UNIT_SETTINGS = ("strength", "control_start", "control_end", "control_mode", "block_weights")
+UNIT_SETTINGS = ("strength", "control_start", "control_end", "control_mode", "block_weights", "control_type")
 
 
 @dataclass(frozen=True)

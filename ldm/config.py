@@ -69,7 +69,7 @@ def _named_params(cls):
         sig = inspect.signature(klass.__init__).parameters.values()
         accepted |= {p.name for p in sig if p.kind in kinds} - {"self"}
         required |= {p.name for p in sig if p.kind in kinds and p.default is p.empty} - {"self"}
-        if hasattr(klass, "config_class"):
+        if "config_class" in vars(klass):
             accepted |= {f.name for f in fields(klass.config_class)}
             required |= {f.name for f in fields(klass.config_class)
                          if f.default is MISSING and f.default_factory is MISSING}

@@ -1,0 +1,148 @@
+"""ControlNet-Union and ProMax on SDXL, exact against diffusers' ControlNetUnionModel and its pipeline on a tiny
+config with every weight random (task embeddings, the mixing layer and the zero projections included)."""
+
+import numpy as np
+import pytest
+import torch
+
+from cldm.settings import ControlUnit
+from ldm.conditioning import Conditioning
+from ldm.sdxl import vector
+from tests.helpers import randomize
+from tests.test_sdxl import ID_WIDTH, TINY_XL_UNET, TINY_XL_YAML, diffusers_text_encoders, tiny_xl_inputs
+
+PROMAX = 8  # control types: ProMax adds tile and repaint to the six
+
+
+def tiny_union_xl(seed=0, types=PROMAX, hint_widths=None):
+    from cldm.model import build_model, controlled
+    from ldm.config import load_yaml
+
+    params = {**TINY_XL_UNET, "hint_channels": 3, "transformer_depth": [0, 2], "num_control_types": types,
+              "type_features": ID_WIDTH, **({"hint_widths": hint_widths} if hint_widths else {})}
+    config = controlled(load_yaml(TINY_XL_YAML), params)
+    torch.manual_seed(seed)
+    return randomize(build_model(config).eval(), seed), config
+
+
+def box(value=255, where=(slice(16, 48), slice(32, 96))):
+    hint = np.zeros((64, 128, 3), np.uint8)
+    hint[where] = value
+    return hint
+
+
+@pytest.mark.parametrize("types, strengths, guess", [([3], [0.7], False), ([0, 7], [0.6, 1.2], False),
+                                                     ([1], [0.8], True), ([2, 5], [1.0, 0.5], True)],
+                         ids=["one", "two", "one-guess", "two-guess"])
+def test_union_residuals_and_eps_equal_diffusers_controlnetunionmodel(types, strengths, guess):
+    from cldm.cldm import guess_mode_scales
+    from cldm.diffusers_interop import diffusers_models
+
+    model, config = tiny_union_xl(hint_widths=[8, 16, 24, 32])  # widths of the file's own, not the release's
+    unet, controlnet = diffusers_models(model.state_dict(), config, id_features=ID_WIDTH)
+    assert type(controlnet).__name__ == "ControlNetUnionModel"
+    inp = tiny_xl_inputs()
+    gen = torch.Generator().manual_seed(3)
+    hints = [torch.rand(2, 3, 128, 128, generator=gen) for _ in types]
+    cond = Conditioning(inp["context"], vector(inp["pooled"], inp["ids"], ID_WIDTH))
+    added = {"text_embeds": inp["pooled"], "time_ids": inp["ids"]}
+    one_hot = torch.zeros(2, PROMAX)
+    one_hot[:, types] = 1
+    net, n = model.control_model, model.control_model.num_outputs
+    if len(types) == 1:  # one condition: its strength weighs the residuals; several: each one's features
+        weights, scales = guess_mode_scales(strengths[0], n) if guess else [strengths[0]] * n, None
+    else:
+        weights, scales = guess_mode_scales(1.0, n) if guess else None, strengths
+    with torch.no_grad():
+        down, mid = controlnet(inp["x"], inp["t"], encoder_hidden_states=inp["context"], controlnet_cond=hints,
+                               control_type=one_hot, control_type_idx=types, conditioning_scale=strengths,
+                               added_cond_kwargs=added, guess_mode=guess, return_dict=False)
+        ours = net(inp["x"], hints, inp["t"], cond, weights=weights, types=types, scales=scales)
+        theirs = [*down, mid]
+        assert len(ours) == len(theirs) == n and min(r.abs().max() for r in theirs) > 0.5
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        eps = model.denoise(inp["x"], inp["t"], {"c_crossattn": [cond]}, ours)
+        expected = unet(inp["x"], inp["t"], encoder_hidden_states=inp["context"], added_cond_kwargs=added,
+                        down_block_additional_residuals=theirs[:-1], mid_block_additional_residual=theirs[-1])
+        torch.testing.assert_close(eps, expected.sample, rtol=0, atol=1e-5)
+
+
+def test_whole_union_generations_equal_diffusers_union_pipeline_with_one_and_two_conditions():
+    """One condition, then two in one pass (the second unit on the same Union net), against
+    StableDiffusionXLControlNetUnionPipeline with the same weights, scheduler, seed and prompt: within 1/255."""
+    from diffusers import AutoencoderKL, StableDiffusionXLControlNetUnionPipeline
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+    from PIL import Image
+
+    from cldm.diffusers_interop import diffusers_models
+    from cldm.pipeline import generate
+    from cldm.samplers import diffusers_scheduler
+
+    model, config = tiny_union_xl(seed=10)
+    state = model.state_dict()
+    unet, controlnet = diffusers_models(state, config, id_features=ID_WIDTH)
+    vae_config = create_vae_diffusers_config_from_ldm(config, state)
+    vae = AutoencoderKL(**vae_config).eval()
+    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
+    pipe = StableDiffusionXLControlNetUnionPipeline(vae, *diffusers_text_encoders(model.conditioner), unet,
+                                                    controlnet, diffusers_scheduler(model, "UniPC"))
+    pipe.set_progress_bar_config(disable=True)
+    lines, depth = box(), box(200, (slice(None), slice(0, 64)))
+    common = dict(steps=3, seed=1, guidance_scale=5.0, sampler="UniPC", verbose=False)
+    plain, _ = generate(model, None, "a crimson circle", size=(64, 128), **common)
+    one, _ = generate(model, lines, "a crimson circle", strength=0.8, control_type="thin_lines", **common)
+    two, _ = generate(model, lines, "a crimson circle", strength=0.8, control_type="thin_lines",
+                      units=(ControlUnit(), ControlUnit(image=depth, strength=0.5, control_type="depth")), **common)
+    for ours, images, modes, scales in ((one, [lines], [3], 0.8), (two, [lines, depth], [3, 1], [0.8, 0.5])):
+        with torch.no_grad():
+            theirs = pipe("a crimson circle", control_image=[Image.fromarray(i) for i in images], control_mode=modes,
+                          controlnet_conditioning_scale=scales, height=64, width=128, num_inference_steps=3,
+                          guidance_scale=5.0, generator=torch.Generator().manual_seed(1), output_type="np").images[0]
+        # measured: at most 1 (we truncate to 8 bits as the release does, diffusers rounds), 0.46 on average
+        assert np.abs(ours[0].astype(float) - (theirs * 255).round()).max() <= 1.0
+        assert np.abs(ours[0].astype(int) - plain[0]).mean() > 5  # the control did act
+    assert np.abs(one[0].astype(int) - two[0]).mean() > 1  # and the second condition too
+
+
+def test_a_union_net_round_trips_through_diffusers_folders_and_loads_from_a_single_file(tmp_path):
+    from diffusers import ControlNetUnionModel
+
+    from cldm.control_files import control_params
+    from cldm.diffusers_interop import control_to_diffusers_keys, export_diffusers_controlnet, read_diffusers_controlnet
+    from cldm.model import load_model
+    from ldm.checkpoint import save_safetensors
+
+    model, config = tiny_union_xl(seed=2, types=6, hint_widths=[8, 16, 24, 32])
+    control = model.control_model.state_dict()
+    folder = export_diffusers_controlnet(control, config, tmp_path / "union")
+    loaded = ControlNetUnionModel.from_pretrained(folder)
+    assert loaded.config.num_control_type == 6 and list(loaded.config.conditioning_embedding_out_channels) == [8, 16, 24, 32]
+    back = read_diffusers_controlnet(folder)
+    assert back.keys() == control.keys() and all(torch.equal(back[k], control[k]) for k in control)
+    # one file in diffusers' layout, as xinsir's are downloaded: its layout from its keys and shapes
+    save_safetensors(control_to_diffusers_keys(control, dict(loaded.config)), tmp_path / "union.safetensors")
+    base = {k: v for k, v in model.state_dict().items() if not k.startswith("control_model.")}
+    single = load_model(str(TINY_XL_YAML), base, tmp_path / "union.safetensors")
+    assert type(single.control_model).__name__ == "UnionControlNet" and single.control_model.num_control_types == 6
+    assert all(torch.equal(single.control_model.state_dict()[k], v) for k, v in control.items())
+    params = control_params(TINY_XL_UNET, control)
+    assert params["num_control_types"] == 6 and params["type_features"] == ID_WIDTH
+
+
+def test_a_union_net_needs_each_maps_type_and_one_pass_shares_its_weighting():
+    from cldm.pipeline import generate
+    from cldm.union import union_type_of
+
+    model, _ = tiny_union_xl(seed=4, types=6)
+    common = dict(steps=1, seed=1, verbose=False)
+    with pytest.raises(ValueError, match=r"ControlNet-Union.*control_type one of pose, depth.*segmentation\)$"):
+        generate(model, box(), "x", **common)  # auto, and nothing said which annotator made it
+    with pytest.raises(ValueError, match="control type 'tile'"):  # ProMax's, not the six-type net's
+        generate(model, box(), "x", control_type="tile", **common)
+    with pytest.raises(ValueError, match="controls 1 and 2 share a ControlNet-Union.*same control mode, block"):
+        generate(model, box(), "x", control_type="depth", units=(
+            ControlUnit(), ControlUnit(image=box(), control_type="pose", block_weights="only_mid")), **common)
+    assert [union_type_of("auto", a) for a in ("canny", "hed", "openpose", "seg", "shuffle")] == [
+        "thin_lines", "thick_lines", "pose", "segmentation", None]
+    assert union_type_of("depth", "canny") == "depth"  # a type given is kept
