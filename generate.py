@@ -45,7 +45,8 @@ def add_file_arguments(p):
     p.add_argument("--vae", help="a VAE file to decode (and encode) with instead of the base's: SDXL's fp16-fix "
                                 "VAE, a fine-tuned one (the release's layout, the VAE's own keys, or diffusers')")
     p.add_argument("--extra-control", nargs=3, action="append", default=[], metavar=("CKPT", "HINT", "SCALE"),
-                   help="another ControlNet with its own condition map and scale (repeatable)")
+                   help="another ControlNet with its own condition map and scale (repeatable); for a "
+                        "ControlNet-Union, TYPE:SCALE says which kind of map it is (depth:0.6)")
     p.add_argument("--region-mask", help="a picture, white where the control acts (default: everywhere)")
     p.add_argument("--init-image", help="image-to-image: start from this picture instead of pure noise "
                                         "(--denoise says how much of it is redrawn)")
@@ -70,10 +71,13 @@ def check_files(args):
     for ckpt, hint, scale in args.extra_control:
         check_checkpoint_file(find_model_file(ckpt))
         check_picture_file(hint)
+        kind, scale = split_scale(scale)
         try:
             float(scale)
         except ValueError:
             raise ValueError(f"--extra-control {ckpt}: its scale {scale!r} is not a number") from None
+        if kind not in (AUTO, *UNION_TYPES):
+            raise ValueError(f"--extra-control {ckpt}: control type {kind!r} is not one of {', '.join(UNION_TYPES)}")
     for flag in PICTURE_FLAGS:
         if getattr(args, flag):
             check_picture_file(getattr(args, flag))
@@ -112,6 +116,7 @@ from cldm.outputs import BESIDE, RecordError, beside_record, read_params
 from cldm.request import Paths, Request, run
 from cldm.settings import ControlUnit, SettingError, Settings, add_arguments, from_args, short
 from cldm.speed import speed_up
+from cldm.union import AUTO, UNION_TYPES, split_scale, typed
 from cldm.vae_files import load_vae
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
 from ldm.sdxl import SDXL_RESOLUTION, DiffusionEngine
@@ -314,9 +319,13 @@ def main(argv=None):
         generate_and_save(model, None if start.inpaint_control else beside["hint"], settings, units, nets,
                           args.out, device, args.low_vram, start, options)
         return
-    units = [ControlUnit(image=hint, control=ckpt, strength=float(scale))
-             for (ckpt, _, scale), hint in zip(args.extra_control, pictures["extra"])]
+    scales = [split_scale(scale) for _, _, scale in args.extra_control]
+    units = [ControlUnit(image=hint, control=ckpt, strength=float(scale), control_type=kind)
+             for (ckpt, _, _), (kind, scale), hint in zip(args.extra_control, scales, pictures["extra"])]
     nets = unit_nets(model, units)
+    annotator = "inpaint" if args.inpaint_control else args.annotator  # the kind of the first unit's map
+    settings = settings.with_values(units=(typed(settings.units[0], getattr(model, "control_model", None),
+                                                 annotator), *settings.units[1:]))
     speed_up(model, compile=args.compile, nets=list(nets.values()))
     if args.input_dir:
         skipped = []

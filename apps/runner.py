@@ -28,6 +28,7 @@ from cldm.model import ModelOptions, load_control_net
 from cldm.outputs import BESIDE, next_path
 from cldm.request import Paths, Request, run
 from cldm.settings import SettingError, short
+from cldm.union import typed
 from ldm.files import MODELS, find_model_file
 from ldm.precision import precision_of
 from ldm.sdxl import SDXL_RESOLUTION, DiffusionEngine
@@ -161,7 +162,11 @@ class Runner:
         hint = None if self.toy and self.task.toy == "plain" else condition
         notes = {"annotator": params, "preprocessor": preprocessor, "size": list(shown.shape[:2]),
                  **({"pose": pose} if edited is not None else {})}
-        first = replace(settings.units[0], region_mask=region)
+        own = getattr(self.model, "control_model", None)
+        kind = preprocessor or self.task.annotator or self.task.name  # the app's map: inpaint's, ip2p's
+        first = typed(replace(settings.units[0], region_mask=region), own, kind)
+        units = [typed(unit, self.control_net(unit.control) if unit.control else own, unit.preprocessor)
+                 for unit in units]
         request = Request(settings.with_values(units=(first, *units)), hint, shown, init, mask, self.options,
                           inpaint_control=self.task.workflow == "inpaint" and hint is not None, notes=notes)
         nets = {unit.control: self.control_net(unit.control) for unit in units if unit.control is not None}

@@ -16,9 +16,9 @@ REAL_DEFAULTS = Settings(added_prompt="best quality, extremely detailed",
 TOY_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)
 # the Settings an app shows, in the page's order; the prompt is above the Run button, the rest below it
 PAGE_SETTINGS = ("prompt", "num_samples", "image_resolution", "detect_resolution", "pixel_perfect", "strength",
-                 "guess_mode", "control_start", "control_end", "control_mode", "block_weights", "resize_mode",
-                 "denoise", "mask_blur", "sampler", "steps", "guidance_scale", "seed", "eta", "added_prompt",
-                 "negative_prompt")
+                 "guess_mode", "control_start", "control_end", "control_mode", "block_weights", "control_type",
+                 "resize_mode", "denoise", "mask_blur", "sampler", "steps", "guidance_scale", "seed", "eta",
+                 "added_prompt", "negative_prompt")
 
 
 @dataclass

@@ -107,7 +107,10 @@ class GuidedDenoiser:
         self.guidance_scale = guidance_scale
         self.context = Conditioning.cat([uncond_context, context]) if self.guided else context
         self.nets = [c.net or model.control_model for c in controls]
-        self.hints = [hint_tensor(c.hint, len(context), context.device) for c in controls]
+        # a Union net reads its maps in [0, 1]: the inpaint condition's repainted pixels (-1) as 0, which is
+        # ProMax's repaint condition
+        self.hints = [hint_tensor(c.hint, len(context), context.device).clamp(min=0) if isinstance(net, UnionControlNet)
+                      else hint_tensor(c.hint, len(context), context.device) for c, net in zip(controls, self.nets)]
         self.regions = [region_tensor(c.region_mask, context.device) for c in controls]
         self.weights = [control_weights(net.num_outputs, c.strength, guess_mode, c.mode, c.block_weights)
                         for c, net in zip(controls, self.nets)]

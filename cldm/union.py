@@ -42,6 +42,21 @@ def union_type_of(control_type, annotator=None):
     return ANNOTATOR_TYPES.get(annotator)
 
 
+def typed(unit, net, annotator):
+    """A control unit with its control type said where it runs a ControlNet-Union (`net`) and says "auto": the
+    kind of map its annotator makes (the app's, for an app's own control). Other units are left as they are."""
+    kind = union_type_of(unit.control_type, annotator)
+    if isinstance(net, UnionControlNet) and unit.control_type == AUTO and kind is not None:
+        return unit.with_values(control_type=kind)
+    return unit
+
+
+def split_scale(text):
+    """A CLI scale "0.6", or "TYPE:0.6" for a ControlNet-Union's map -> (control type, scale text)."""
+    kind, _, scale = text.rpartition(":")
+    return kind or AUTO, scale
+
+
 class QuickGELU(nn.Module):
     def forward(self, x):
         return x * torch.sigmoid(1.702 * x)

@@ -117,7 +117,8 @@ def test_a_union_net_round_trips_through_diffusers_folders_and_loads_from_a_sing
     control = model.control_model.state_dict()
     folder = export_diffusers_controlnet(control, config, tmp_path / "union")
     loaded = ControlNetUnionModel.from_pretrained(folder)
-    assert loaded.config.num_control_type == 6 and list(loaded.config.conditioning_embedding_out_channels) == [8, 16, 24, 32]
+    assert loaded.config.num_control_type == 6
+    assert list(loaded.config.conditioning_embedding_out_channels) == [8, 16, 24, 32]
     back = read_diffusers_controlnet(folder)
     assert back.keys() == control.keys() and all(torch.equal(back[k], control[k]) for k in control)
     # one file in diffusers' layout, as xinsir's are downloaded: its layout from its keys and shapes
@@ -146,3 +147,67 @@ def test_a_union_net_needs_each_maps_type_and_one_pass_shares_its_weighting():
     assert [union_type_of("auto", a) for a in ("canny", "hed", "openpose", "seg", "shuffle")] == [
         "thin_lines", "thick_lines", "pose", "segmentation", None]
     assert union_type_of("depth", "canny") == "depth"  # a type given is kept
+
+
+def test_apps_give_a_union_net_their_maps_kind_and_inpaint_uses_promax_repaint(tmp_path, monkeypatch):
+    """The canny app's map is thin lines, a scribble unit's thick lines (one pass of the same net); the inpaint app
+    gives ProMax the picture with the repainted pixels at 0 as a repaint condition. The records say so."""
+    from skimage import data
+
+    from apps.runner import Runner
+    from cldm.outputs import read_params
+    from cldm.union import UnionControlNet
+    from tests.test_apps import NOTE, task_of, values
+
+    model, _ = tiny_union_xl(seed=9)
+    seen = []
+    forward = UnionControlNet.forward
+
+    def spy(net, x, hint, *args, types=(), **kwargs):
+        seen.append((list(types), [h.clone() for h in hint]))
+        return forward(net, x, hint, *args, types=types, **kwargs)
+
+    monkeypatch.setattr(UnionControlNet, "forward", spy)
+    canny = Runner(task_of("gradio_canny2image"), model, NOTE, tmp_path)
+    _, info = canny(data.astronaut(), **values(canny.task, steps=1, unit2_enabled=True, unit2_preprocessor="scribble"))
+    assert seen[-1][0] == [3, 2]  # thin lines and thick lines, in one pass
+    record = read_params(sorted(tmp_path.glob("canny-*.png"))[0])
+    assert record["control_type"] == "thin_lines" and record["controls"][0]["control_type"] == "thick_lines"
+
+    picture = data.astronaut()
+    mask = np.zeros(picture.shape[:2], np.uint8)
+    mask[100:300, 150:350] = 255
+    inpaint = Runner(task_of("gradio_inpaint2image"), model, NOTE, tmp_path)
+    inpaint({"background": picture, "layers": [mask], "composite": None},
+            **values(inpaint.task, steps=1, mask_blur=0.0))
+    types, (hint,) = seen[-1]
+    assert types == [7] and hint.min() == 0 and hint.max() > 0.5  # repaint: the picture, its masked pixels 0
+    assert (hint[0].amax(0) == 0).float().mean() > 0.05  # the repainted square, black
+    assert read_params(sorted(tmp_path.glob("inpaint-*.png"))[0])["control_type"] == "repaint"
+
+
+def test_the_cli_says_a_union_maps_kind_for_the_first_and_the_extra_controls(tmp_path, capsys):
+    from PIL import Image
+
+    import generate as cli
+    from cldm.outputs import read_params
+    from ldm.checkpoint import save_safetensors
+    from ldm.errors import run_main
+
+    model, _ = tiny_union_xl(seed=11, types=6)
+    state = model.state_dict()
+    base, union = tmp_path / "base.safetensors", tmp_path / "union.safetensors"
+    save_safetensors({k: v for k, v in state.items() if not k.startswith("control_model.")}, base)
+    save_safetensors({k: v for k, v in state.items() if k.startswith("control_model.")}, union)
+    Image.fromarray(box()).save(tmp_path / "lines.png")
+    Image.fromarray(box(200, (slice(None), slice(0, 64)))).save(tmp_path / "depth.png")
+    common = ["--config", str(TINY_XL_YAML), "--ckpt", str(base), str(union), "--hint", str(tmp_path / "lines.png"),
+              "--steps", "1", "--resolution", "64", "--seed", "1", "--precision", "fp32"]
+    cli.main([*common, "--control-type", "thin_lines", "--extra-control", str(union),
+              str(tmp_path / "depth.png"), "depth:0.5", "--out", str(tmp_path / "out.png")])
+    record = read_params(tmp_path / "out.png")
+    assert record["control_type"] == "thin_lines" and record["controls"][0]["control_type"] == "depth"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_main(cli.main, [*common, "--out", str(tmp_path / "x.png")])
+    assert "runs a ControlNet-Union, which was given no control type" in capsys.readouterr().err
