@@ -200,11 +200,12 @@ def pictures_of(args, pictures, resolution):
 
 
 def generate_and_save(model, hint, settings, units, nets, out, device, low_vram_mode, start=Pictures(),
-                      options=ModelOptions()):
+                      options=ModelOptions(), last=True):
     """The request the flags make (cldm.request), run and saved: the images as <out> (<out>_<i> for several),
     the map, starting picture, mask and region mask beside them as <out>-map.png, -init.png, -mask.png and
     -region.png, each extra unit's as <out>-unit<k>-map.png and -region.png. `units`: the extra control units
-    (ControlUnits whose image is their map); `nets`: their ControlNets by control file."""
+    (ControlUnits whose image is their map); `nets`: their ControlNets by control file. `last`: the run's last
+    request (the text encoders are freed once its prompts are encoded)."""
     text_alone = hint is None and start.image is None
     if text_alone and hasattr(model, "control_model"):
         raise ValueError("nothing to generate from: give --hint, --image, --pose or --init-image")
@@ -219,7 +220,8 @@ def generate_and_save(model, hint, settings, units, nets, out, device, low_vram_
     first = replace(settings.units[0], region_mask=start.region)
     request = Request(settings.with_values(units=(first, *units)), hint, shown, start.image, start.mask, options,
                       start.inpaint_control, size=size if text_alone else None)
-    _, seed, _, files = run(model, request, Paths.at(out), nets, device if low_vram_mode else None, verbose=True)
+    _, seed, _, files = run(model, request, Paths.at(out), nets, device if low_vram_mode else None, verbose=True,
+                            last=last)
     for path in files:
         print(f"wrote {path} (seed {seed})")
 
@@ -338,7 +340,7 @@ def main(argv=None):
                 continue
             hint = detected_map(args, settings, picture)
             generate_and_save(model, hint, settings, units, nets, Path(args.out_dir) / f"{path.stem}.png", device,
-                              args.low_vram, options=options)
+                              args.low_vram, options=options, last=False)
         if skipped:
             raise ImageError(f"{len(skipped)} of the pictures in {args.input_dir} could not be read: "
                              f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")

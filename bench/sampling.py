@@ -11,6 +11,12 @@ random SD weights make noise whose pixel error means nothing), the largest pixel
 
     python bench/sampling.py [--sizes 256 512] [--precisions fp32 bf16 fp16] [--compile] [--channels-last]
                              [--device cuda] [--repeats 5]
+
+`--family sdxl` times SDXL's step instead, at real size (UNet 2.6 billion weights, with a full ControlNet of 1.25
+billion, then a small one): ours against diffusers' UNet2DConditionModel + ControlNetModel holding the very same
+tensors (loaded with assign=True, so both fit in memory at once), interleaved, in each precision given.
+
+    python bench/sampling.py --family sdxl [--sizes 512] [--precisions fp32] [--repeats 3] [--compile]
 """
 
 import argparse
@@ -117,8 +123,94 @@ def default_model_image_errors(precisions, steps=20, size=128, device="cpu"):
     return {p: int(abs(images[p] - images["fp32"]).max()) for p in precisions}
 
 
+SDXL_YAML = ROOT / "models/sd_xl_base.yaml"
+
+
+def sdxl_models(layout, dtype, device, seed=0):
+    """Our SDXL UNet and ControlNet of `layout` (random weights) and diffusers' pair on the same tensors."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    from cldm.cldm import ControlledUnetModel, ControlNet
+    from cldm.control_files import layout_depths, params_on_base
+    from cldm.diffusers_interop import control_to_diffusers_keys, diffusers_controlnet_config, diffusers_unet_config
+
+    params = load_yaml(SDXL_YAML)["model"]["params"]["network_config"]["params"]
+    control_params = params_on_base(params, 3, layout_depths(params, layout))
+    torch.manual_seed(seed)
+    unet, net = ControlledUnetModel(**params).eval(), ControlNet(**control_params).eval()
+    randomize(unet, seed), randomize(net, seed + 1)
+    unet, net = unet.to(device, dtype), net.to(device, dtype)
+    prefixed = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+    unet_config = diffusers_unet_config(params)
+    cn_config = diffusers_controlnet_config({"model": {"params": {"control_stage_config": {"params": control_params}}}})
+    with torch.device("meta"):
+        theirs_unet, theirs_net = UNet2DConditionModel(**unet_config), ControlNetModel(**cn_config)
+    theirs_unet.load_state_dict(convert_ldm_unet_checkpoint(prefixed, unet_config), strict=True, assign=True)
+    theirs_net.load_state_dict(control_to_diffusers_keys(net.state_dict(), cn_config), strict=True, assign=True)
+    return unet, net, theirs_unet.eval(), theirs_net.eval()
+
+
+def sdxl_layout_rows(args, layout, precision):
+    """(size, layout, precision, [ours, diffusers] s/step, eps error of diffusers against ours) of one layout
+    (the models are freed when it returns)."""
+    from ldm.conditioning import Conditioning
+    from ldm.sdxl import SizeIds, vector
+
+    dtype = PRECISIONS[precision]
+    unet, net, theirs_unet, theirs_net = sdxl_models(layout, dtype, args.device)
+    if args.compile:
+        unet, net = speed_up(unet, True), speed_up(net, True)
+    rows = []
+    for size in args.sizes:
+        gen = torch.Generator().manual_seed(size)
+        x = torch.randn(2, 4, size // 8, size // 8, generator=gen).to(args.device, dtype)
+        t = torch.tensor([500, 500], device=args.device)
+        context = torch.randn(2, 77, 2048, generator=gen).to(args.device, dtype)
+        pooled = torch.randn(2, 1280, generator=gen).to(args.device)
+        ids = SizeIds.of(size, size).tensor().repeat(2, 1).to(args.device)
+        hint = torch.rand(2, 3, size, size, generator=gen).to(args.device, dtype)
+        cond = Conditioning(context, vector(pooled, ids).to(dtype))
+        added = {"text_embeds": pooled.to(dtype), "time_ids": ids.to(dtype)}
+
+        def guided(eps):
+            uncond, cond_eps = eps.float().chunk(2)
+            return uncond + GUIDANCE * (cond_eps - uncond)
+
+        def ours():  # [uncond; cond] in one batch, as the pipeline runs them
+            return guided(unet(x, t, cond, control=net(x, hint, t, cond)))
+
+        def diffusers():
+            down, mid = theirs_net(x, t, encoder_hidden_states=context, controlnet_cond=hint,
+                                   added_cond_kwargs=added, return_dict=False)
+            return guided(theirs_unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added,
+                                      down_block_additional_residuals=down,
+                                      mid_block_additional_residual=mid).sample)
+
+        with torch.no_grad():
+            error = relative_error(diffusers(), ours())
+            times = timed_interleaved([ours, diffusers], args.repeats)
+        rows.append((size, layout, precision, times, error))
+        print(f"  {size}x{size} {layout} {precision}: ours {times[0]:.2f} s, diffusers {times[1]:.2f} s", flush=True)
+    return rows
+
+
+def sdxl_rows(args, precisions):
+    rows = [row for precision in precisions for layout in ("full", "small")
+            for row in sdxl_layout_rows(args, layout, precision)]
+    print()
+    print("| size | ControlNet | precision | ours s/step | diffusers s/step | ours/diffusers | eps error diffusers vs "
+          "ours |")
+    print("|---|---|---|---|---|---|---|")
+    for size, layout, precision, (ours, theirs), error in rows:
+        print(f"| {size}x{size} | {layout} | {precision} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} | "
+              f"{error:.1e} |")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=["sd15", "sdxl"], default="sd15")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile our UNet and ControlNet")
@@ -138,6 +230,9 @@ def main():
         print("bf16 skipped: this CPU has no native bf16 (AVX512-BF16 or AMX) and emulates it about 50x slower "
               "than fp32; --force times it anyway")
         precisions.remove("bf16")
+    if args.family == "sdxl":
+        sdxl_rows(args, precisions)
+        return
     torch.manual_seed(0)
     reference = create_model(CONFIG).eval()
     randomize(reference)

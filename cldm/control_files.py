@@ -8,12 +8,12 @@ import re
 
 from cldm.cldm import CONTROL_PREFIX, HINT_WIDTHS, ControlNet
 from cldm.union import UnionControlNet
-from ldm.checkpoint import CheckpointError, cross_attention_width, family
+from ldm.checkpoint import CheckpointError, cross_attention_width, family, renamed, shape_of
 
 
 def control_state(state):
     """The control weights of a state dict in the release layout, without their prefix."""
-    return {k[len(CONTROL_PREFIX):]: v for k, v in state.items() if k.startswith(CONTROL_PREFIX)}
+    return renamed(state, {k[len(CONTROL_PREFIX):]: k for k in state if k.startswith(CONTROL_PREFIX)})
 
 
 def transformer_depths(control):
@@ -34,7 +34,7 @@ def control_params(base_params, control, where="the control"):
     """The ControlNet params of `control` (release-layout weights, no prefix) on a base UNet of `base_params`."""
     width, base_width = cross_attention_width(control, ""), base_params.get("context_dim")
     has_label = "label_emb.0.0.weight" in control
-    channels = control["input_blocks.0.0.weight"].shape[0] if "input_blocks.0.0.weight" in control else None
+    channels = shape_of(control, "input_blocks.0.0.weight")[0] if "input_blocks.0.0.weight" in control else None
     if (width and width != base_width) or has_label != (base_params.get("num_classes") == "sequential") or (
             channels != base_params["model_channels"]):
         raise CheckpointError(f"{where} is a control for {family(width)} ({channels} channels"
@@ -48,7 +48,7 @@ def control_params(base_params, control, where="the control"):
     if found.get("middle", levels[-1]) != levels[-1]:
         raise CheckpointError(f"{where}: its middle block has {found['middle']} transformer blocks, its last level "
                               f"{levels[-1]}; a ControlNet's middle block follows its last level")
-    params = params_on_base(base_params, int(control["input_hint_block.0.weight"].shape[1]), levels)
+    params = params_on_base(base_params, int(shape_of(control, "input_hint_block.0.weight")[1]), levels)
     return {**params, **own_parts(control)}
 
 
@@ -56,14 +56,14 @@ def own_parts(control):
     """The params of what a control's file has of its own beyond its base's layout: its hint encoder's widths
     where they are not the release's, ControlNet-Union's control types and mixing layers."""
     params = {}
-    widths = tuple(int(control[f"input_hint_block.{i}.weight"].shape[0]) for i in (0, 4, 8, 12))
+    widths = tuple(int(shape_of(control, f"input_hint_block.{i}.weight")[0]) for i in (0, 4, 8, 12))
     if widths != HINT_WIDTHS:
         params["hint_widths"] = list(widths)
     if "task_embedding" in control:
-        types = int(control["task_embedding"].shape[0])
+        types = int(shape_of(control, "task_embedding")[0])
         params.update(num_control_types=types,
                       mixer_layers=len({k.split(".")[1] for k in control if k.startswith("transformer_layes.")}),
-                      type_features=int(control["control_add_embedding.linear_1.weight"].shape[1]) // types)
+                      type_features=int(shape_of(control, "control_add_embedding.linear_1.weight")[1]) // types)
     return params
 
 

@@ -11,6 +11,8 @@ is checked against; the two agree wherever those biases are the base's (frozen i
 
 import torch
 
+from ldm.checkpoint import shape_of
+
 MARK = "lora_controlnet"
 COPIED = ("time_embed.", "label_emb.", "input_blocks.", "middle_block.")  # the base UNet's parts the copy starts from
 
@@ -23,14 +25,14 @@ def layout_view(control):
     """The file's keys as a ControlNet's, each low-rank pair as the weight it makes (on the meta device, shapes
     only): what reading a control's layout from its keys needs."""
     view = {}
-    for key, value in control.items():
+    for key in control:
         if key == MARK or key.endswith(".down"):
             continue
         if key.endswith(".up"):
-            down = control[key[:-len(".up")] + ".down"]
-            view[key[:-len(".up")] + ".weight"] = torch.empty(value.shape[0], *down.shape[1:], device="meta")
+            down = shape_of(control, key[:-len(".up")] + ".down")
+            view[key[:-len(".up")] + ".weight"] = torch.empty(shape_of(control, key)[0], *down[1:], device="meta")
         else:
-            view[key] = value
+            view[key] = torch.empty(shape_of(control, key), device="meta")
     return view
 
 

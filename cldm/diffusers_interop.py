@@ -15,7 +15,7 @@ from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, c
 
 from cldm.cldm import CONTROL_PREFIX, HINT_WIDTHS
 from cldm.control_files import control_net_class
-from ldm.checkpoint import CheckpointError, read_state_dict, save_safetensors
+from ldm.checkpoint import CheckpointError, read_lazily, renamed, save_safetensors, shape_of
 from ldm.config import load_yaml
 from ldm.sdxl import ID_FEATURES
 
@@ -164,7 +164,7 @@ def read_diffusers_controlnet(folder):
     if config.get("_class_name") not in (None, "ControlNetModel", "ControlNetUnionModel"):
         raise CheckpointError(f"{folder} holds a {config['_class_name']}, not a ControlNetModel or "
                               "ControlNetUnionModel")
-    return control_from_diffusers(read_state_dict(weights_file), config, folder)
+    return control_from_diffusers(read_lazily(weights_file), config, folder)
 
 
 def control_from_diffusers(state, config, where):
@@ -174,7 +174,7 @@ def control_from_diffusers(state, config, where):
     if unknown:
         raise CheckpointError(f"{where}: {len(unknown)} weights have no place in a ControlNet of its config: "
                               f"{unknown[:5]}")
-    return {keymap[k]: v for k, v in state.items()}
+    return renamed(state, {keymap[k]: k for k in state})
 
 
 def config_from_keys(state):
@@ -183,35 +183,35 @@ def config_from_keys(state):
     small layouts) from its keys and shapes. Heads, which weights do not show, are the released families':
     8 for SD 1.x's 768-wide context, else 64 channels each; the key layout does not depend on them."""
     levels = sorted({int(k.split(".")[1]) for k in state if k.startswith("down_blocks.")})
-    channels = [int(state[f"down_blocks.{i}.resnets.0.conv2.weight"].shape[0]) for i in levels]
-    depth = lambda prefix: len({k.split(".")[len(prefix.split("."))] for k in state  # noqa: E731
-                                if k.startswith(prefix) and ".transformer_blocks." in k})
+    shape = lambda key: shape_of(state, key)  # noqa: E731 (read from the file's header, not its data)
+    channels = [int(shape(f"down_blocks.{i}.resnets.0.conv2.weight")[0]) for i in levels]
+    depth = lambda prefix: len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})  # noqa: E731
     attention = [any(k.startswith(f"down_blocks.{i}.attentions.") for k in state) for i in levels]
     depths = [depth(f"down_blocks.{i}.attentions.0.transformer_blocks.") for i in levels]
-    context = next((int(v.shape[1]) for k, v in state.items() if k.endswith("attn2.to_k.weight")), None)
+    context = next((int(shape(k)[1]) for k in state if k.endswith("attn2.to_k.weight")), None)
     label = "add_embedding.linear_1.weight" in state
     context = context or (2048 if label else 768)
-    proj_in = next((v for k, v in state.items() if k.endswith("proj_in.weight")), None)
+    proj_in = next((shape(k) for k in state if k.endswith("proj_in.weight")), None)
     config = dict(
-        in_channels=int(state["conv_in.weight"].shape[1]), block_out_channels=channels,
+        in_channels=int(shape("conv_in.weight")[1]), block_out_channels=channels,
         down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
         layers_per_block=len({k.split(".")[3] for k in state if k.startswith("down_blocks.0.resnets.")}),
         cross_attention_dim=context, transformer_layers_per_block=depths,
         attention_head_dim=8 if context == 768 else [max(1, c // 64) for c in channels],
-        use_linear_projection=proj_in is not None and proj_in.dim() == 2,
-        conditioning_channels=int(state["controlnet_cond_embedding.conv_in.weight"].shape[1]),
-        conditioning_embedding_out_channels=[int(state[k].shape[0]) for k in (
+        use_linear_projection=proj_in is not None and len(proj_in) == 2,
+        conditioning_channels=int(shape("controlnet_cond_embedding.conv_in.weight")[1]),
+        conditioning_embedding_out_channels=[int(shape(k)[0]) for k in (
             "controlnet_cond_embedding.conv_in.weight", *(f"controlnet_cond_embedding.blocks.{i}.weight"
                                                           for i in (1, 3, 5)))])
     if "task_embedding" in state:  # ControlNet-Union, whose types go through the ids' Fourier features
-        types = int(state["task_embedding"].shape[0])
+        types = int(shape("task_embedding")[0])
         config.update(num_control_type=types,
-                      addition_time_embed_dim=int(state["control_add_embedding.linear_1.weight"].shape[1]) // types,
+                      addition_time_embed_dim=int(shape("control_add_embedding.linear_1.weight")[1]) // types,
                       num_trans_channel=channels[0], num_proj_channel=channels[0],
                       num_trans_layer=len({k.split(".")[1] for k in state if k.startswith("transformer_layes.")}))
     if label:
         config.update(addition_embed_type="text_time", addition_time_embed_dim=ID_FEATURES,
-                      projection_class_embeddings_input_dim=int(state["add_embedding.linear_1.weight"].shape[1]))
+                      projection_class_embeddings_input_dim=int(shape("add_embedding.linear_1.weight")[1]))
     return config
 
 

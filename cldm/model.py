@@ -9,6 +9,8 @@ ControlNet folders), ignores EMA copies, and explains a mismatch instead of load
 
 import copy
 import json
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -21,13 +23,15 @@ from cldm.control_lora import is_control_lora, layout_view, merged_control
 from cldm.settings import SettingError, check_fields, setting, short
 from ldm.checkpoint import (
     CheckpointError,
-    check_finite_weights,
     cross_attention_width,
     family,
+    read_lazily,
     read_state_dict,
+    renamed,
+    shape_of,
     summarize_keys,
 )
-from ldm.config import LDM_TARGETS, ConfigError, instantiate, load_yaml
+from ldm.config import LDM_TARGETS, ConfigError, instantiate, load_yaml, weights_left_uninitialised
 from ldm.diffusion import SCHEDULE_BUFFERS
 from ldm.files import MODELS, is_diffusers_base
 from ldm.precision import weights_dtype
@@ -117,18 +121,19 @@ def create_model(config_path, device=None, dtype=None):
     return build_model(config_path, device, dtype, {**TARGETS, "cldm.cldm.ControlLDM": ReleaseControlLDM})
 
 
-def build_model(config_path, device=None, dtype=None, targets=TARGETS, options=ModelOptions()):
+def build_model(config_path, device=None, dtype=None, targets=TARGETS, options=ModelOptions(), initialise=True):
     """The model a release yaml describes, built with `options`, with freshly initialised weights (on `device`,
     e.g. "meta"), its networks in `dtype` (None: as the yaml says, fp32 unless `use_fp16: True`); see
-    ldm.precision."""
+    ldm.precision. `initialise=False` leaves the weights as allocated, for a checkpoint to fill them all."""
     given = isinstance(config_path, dict)  # a config as read (e.g. controlled()'s)
     config = copy.deepcopy(config_path) if given else load_yaml(config_path)
     config = options.configure(config, "the config" if given else config_path)
-    if device is None:
-        model = instantiate(config["model"], targets).cpu()
-    else:
-        with torch.device(device):
-            model = instantiate(config["model"], targets)
+    with nullcontext() if initialise else weights_left_uninitialised():
+        if device is None:
+            model = instantiate(config["model"], targets).cpu()
+        else:
+            with torch.device(device):
+                model = instantiate(config["model"], targets)
     return model if dtype is None else model.to(dtype)
 
 
@@ -146,7 +151,9 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
                options=ModelOptions()):
     """The model of `config` (None: the family's shipped yaml, from the first checkpoint's keys) with
     `checkpoints` loaded in order (e.g. an SD base, then a control), in `dtype` on `device`: the one loader of
-    the apps, the CLI and training. Weights are loaded in fp32 and then cast, so the model holds no fp32 copy.
+    the apps, the CLI and training. The model is built in `dtype` without drawing weights the checkpoints will
+    replace, and their tensors are copied in one at a time (a .safetensors file's read as they are), so loading
+    holds the model and one tensor: SDXL with a ControlNet loads in fp32 within its own size.
     In eval mode, unless `for_training` (the modes it was built with: frozen parts in eval, the rest in train).
     `options`: ModelOptions."""
     bases = [c for c in checkpoints if not isinstance(c, dict) and is_diffusers_base(c)]  # read once built
@@ -164,7 +171,9 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
     if controls and "control_stage_config" not in params:  # a base's yaml: the control's layout from its file
         base = (params.get("unet_config") or params.get("network_config") or {}).get("params", {})
         config = controlled(read, control_params(base, controls[-1][1], controls[-1][0]))
-    model = build_model(config, options=options)
+    model = build_model(config, options=options, initialise=not (checkpoints and strict))
+    if dtype is not None:
+        model.to(dtype=dtype)  # before loading: the weights go straight into their final dtype
     if bases:
         sources = [(str(folder), sgm_state(folder, model, read)) for folder in bases] + sources
     sources = with_control_loras(sources)
@@ -181,17 +190,16 @@ UNET_PREFIX = "model.diffusion_model."
 def with_control_loras(sources):
     """(where, state) sources with each Control-LoRA made into the ControlNet weights it makes on the base UNet
     of the sources before it."""
-    out, unet = [], {}
-    for where, state in sources:
-        state = normalize_keys(state)
-        control = control_state(state)
+    out = []
+    for i, (where, state) in enumerate(sources):
+        control = control_state(normalize_keys(read_any(state)))
         if is_control_lora(control):
+            before = [normalize_keys(read_any(s)) for _, s in sources[:i]]
+            unet = {k[len(UNET_PREFIX):]: s[k] for s in before for k in s if k.startswith(UNET_PREFIX)}
             if not unet:
                 raise CheckpointError(f"{where} is a Control-LoRA, the difference from its base's UNet: give the "
                                       "base model before it")
             state = {CONTROL_PREFIX + k: v for k, v in merged_control(control, unet, where).items()}
-        else:
-            unet.update({k[len(UNET_PREFIX):]: v for k, v in state.items() if k.startswith(UNET_PREFIX)})
         out.append((where, state))
     return out
 
@@ -204,38 +212,41 @@ def load_state_dict(ckpt_path, location="cpu"):
 def read_any(source):
     """A state dict in the release layout from a file (a diffusers ControlNet's single file too), a diffusers
     ControlNet folder, or a dict."""
-    if isinstance(source, dict):
-        return check_finite_weights(source, "the state dict")
+    if isinstance(source, Mapping):
+        return source
     path = Path(source)
     if path.is_dir():
         from cldm.diffusers_interop import read_diffusers_controlnet  # slow to import; only folders need it
 
-        return {CONTROL_PREFIX + k: v for k, v in read_diffusers_controlnet(path).items()}
-    state = read_state_dict(path)
+        state = read_diffusers_controlnet(path)
+        return renamed(state, {CONTROL_PREFIX + k: k for k in state})
+    state = read_lazily(path)  # a large file is read one tensor at a time, as it is loaded
     if any(k.startswith("controlnet_cond_embedding.") for k in state):  # a diffusers ControlNet's single file
         from cldm.diffusers_interop import config_from_keys, control_from_diffusers
 
-        return {CONTROL_PREFIX + k: v for k, v in control_from_diffusers(state, config_from_keys(state), path).items()}
+        state = control_from_diffusers(state, config_from_keys(state), path)
+        return renamed(state, {CONTROL_PREFIX + k: k for k in state})
     if ("time_embed.0.weight" in state and "input_hint_block.0.weight" in state) or CONTROL_LORA_MARK in state:
-        state = {CONTROL_PREFIX + k: v for k, v in state.items()}  # a control saved without its prefix
+        state = renamed(state, {CONTROL_PREFIX + k: k for k in state})  # a control saved without its prefix
     return state
 
 
 def normalize_keys(state):
-    """Drop EMA copies and rename legacy key layouts to the release's."""
-    out = {}
-    for key, value in state.items():
+    """Drop EMA copies and rename legacy key layouts to the release's (the tensors are not read)."""
+    names = {}
+    for key in state:
         if key.startswith(("model_ema.", "denoiser.")):  # EMA copies; sgm's denoiser holds only the schedule
             continue
+        name = key
         for old, new in LEGACY_PREFIXES.items():
             if key.startswith(old):
-                key = new + key[len(old):]
-        out[key] = value
-    return out
+                name = new + key[len(old):]
+        names[name] = key
+    return renamed(state, names)
 
 
 def _check_shapes(model_state, state, where):
-    wrong = [k for k, v in state.items() if k in model_state and model_state[k].shape != v.shape]
+    wrong = [k for k in state if k in model_state and tuple(model_state[k].shape) != shape_of(state, k)]
     if not wrong:
         return
     for prefix, part in ((CONTROL_PREFIX, "control"), ("model.diffusion_model.", "base model")):
@@ -247,7 +258,7 @@ def _check_shapes(model_state, state, where):
                 "or the matching checkpoint")
     k = wrong[0]
     raise CheckpointError(f"{where}: {len(wrong)} tensors have other shapes than the model's "
-                          f"(e.g. {k}: file {tuple(state[k].shape)}, model {tuple(model_state[k].shape)}) "
+                          f"(e.g. {k}: file {shape_of(state, k)}, model {tuple(model_state[k].shape)}) "
                           f"in {summarize_keys(wrong)}; the checkpoint does not match this config")
 
 
@@ -259,13 +270,13 @@ def load_checkpoint(model, *sources, strict=True):
     weight is an error naming the key groups; EMA copies (`model_ema.*`) are always ignored.
     """
     model_state = model.state_dict()
-    merged = {}
+    merged = {}  # key -> (where, the state that gives it): the last source that has it
     for source in sources:
         where, source = source if isinstance(source, tuple) else (
             str(source) if not isinstance(source, dict) else "state dict", source)
         state = normalize_keys(read_any(source))
         _check_shapes(model_state, state, where)
-        merged.update(state)
+        merged.update(dict.fromkeys(state, (where, state)))
     unexpected = sorted(k for k in merged if k not in model_state)
     missing = sorted(k for k in model_state if k not in merged and k not in OPTIONAL_KEYS
                      and not k.endswith("position_ids"))
@@ -277,8 +288,22 @@ def load_checkpoint(model, *sources, strict=True):
         if all(k.startswith(CONTROL_PREFIX) for k in missing):
             hint = " (the control weights: load a control checkpoint too, e.g. models/control_sd15_canny.pth)"
         raise CheckpointError(f"{len(missing)} model weights are not in the checkpoint{hint}: {summarize_keys(missing)}")
-    model.load_state_dict({k: v for k, v in merged.items() if k in model_state}, strict=False)
+    copy_weights(model_state, merged)
     return missing
+
+
+@torch.no_grad()
+def copy_weights(model_state, merged):
+    """Each tensor of the sources into the model's, in place, one at a time (a file's are read as they are
+    copied, so loading holds the model and one tensor); position_ids stay the model's own (0..T-1: files hold
+    them as floats, or not at all)."""
+    for key, (where, state) in merged.items():
+        if key in model_state and not key.endswith("position_ids"):
+            tensor = state[key]
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise CheckpointError(f"{where}: tensor {key} holds NaN or infinite values, so every image would "
+                                      "be black; the file is damaged or was saved after training diverged")
+            model_state[key].copy_(tensor)
 
 
 def load_control_net(model, source, global_average_pooling=None):

@@ -185,7 +185,7 @@ class GuidedDenoiser:
 
 @torch.no_grad()
 def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None, init_image=None, mask=None,
-             region_mask=None, size=None, latents=None, verbose=True, **values):
+             region_mask=None, size=None, latents=None, verbose=True, release_text_encoders=False, **values):
     """Images (list of HWC uint8) following `hint` (HWC uint8, sides multiples of 64) and the prompt, and the
     seed used (a random one for seed=-1).
 
@@ -200,6 +200,8 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None,
     Image-to-image: `init_image` (HWC uint8, the generation's size) noised to strength `denoise` and the
     remaining steps run (1: the init image is ignored; 0: it comes back through the VAE). Inpainting: `mask`
     (white = repaint) repaints the init image there only, softened by `mask_blur` pixels (cldm.img2img).
+
+    `release_text_encoders`: free the text encoders once the prompts are encoded (a run's last generation).
     """
     if prompt is not None:
         values["prompt"] = prompt
@@ -227,6 +229,8 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None,
     ids = SizeIds.of(height, width)  # SDXL's size and crop conditioning: an uncropped picture of this size
     context = check_finite(model.condition([full_prompt] * n, ids), "text encoder")
     uncond_context = check_finite(model.condition([s.negative_prompt] * n, ids, negative=True), "text encoder")
+    if release_text_encoders:
+        model.release_text_encoders()
     steps_run = s.steps - skipped_steps(s.steps, s.denoise) if init_image is not None else s.steps
     denoiser = GuidedDenoiser(model, context, uncond_context, controls, s.guidance_scale, s.guess_mode, steps_run)
     generator = torch.Generator(device=device).manual_seed(seed)

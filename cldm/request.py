@@ -61,16 +61,18 @@ class Paths:
                    lambda suffix: out.with_name(f"{out.stem}-{suffix}.png"))
 
 
-def run(model, request, paths, nets=None, low_vram_device=None, verbose=False, map_params=None):
+def run(model, request, paths, nets=None, low_vram_device=None, verbose=False, map_params=None, last=False):
     """Generate `request` (its extra units running their ControlNets from `nets`, by control file; low-VRAM on
     `low_vram_device` if given), then save its pictures and images where `paths` say, the request as their
-    record. Returns (images, seed, the record with the files' names, the image files)."""
+    record. `last`: the model's last request, whose text encoders are freed once its prompts are encoded (not
+    in low-VRAM mode, whose parts travel between devices).
+    Returns (images, seed, the record with the files' names, the image files)."""
     nets = nets or {}
     offload = low_vram(model, low_vram_device, nets=list(nets.values()))
     with offload if low_vram_device else nullcontext():
         images, seed = generate(model, request.hint, settings=request.settings, nets=nets,
                                 init_image=request.init_image, mask=request.mask, size=request.size,
-                                verbose=verbose)
+                                verbose=verbose, release_text_encoders=last and not low_vram_device)
     record = request.record(seed, model)
     shown = request.hint if request.shown is None else request.shown
     pictures = {"hint": None if request.hint is None else shown, "init_image": request.init_image,

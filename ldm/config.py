@@ -6,8 +6,10 @@ fails at once with the yaml path of the bad key.
 """
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import MISSING, fields
 
+import torch
 from omegaconf import OmegaConf
 
 from ldm.autoencoder import AutoencoderKL
@@ -109,3 +111,21 @@ def instantiate(node, targets, path="model"):
             for i, item in enumerate(params["emb_models"])]
     return cls(**params)
 
+
+INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                  "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+
+
+@contextmanager
+def weights_left_uninitialised():
+    """Build modules without initialising their weights (torch.nn.init does nothing inside): for a model whose
+    every weight a checkpoint is about to replace. It saves the time of drawing billions of random numbers, and
+    memory: untouched pages of a new tensor are not resident until the checkpoint's values are written."""
+    saved = {name: getattr(torch.nn.init, name) for name in INIT_FUNCTIONS}
+    try:
+        for name in INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)

@@ -173,11 +173,19 @@ class LatentDiffusion(nn.Module):
         """The release's call: the text encoder's output for prompts `c` (SD 1.x/2.x: token features)."""
         return self.cond_stage_model.encode(c)
 
+    def release_text_encoders(self):
+        """Free the text encoders' weights (they become shapes on the meta device): for a run that has encoded
+        all its prompts and needs the memory for sampling (SDXL's two encoders hold 0.8 billion weights)."""
+        self.cond_stage_model.to("meta")
+
     def condition(self, prompts, size=None, negative=False):
         """The Conditioning of `prompts`: what the networks take, passed along unopened (ldm.conditioning). A
         conditioner that makes a whole Conditioning (SDXL's) also reads the generation's `size`
         (ldm.sdxl.SizeIds) and whether these are negative prompts; SD 1.x/2.x's text encoders read neither."""
         encoder = self.cond_stage_model
+        if any(p.is_meta for p in encoder.parameters()):
+            raise RuntimeError("the text encoders were released after encoding this run's prompts (to save memory);"
+                               " load the model again to encode more")
         if hasattr(encoder, "condition"):
             return encoder.condition(list(prompts), size, negative)
         return Conditioning.of(self.get_learned_conditioning(list(prompts)))

@@ -58,7 +58,9 @@ def test_a_control_lora_makes_the_controlnet_diffusers_control_lora_loading_make
                                   added_cond_kwargs=added, return_dict=False)
     for a, b in zip(residuals, [*down, mid]):
         assert b.abs().max() > 0.5
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        # measured: up to 1.3e-5 on residuals up to 16 (peft computes a 3x3 convolution's low-rank product as a
+        # convolution, summing in another order)
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
 
 
 def test_a_control_lora_merges_each_pair_onto_the_bases_weight_as_an_independent_merge_does():

@@ -162,3 +162,42 @@ def test_config_typo_names_its_yaml_path(tmp_path):
 def test_safetensors_written_atomically_leave_no_temp_files(tmp_path):
     save_safetensors({"w": torch.ones(2)}, tmp_path / "out.safetensors")
     assert [p.name for p in tmp_path.iterdir()] == ["out.safetensors"]
+
+
+def test_safetensors_are_read_lazily_as_the_library_reads_them(tmp_path):
+    """LazyTensors: the same tensors as safetensors' own reader (every dtype, an empty one), shapes and new names
+    without reading; a truncated file is refused when opened."""
+    from ldm.checkpoint import read_lazily, renamed, shape_of
+
+    state = {"f32": torch.randn(3, 4), "f16": torch.randn(5).half(), "bf16": torch.randn(2, 2, 3).bfloat16(),
+             "i64": torch.arange(7), "flag": torch.tensor([True, False]), "mark": torch.tensor([])}
+    safetensors.torch.save_file(state, tmp_path / "m.safetensors", metadata={"format": "pt"})
+    lazy, eager = read_lazily(tmp_path / "m.safetensors"), safetensors.torch.load_file(tmp_path / "m.safetensors")
+    assert set(lazy) == set(eager) and all(shape_of(lazy, k) == tuple(eager[k].shape) for k in eager)
+    for key, value in eager.items():
+        assert lazy[key].dtype == value.dtype and torch.equal(lazy[key], value), key
+    view = renamed(lazy, {"model.w": "f32"})
+    assert list(view) == ["model.w"] and torch.equal(view["model.w"], state["f32"])
+    data = (tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-8])
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
+        read_lazily(tmp_path / "cut.safetensors")
+
+
+def test_a_model_is_built_in_its_dtype_and_filled_tensor_by_tensor(tmp_path):
+    """load_model draws no random weights for a strict load and casts before loading: the loaded model equals
+    the file's weights cast once; a NaN anywhere names its tensor."""
+    from cldm.model import load_model
+
+    model = tiny_model(TINY_V15, seed=3)
+    state = model.state_dict()
+    save_safetensors(state, tmp_path / "full.safetensors")
+    loaded = load_model(TINY_V15, tmp_path / "full.safetensors", dtype=torch.bfloat16)
+    assert loaded.model.diffusion_model.out[2].weight.dtype == torch.bfloat16
+    assert_loaded(loaded, {k: v for k, v in state.items() if not k.startswith(("betas", "alphas", "sqrt", "log_one",
+                                                                                  "posterior", "logvar"))},
+                  torch.bfloat16)
+    state["control_model.zero_convs.3.0.weight"][0, 0] = float("nan")
+    save_safetensors(state, tmp_path / "nan.safetensors")
+    with pytest.raises(CheckpointError, match=r"tensor control_model.zero_convs.3.0.weight holds NaN"):
+        load_model(TINY_V15, tmp_path / "nan.safetensors")

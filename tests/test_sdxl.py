@@ -255,13 +255,14 @@ def test_the_cli_takes_an_sdxl_base_and_a_control_file_with_the_bases_yaml(tmp_p
 def test_a_diffusers_sdxl_controlnet_single_file_loads_without_its_config(tmp_path, depth):
     """diffusers' layout in one file (as lllyasviel's sd_control_collection ships them): the layout, the label
     embedding and the transformer depth per level come from the keys and shapes."""
-    from cldm.diffusers_interop import control_to_diffusers_keys, diffusers_controlnet_config
+    from cldm.diffusers_interop import config_from_keys, control_to_diffusers_keys, diffusers_controlnet_config
     from cldm.model import load_model
     from ldm.checkpoint import save_safetensors
 
     model, config = tiny_controlled_xl(seed=6, depth=depth)
     control = model.control_model.state_dict()
     theirs = control_to_diffusers_keys(control, diffusers_controlnet_config(config, id_features=ID_WIDTH))
+    assert config_from_keys(theirs)["transformer_layers_per_block"] == list(depth)
     save_safetensors(theirs, tmp_path / "diffusers_xl_tiny.safetensors")
     base = {k: v for k, v in model.state_dict().items() if not k.startswith("control_model.")}
     loaded = load_model(str(TINY_XL_YAML), base, tmp_path / "diffusers_xl_tiny.safetensors")
@@ -476,3 +477,20 @@ def test_the_starting_noise_can_be_given_as_latents():
     assert np.array_equal(seeded[0], given[0]) and not np.array_equal(seeded[0], other[0])
     with pytest.raises(ValueError, match=r"latents of shape \(1, 4, 4, 4\) given; this generation's are"):
         generate(model, hint, "a red circle", steps=1, latents=torch.zeros(1, 4, 4, 4), verbose=False)
+
+
+def test_a_runs_last_generation_frees_the_text_encoders_and_makes_the_same_image():
+    import numpy as np
+
+    from cldm.pipeline import generate
+
+    model, _ = tiny_controlled_xl(seed=12)
+    hint = np.zeros((64, 64, 3), np.uint8)
+    hint[16:48, 16:48] = 255
+    kept, _ = generate(model, hint, "a red circle", steps=2, seed=3, verbose=False)
+    freed, _ = generate(model, hint, "a red circle", steps=2, seed=3, verbose=False, release_text_encoders=True)
+    assert np.array_equal(kept[0], freed[0])
+    assert all(p.is_meta for p in model.conditioner.parameters())
+    assert not any(p.is_meta for p in model.model.parameters())
+    with pytest.raises(RuntimeError, match="text encoders were released after encoding"):
+        generate(model, hint, "a red circle", steps=1, verbose=False)
