@@ -1,4 +1,5 @@
-"""Checkpoint surgery: add a control to an SD checkpoint, move a control to another base, extract one.
+"""Checkpoint surgery: add a control to an SD checkpoint, move a control to another base, extract one, convert
+one between the release's (sgm's) layout and diffusers'.
 
 All functions work on state dicts in the release layout; the `tool_*.py` scripts wrap them with file I/O.
 """
@@ -10,11 +11,12 @@ import torch
 from torch import nn
 
 from cldm.cldm import CONTROL_PREFIX
-from cldm.control_files import layout_depths, params_on_base
+from cldm.control_files import control_params, layout_depths, params_on_base
 from cldm.model import TARGETS, normalize_keys
 from ldm.checkpoint import CheckpointError, cross_attention_width, family, save_safetensors
 from ldm.config import ConfigError, instantiate, load_yaml
 from ldm.diffusion import LatentDiffusion
+from ldm.files import MODELS
 from ldm.sdxl import SDXL_SCHEDULE, DiffusionEngine
 
 UNET_PREFIX = "model.diffusion_model."
@@ -131,3 +133,40 @@ def write_output(state, path, force=False):
     save_safetensors(state, path)
     return path
 
+
+
+FAMILY_YAMLS = {768: "cldm_v15.yaml", 1024: "cldm_v21.yaml", 2048: "sd_xl_base.yaml"}
+
+
+def control_config(control, config_path=None):
+    """A config holding `control`'s ControlNet params (read from its keys) on its base: the base of `config_path`,
+    or the shipped yaml of the family its cross-attention width shows."""
+    if config_path is None:
+        width = cross_attention_width(control, "")
+        if width not in FAMILY_YAMLS:
+            raise CheckpointError(f"the control's family is not known from its keys ({family(width)}): give --config")
+        config_path = MODELS / FAMILY_YAMLS[width]
+    params = _model_params(config_path)
+    base = (params.get("network_config") or params.get("unet_config") or {}).get("params")
+    if base is None:
+        raise ConfigError(f"{config_path} describes no base UNet: give a base's yaml (models/sd_xl_base.yaml)")
+    return {"model": {"params": {"control_stage_config": {"params": control_params(base, control)}}}}
+
+
+def write_diffusers_control(control, output, config_path=None, force=False):
+    """A control (release layout, no prefix) written in diffusers' layout: a ControlNetModel (or
+    ControlNetUnionModel) folder with its config, or one .safetensors file of its weights."""
+    from cldm.diffusers_interop import (
+        control_to_diffusers_keys,
+        diffusers_controlnet_config,
+        export_diffusers_controlnet,
+    )
+
+    output, config = Path(output), control_config(control, config_path)
+    if output.exists() and not force:
+        raise FileExistsError(f"{output} exists; choose another name or pass --force to replace it")
+    if output.suffix == ".safetensors":
+        save_safetensors(control_to_diffusers_keys(control, diffusers_controlnet_config(config)), output)
+    else:
+        export_diffusers_controlnet(control, config, output)
+    return output

@@ -81,3 +81,45 @@ def test_a_control_lora_merges_each_pair_onto_the_bases_weight_as_an_independent
     for key in ("input_blocks.1.0.in_layers.0.weight", "input_hint_block.0.weight", "zero_convs.3.0.bias"):
         assert torch.equal(merged[key], lora[key]) and not torch.equal(merged[key], unet.get(key, merged[key] + 1))
     assert merged.keys() == model.control_model.state_dict().keys()
+
+
+def test_a_whole_generation_with_a_control_lora_equals_diffusers_pipeline_with_its_loading(tmp_path):
+    import numpy as np
+    from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLControlNetPipeline
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+    from PIL import Image
+
+    from cldm.diffusers_interop import diffusers_models
+    from cldm.model import load_model
+    from cldm.pipeline import generate
+    from cldm.samplers import diffusers_scheduler
+    from ldm.checkpoint import save_safetensors
+    from tests.test_sdxl import diffusers_text_encoders
+
+    model, config = tiny_controlled_xl(seed=14)
+    state = model.state_dict()
+    lora_file = tmp_path / "control-lora.safetensors"
+    save_safetensors(control_lora_file(model.control_model.state_dict(), seed=15), lora_file)
+    ours = load_model(str(TINY_XL_YAML), {k: v for k, v in state.items() if not k.startswith("control_model.")},
+                      lora_file)
+    unet, _ = diffusers_models(state, config, id_features=ID_WIDTH)
+    controlnet = ControlNetModel.from_unet(unet)
+    controlnet.load_lora_adapter(str(lora_file), prefix=None, controlnet_config=controlnet.config)
+    controlnet.fuse_lora()
+    vae_config = create_vae_diffusers_config_from_ldm(config, state)
+    vae = AutoencoderKL(**vae_config).eval()
+    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
+    pipe = StableDiffusionXLControlNetPipeline(vae, *diffusers_text_encoders(model.conditioner), unet,
+                                               controlnet.eval(), diffusers_scheduler(model, "UniPC"))
+    pipe.set_progress_bar_config(disable=True)
+    hint = np.zeros((64, 64, 3), np.uint8)
+    hint[16:48, 8:40] = 255
+    mine, _ = generate(ours, hint, "a red circle", steps=3, seed=2, guidance_scale=5.0, sampler="UniPC",
+                       verbose=False)
+    plain, _ = generate(ours, None, "a red circle", size=(64, 64), steps=3, seed=2, guidance_scale=5.0,
+                        sampler="UniPC", verbose=False)
+    with torch.no_grad():
+        theirs = pipe("a red circle", image=Image.fromarray(hint), height=64, width=64, num_inference_steps=3,
+                      guidance_scale=5.0, generator=torch.Generator().manual_seed(2), output_type="np").images[0]
+    assert np.abs(mine[0].astype(int) - plain[0]).mean() > 5  # the control acts
+    assert np.abs(mine[0].astype(float) - (theirs * 255).round()).max() <= 1.0

@@ -69,13 +69,15 @@ def test_union_residuals_and_eps_equal_diffusers_controlnetunionmodel(types, str
 
 
 def test_whole_union_generations_equal_diffusers_union_pipeline_with_one_and_two_conditions():
-    """One condition, then two in one pass (the second unit on the same Union net), against
-    StableDiffusionXLControlNetUnionPipeline with the same weights, scheduler, seed and prompt: within 1/255."""
+    """One condition, two in one pass (the second unit on the same Union net), and ProMax's repaint (the picture
+    with the repainted pixels at 0, as the inpaint app makes it) against StableDiffusionXLControlNetUnionPipeline
+    with the same weights, scheduler, seed and prompt: within 1/255."""
     from diffusers import AutoencoderKL, StableDiffusionXLControlNetUnionPipeline
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
     from PIL import Image
 
     from cldm.diffusers_interop import diffusers_models
+    from cldm.img2img import condition_picture, inpaint_condition
     from cldm.pipeline import generate
     from cldm.samplers import diffusers_scheduler
 
@@ -94,7 +96,15 @@ def test_whole_union_generations_equal_diffusers_union_pipeline_with_one_and_two
     one, _ = generate(model, lines, "a crimson circle", strength=0.8, control_type="thin_lines", **common)
     two, _ = generate(model, lines, "a crimson circle", strength=0.8, control_type="thin_lines",
                       units=(ControlUnit(), ControlUnit(image=depth, strength=0.5, control_type="depth")), **common)
-    for ours, images, modes, scales in ((one, [lines], [3], 0.8), (two, [lines, depth], [3, 1], [0.8, 0.5])):
+    picture = np.random.default_rng(1).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    mask = np.zeros((64, 128), np.uint8)
+    mask[8:40, 24:72] = 255
+    masked = condition_picture(inpaint_condition(picture, mask))
+    assert (masked[8:40, 24:72] == 0).all() and np.array_equal(masked[48:], picture[48:])
+    repaint, _ = generate(model, inpaint_condition(picture, mask), "a crimson circle", control_type="repaint",
+                          **common)
+    cases = ((one, [lines], [3], 0.8), (two, [lines, depth], [3, 1], [0.8, 0.5]), (repaint, [masked], [7], 1.0))
+    for ours, images, modes, scales in cases:
         with torch.no_grad():
             theirs = pipe("a crimson circle", control_image=[Image.fromarray(i) for i in images], control_mode=modes,
                           controlnet_conditioning_scale=scales, height=64, width=128, num_inference_steps=3,
@@ -211,3 +221,27 @@ def test_the_cli_says_a_union_maps_kind_for_the_first_and_the_extra_controls(tmp
     with pytest.raises(SystemExit):
         run_main(cli.main, [*common, "--out", str(tmp_path / "x.png")])
     assert "runs a ControlNet-Union, which was given no control type" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["plain", "union"])
+def test_tool_convert_control_moves_sdxl_controls_between_the_sgm_and_diffusers_layouts(tmp_path, kind):
+    import tool_convert_control
+    from cldm.model import read_any
+    from ldm.checkpoint import read_lazily, save_safetensors
+    from tests.test_sdxl import tiny_controlled_xl
+
+    model, _ = tiny_union_xl(seed=13, types=6) if kind == "union" else tiny_controlled_xl(seed=13, depth=(0, 1))
+    control = {k: v for k, v in model.state_dict().items() if k.startswith("control_model.")}
+    save_safetensors(control, tmp_path / "sgm.safetensors")
+    config = ["--config", str(TINY_XL_YAML)]
+    tool_convert_control.main([str(tmp_path / "sgm.safetensors"), str(tmp_path / "folder"), "--to", "diffusers",
+                               *config])
+    tool_convert_control.main([str(tmp_path / "sgm.safetensors"), str(tmp_path / "single.safetensors"), "--to",
+                               "diffusers", *config])
+    assert (tmp_path / "folder/config.json").is_file()
+    assert "controlnet_cond_embedding.conv_in.weight" in read_lazily(tmp_path / "single.safetensors")
+    for source in ("folder", "single.safetensors"):
+        out = tmp_path / f"back-{source.split('.')[0]}.safetensors"
+        tool_convert_control.main([str(tmp_path / source), str(out), "--to", "release"])
+        back = read_any(out)
+        assert back.keys() == control.keys() and all(torch.equal(back[k], v) for k, v in control.items())
