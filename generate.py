@@ -277,6 +277,12 @@ class Saved:
                 for unit, files in self.units]
 
 
+def unit_control(ckpt, loaded):
+    """An extra unit's control: None (the model's own ControlNet) for a file the model was loaded from, so that
+    a ControlNet-Union given a second map runs both in one pass; else the file."""
+    return None if Path(find_model_file(ckpt)).resolve() in {Path(p).resolve() for p in loaded} else ckpt
+
+
 def unit_nets(model, units, folders=None):
     """The ControlNets the units' control files name, loaded once each, in the model's dtype and on its device."""
     files = {unit.control for unit in units if unit.control is not None}
@@ -322,7 +328,8 @@ def main(argv=None):
                           args.out, device, args.low_vram, start, options)
         return
     scales = [split_scale(scale) for _, _, scale in args.extra_control]
-    units = [ControlUnit(image=hint, control=ckpt, strength=float(scale), control_type=kind)
+    units = [ControlUnit(image=hint, control=unit_control(ckpt, args.ckpt), strength=float(scale),
+                         control_type=kind)
              for (ckpt, _, _), (kind, scale), hint in zip(args.extra_control, scales, pictures["extra"])]
     nets = unit_nets(model, units)
     annotator = "inpaint" if args.inpaint_control else args.annotator  # the kind of the first unit's map

@@ -23,6 +23,7 @@ from cldm.control_lora import is_control_lora, layout_view, merged_control
 from cldm.settings import SettingError, check_fields, setting, short
 from ldm.checkpoint import (
     CheckpointError,
+    check_finite_weights,
     cross_attention_width,
     family,
     read_lazily,
@@ -156,8 +157,8 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
     holds the model and one tensor: SDXL with a ControlNet loads in fp32 within its own size.
     In eval mode, unless `for_training` (the modes it was built with: frozen parts in eval, the rest in train).
     `options`: ModelOptions."""
-    bases = [c for c in checkpoints if not isinstance(c, dict) and is_diffusers_base(c)]  # read once built
-    sources = [("state dict", c) if isinstance(c, dict) else (str(c), read_any(c)) for c in checkpoints
+    bases = [c for c in checkpoints if not isinstance(c, Mapping) and is_diffusers_base(c)]  # read once built
+    sources = [("state dict", c) if isinstance(c, Mapping) else (str(c), read_any(c)) for c in checkpoints
                if c not in bases]
     if bases:  # diffusers is slow to import: only folders need it
         from cldm.diffusers_bases import sgm_config, sgm_state
@@ -273,7 +274,7 @@ def load_checkpoint(model, *sources, strict=True):
     merged = {}  # key -> (where, the state that gives it): the last source that has it
     for source in sources:
         where, source = source if isinstance(source, tuple) else (
-            str(source) if not isinstance(source, dict) else "state dict", source)
+            str(source) if not isinstance(source, Mapping) else "state dict", source)
         state = normalize_keys(read_any(source))
         _check_shapes(model_state, state, where)
         merged.update(dict.fromkeys(state, (where, state)))
@@ -299,11 +300,7 @@ def copy_weights(model_state, merged):
     them as floats, or not at all)."""
     for key, (where, state) in merged.items():
         if key in model_state and not key.endswith("position_ids"):
-            tensor = state[key]
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise CheckpointError(f"{where}: tensor {key} holds NaN or infinite values, so every image would "
-                                      "be black; the file is damaged or was saved after training diverged")
-            model_state[key].copy_(tensor)
+            model_state[key].copy_(check_finite_weights({key: state[key]}, where)[key])
 
 
 def load_control_net(model, source, global_average_pooling=None):
@@ -333,7 +330,7 @@ def load_control_net(model, source, global_average_pooling=None):
 
 def diffusers_pooling(source):
     """A diffusers ControlNet folder's `global_pool_conditions` (False for anything else)."""
-    config = Path(source) / "config.json" if not isinstance(source, dict) else None
+    config = Path(source) / "config.json" if not isinstance(source, Mapping) else None
     if config is None or not config.is_file():
         return False
     return bool(json.loads(config.read_text()).get("global_pool_conditions", False))

@@ -107,16 +107,16 @@ class GuidedDenoiser:
         self.guidance_scale = guidance_scale
         self.context = Conditioning.cat([uncond_context, context]) if self.guided else context
         self.nets = [c.net or model.control_model for c in controls]
+        self.types = [net.type_index(c.control_type, f"control {k}") if isinstance(net, UnionControlNet) else None
+                      for k, (c, net) in enumerate(zip(controls, self.nets), start=1)]  # None: not a Union net
+        check_shared_unions(controls, self.nets)
+        self.hints = [hint_tensor(c.hint, len(context), context.device) for c in controls]
         # a Union net reads its maps in [0, 1]: the inpaint condition's repainted pixels (-1) as 0, which is
         # ProMax's repaint condition
-        self.hints = [hint_tensor(c.hint, len(context), context.device).clamp(min=0) if isinstance(net, UnionControlNet)
-                      else hint_tensor(c.hint, len(context), context.device) for c, net in zip(controls, self.nets)]
+        self.hints = [h if kind is None else h.clamp(min=0) for h, kind in zip(self.hints, self.types)]
         self.regions = [region_tensor(c.region_mask, context.device) for c in controls]
         self.weights = [control_weights(net.num_outputs, c.strength, guess_mode, c.mode, c.block_weights)
                         for c, net in zip(controls, self.nets)]
-        self.types = [net.type_index(c.control_type, f"control {k}") if isinstance(net, UnionControlNet) else None
-                      for k, (c, net) in enumerate(zip(controls, self.nets), start=1)]
-        check_shared_unions(controls, self.nets)
         self.hint_features = [None] * len(controls)  # computed at a control's first step, reused by the others
         self.step, self.steps = 0, steps
         self.finite = []  # (part, dtype, flag) of this step, read together: one device sync a step

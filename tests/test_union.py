@@ -217,6 +217,7 @@ def test_the_cli_says_a_union_maps_kind_for_the_first_and_the_extra_controls(tmp
               str(tmp_path / "depth.png"), "depth:0.5", "--out", str(tmp_path / "out.png")])
     record = read_params(tmp_path / "out.png")
     assert record["control_type"] == "thin_lines" and record["controls"][0]["control_type"] == "depth"
+    assert record["controls"][0]["control"] is None  # the model's own Union net: both maps in one pass
     capsys.readouterr()
     with pytest.raises(SystemExit):
         run_main(cli.main, [*common, "--out", str(tmp_path / "x.png")])
