@@ -64,6 +64,7 @@ from cldm.model import load_model
 from cldm.settings import number_flag
 from evaluation.conditions import CONDITIONS
 from evaluation.harness import default_settings
+from ldm.sdxl import DiffusionEngine
 from ldm.threads import add_threads_argument, use_threads
 from ldm.unet import set_gradient_checkpointing
 from training.buckets import BucketBatchSampler, bucket_sizes
@@ -342,6 +343,9 @@ def main(argv=None):
     if args.cache or args.cache_dir:
         if args.stage in ("vae", "decoder"):
             raise SystemExit("--cache stores VAE encodings and text encodings, not the images a VAE stage needs")
+        if isinstance(trainee.model, DiffusionEngine):
+            raise SystemExit("the latent cache does not hold SDXL's per-picture size and crop ids yet: train SDXL "
+                             "without --cache")
         cache_dir = Path(args.cache_dir or out / "cache")
     try:
         trainer = pl.Trainer(

@@ -60,13 +60,20 @@ def latents(model, batch, gen):
 
 
 def text_context(model, batch, gen, prompt_dropout):
+    """The batch's Conditioning, each prompt dropped with probability `prompt_dropout`: to the empty prompt's
+    encoding on SD 1.x/2.x (as the release trained), to zero text features on SDXL (as sgm trained it and as
+    its pipelines read an empty prompt), SDXL's size ids always those each picture went through."""
     prompts = list(batch["txt"])
     drop = torch.rand(len(prompts), generator=gen, device=gen.device) < prompt_dropout
     if "conditioning" in batch:  # cached text encodings, with the empty prompt's beside them
         cached, empty = (Conditioning.from_tensors(batch[key]) for key in ("conditioning", "empty_conditioning"))
         return cached.where(drop, empty).map(torch.Tensor.float)
-    prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
     encoder = model.cond_stage_model
+    if hasattr(encoder, "condition"):  # SDXL's conditioner
+        if "size_ids" not in batch:
+            raise ValueError("SDXL trains on each picture's size and crop ids: the batch has no size_ids")
+        return encoder.condition(prompts, batch["size_ids"], dropped=drop.to(batch["size_ids"].device))
+    prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
     if any(p.requires_grad for p in encoder.parameters()):
         return Conditioning.of(encoder.encode(prompts))
     return model.condition(prompts)

@@ -84,25 +84,30 @@ class Conditioner(nn.Module):
 
     def forward(self, prompts, ids, zero_text=False):
         """`ids`: (B, 6) (SizeIds.tensor); `zero_text`: the text's features are zeros (SDXL's pipelines do this
-        for an empty negative prompt; sgm's force_zero_embeddings)."""
+        for an empty negative prompt; sgm's force_zero_embeddings), for all samples or where a (B,) mask is
+        true (sgm's training drops prompts so)."""
         crossattn, vectors = [], []
         pairs = dict(zip(ID_INPUTS, ids.split(2, dim=1)))
         for key, embedder in zip(self.input_keys, self.embedders):
             outputs = embedder(list(prompts)) if key == TEXT_INPUT else embedder(pairs[key])
             for out in outputs if isinstance(outputs, tuple) else (outputs,):
-                if key == TEXT_INPUT and zero_text:
+                if key == TEXT_INPUT and isinstance(zero_text, torch.Tensor):
+                    out = torch.where(zero_text.reshape(-1, *[1] * (out.dim() - 1)), torch.zeros_like(out), out)
+                elif key == TEXT_INPUT and zero_text:
                     out = torch.zeros_like(out)
                 (crossattn if out.dim() == 3 else vectors).append(out)
         return Conditioning(torch.cat(crossattn, dim=2), torch.cat([v.float() for v in vectors], dim=1))
 
     @torch.no_grad()
-    def condition(self, prompts, size, negative=False):
-        """LatentDiffusion.condition's SDXL half: every prompt with the generation's SizeIds `size`; negative
-        prompts that are all empty are zeros, as SDXL's pipelines make them."""
+    def condition(self, prompts, size, negative=False, dropped=None):
+        """LatentDiffusion.condition's SDXL half: every prompt with the generation's SizeIds `size` (or each its
+        own: a (B, 6) tensor, as training reads them); negative prompts that are all empty are zeros, as SDXL's
+        pipelines make them, and so are the prompts a (B,) mask `dropped` marks."""
         if size is None:
             raise ValueError("SDXL's conditioning needs the generation's size and crop (ldm.sdxl.SizeIds)")
         device = next(self.parameters()).device
-        return self(prompts, size.tensor(len(prompts), device), zero_text=negative and not any(prompts))
+        ids = size.to(device).float() if isinstance(size, torch.Tensor) else size.tensor(len(prompts), device)
+        return self(prompts, ids, zero_text=negative and not any(prompts) if dropped is None else dropped)
 
     def encode(self, prompts):  # the release's get_learned_conditioning: the generated size unknown there
         raise ValueError("SDXL's conditioning needs the generation's size: use model.condition(prompts, size)")

@@ -9,6 +9,7 @@ import math
 from collections import Counter, defaultdict
 
 import cv2
+import numpy as np
 import torch
 from PIL import Image
 
@@ -54,16 +55,30 @@ def scale_and_crop(picture, size, smooth=True):
     smooth=False (for condition maps) enlarges bilinearly instead of with Lanczos, which rings around edges.
     """
     height, width = size
-    h, w = picture.shape[:2]
-    scale = max(height / h, width / w)
-    scaled_w, scaled_h = max(width, round(w * scale)), max(height, round(h * scale))
-    if scale < 1:
+    (scaled_h, scaled_w), (top, left) = crop_box(picture.shape[:2], size)
+    if max(height / picture.shape[0], width / picture.shape[1]) < 1:
         interpolation = cv2.INTER_AREA
     else:
         interpolation = cv2.INTER_LANCZOS4 if smooth else cv2.INTER_LINEAR
     scaled = cv2.resize(picture, (scaled_w, scaled_h), interpolation=interpolation)
-    top, left = (scaled_h - height) // 2, (scaled_w - width) // 2
     return scaled[top:top + height, left:left + width]
+
+
+def crop_box(picture_size, size):
+    """((height, width) a picture of `picture_size` is scaled to so that it covers `size`, (top, left) of the
+    centre crop of `size` in it)."""
+    (h, w), (height, width) = picture_size, size
+    scale = max(height / h, width / w)
+    scaled_h, scaled_w = max(height, round(h * scale)), max(width, round(w * scale))
+    return (scaled_h, scaled_w), ((scaled_h - height) // 2, (scaled_w - width) // 2)
+
+
+def size_ids(picture_size, size=None):
+    """SDXL's six ids of a training picture, as it was trained on them: its original (height, width), the
+    (top, left) of the crop `scale_and_crop` takes to `size`, and `size` (None: the picture as it is)."""
+    size = tuple(picture_size) if size is None else tuple(size)
+    _, crop = crop_box(picture_size, size)
+    return np.array([*picture_size, *crop, *size], dtype=np.float32)
 
 
 class BucketBatchSampler(ResumableSampler):

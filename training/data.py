@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
-from training.buckets import nearest_bucket, picture_size, scale_and_crop
+from training.buckets import nearest_bucket, picture_size, scale_and_crop, size_ids
 
 
 class DataError(ValueError):
@@ -61,7 +61,8 @@ FILES_CHECKED_AT_START = 1000
 
 
 class PairDataset(Dataset):
-    """Items are dicts: jpg (H, W, 3) float32 in [-1, 1], txt (str), hint (H, W, 3) float32 in [0, 1].
+    """Items are dicts: jpg (H, W, 3) float32 in [-1, 1], txt (str), hint (H, W, 3) float32 in [0, 1], size_ids
+    (6,) float32: SDXL's ids of the picture's original size and the crop it went through (buckets.size_ids).
 
     With `buckets` (training.buckets.bucket_sizes), each pair is scaled and centre-cropped to the bucket
     nearest its aspect ratio, listed in `sizes`; without, pairs keep their size and `sizes` is None.
@@ -124,9 +125,10 @@ class PairDataset(Dataset):
         if source.shape != target.shape:
             raise DataError(f"{source_path} is {source.shape[1]}x{source.shape[0]} but {target_path} is "
                             f"{target.shape[1]}x{target.shape[0]}: a hint and its target must have the same size")
+        ids = size_ids(target.shape[:2], None if self.sizes is None else self.sizes[i])
         if self.sizes is not None:
             source, target = scale_and_crop(source, self.sizes[i], smooth=False), scale_and_crop(target, self.sizes[i])
-        return {"jpg": as_image(target), "txt": item["prompt"], "hint": as_hint(source)}
+        return {"jpg": as_image(target), "txt": item["prompt"], "hint": as_hint(source), "size_ids": ids}
 
 
 def require_one_size(pictures):
@@ -168,14 +170,19 @@ class AnnotatedFolder(Dataset):
     def __len__(self):
         return len(self.paths)
 
-    def target(self, i):
+    def picture(self, i):
         from annotators import ImageError, read_image
 
         try:
-            picture = read_image(str(self.paths[i]))
+            return read_image(str(self.paths[i]))
         except ImageError as e:
             raise DataError(f"{self.paths[i]}: {e}; replace or remove it") from None
-        return scale_and_crop(picture, (self.size, self.size) if self.sizes is None else self.sizes[i])
+
+    def crop_size(self, i):
+        return (self.size, self.size) if self.sizes is None else self.sizes[i]
+
+    def target(self, i):
+        return scale_and_crop(self.picture(i), self.crop_size(i))
 
     def image(self, i):
         return as_image(self.target(i))
@@ -190,8 +197,10 @@ class AnnotatedFolder(Dataset):
         return as_hint(hint)
 
     def __getitem__(self, i):
-        target = self.target(i)
-        return {"jpg": as_image(target), "txt": self.items[i]["prompt"], "hint": self.hint(i, target)}
+        picture = self.picture(i)
+        target = scale_and_crop(picture, self.crop_size(i))
+        return {"jpg": as_image(target), "txt": self.items[i]["prompt"], "hint": self.hint(i, target),
+                "size_ids": size_ids(picture.shape[:2], self.crop_size(i))}
 
 
 def caption(path):

@@ -32,7 +32,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from training.buckets import nearest_bucket, scale_and_crop
+from training.buckets import nearest_bucket, scale_and_crop, size_ids
 from training.data import DataError, as_hint, as_image, collate
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -185,7 +185,7 @@ class ShardStream(IterableDataset):
         size = (self.size, self.size) if self.buckets is None else nearest_bucket(*image.shape[:2], self.buckets)
         caption = sample.get("txt", b"").decode("utf-8").strip()
         return {"jpg": as_image(scale_and_crop(image, size)), "txt": caption,
-                "hint": as_hint(scale_and_crop(hint, size, smooth=False))}
+                "hint": as_hint(scale_and_crop(hint, size, smooth=False)), "size_ids": size_ids(image.shape[:2], size)}
 
     def first(self, n):
         """The first n samples of the stream, decoded (for image logs)."""

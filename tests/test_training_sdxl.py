@@ -1,0 +1,82 @@
+"""train.py on SDXL (tiny config, random base, a control made by tool_add_control): the loss falls, the locked
+weights stay, a resumed run repeats the uninterrupted one, and each picture's size and crop reach SDXL's ids."""
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from ldm.checkpoint import save_safetensors
+from tests.test_sdxl import TINY_XL_YAML
+from tests.test_training import losses
+from toy.shapes import write_dataset
+
+
+@pytest.fixture(scope="module")
+def xl_weights(tmp_path_factory):
+    """The tiny SDXL base (random) and a fresh full control for it, as tool_add_control writes them."""
+    import tool_add_control
+    from cldm.model import create_model
+    from ldm.diffusion import SCHEDULE_BUFFERS
+    from tests.helpers import randomize
+
+    folder = tmp_path_factory.mktemp("xl")
+    torch.manual_seed(0)
+    base = randomize(create_model(TINY_XL_YAML).eval())
+    save_safetensors({k: v for k, v in base.state_dict().items() if k not in (*SCHEDULE_BUFFERS, "logvar")},
+                     folder / "base.safetensors")
+    tool_add_control.main([str(folder / "base.safetensors"), str(folder / "control.safetensors"), "--config",
+                           str(TINY_XL_YAML)])
+    return folder / "control.safetensors"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("xl_shapes"), 12, seed=4, size=64)
+
+
+def run(shapes, weights, out, *extra, steps=4):
+    return train.main(["--config", str(TINY_XL_YAML), "--data", str(shapes), "--out", str(out), "--max-steps",
+                       str(steps), "--batch-size", "2", "--learning-rate", "1e-3", "--ckpt-every", "2",
+                       "--log-every", "1", "--prompt-dropout", "0.5", "--resume", str(weights), *extra])
+
+
+def test_an_sdxl_controlnet_trains_keeps_its_base_and_resumes_exactly(shapes, xl_weights, tmp_path):
+    from safetensors.torch import load_file
+
+    before = load_file(xl_weights)
+    trainee = run(shapes, xl_weights, tmp_path / "full")
+    after = trainee.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("control_model."))
+    assert after["control_model.zero_convs.1.0.weight"].abs().max() > 0  # the control learned
+    run(shapes, xl_weights, tmp_path / "first", steps=2)
+    run(shapes, xl_weights, tmp_path / "second", "--resume", str(tmp_path / "first/checkpoints/step-000002.ckpt"))
+    full, second = losses(tmp_path / "full"), losses(tmp_path / "second")
+    assert sorted(second) == [2, 3] and [second[s] for s in (2, 3)] == [full[s] for s in (2, 3)]
+    assert all(np.isfinite(list(full.values())))
+
+
+def test_each_picture_s_size_and_crop_are_its_ids_and_dropped_prompts_are_zeros(tmp_path):
+    from PIL import Image
+
+    from cldm.loss import text_context
+    from tests.test_sdxl import tiny_controlled_xl
+    from training.buckets import crop_box, size_ids
+    from training.data import AnnotatedFolder
+
+    wide = np.random.default_rng(0).integers(0, 256, (60, 100, 3), dtype=np.uint8)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    item = AnnotatedFolder(tmp_path, "canny", size=32)[0]
+    assert item["size_ids"].tolist() == [60, 100, 0, 10, 32, 32]  # scaled to 32x53, the centre 32 columns
+    assert crop_box((60, 100), (32, 32)) == ((32, 53), (0, 10))
+    assert size_ids((48, 64)).tolist() == [48, 64, 0, 0, 48, 64]  # a picture used as it is
+    model, _ = tiny_controlled_xl(seed=1)
+    ids = torch.tensor([[60, 100, 0, 10, 32, 32], [64, 64, 0, 0, 64, 64]], dtype=torch.float32)
+    batch = {"txt": ["a red circle", "a blue square"], "size_ids": ids}
+    kept = text_context(model, batch, torch.Generator().manual_seed(0), prompt_dropout=0.0)
+    dropped = text_context(model, batch, torch.Generator().manual_seed(0), prompt_dropout=1.0)
+    whole = model.conditioner(batch["txt"], ids)
+    assert torch.equal(kept.crossattn, whole.crossattn) and torch.equal(kept.vector, whole.vector)
+    pooled = model.conditioner.embedders[1].model.text_projection.shape[1]
+    assert dropped.crossattn.abs().max() == 0 and dropped.vector[:, :pooled].abs().max() == 0
+    assert torch.equal(dropped.vector[:, pooled:], whole.vector[:, pooled:])  # the ids are never dropped
