@@ -264,7 +264,8 @@ class DataModule(pl.LightningDataModule):
             encoder.to(self.trainer.strategy.root_device)
         text_frozen = not any(p.requires_grad for p in model.cond_stage_model.parameters())
         build_cache(ModelEncoders(model), self.dataset, self.cache_dir, with_text=text_frozen)
-        self.dataset = CachedPairs(self.dataset, self.cache_dir, with_text=text_frozen)
+        self.dataset = CachedPairs(self.dataset, self.cache_dir, with_text=text_frozen,
+                                   with_size_ids=isinstance(model, DiffusionEngine))
         if self.trainee.stage == "control" and text_frozen:  # what the cache replaces is not held at all
             drop_what_a_cache_replaces(model, self.samples, decoding=self.trainee.options.reward is not None)
 
@@ -343,9 +344,6 @@ def main(argv=None):
     if args.cache or args.cache_dir:
         if args.stage in ("vae", "decoder"):
             raise SystemExit("--cache stores VAE encodings and text encodings, not the images a VAE stage needs")
-        if isinstance(trainee.model, DiffusionEngine):
-            raise SystemExit("the latent cache does not hold SDXL's per-picture size and crop ids yet: train SDXL "
-                             "without --cache")
         cache_dir = Path(args.cache_dir or out / "cache")
     try:
         trainer = pl.Trainer(

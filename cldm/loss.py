@@ -9,6 +9,7 @@ import torch
 
 from ldm.autoencoder import DiagonalGaussianDistribution
 from ldm.conditioning import Conditioning
+from ldm.sdxl import DiffusionEngine
 
 
 def image_batch(array):
@@ -65,9 +66,10 @@ def text_context(model, batch, gen, prompt_dropout):
     its pipelines read an empty prompt), SDXL's size ids always those each picture went through."""
     prompts = list(batch["txt"])
     drop = torch.rand(len(prompts), generator=gen, device=gen.device) < prompt_dropout
-    if "conditioning" in batch:  # cached text encodings, with the empty prompt's beside them
+    if "conditioning" in batch:  # cached text encodings, with a dropped prompt's beside them
         cached, empty = (Conditioning.from_tensors(batch[key]) for key in ("conditioning", "empty_conditioning"))
-        return cached.where(drop, empty).map(torch.Tensor.float)
+        text = cached.where(drop, empty).map(torch.Tensor.float)
+        return model.with_size_ids(text, batch["size_ids"]) if isinstance(model, DiffusionEngine) else text
     encoder = model.cond_stage_model
     if hasattr(encoder, "condition"):  # SDXL's conditioner
         if "size_ids" not in batch:

@@ -80,23 +80,40 @@ class Conditioner(nn.Module):
         unknown = sorted(set(self.input_keys) - {TEXT_INPUT, *ID_INPUTS})
         if unknown:
             raise ValueError(f"conditioner inputs {unknown} are not SDXL's ({TEXT_INPUT}, {', '.join(ID_INPUTS)})")
+        text_first = [key == TEXT_INPUT for key in self.input_keys]
+        if text_first != sorted(text_first, reverse=True):
+            raise ValueError("the conditioner lists a text embedder after the size ids: SDXL's lists the text first")
         self.embedders = nn.ModuleList(module for _, module in emb_models)
 
     def forward(self, prompts, ids, zero_text=False):
         """`ids`: (B, 6) (SizeIds.tensor); `zero_text`: the text's features are zeros (SDXL's pipelines do this
         for an empty negative prompt; sgm's force_zero_embeddings), for all samples or where a (B,) mask is
         true (sgm's training drops prompts so)."""
+        return self.with_ids(self.text(prompts, zero_text), ids)
+
+    def text(self, prompts, zero_text=False):
+        """The text embedders' part alone: a Conditioning whose vector is the pooled text embedding (what the
+        latent cache keeps of a prompt; `with_ids` completes it)."""
         crossattn, vectors = [], []
-        pairs = dict(zip(ID_INPUTS, ids.split(2, dim=1)))
         for key, embedder in zip(self.input_keys, self.embedders):
-            outputs = embedder(list(prompts)) if key == TEXT_INPUT else embedder(pairs[key])
+            if key != TEXT_INPUT:
+                continue
+            outputs = embedder(list(prompts))
             for out in outputs if isinstance(outputs, tuple) else (outputs,):
-                if key == TEXT_INPUT and isinstance(zero_text, torch.Tensor):
+                if isinstance(zero_text, torch.Tensor):
                     out = torch.where(zero_text.reshape(-1, *[1] * (out.dim() - 1)), torch.zeros_like(out), out)
-                elif key == TEXT_INPUT and zero_text:
+                elif zero_text:
                     out = torch.zeros_like(out)
                 (crossattn if out.dim() == 3 else vectors).append(out)
         return Conditioning(torch.cat(crossattn, dim=2), torch.cat([v.float() for v in vectors], dim=1))
+
+    def with_ids(self, text, ids):
+        """The whole Conditioning of a `text` part (Conditioner.text) and (B, 6) ids: the ids' features joined to
+        the vector after the pooled embedding (SDXL's embedders list the text's first)."""
+        pairs = dict(zip(ID_INPUTS, ids.to(text.crossattn.device).float().split(2, dim=1)))
+        features = [embedder(pairs[key]) for key, embedder in zip(self.input_keys, self.embedders)
+                    if key != TEXT_INPUT]
+        return Conditioning(text.crossattn, torch.cat([text.vector, *features], dim=1))
 
     @torch.no_grad()
     def condition(self, prompts, size, negative=False, dropped=None):
@@ -147,6 +164,14 @@ class DiffusionEngine(LatentDiffusion):
     Its keys are sgm's: `model.diffusion_model.*`, `conditioner.embedders.<i>.*`, `first_stage_model.*`."""
 
     TEXT_MODULE = "conditioner"
+
+    def with_size_ids(self, text, ids):
+        """A prompt's text part (Conditioner.text: the latent cache keeps it so) completed with (B, 6) size ids,
+        without the conditioner (freed when training from the cache): the ids' width is what the UNet's label
+        embedding takes beside the pooled embedding."""
+        pooled = text.vector
+        width = (self.model.diffusion_model.config.adm_in_channels - pooled.shape[1]) // (2 * len(ID_INPUTS))
+        return Conditioning(text.crossattn, vector(pooled, ids.to(pooled.device), width))
 
     def __init__(self, unet, first_stage_model, conditioner, *, denoiser_config=None, scale_factor=0.13025,
                  disable_first_stage_autocast=False, input_key="jpg", sampler_config=None, optimizer_config=None,

@@ -58,6 +58,9 @@ class SyntheticEncoders:
     def images(self, batch):
         return batch.reshape(-1, 1, 1, 1).expand(-1, *LATENT).contiguous()
 
+    def dropped(self):
+        return self.prompts([""])
+
     def prompts(self, prompts):
         lengths = torch.tensor([float(len(p)) for p in prompts]).reshape(-1, 1, 1)
         return Conditioning(lengths.expand(-1, 2, 4).contiguous())

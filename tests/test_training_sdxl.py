@@ -80,3 +80,13 @@ def test_each_picture_s_size_and_crop_are_its_ids_and_dropped_prompts_are_zeros(
     pooled = model.conditioner.embedders[1].model.text_projection.shape[1]
     assert dropped.crossattn.abs().max() == 0 and dropped.vector[:, :pooled].abs().max() == 0
     assert torch.equal(dropped.vector[:, pooled:], whole.vector[:, pooled:])  # the ids are never dropped
+
+
+def test_an_sdxl_cache_keeps_the_text_and_gives_the_same_losses(shapes, xl_weights, tmp_path):
+    """The cache holds each prompt's text part (both encoders' features and the pooled embedding) and a dropped
+    prompt's zeros; each picture's size ids join them as read: the losses equal those of the encoders."""
+    run(shapes, xl_weights, tmp_path / "plain", steps=3)
+    run(shapes, xl_weights, tmp_path / "cached", "--cache", steps=3)
+    plain, cached = losses(tmp_path / "plain"), losses(tmp_path / "cached")
+    assert (tmp_path / "cached/cache/manifest.json").is_file() and len(plain) == 3
+    np.testing.assert_allclose([cached[s] for s in sorted(plain)], [plain[s] for s in sorted(plain)], rtol=1e-4)

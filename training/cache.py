@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from ldm.checkpoint import atomic_path, save_safetensors
 from ldm.conditioning import Conditioning
+from ldm.sdxl import Conditioner
 
 FORMAT = 3  # 3: a prompt's row is its whole Conditioning, flattened
 SHARD_BYTES = 64 * 2**20  # a shard's size: few files for millions of rows; a build holds one in memory
@@ -83,9 +84,23 @@ class ModelEncoders:
         posterior = self.model.encode_first_stage(x)
         return torch.cat([posterior.mean, posterior.logvar], dim=1).cpu()
 
+    @torch.no_grad()
     def prompts(self, prompts):
-        """The prompts' Conditioning (ldm.conditioning), on the CPU."""
+        """The prompts' Conditioning (ldm.conditioning), on the CPU; SDXL's text part alone (its vector the pooled
+        embedding), which each picture's size ids complete when read (DiffusionEngine.with_size_ids)."""
+        encoder = self.model.cond_stage_model
+        if isinstance(encoder, Conditioner):
+            return encoder.text(prompts).to("cpu")
         return self.model.condition(prompts).to("cpu")
+
+    @torch.no_grad()
+    def dropped(self):
+        """A dropped prompt's encoding, for prompt dropout: the empty prompt's (SD 1.x/2.x, as the release
+        trained), zero text features (SDXL, as sgm trained)."""
+        encoder = self.model.cond_stage_model
+        if isinstance(encoder, Conditioner):
+            return encoder.text([""], zero_text=True).to("cpu")
+        return self.prompts([""])
 
 
 def read_manifest(folder):
@@ -190,7 +205,7 @@ def build_cache(encoders, dataset, folder, with_text=True, batch_size=16):
         prompts = new_indices(texts, CacheIndex(folder, manifest, "prompt").contains(texts))
         empty = folder / "empty.safetensors"
         if with_text and not (manifest["parts"] and empty.is_file()):
-            save_safetensors(encoders.prompts([""])[0].tensors(), empty)  # its parts' shapes lay out the rows
+            save_safetensors(encoders.dropped()[0].tensors(), empty)  # its parts' shapes lay out the rows
         if len(images) or len(prompts):
             part = folder / f"part-{len(manifest['parts']):06d}"
             part.mkdir()
@@ -268,8 +283,9 @@ class CachedPairs(Dataset):
     `empty_conditioning`: {part: tensor}) beside the prompt; read from the cache's
     shards as they are asked for."""
 
-    def __init__(self, dataset, folder, with_text=True):
+    def __init__(self, dataset, folder, with_text=True, with_size_ids=False):
         self.dataset, self.folder, self.with_text = dataset, Path(folder), with_text
+        self.with_size_ids = with_size_ids  # SDXL's, from the picture's header and its crop
         self.sizes = getattr(dataset, "sizes", None)
         manifest = read_manifest(self.folder)
         if manifest is None:
@@ -301,4 +317,6 @@ class CachedPairs(Dataset):
         if self.with_text:
             cached = Conditioning.from_row(self.row("prompt", self.context_at[i]), like=self.empty)
             out["conditioning"], out["empty_conditioning"] = cached.tensors(), self.empty.tensors()
+        if self.with_size_ids:
+            out["size_ids"] = self.dataset.size_ids(i)
         return out

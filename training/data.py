@@ -106,6 +106,12 @@ class PairDataset(Dataset):
         source = read_rgb(self.root / self.items[i]["source"])
         return as_hint(source if self.sizes is None else scale_and_crop(source, self.sizes[i], smooth=False))
 
+    def size_ids(self, i):
+        """The item's size_ids, from its target's header (what the latent cache reads beside its encodings)."""
+        with Image.open(self.root / self.items[i]["target"]) as image:
+            width, height = image.size
+        return size_ids((height, width), None if self.sizes is None else self.sizes[i])
+
     def image(self, i):
         """The target alone, as the item's jpg (what the latent cache encodes)."""
         target = read_rgb(self.root / self.items[i]["target"])
@@ -180,6 +186,9 @@ class AnnotatedFolder(Dataset):
 
     def crop_size(self, i):
         return (self.size, self.size) if self.sizes is None else self.sizes[i]
+
+    def size_ids(self, i):
+        return size_ids(picture_size(self.paths[i]), self.crop_size(i))
 
     def target(self, i):
         return scale_and_crop(self.picture(i), self.crop_size(i))
