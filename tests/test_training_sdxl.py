@@ -90,3 +90,24 @@ def test_an_sdxl_cache_keeps_the_text_and_gives_the_same_losses(shapes, xl_weigh
     plain, cached = losses(tmp_path / "plain"), losses(tmp_path / "cached")
     assert (tmp_path / "cached/cache/manifest.json").is_file() and len(plain) == 3
     np.testing.assert_allclose([cached[s] for s in sorted(plain)], [plain[s] for s in sorted(plain)], rtol=1e-4)
+
+
+def test_a_mid_sdxl_control_trains_from_shards_in_bf16_with_8_bit_adamw_checkpointing_and_image_logs(
+        shapes, xl_weights, tmp_path):
+    """The rest of what train.py does for SD 1.5, on SDXL: a reduced ("mid") control made by tool_add_control,
+    WebDataset shards, mixed precision, 8-bit AdamW, gradient checkpointing, image logs."""
+    import tool_add_control
+    from training.shards import write_shards
+
+    write_shards(shapes, tmp_path / "shards", per_shard=6)
+    mid = tmp_path / "mid.safetensors"
+    tool_add_control.main([str(xl_weights.parent / "base.safetensors"), str(mid), "--config", str(TINY_XL_YAML),
+                           "--layout", "mid"])
+    trainee = train.main(["--config", str(TINY_XL_YAML), "--data", str(tmp_path / "shards/{000000..000001}.tar"),
+                          "--resolution", "64", "--out", str(tmp_path / "run"), "--max-steps", "3", "--batch-size",
+                          "2", "--ckpt-every", "3", "--log-every", "1", "--precision", "bf16-mixed", "--optimizer",
+                          "adamw8bit", "--gradient-checkpointing", "--log-images-every", "3", "--log-images", "1",
+                          "--resume", str(mid)])
+    assert len(trainee.model.control_model.input_blocks[4][1].transformer_blocks) == 1  # mid: 1 block, full: 2
+    assert all(np.isfinite(list(losses(tmp_path / "run").values())))
+    assert list((tmp_path / "run").rglob("*.png")) and (tmp_path / "run/checkpoints/step-000003.ckpt").is_file()
