@@ -4,7 +4,8 @@
     python -m training.shards DATASET_FOLDER shards/ --per-shard 1000     (a release-layout folder into shards)
 
 A sample is the files of one key in a tar: the image (`KEY.jpg`, `.jpeg`, `.png` or `.webp`), its condition
-(`KEY.hint.png`; also `source.*`, `control.*`, `conditioning.*`, as other writers name it) and its caption
+(`KEY.hint.png`; also `source.*`, `control.*`, `conditioning.*`, as other writers name it; or the one map of
+training.prepare's samples, which `KEY.json` lists with the picture's original size) and its caption
 (`KEY.txt`, optional). Pairs are scaled and centre-cropped to `size` (with aspect buckets, to the bucket
 nearest their shape).
 
@@ -174,7 +175,11 @@ class ShardStream(IterableDataset):
     def decode(self, sample):
         where = f"{sample['__url__']} sample {sample['__key__']}"
         image = first_of(sample, IMAGE_EXTENSIONS)
+        meta = json.loads(sample["json"]) if "json" in sample else {}
         hint = first_of(sample, [f"{name}.{ext}" for name in CONDITION_NAMES for ext in IMAGE_EXTENSIONS])
+        maps = meta.get("maps") or []  # training.prepare's samples: one map per annotator
+        if hint is None and len(maps) == 1:
+            hint = sample.get(f"{maps[0]}.png")
         if image is None or hint is None:
             raise DataError(f"{where} has files {sorted(k for k in sample if not k.startswith('__'))}: a sample "
                             f"needs an image ({'/'.join(IMAGE_EXTENSIONS)}) and a condition (hint.png)")
@@ -184,8 +189,11 @@ class ShardStream(IterableDataset):
                             f"{hint.shape[1]}x{hint.shape[0]}")
         size = (self.size, self.size) if self.buckets is None else nearest_bucket(*image.shape[:2], self.buckets)
         caption = sample.get("txt", b"").decode("utf-8").strip()
+        ids = size_ids(image.shape[:2], size)
+        if "original_size" in meta:  # the picture before training.prepare resized it
+            ids[:2] = meta["original_size"]
         return {"jpg": as_image(scale_and_crop(image, size)), "txt": caption,
-                "hint": as_hint(scale_and_crop(hint, size, smooth=False)), "size_ids": size_ids(image.shape[:2], size)}
+                "hint": as_hint(scale_and_crop(hint, size, smooth=False)), "size_ids": ids}
 
     def first(self, n):
         """The first n samples of the stream, decoded (for image logs)."""

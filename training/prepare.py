@@ -1,0 +1,332 @@
+"""Training pairs from plain pictures, at scale: pictures in, WebDataset shards out, each sample holding the
+picture, its condition map for every chosen annotator, its caption and its metadata, ready for train.py.
+
+    python -m training.prepare --input photos/ --out shards/ --annotators canny openpose_mediapipe
+    python -m training.prepare --input list.parquet --caption-column text --out shards/ --annotators canny \\
+        --address auto                     # on a running Ray cluster (ray start --head, then ray start --address)
+
+The input is a folder of pictures (captions in sidecar .txt files), a list (.parquet, .csv, .jsonl) with a path
+or URL column and a caption column, or WebDataset shards (a picture and an optional .txt a sample). Each picture
+is resized so its shorter side is --resolution and annotated at that size; a sample is `KEY.jpg` (the picture),
+`KEY.<annotator>.png` (each map), `KEY.txt` and `KEY.json` (its source, original size, size and maps).
+
+It runs on Ray Data where Ray is installed: decoding and the cheap annotators (canny, ...) as tasks, the network
+detectors as actor pools that load their weights once (on GPUs when the cluster has them), streamed, the shards
+written in input order by the driver; `--engine local` (or no Ray) runs the same stages in one loop and writes the
+same bytes. Shard k holds items k * per_shard ... (k + 1) * per_shard - 1 of the input: finished shards are kept
+and a rerun makes only the missing ones. Pictures that cannot be read, or fail --min-size / --max-aspect, are
+skipped and counted by reason.
+"""
+
+import argparse
+import io
+import json
+import os
+import tarfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+CHEAP = ("canny", "invert", "scribble", "shuffle", "tile")  # no weights: tasks; the others are actor pools
+JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class Options:
+    annotators: tuple
+    resolution: int = 512
+    min_size: int = 0  # the shorter side, in the original picture
+    max_aspect: float = 0.0  # longer side / shorter side; 0: any
+    weights: str | None = None  # the annotators' weights folder
+
+
+# -- the inputs, as items {"index", "source", "caption"} ----------------------------------------------------------
+
+def list_items(source, caption_column="caption", path_column=None):
+    """The items of an input: a folder, a list file or shards (see the module's note)."""
+    source = str(source)
+    if source.endswith(".tar") or "{" in source:
+        return shard_items(source)
+    path = Path(source)
+    if path.is_dir():
+        from annotators import list_pictures
+
+        pictures = list_pictures(path)
+        return [{"index": i, "source": str(p), "caption": caption_of(p)} for i, p in enumerate(pictures)]
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    elif suffix == ".csv":
+        import csv
+
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    elif suffix in (".jsonl", ".json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    else:
+        raise ValueError(f"--input {source}: give a folder of pictures, a .parquet/.csv/.jsonl list or .tar shards")
+    column = path_column or next((c for c in ("path", "url", "image", "file") if rows and c in rows[0]), None)
+    if not rows or column is None:
+        raise ValueError(f"--input {source} has no rows with a path or url column (give --path-column)")
+    base = path.parent
+    return [{"index": i, "source": resolved(str(row[column]), base), "caption": str(row.get(caption_column) or "")}
+            for i, row in enumerate(rows)]
+
+
+def resolved(location, base):
+    return location if "://" in location or Path(location).is_absolute() else str(base / location)
+
+
+def caption_of(path):
+    text = Path(path).with_suffix(".txt")
+    return text.read_text().strip() if text.is_file() else ""
+
+
+def shard_items(pattern):
+    """Items of WebDataset shards: each sample's picture (its bytes carried along) and caption."""
+    import braceexpand
+
+    items = []
+    for shard in braceexpand.braceexpand(pattern):
+        samples = {}
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.isfile():
+                    key, _, ext = member.name.partition(".")
+                    samples.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
+        for key, files in samples.items():
+            picture = next((files[e] for e in ("jpg", "jpeg", "png", "webp") if e in files), None)
+            items.append({"index": len(items), "source": f"{shard}:{key}", "data": picture,
+                          "caption": files.get("txt", b"").decode("utf-8", "replace").strip()})
+    return items
+
+
+# -- the stages: each takes a row and returns a row; a skipped row keeps its reason ---------------------------
+
+def load(row, options):
+    """Read and check the picture; its pixels at --resolution (shorter side) in `picture`."""
+    from annotators import ImageError, read_image, resize_image
+
+    row = dict(row)
+    try:
+        data = row.pop("data", None)
+        picture = read_image(data if data is not None else fetched(row["source"]))
+    except FileNotFoundError:
+        return {**row, "skipped": "missing"}
+    except (ImageError, OSError, ValueError):
+        return {**row, "skipped": "unreadable"}
+    height, width = picture.shape[:2]
+    if min(height, width) < options.min_size:
+        return {**row, "skipped": f"smaller than {options.min_size}"}
+    if options.max_aspect and max(height, width) / min(height, width) > options.max_aspect:
+        return {**row, "skipped": f"aspect above {options.max_aspect}"}
+    return {**row, "original_size": [height, width], "picture": resize_image(picture, options.resolution)}
+
+
+def fetched(location):
+    """A picture's bytes from a path or URL."""
+    if "://" in location:
+        import urllib.request
+
+        with urllib.request.urlopen(location, timeout=30) as response:
+            return response.read()
+    return Path(location).read_bytes()
+
+
+def annotate(row, annotator, options, detect=None):
+    """The row with the map of `annotator` as PNG bytes (`detect`: a detector already holding its weights)."""
+    if row.get("skipped"):  # Ray Data gives every row every column: None where a row has no value
+        return row
+    from annotators import condition_map
+
+    picture = row["picture"]
+    condition = condition_map(picture, detect or annotator, options.resolution, weights=options.weights,
+                              nearest=annotator in ("openpose", "openpose_mediapipe", "pose", "seg"))
+    return {**row, f"map_{annotator}": png(condition)}
+
+
+class Annotator:
+    """An actor's annotator: the detector made once, its weights loaded on the first picture and kept."""
+
+    def __init__(self, annotator, options):
+        from annotators import ANNOTATORS
+
+        self.annotator, self.options, self.detect = annotator, options, ANNOTATORS[annotator]
+
+    def __call__(self, row):
+        return annotate(row, self.annotator, self.options, self.detect)
+
+
+def png(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sample_files(row, annotators):
+    """A finished row -> the files of its sample (name suffix -> bytes)."""
+    buffer = io.BytesIO()
+    Image.fromarray(row["picture"]).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    height, width = row["picture"].shape[:2]
+    meta = {"source": row["source"], "original_size": [int(v) for v in row["original_size"]],
+            "size": [height, width], "maps": list(annotators)}
+    files = {"jpg": buffer.getvalue(), "txt": row["caption"].encode("utf-8"),
+             "json": json.dumps(meta, sort_keys=True).encode("utf-8")}
+    files.update({f"{name}.png": row[f"map_{name}"] for name in annotators})
+    return files
+
+
+# -- writing: shards in input order, each atomically ------------------------------------------------------------
+
+def shard_name(number):
+    return f"{number:06d}.tar"
+
+
+def write_shard(out, number, samples):
+    """Write shard `number` (samples: (key, files)) atomically, with fixed tar metadata: the same samples give the
+    same bytes."""
+    tmp = out / f".{shard_name(number)}.tmp"
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, files in samples:
+            for suffix, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
+                tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, out / shard_name(number))
+
+
+@dataclass
+class Summary:
+    read: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    maps: int = 0
+    shards_written: int = 0
+    shards_kept: int = 0
+    seconds: float = 0.0
+
+    def line(self):
+        skipped = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items())) or "none"
+        rate = self.read / self.seconds if self.seconds else 0.0
+        return (f"{self.read} pictures read, skipped: {skipped}; {self.maps} maps written in {self.shards_written} "
+                f"shards ({self.shards_kept} finished before, kept); {rate:.2f} pictures/s")
+
+
+def prepare(items, out, options, per_shard=1000, engine="auto", address=None, workers=None, gpus_per_actor=0,
+            progress=True):
+    """Make the shards of `items` that `out` lacks; returns the Summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start, summary = time.perf_counter(), Summary()
+    shards = range((len(items) + per_shard - 1) // per_shard)
+    todo = [k for k in shards if not (out / shard_name(k)).is_file()]
+    summary.shards_kept = len(shards) - len(todo)
+    wanted = [item for item in items if item["index"] // per_shard in set(todo)]
+    rows = run_ray(wanted, options, address, workers, gpus_per_actor) if use_ray(engine) else run_local(wanted,
+                                                                                                            options)
+    if progress:
+        from tqdm import tqdm
+
+        rows = tqdm(rows, total=len(wanted), desc="pictures", unit="picture")
+    pending, current = [], None
+    for row in rows:
+        number = row["index"] // per_shard
+        if current is not None and number != current:
+            write_shard(out, current, pending)
+            summary.shards_written, pending = summary.shards_written + 1, []
+        current = number
+        summary.read += 1
+        if row.get("skipped"):
+            summary.skipped[row["skipped"]] += 1
+            continue
+        pending.append((f"{row['index']:09d}", sample_files(row, options.annotators)))
+        summary.maps += len(options.annotators)
+    if current is not None:
+        write_shard(out, current, pending)
+        summary.shards_written += 1
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def use_ray(engine):
+    if engine == "local":
+        return False
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        if engine == "ray":
+            raise RuntimeError("--engine ray needs Ray Data: pip install 'ray[data]'") from None
+        return False
+    return True
+
+
+def run_local(items, options):
+    """The stages in one loop, one picture at a time."""
+    from annotators import ANNOTATORS
+
+    detectors = {name: ANNOTATORS[name] for name in options.annotators}
+    for item in items:
+        row = load(item, options)
+        for name in options.annotators:
+            row = annotate(row, name, options, detectors[name])
+        yield {k: v for k, v in row.items() if k != "data"}
+
+
+def run_ray(items, options, address=None, workers=None, gpus_per_actor=0):
+    """The stages on Ray Data, rows streamed back in input order."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+                 log_to_driver=False, ignore_reinit_error=True)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # the driver writes shards in input order
+    context.enable_progress_bars = False
+    workers = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), workers * 4)))
+    dataset = dataset.map(load, fn_kwargs={"options": options})
+    for name in options.annotators:
+        if name in CHEAP:
+            dataset = dataset.map(annotate, fn_args=(name, options))
+        else:
+            dataset = dataset.map(Annotator, fn_constructor_args=(name, options), concurrency=workers,
+                                  num_gpus=gpus_per_actor)
+    yield from dataset.iter_rows()
+
+
+def main(argv=None):
+    from annotators import ANNOTATORS
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--input", required=True, help="a folder of pictures, a .parquet/.csv/.jsonl list, or .tar shards")
+    p.add_argument("--out", required=True, help="the folder of the shards")
+    p.add_argument("--annotators", nargs="+", required=True, choices=sorted(ANNOTATORS))
+    p.add_argument("--caption-column", default="caption")
+    p.add_argument("--path-column", help="a list's column of paths or URLs (default: path, url, image or file)")
+    p.add_argument("--resolution", type=int, default=512, help="the pictures' shorter side in the shards")
+    p.add_argument("--per-shard", type=int, default=1000)
+    p.add_argument("--min-size", type=int, default=0, help="skip pictures whose shorter side is below this")
+    p.add_argument("--max-aspect", type=float, default=0.0, help="skip pictures longer than this times their width")
+    p.add_argument("--engine", choices=["auto", "ray", "local"], default="auto")
+    p.add_argument("--address", help="a Ray cluster's address (auto: the one this machine belongs to)")
+    p.add_argument("--workers", type=int, help="CPUs (local Ray) and actors per network annotator")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--weights", help="the annotators' weights folder")
+    args = p.parse_args(argv)
+    items = list_items(args.input, args.caption_column, args.path_column)
+    options = Options(tuple(args.annotators), args.resolution, args.min_size, args.max_aspect, args.weights)
+    summary = prepare(items, args.out, options, args.per_shard, args.engine, args.address, args.workers,
+                      args.gpus_per_actor)
+    print(summary.line())
+    return summary
+
+
+if __name__ == "__main__":
+    from ldm.errors import run_main
+
+    run_main(main)
