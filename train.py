@@ -157,7 +157,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-count", type=number_flag(int, 1), default=20, help="held-out cases per evaluation (the first N)")
     p.add_argument("--eval-steps", type=number_flag(int, 1, 1000), default=20, help="sampling steps per evaluated image")
     p.add_argument("--eval-images", type=number_flag(int, 1), default=1, help="images per case")
-    p.add_argument("--devices", default="auto")
+    p.add_argument("--devices", default="auto", help="devices (processes) per machine")
+    p.add_argument("--num-nodes", type=number_flag(int, 1), default=1,
+                   help="machines, each launched by torchrun or SLURM's srun (see the README)")
     p.add_argument("--strategy", default="auto", help="e.g. ddp, fsdp, deepspeed_stage_2")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--workers", type=number_flag(int, 0), default=0)
@@ -348,7 +350,8 @@ def main(argv=None):
     try:
         trainer = pl.Trainer(
             max_steps=args.max_steps, accumulate_grad_batches=args.accumulate, precision=args.precision,
-            devices=args.devices, strategy=args.strategy, accelerator=args.accelerator, callbacks=callbacks,
+            devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy, accelerator=args.accelerator,
+            callbacks=callbacks,
             default_root_dir=out, enable_checkpointing=False, logger=pl.loggers.CSVLogger(out, name="logs"),
             log_every_n_steps=args.log_every, use_distributed_sampler=False,
             max_epochs=-1, num_sanity_val_steps=0, plugins=[DirectCheckpointIO()],

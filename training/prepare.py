@@ -168,6 +168,13 @@ def png(array):
     return buffer.getvalue()
 
 
+def finish(row, annotators):
+    """A row made into what the driver writes: its index, and its sample's files or why it was skipped."""
+    if row.get("skipped"):
+        return {"index": row["index"], "skipped": row["skipped"], "files": None}
+    return {"index": row["index"], "skipped": None, "files": sample_files(row, annotators)}
+
+
 def sample_files(row, annotators):
     """A finished row -> the files of its sample (name suffix -> bytes)."""
     buffer = io.BytesIO()
@@ -193,7 +200,7 @@ def write_shard(out, number, samples):
     tmp = out / f".{shard_name(number)}.tmp"
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for key, files in samples:
-            for suffix, data in files.items():
+            for suffix, data in sorted(files.items()):  # Ray's rows may give a dict's keys in another order
                 info = tarfile.TarInfo(f"{key}.{suffix}")
                 info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
                 tar.addfile(info, io.BytesIO(data))
@@ -240,10 +247,10 @@ def prepare(items, out, options, per_shard=1000, engine="auto", address=None, wo
             summary.shards_written, pending = summary.shards_written + 1, []
         current = number
         summary.read += 1
-        if row.get("skipped"):
+        if row["skipped"]:
             summary.skipped[row["skipped"]] += 1
             continue
-        pending.append((f"{row['index']:09d}", sample_files(row, options.annotators)))
+        pending.append((f"{row['index']:09d}", row["files"]))
         summary.maps += len(options.annotators)
     if current is not None:
         write_shard(out, current, pending)
@@ -273,7 +280,25 @@ def run_local(items, options):
         row = load(item, options)
         for name in options.annotators:
             row = annotate(row, name, options, detectors[name])
-        yield {k: v for k, v in row.items() if k != "data"}
+        yield finish(row, options.annotators)
+
+
+def start_ray(address=None, workers=None):
+    """Join the Ray cluster at `address`, or start a local one of `workers` CPUs."""
+    import ray
+
+    ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": "training.prepare.one_thread"})
+
+
+def one_thread():
+    """A Ray worker computes on one thread (OpenCV's and torch's pools too): the workers are the parallelism,
+    and threads of their own would only contend for the same cores."""
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
 
 
 def run_ray(items, options, address=None, workers=None, gpus_per_actor=0):
@@ -282,8 +307,7 @@ def run_ray(items, options, address=None, workers=None, gpus_per_actor=0):
     import ray.data
 
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
-                 log_to_driver=False, ignore_reinit_error=True)
+        start_ray(address, workers)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the driver writes shards in input order
     context.enable_progress_bars = False
@@ -296,7 +320,8 @@ def run_ray(items, options, address=None, workers=None, gpus_per_actor=0):
         else:
             dataset = dataset.map(Annotator, fn_constructor_args=(name, options), concurrency=workers,
                                   num_gpus=gpus_per_actor)
-    yield from dataset.iter_rows()
+    # the samples are encoded on the workers: the driver receives their bytes and only writes
+    yield from dataset.map(finish, fn_args=(options.annotators,)).iter_rows()
 
 
 def main(argv=None):
