@@ -62,6 +62,7 @@ from torch.utils.data import DataLoader
 from annotators.util import MAX_SIDE
 from cldm.model import load_model
 from cldm.settings import number_flag
+from cldm.union import ANNOTATOR_TYPES, UNION_TYPES, UnionControlNet
 from evaluation.conditions import CONDITIONS
 from evaluation.harness import default_settings
 from ldm.sdxl import DiffusionEngine
@@ -97,6 +98,10 @@ def parse_args(argv=None):
                                        "with this annotator, e.g. canny, hed")
     p.add_argument("--resolution", type=number_flag(int, 64, MAX_SIDE), default=512,
                    help="square crop size for --annotator folders and shards; the buckets' size with --buckets")
+    p.add_argument("--control-types", nargs="+", metavar="MAP[=TYPE]",
+                   help="ControlNet-Union training: the maps of training.prepare's shards to train on (annotator "
+                        "names, e.g. canny openpose_mediapipe), each sample a random subset of them; a map's "
+                        "control type is its annotator's (canny: thin_lines) unless given as canny=thin_lines")
     p.add_argument("--buckets", action="store_true",
                    help="non-square data: scale and crop each pair to the aspect bucket (sides multiples of 64, "
                         "about resolution² pixels) nearest its shape; a batch holds one bucket")
@@ -299,10 +304,39 @@ def read_dataset(args):
         if args.annotator or args.cache or args.cache_dir:
             raise SystemExit("--annotator and --cache take a dataset folder; shards carry their conditions and are "
                              "encoded as they stream")
-        return ShardStream(args.data, args.resolution, args.batch_size, args.seed, buckets)
+        return ShardStream(args.data, args.resolution, args.batch_size, args.seed, buckets,
+                           union_maps(args.control_types))
     if args.annotator:
         return AnnotatedFolder(args.data, args.annotator, args.resolution, buckets=buckets)
     return PairDataset(args.data, buckets=buckets, check_all=args.check_files)
+
+
+def union_maps(control_types):
+    """--control-types as [(map name, control type index)] (None when not given)."""
+    if not control_types:
+        return None
+    maps = []
+    for given in control_types:
+        name, _, kind = given.partition("=")
+        kind = kind or ANNOTATOR_TYPES.get(name)
+        if kind not in UNION_TYPES:
+            raise SystemExit(f"--control-types {given}: say its control type as {name}=TYPE, one of "
+                             f"{', '.join(UNION_TYPES)}")
+        maps.append((name, UNION_TYPES.index(kind)))
+    return maps
+
+
+def check_union(args, model):
+    """--control-types and a ControlNet-Union go together; each type must be one the net knows."""
+    net = getattr(model, "control_model", None)
+    if args.control_types and not isinstance(net, UnionControlNet):
+        raise SystemExit("--control-types trains a ControlNet-Union: --resume one (its keys name task_embedding)")
+    if isinstance(net, UnionControlNet) and args.stage == "control":
+        if not args.control_types:
+            raise SystemExit("a ControlNet-Union trains on typed maps: give --control-types (e.g. canny "
+                             "openpose_mediapipe) and training.prepare's shards holding them")
+        for _, kind in union_maps(args.control_types):
+            net.type_index(UNION_TYPES[kind], "--control-types")
 
 
 def first_items(dataset, n):
@@ -333,6 +367,7 @@ def main(argv=None):
     out = Path(args.out)
     dataset = read_dataset(args)
     trainee = build(args)
+    check_union(args, trainee.model)
     # the bar first: it reaches a step before that step's checkpoint or image log pauses under it
     callbacks = [StepProgress(), AtomicCheckpoint(out / "checkpoints", args.ckpt_every)]
     if args.log_images_every:

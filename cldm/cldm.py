@@ -245,12 +245,27 @@ class ControlLDM(LatentDiffusion):
         self.control_scales = [1.0] * control_model.num_outputs
 
     def apply_model(self, x_noisy, t, cond, control_scales=None):
+        """The model's output; cond["control_types"] (B, K), with cond["c_concat"] [(B, K, 3, H, W)] maps, trains a
+        ControlNet-Union: each sample runs its own conditions (types of -1 are left out)."""
         context = Conditioning.of(cond["c_crossattn"])
         control = None
         if cond.get("c_concat") is not None:
             scales = self.control_scales if control_scales is None else control_scales
-            control = self.control_model(x_noisy, torch.cat(cond["c_concat"], 1), t, context, weights=scales)
+            if cond.get("control_types") is not None:
+                control = self.union_residuals(x_noisy, cond["c_concat"][0], cond["control_types"], t, context, scales)
+            else:
+                control = self.control_model(x_noisy, torch.cat(cond["c_concat"], 1), t, context, weights=scales)
         return self.denoise(x_noisy, t, {"c_crossattn": [context]}, control)
+
+    def union_residuals(self, x, maps, types, t, context, scales):
+        """A ControlNet-Union's residuals for samples that each carry their own conditions: one pass a sample."""
+        per_sample = []
+        for b in range(x.shape[0]):
+            kept = [k for k in range(types.shape[1]) if types[b, k] >= 0]
+            per_sample.append(self.control_model(x[b:b + 1], [maps[b:b + 1, k] for k in kept], t[b:b + 1],
+                                                 context[b:b + 1], weights=scales,
+                                                 types=[int(types[b, k]) for k in kept]))
+        return [torch.cat(parts) for parts in zip(*per_sample)]
 
     # The release's attributes, now the ControlNet's own.
     only_mid_control = property(lambda self: self.control_model.only_mid_control,

@@ -29,9 +29,22 @@ def training_inputs(model, batch, gen, control, prompt_dropout=0.0):
     ControlNet (`control`), the hint."""
     x0 = latents(model, batch, gen)
     cond = {"c_crossattn": [text_context(model, batch, gen, prompt_dropout)], "c_concat": None}
-    if control:
+    if control and "control_types" in batch:  # a ControlNet-Union: (B, K) maps, each sample a random subset
+        cond["c_concat"] = [batch["hint"].permute(0, 1, 4, 2, 3).contiguous().float()]
+        cond["control_types"] = condition_subsets(batch["control_types"], gen)
+    elif control:
         cond["c_concat"] = [image_batch(batch["hint"])]
     return x0, cond
+
+
+def condition_subsets(types, gen):
+    """(B, K) control types -> the same with those a sample leaves out set to -1: each sample keeps a random
+    non-empty subset of its conditions (each kept with probability 1/2, one drawn if none was), as ControlNet-Union
+    was trained on one or several conditions at once."""
+    keep = torch.rand(types.shape, generator=gen, device=gen.device) < 0.5
+    one = torch.randint(0, types.shape[1], (types.shape[0],), generator=gen, device=gen.device)
+    keep[torch.arange(types.shape[0]), one] |= ~keep.any(dim=1)
+    return torch.where(keep.to(types.device), types, torch.full_like(types, -1))
 
 
 def denoising_loss(model, x0, cond, gen, timesteps="uniform", noise_offset=0.0):

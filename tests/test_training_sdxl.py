@@ -111,3 +111,33 @@ def test_a_mid_sdxl_control_trains_from_shards_in_bf16_with_8_bit_adamw_checkpoi
     assert len(trainee.model.control_model.input_blocks[4][1].transformer_blocks) == 1  # mid: 1 block, full: 2
     assert all(np.isfinite(list(losses(tmp_path / "run").values())))
     assert list((tmp_path / "run").rglob("*.png")) and (tmp_path / "run/checkpoints/step-000003.ckpt").is_file()
+
+
+def test_a_union_net_trains_on_random_subsets_of_each_pictures_maps_and_resumes_exactly(tmp_path):
+    """training.prepare's shards with two maps a picture; each sample trains on a random non-empty subset of them,
+    drawn from the run's seed, so a resumed run repeats the uninterrupted one."""
+    from cldm.loss import condition_subsets
+    from tests.test_union import tiny_union_xl
+    from training.prepare import Options, list_items, prepare
+
+    pictures = write_dataset(tmp_path / "pairs", 8, seed=5, size=64) / "target"
+    prepare(list_items(pictures), tmp_path / "shards", Options(("canny", "scribble"), 64), per_shard=8,
+            engine="local", progress=False)
+    model, _ = tiny_union_xl(seed=3)
+    save_safetensors(model.state_dict(), tmp_path / "union.safetensors")
+    common = ["--config", str(TINY_XL_YAML), "--data", str(tmp_path / "shards/000000.tar"), "--resolution", "64",
+              "--batch-size", "2", "--learning-rate", "1e-3", "--ckpt-every", "2", "--log-every", "1",
+              "--control-types", "canny", "scribble"]
+    trainee = train.main([*common, "--out", str(tmp_path / "full"), "--max-steps", "4", "--resume",
+                          str(tmp_path / "union.safetensors")])
+    assert not torch.equal(trainee.model.control_model.task_embedding, model.control_model.task_embedding)
+    train.main([*common, "--out", str(tmp_path / "second"), "--max-steps", "4", "--resume",
+                str(tmp_path / "full/checkpoints/step-000002.ckpt")])
+    full, second = losses(tmp_path / "full"), losses(tmp_path / "second")
+    assert [second[s] for s in (2, 3)] == [full[s] for s in (2, 3)]
+    types = torch.tensor([[3, 2]] * 400)
+    kept = condition_subsets(types, torch.Generator().manual_seed(0))
+    assert (kept >= 0).any(dim=1).all()  # never none
+    counts = {pattern: int(((kept >= 0) == torch.tensor(pattern)).all(dim=1).sum()) for pattern in
+              ((True, False), (False, True), (True, True))}
+    assert all(70 < n < 190 for n in counts.values())  # expected 150, 150, 100: 3/8, 3/8, 1/4 of the time

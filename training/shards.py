@@ -112,7 +112,10 @@ class ShardStream(IterableDataset):
     With several DataLoader workers, worker w of W makes the process's batches w, w + W, ...
     """
 
-    def __init__(self, pattern, size=512, batch_size=1, seed=0, buckets=None):
+    def __init__(self, pattern, size=512, batch_size=1, seed=0, buckets=None, maps=None):
+        """`maps`: [(map name, control type index)] for a ControlNet-Union: each sample's `hint` is then those
+        maps stacked (K, H, W, 3), its `control_types` their types (training.prepare writes such shards)."""
+        self.maps = maps
         if buckets is not None and batch_size != 1:
             raise DataError("aspect buckets from a stream need --batch-size 1 (a batch would mix buckets): use "
                             "--batch-size 1 with --accumulate for larger batches, or shards of one size")
@@ -180,9 +183,11 @@ class ShardStream(IterableDataset):
         maps = meta.get("maps") or []  # training.prepare's samples: one map per annotator
         if hint is None and len(maps) == 1:
             hint = sample.get(f"{maps[0]}.png")
-        if image is None or hint is None:
+        if image is None or (hint is None and not self.maps):
             raise DataError(f"{where} has files {sorted(k for k in sample if not k.startswith('__'))}: a sample "
                             f"needs an image ({'/'.join(IMAGE_EXTENSIONS)}) and a condition (hint.png)")
+        if self.maps:
+            return self.decode_maps(sample, image, meta, where)
         image, hint = picture(image, where), picture(hint, where)
         if image.shape != hint.shape:
             raise DataError(f"{where}: the image is {image.shape[1]}x{image.shape[0]} but the condition "
@@ -194,6 +199,23 @@ class ShardStream(IterableDataset):
             ids[:2] = meta["original_size"]
         return {"jpg": as_image(scale_and_crop(image, size)), "txt": caption,
                 "hint": as_hint(scale_and_crop(hint, size, smooth=False)), "size_ids": ids}
+
+    def decode_maps(self, sample, image, meta, where):
+        """A sample with every map of `maps`, stacked, and their control types."""
+        missing = [name for name, _ in self.maps if f"{name}.png" not in sample]
+        if missing:
+            raise DataError(f"{where} has no map {missing[0]}.png (it has {meta.get('maps')}): prepare the shards "
+                            "with those annotators, or name the maps they hold in --control-types")
+        image = picture(image, where)
+        size = (self.size, self.size) if self.buckets is None else nearest_bucket(*image.shape[:2], self.buckets)
+        maps = [as_hint(scale_and_crop(picture(sample[f"{name}.png"], where), size, smooth=False))
+                for name, _ in self.maps]
+        ids = size_ids(image.shape[:2], size)
+        if "original_size" in meta:
+            ids[:2] = meta["original_size"]
+        return {"jpg": as_image(scale_and_crop(image, size)), "txt": sample.get("txt", b"").decode("utf-8").strip(),
+                "hint": np.stack(maps), "control_types": np.array([kind for _, kind in self.maps]),
+                "size_ids": ids}
 
     def first(self, n):
         """The first n samples of the stream, decoded (for image logs)."""
