@@ -17,7 +17,7 @@ from ldm.checkpoint import CheckpointError, cross_attention_width, family, save_
 from ldm.config import ConfigError, instantiate, load_yaml
 from ldm.diffusion import LatentDiffusion
 from ldm.files import MODELS
-from ldm.sdxl import SDXL_SCHEDULE, DiffusionEngine
+from ldm.sdxl import ID_FEATURES, SDXL_SCHEDULE, DiffusionEngine
 
 UNET_PREFIX = "model.diffusion_model."
 
@@ -34,17 +34,23 @@ def _model_params(config_path):
     return load_yaml(config_path)["model"].get("params") or {}
 
 
-def fresh_control_state(config_path, seed=0, layout="full"):
+def fresh_control_state(config_path, seed=0, layout="full", union_types=None):
     """A freshly initialised control (hint encoder random from `seed`, zero convs zero), built from the yaml alone:
     its control_stage_config, or for a base's yaml (SDXL's) a control of the base's widths, with the transformer
-    depth of `layout` (full: the base's; SDXL's reduced mid and small)."""
+    depth of `layout` (full: the base's; SDXL's reduced mid and small); with `union_types` (6, or ProMax's 8) a
+    ControlNet-Union of that many control types."""
     params = _model_params(config_path)
     node = params.get("control_stage_config")
     base = (params.get("network_config") or params.get("unet_config") or {}).get("params")
     if node is None and base is not None:
         node = {"target": "cldm.cldm.ControlNet", "params": params_on_base(base, 3, layout_depths(base, layout))}
-    elif layout != "full":
-        raise ConfigError(f"{config_path} describes its ControlNet: the {layout} layout is for a base's yaml "
+        if union_types:
+            node = {"target": "cldm.union.UnionControlNet",
+                    "params": {**node["params"], "num_control_types": union_types,
+                               "type_features": id_features_width(params)}}
+    elif layout != "full" or union_types:
+        asked = "a ControlNet-Union" if union_types else f"the {layout} layout"
+        raise ConfigError(f"{config_path} describes its ControlNet: {asked} is for a base's yaml "
                           "(models/sd_xl_base.yaml)")
     if node is None:
         raise ConfigError(f"{config_path} describes no ControlNet and no base UNet: give models/cldm_v15.yaml (SD "
@@ -53,6 +59,13 @@ def fresh_control_state(config_path, seed=0, layout="full"):
         torch.manual_seed(seed)
         control = instantiate(node, TARGETS, "model.params.control_stage_config")
     return {CONTROL_PREFIX + k: v for k, v in control.state_dict().items()}
+
+
+def id_features_width(model_params):
+    """The Fourier features a size id gets in an sgm yaml's conditioner (SDXL: 256): a Union's types get as many."""
+    models = ((model_params.get("conditioner_config") or {}).get("params") or {}).get("emb_models") or []
+    widths = [(m.get("params") or {}).get("outdim") for m in models if m.get("target", "").endswith("EmbedderND")]
+    return next((w for w in widths if w), ID_FEATURES)
 
 
 def schedule_state(config_path):
@@ -65,7 +78,7 @@ def schedule_state(config_path):
     return LatentDiffusion(nn.Identity(), nn.Identity(), nn.Identity(), **params).state_dict()
 
 
-def add_control(sd_state, config_path, seed=0, layout="full"):
+def add_control(sd_state, config_path, seed=0, layout="full", union_types=None):
     """ControlLDM initial weights: the SD checkpoint, plus a control whose encoder copies the UNet's.
 
     Returns (state, added_keys): the keys that did not come from the SD checkpoint (hint encoder, zero convs).
@@ -75,7 +88,7 @@ def add_control(sd_state, config_path, seed=0, layout="full"):
     sd_state = normalize_keys(sd_state)
     if any(k.startswith(CONTROL_PREFIX) for k in sd_state):
         raise CheckpointError("the input already has control weights (control_model.*); give a plain SD checkpoint")
-    control = fresh_control_state(config_path, seed, layout)
+    control = fresh_control_state(config_path, seed, layout, union_types)
     check_same_family([("the SD checkpoint", cross_attention_width(sd_state, UNET_PREFIX)),
                        (f"the config {Path(config_path).name}", cross_attention_width(control, CONTROL_PREFIX))])
     state, added = {**schedule_state(config_path), **sd_state}, []

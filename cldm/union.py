@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cldm.cldm import ControlNet
+from ldm.attention import zero_module
 from ldm.sdxl import ID_FEATURES, id_features
 from ldm.unet import timestep_embedding
 
@@ -106,9 +107,11 @@ class UnionControlNet(ControlNet):
         super().__init__(hint_channels, **params)
         width, emb_width = self.model_channels, self.model_channels * 4
         self.num_control_types, self.type_features = num_control_types, type_features
-        self.task_embedding = nn.Parameter(torch.zeros(num_control_types, width))
+        # a fresh net as the released one was initialised: the types' embeddings at the features' scale, and
+        # the projection of the mixed tokens at zero, so that (with the zero convolutions) it starts at the base
+        self.task_embedding = nn.Parameter(width**0.5 * torch.randn(num_control_types, width))
         self.transformer_layes = nn.ModuleList(TypeMixer(width, mixer_heads) for _ in range(mixer_layers))
-        self.spatial_ch_projs = nn.Linear(width, width)
+        self.spatial_ch_projs = zero_module(nn.Linear(width, width))
         self.control_add_embedding = TypeEmbedding(type_features * num_control_types, emb_width)
         if self.config.use_fp16:
             self.half()

@@ -246,3 +246,30 @@ def test_tool_convert_control_moves_sdxl_controls_between_the_sgm_and_diffusers_
         tool_convert_control.main([str(tmp_path / source), str(out), "--to", "release"])
         back = read_any(out)
         assert back.keys() == control.keys() and all(torch.equal(back[k], v) for k, v in control.items())
+
+
+def test_tool_add_control_makes_a_fresh_union_net_that_starts_at_its_base(tmp_path):
+    """--union 8: the base's encoder copied, the Union parts fresh (the types' embeddings random, the mixed tokens'
+    projection and the zero convolutions zero): the eps is the base's, bit for bit, whatever the types."""
+    import tool_add_control
+    from cldm.model import create_model, load_model
+    from ldm.checkpoint import save_safetensors
+    from ldm.diffusion import SCHEDULE_BUFFERS
+
+    torch.manual_seed(0)
+    base = randomize(create_model(TINY_XL_YAML).eval())
+    save_safetensors({k: v for k, v in base.state_dict().items() if k not in (*SCHEDULE_BUFFERS, "logvar")},
+                     tmp_path / "base.safetensors")
+    tool_add_control.main([str(tmp_path / "base.safetensors"), str(tmp_path / "union.safetensors"), "--config",
+                           str(TINY_XL_YAML), "--union", "8"])
+    model = load_model(str(TINY_XL_YAML), tmp_path / "union.safetensors")
+    net = model.control_model
+    assert type(net).__name__ == "UnionControlNet" and net.num_control_types == 8 and net.type_features == 8
+    assert net.task_embedding.abs().max() > 1 and net.spatial_ch_projs.weight.abs().max() == 0
+    inp = tiny_xl_inputs()
+    cond = Conditioning(inp["context"], vector(inp["pooled"], inp["ids"], ID_WIDTH))
+    hints = [torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(1)) for _ in range(2)]
+    with torch.no_grad():
+        residuals = net(inp["x"], hints, inp["t"], cond, types=[0, 7])
+        plain = model.denoise(inp["x"], inp["t"], {"c_crossattn": [cond]}, None)
+        assert torch.equal(model.denoise(inp["x"], inp["t"], {"c_crossattn": [cond]}, residuals), plain)
