@@ -11,6 +11,16 @@ Rows, each in a process of its own so that the memory it reports is its own:
 Sizes alternate row by row, so that drift of a shared machine falls on every row alike.
 
     python bench/training.py [--sizes 256 512] [--steps 2] [--rows ours cached lean]
+
+`--family sdxl` measures SDXL's step at real size instead (UNet 2.6 billion weights; a full ControlNet, then a
+small one), both sides as their memory options have them, on identical random weights:
+- diffusers-style: train_controlnet_sdxl.py's step (prompt embeddings computed before training and the text
+  encoders freed, the VAE encoding each step) with mixed precision (the frozen UNet and VAE in bf16), gradient
+  checkpointing, 8-bit AdamW and gradients set to None;
+- ours: train.py's step from the latent cache (the VAE and text encoders not held), the frozen weights in bf16,
+  gradient checkpointing, 8-bit AdamW applied in backward.
+
+    python bench/training.py --family sdxl --sizes 512 --steps 2 [--layouts full small]
 """
 
 import argparse
@@ -130,6 +140,120 @@ def build_peer(size):
     return step
 
 
+XL_YAML = ROOT / "models/sd_xl_base.yaml"
+XL_ROWS = {"peer": "diffusers-style, its memory options", "ours": "ours, cached, bf16 frozen, 8-bit AdamW in backward"}
+
+
+def build_xl(layout, seed=0):
+    """Our SDXL with a ControlNet of `layout`, every weight random (the same in every process)."""
+    from bench.sampling import randomize
+    from cldm.control_files import layout_depths, params_on_base
+    from cldm.model import build_model, controlled
+    from ldm.config import load_yaml
+
+    config = load_yaml(XL_YAML)
+    base = config["model"]["params"]["network_config"]["params"]
+    config = controlled(config, params_on_base(base, 3, layout_depths(base, layout)))
+    torch.manual_seed(seed)
+    model = build_model(config, initialise=False)
+    randomize(model, seed)
+    return model, config
+
+
+def xl_inputs(size):
+    gen = torch.Generator().manual_seed(1)
+    image, hint = torch.rand(1, size, size, 3, generator=gen) * 2 - 1, torch.rand(1, size, size, 3, generator=gen)
+    return image, hint
+
+
+def build_ours_xl(layout, size):
+    from ldm.unet import set_gradient_checkpointing
+    from training.cache import ModelEncoders
+    from training.module import diffusion_loss, drop_what_a_cache_replaces, update_in_backward
+
+    model, _ = build_xl(layout)
+    model.sd_locked = True
+    set_gradient_checkpointing(model, True)  # --gradient-checkpointing (SDXL's yaml leaves it off)
+    image, hint = xl_inputs(size)
+    with torch.no_grad():
+        encoders = ModelEncoders(model)
+        batch = {"moments": encoders.images(image), "conditioning": encoders.prompts([PROMPT]).tensors(),
+                 "empty_conditioning": encoders.dropped().tensors(), "txt": [PROMPT], "hint": hint,
+                 "size_ids": torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)}
+    drop_what_a_cache_replaces(model, sampling=False)
+    for param in model.parameters():  # bf16-mixed: what nothing trains is held in bf16
+        if not param.requires_grad:
+            param.data = param.data.to(torch.bfloat16)
+    params = model.trainable_parameters()
+    update_in_backward(params, eight_bit_adamw(params))
+    model.train()
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = diffusion_loss(model, batch, torch.Generator().manual_seed(0), control=True)
+        loss.backward()
+
+    return step
+
+
+def build_peer_xl(layout, size):
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+        create_vae_diffusers_config_from_ldm,
+    )
+
+    from cldm.diffusers_interop import control_to_diffusers_keys, diffusers_controlnet_config, diffusers_unet_config
+    from ldm.sdxl import SizeIds
+
+    model, config = build_xl(layout)
+    image, hint = xl_inputs(size)
+    with torch.no_grad():  # the script computes the prompt's embeddings before training, then frees the encoders
+        cond = model.condition([PROMPT], SizeIds.of(size, size))
+    prompt_embeds, text_embeds = cond.crossattn, cond.vector[:, :1280]
+    time_ids = SizeIds.of(size, size).tensor()
+    state = model.state_dict()
+    unet_params = config["model"]["params"]["network_config"]["params"]
+    unet_config, cn_config = diffusers_unet_config(unet_params), diffusers_controlnet_config(config)
+    vae_config = create_vae_diffusers_config_from_ldm(config, state)
+    with torch.device("meta"):
+        unet, controlnet = UNet2DConditionModel(**unet_config), ControlNetModel(**cn_config)
+        vae = AutoencoderKL(**vae_config)
+    unet.load_state_dict(convert_ldm_unet_checkpoint(state, unet_config), assign=True)
+    controlnet.load_state_dict(control_to_diffusers_keys(model.control_model.state_dict(), cn_config), assign=True)
+    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), assign=True)
+    scale, alphas = model.scale_factor, model.alphas_cumprod.clone()
+    del model, state, cond
+    for frozen in (unet, vae):
+        frozen.requires_grad_(False).to(torch.bfloat16)
+    controlnet.train()
+    unet.enable_gradient_checkpointing()
+    controlnet.enable_gradient_checkpointing()
+    optimizer = eight_bit_adamw(controlnet.parameters())
+    pixels, control_image = image.permute(0, 3, 1, 2), hint.permute(0, 3, 1, 2)
+    added = {"text_embeds": text_embeds, "time_ids": time_ids}
+
+    def step():
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            x0 = vae.encode(pixels.to(torch.bfloat16)).latent_dist.sample(generator=gen).float() * scale
+        t = torch.randint(0, 1000, (1,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].reshape(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            down, mid = controlnet(noisy, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added,
+                                   controlnet_cond=control_image, return_dict=False)
+            pred = unet(noisy, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added,
+                        down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        torch.nn.functional.mse_loss(pred.float(), noise).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 class PeakMemory:
     """Samples this process's resident memory every few milliseconds while active; keeps the peak."""
 
@@ -168,8 +292,13 @@ def release_freed_memory():
 
 
 def run_one(row, size, steps):
-    """One row, in this process: (median s/step, resident GiB before training, peak GiB while training)."""
-    step = build_peer(size) if row == "peer" else build_ours(row, size)
+    """One row, in this process: (median s/step, resident GiB before training, peak GiB while training). An SDXL
+    row is "peer-xl:<layout>" or "ours-xl:<layout>"."""
+    if row.endswith(("full", "mid", "small")):
+        kind, layout = row.split(":")
+        step = (build_peer_xl if kind == "peer-xl" else build_ours_xl)(layout, size)
+    else:
+        step = build_peer(size) if row == "peer" else build_ours(row, size)
     release_freed_memory()
     loaded = PeakMemory.resident()
     times = []
@@ -195,6 +324,8 @@ def main():
     parser.add_argument("--steps", type=int, default=2, help="timed steps per row, after one warm-up step")
     parser.add_argument("--rows", nargs="+", default=["ours", "cached", "lean"], choices=["ours", "cached", "lean"],
                         help="our rows, each measured against the diffusers-style row of the same run")
+    parser.add_argument("--family", choices=["sd15", "sdxl"], default="sd15")
+    parser.add_argument("--layouts", nargs="+", default=["full", "small"], choices=["full", "mid", "small"])
     parser.add_argument("--one", help=argparse.SUPPRESS)  # row,size: run one row in this process
     add_threads_argument(parser)
     args = parser.parse_args()
@@ -205,6 +336,8 @@ def main():
         print(json.dumps({"seconds": seconds, "loaded_gib": loaded, "peak_gib": peak}))
         return
     print(f"command: python bench/training.py {' '.join(sys.argv[1:])}".rstrip())
+    if args.family == "sdxl":
+        return main_xl(args)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__},"
           f" fp32 CPU, SD 1.5 size, batch 1, sd_locked")
     print("memory: resident GiB with the models loaded, and the peak while training\n")
@@ -218,6 +351,23 @@ def main():
             f = figures[row]
             print(f"| {size} | {ROWS[row]} | {f['seconds']:.2f} | {f['loaded_gib']:.2f} | {f['peak_gib']:.2f} "
                   f"| {f['seconds'] / peer['seconds']:.2f} | {f['peak_gib'] / peer['peak_gib']:.2f} |", flush=True)
+
+
+def main_xl(args):
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__},"
+          f" CPU, SDXL real size, batch 1, bf16 mixed precision, sd_locked")
+    print("memory: resident GiB with the models loaded, and the peak while training\n")
+    print("| size | ControlNet | row | s/step | loaded GiB | peak GiB | time / diffusers-style | peak / "
+          "diffusers-style |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        for layout in args.layouts:
+            figures = {kind: measure(f"{kind}-xl:{layout}", size, args.steps) for kind in ("peer", "ours")}
+            for kind, f in figures.items():
+                peer = figures["peer"]
+                print(f"| {size} | {layout} | {XL_ROWS[kind]} | {f['seconds']:.2f} | {f['loaded_gib']:.2f} | "
+                      f"{f['peak_gib']:.2f} | {f['seconds'] / peer['seconds']:.2f} | "
+                      f"{f['peak_gib'] / peer['peak_gib']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
