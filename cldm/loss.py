@@ -84,7 +84,7 @@ def text_context(model, batch, gen, prompt_dropout):
         text = cached.where(drop, empty).map(torch.Tensor.float)
         return model.with_size_ids(text, batch["size_ids"]) if isinstance(model, DiffusionEngine) else text
     encoder = model.cond_stage_model
-    if hasattr(encoder, "condition"):  # SDXL's conditioner
+    if isinstance(model, DiffusionEngine):  # SDXL's conditioner
         if "size_ids" not in batch:
             raise ValueError("SDXL trains on each picture's size and crop ids: the batch has no size_ids")
         return encoder.condition(prompts, batch["size_ids"], dropped=drop.to(batch["size_ids"].device))
