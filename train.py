@@ -332,7 +332,8 @@ def check_union(args, model):
     if args.control_types and not isinstance(net, UnionControlNet):
         raise SystemExit("--control-types trains a ControlNet-Union: --resume one (its keys name task_embedding)")
     if args.control_types and not is_shards(args.data):
-        raise SystemExit("--control-types reads the maps of training.prepare's shards: give --data 'shards/{000000..000009}.tar'")
+        raise SystemExit("--control-types reads the maps of training.prepare's shards: give --data "
+                         "'shards/{000000..000009}.tar'")
     if isinstance(net, UnionControlNet) and args.stage == "control":
         if not args.control_types:
             raise SystemExit("a ControlNet-Union trains on typed maps: give --control-types (e.g. canny "
