@@ -30,6 +30,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from training.data import caption
+
 CHEAP = ("canny", "invert", "scribble", "shuffle", "tile")  # no weights: tasks; the others are actor pools
 JPEG_QUALITY = 95
 
@@ -55,7 +57,7 @@ def list_items(source, caption_column="caption", path_column=None):
         from annotators import list_pictures
 
         pictures = list_pictures(path)
-        return [{"index": i, "source": str(p), "caption": caption_of(p)} for i, p in enumerate(pictures)]
+        return [{"index": i, "source": str(p), "caption": caption(p)} for i, p in enumerate(pictures)]
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -82,28 +84,33 @@ def resolved(location, base):
     return location if "://" in location or Path(location).is_absolute() else str(base / location)
 
 
-def caption_of(path):
-    text = Path(path).with_suffix(".txt")
-    return text.read_text().strip() if text.is_file() else ""
-
-
 def shard_items(pattern):
-    """Items of WebDataset shards: each sample's picture (its bytes carried along) and caption."""
+    """Items of WebDataset shards, from their headers (shards.samples_in): each sample's picture is read from its
+    tar where `load` needs it (`tar`, `offset`, `length`); only the captions are read now."""
     import braceexpand
+
+    from training.shards import IMAGE_EXTENSIONS, open_tar, read_member, samples_in
 
     items = []
     for shard in braceexpand.braceexpand(pattern):
-        samples = {}
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if member.isfile():
-                    key, _, ext = member.name.partition(".")
-                    samples.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
-        for key, files in samples.items():
-            picture = next((files[e] for e in ("jpg", "jpeg", "png", "webp") if e in files), None)
-            items.append({"index": len(items), "source": f"{shard}:{key}", "data": picture,
-                          "caption": files.get("txt", b"").decode("utf-8", "replace").strip()})
+        with open_tar(shard) as tar:
+            for key, members in samples_in(tar):
+                picture = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
+                text = read_member(tar, members["txt"]).decode("utf-8", "replace").strip() if "txt" in members else ""
+                item = {"index": len(items), "source": f"{shard}:{key}", "caption": text}
+                if picture is not None:
+                    item.update(tar=shard, offset=picture.offset_data, length=picture.size)
+                items.append(item)
     return items
+
+
+def picture_bytes(row):
+    """A row's picture file: from its tar (shard inputs), else from its path or URL."""
+    if row.get("tar"):
+        with open(row["tar"], "rb") as f:
+            f.seek(row["offset"])
+            return f.read(row["length"])
+    return fetched(row["source"])
 
 
 # -- the stages: each takes a row and returns a row; a skipped row keeps its reason ---------------------------
@@ -114,8 +121,7 @@ def load(row, options):
 
     row = dict(row)
     try:
-        data = row.pop("data", None)
-        picture = read_image(data if data is not None else fetched(row["source"]))
+        picture = read_image(picture_bytes(row))
     except FileNotFoundError:
         return {**row, "skipped": "missing"}
     except (ImageError, OSError, ValueError):
@@ -230,9 +236,9 @@ def prepare(items, out, options, per_shard=1000, engine="auto", address=None, wo
     out.mkdir(parents=True, exist_ok=True)
     start, summary = time.perf_counter(), Summary()
     shards = range((len(items) + per_shard - 1) // per_shard)
-    todo = [k for k in shards if not (out / shard_name(k)).is_file()]
+    todo = {k for k in shards if not (out / shard_name(k)).is_file()}
     summary.shards_kept = len(shards) - len(todo)
-    wanted = [item for item in items if item["index"] // per_shard in set(todo)]
+    wanted = [item for item in items if item["index"] // per_shard in todo]
     rows = run_ray(wanted, options, address, workers, gpus_per_actor) if use_ray(engine) else run_local(wanted,
                                                                                                             options)
     if progress:

@@ -177,45 +177,41 @@ class ShardStream(IterableDataset):
 
     def decode(self, sample):
         where = f"{sample['__url__']} sample {sample['__key__']}"
-        image = first_of(sample, IMAGE_EXTENSIONS)
         meta = json.loads(sample["json"]) if "json" in sample else {}
+        image, conditions = first_of(sample, IMAGE_EXTENSIONS), self.condition_files(sample, meta, where)
+        if image is None or conditions is None:
+            raise DataError(f"{where} has files {sorted(k for k in sample if not k.startswith('__'))}: a sample "
+                            f"needs an image ({'/'.join(IMAGE_EXTENSIONS)}) and a condition (hint.png)")
+        image, conditions = picture(image, where), [picture(c, where) for c in conditions]
+        for condition in conditions:
+            if image.shape != condition.shape:
+                raise DataError(f"{where}: the image is {image.shape[1]}x{image.shape[0]} but the condition "
+                                f"{condition.shape[1]}x{condition.shape[0]}")
+        size = (self.size, self.size) if self.buckets is None else nearest_bucket(*image.shape[:2], self.buckets)
+        ids = size_ids(image.shape[:2], size)
+        if "original_size" in meta:  # the picture before training.prepare resized it
+            ids[:2] = meta["original_size"]
+        hints = [as_hint(scale_and_crop(condition, size, smooth=False)) for condition in conditions]
+        item = {"jpg": as_image(scale_and_crop(image, size)), "txt": sample.get("txt", b"").decode("utf-8").strip(),
+                "hint": np.stack(hints) if self.maps else hints[0], "size_ids": ids}
+        if self.maps:
+            item["control_types"] = np.array([kind for _, kind in self.maps])
+        return item
+
+    def condition_files(self, sample, meta, where):
+        """The condition files of a sample: the one hint (None if it has none), or with `maps` each named map
+        stacked in their order."""
+        if self.maps:
+            missing = [name for name, _ in self.maps if f"{name}.png" not in sample]
+            if missing:
+                raise DataError(f"{where} has no map {missing[0]}.png (it has {meta.get('maps')}): prepare the "
+                                "shards with those annotators, or name the maps they hold in --control-types")
+            return [sample[f"{name}.png"] for name, _ in self.maps]
         hint = first_of(sample, [f"{name}.{ext}" for name in CONDITION_NAMES for ext in IMAGE_EXTENSIONS])
         maps = meta.get("maps") or []  # training.prepare's samples: one map per annotator
         if hint is None and len(maps) == 1:
             hint = sample.get(f"{maps[0]}.png")
-        if image is None or (hint is None and not self.maps):
-            raise DataError(f"{where} has files {sorted(k for k in sample if not k.startswith('__'))}: a sample "
-                            f"needs an image ({'/'.join(IMAGE_EXTENSIONS)}) and a condition (hint.png)")
-        if self.maps:
-            return self.decode_maps(sample, image, meta, where)
-        image, hint = picture(image, where), picture(hint, where)
-        if image.shape != hint.shape:
-            raise DataError(f"{where}: the image is {image.shape[1]}x{image.shape[0]} but the condition "
-                            f"{hint.shape[1]}x{hint.shape[0]}")
-        size = (self.size, self.size) if self.buckets is None else nearest_bucket(*image.shape[:2], self.buckets)
-        caption = sample.get("txt", b"").decode("utf-8").strip()
-        ids = size_ids(image.shape[:2], size)
-        if "original_size" in meta:  # the picture before training.prepare resized it
-            ids[:2] = meta["original_size"]
-        return {"jpg": as_image(scale_and_crop(image, size)), "txt": caption,
-                "hint": as_hint(scale_and_crop(hint, size, smooth=False)), "size_ids": ids}
-
-    def decode_maps(self, sample, image, meta, where):
-        """A sample with every map of `maps`, stacked, and their control types."""
-        missing = [name for name, _ in self.maps if f"{name}.png" not in sample]
-        if missing:
-            raise DataError(f"{where} has no map {missing[0]}.png (it has {meta.get('maps')}): prepare the shards "
-                            "with those annotators, or name the maps they hold in --control-types")
-        image = picture(image, where)
-        size = (self.size, self.size) if self.buckets is None else nearest_bucket(*image.shape[:2], self.buckets)
-        maps = [as_hint(scale_and_crop(picture(sample[f"{name}.png"], where), size, smooth=False))
-                for name, _ in self.maps]
-        ids = size_ids(image.shape[:2], size)
-        if "original_size" in meta:
-            ids[:2] = meta["original_size"]
-        return {"jpg": as_image(scale_and_crop(image, size)), "txt": sample.get("txt", b"").decode("utf-8").strip(),
-                "hint": np.stack(maps), "control_types": np.array([kind for _, kind in self.maps]),
-                "size_ids": ids}
+        return None if hint is None else [hint]
 
     def first(self, n):
         """The first n samples of the stream, decoded (for image logs)."""
