@@ -69,7 +69,7 @@ from ldm.sdxl import DiffusionEngine
 from ldm.threads import add_threads_argument, use_threads
 from ldm.unet import set_gradient_checkpointing
 from training.buckets import BucketBatchSampler, bucket_sizes
-from training.cache import CachedPairs, ModelEncoders, build_cache
+from training.cache import CachedPairs, LatentCache, ModelEncoders, build_cache
 from training.callbacks import AtomicCheckpoint, ControllabilityEval, ImageLogger
 from training.cases import cases_from
 from training.checkpoint_io import CheckpointSpaceError, DirectCheckpointIO
@@ -129,9 +129,11 @@ def parse_args(argv=None):
                    help="recompute activations in backward (default: the yaml's use_checkpoint)")
     p.add_argument("--cache", action="store_true",
                    help="cache VAE latents (and text encodings, if the text encoder is frozen) on disk, in shards "
-                        "read as needed; built once for all processes, extended (not rebuilt) when data is added")
-    p.add_argument("--cache-dir", help="the cache's folder (implies --cache; default: OUT/cache): runs on the same "
-                                       "data with the same VAE and text encoder can share one")
+                        "read as needed; built once for all processes, extended (not rebuilt) when data is added. "
+                        "With shards: the cache python -m training.prepare --latents wrote beside them")
+    p.add_argument("--cache-dir", help="the cache's folder (implies --cache; default: OUT/cache, or the shards' "
+                                       "folder's cache/): runs on the same data with the same VAE and text encoder "
+                                       "can share one")
     p.add_argument("--prompt-dropout", type=number_flag(float, 0.0, 1.0), default=0.0, help="probability of training on the empty prompt")
     p.add_argument("--noise-offset", type=number_flag(float, 0.0, 1.0), default=0.0, help="offset noise: add this times a per-image, "
                    "per-channel constant to the training noise, so flat colours follow the prompt (0.1 is usual)")
@@ -264,15 +266,18 @@ class DataModule(pl.LightningDataModule):
         self.samples = samples  # images are sampled (logs, evaluations): the text encoder and decoder are needed
 
     def setup(self, stage):
-        if self.cache_dir is None or isinstance(self.dataset, CachedPairs):
+        if self.cache_dir is None or isinstance(self.dataset, CachedPairs) or getattr(self.dataset, "cache", None):
             return
         model = self.trainee.model
-        for encoder in (model.first_stage_model, model.cond_stage_model):
-            encoder.to(self.trainer.strategy.root_device)
         text_frozen = not any(p.requires_grad for p in model.cond_stage_model.parameters())
-        build_cache(ModelEncoders(model), self.dataset, self.cache_dir, with_text=text_frozen)
-        self.dataset = CachedPairs(self.dataset, self.cache_dir, with_text=text_frozen,
-                                   with_size_ids=isinstance(model, DiffusionEngine))
+        if isinstance(self.dataset, ShardStream):  # training.prepare --latents wrote the cache with the shards
+            self.dataset.cache = prepared_cache(self.cache_dir, ModelEncoders(model), text_frozen)
+        else:
+            for encoder in (model.first_stage_model, model.cond_stage_model):
+                encoder.to(self.trainer.strategy.root_device)
+            build_cache(ModelEncoders(model), self.dataset, self.cache_dir, with_text=text_frozen)
+            self.dataset = CachedPairs(self.dataset, self.cache_dir, with_text=text_frozen,
+                                       with_size_ids=isinstance(model, DiffusionEngine))
         if self.trainee.stage == "control" and text_frozen:  # what the cache replaces is not held at all
             drop_what_a_cache_replaces(model, self.samples, decoding=self.trainee.options.reward is not None)
 
@@ -295,15 +300,27 @@ class DataModule(pl.LightningDataModule):
         return DataLoader(self.dataset, batch_size=args.batch_size, sampler=sampler, **loader)
 
 
+def prepared_cache(folder, encoders, with_text):
+    """The latent cache training.prepare --latents wrote beside the shards, checked to be this model's."""
+    try:
+        cache = LatentCache(folder, with_text)
+    except FileNotFoundError:
+        raise SystemExit(f"--cache with shards reads the latents training.prepare --latents wrote beside them; "
+                         f"{folder} holds none (give --cache-dir, or prepare the shards with --latents)") from None
+    if cache.manifest["fingerprint"] != encoders.fingerprint():
+        raise SystemExit(f"{folder} holds latents made with another VAE or text encoder than this model's: prepare "
+                         "them with this model's --config and --checkpoint, or train without --cache")
+    return cache
+
+
 def read_dataset(args):
     try:
         buckets = bucket_sizes(args.resolution) if args.buckets else None
     except ValueError as error:
         raise SystemExit(f"--resolution: {error}") from None
     if is_shards(args.data):
-        if args.annotator or args.cache or args.cache_dir:
-            raise SystemExit("--annotator and --cache take a dataset folder; shards carry their conditions and are "
-                             "encoded as they stream")
+        if args.annotator:
+            raise SystemExit("--annotator takes a folder of pictures; shards carry their conditions")
         return ShardStream(args.data, args.resolution, args.batch_size, args.seed, buckets,
                            union_maps(args.control_types))
     if args.annotator:
@@ -384,7 +401,8 @@ def main(argv=None):
     if args.cache or args.cache_dir:
         if args.stage in ("vae", "decoder"):
             raise SystemExit("--cache stores VAE encodings and text encodings, not the images a VAE stage needs")
-        cache_dir = Path(args.cache_dir or out / "cache")
+        beside_shards = is_shards(args.data) and Path(str(dataset.paths[0])).parent / "cache"
+        cache_dir = Path(args.cache_dir or beside_shards or out / "cache")
     try:
         trainer = pl.Trainer(
             max_steps=args.max_steps, accumulate_grad_batches=args.accumulate, precision=args.precision,

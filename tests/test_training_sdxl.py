@@ -141,3 +141,53 @@ def test_a_union_net_trains_on_random_subsets_of_each_pictures_maps_and_resumes_
     counts = {pattern: int(((kept >= 0) == torch.tensor(pattern)).all(dim=1).sum()) for pattern in
               ((True, False), (False, True), (True, True))}
     assert all(70 < n < 190 for n in counts.values())  # expected 150, 150, 100: 3/8, 3/8, 1/4 of the time
+
+
+def test_latents_prepared_with_the_shards_train_as_the_pictures_do_and_resume_by_shard(xl_weights, tmp_path):
+    """training.prepare --latents writes each sample's VAE moments and caption encoding (both encoders' features,
+    the pooled embedding) beside the shards, computed from the shard's own bytes, on Ray as in the plain loop;
+    train.py --cache on those shards gives the losses of the uncached run, and a killed run redoes only the shard
+    whose encodings were not finished."""
+    import json
+
+    from training.cache import LatentCache
+    from training.prepare import Latents, Options, list_items, prepare
+
+    pictures = write_dataset(tmp_path / "pairs", 10, seed=6, size=64) / "target"
+    for line in (tmp_path / "pairs/prompt.json").read_text().splitlines():
+        item = json.loads(line)
+        (tmp_path / "pairs" / item["target"]).with_suffix(".txt").write_text(item["prompt"])
+    options = Options(("canny",), 64, latents=Latents(str(TINY_XL_YAML), (str(xl_weights),)))
+    items = list_items(pictures)
+    local = prepare(items, tmp_path / "local", options, per_shard=4, engine="local", progress=False)
+    prepare(items, tmp_path / "ray", options, per_shard=4, engine="ray", workers=2, progress=False)
+    assert local.shards_written == 3 and local.read == 10
+    for shard in ("000000.tar", "000001.tar", "000002.tar"):
+        assert (tmp_path / "local" / shard).read_bytes() == (tmp_path / "ray" / shard).read_bytes()
+    caches = [LatentCache(tmp_path / engine / "cache") for engine in ("local", "ray")]
+    assert caches[0].manifest["parts"] == caches[1].manifest["parts"] == ["part-000000", "part-000001",
+                                                                         "part-000002"]
+    for kind in ("item", "prompt"):
+        assert sorted(caches[0].index[kind].keys) == sorted(caches[1].index[kind].keys)
+        assert len(caches[0].index[kind].keys) == 10  # every caption differs
+        for key, place in zip(caches[0].index[kind].keys, caches[0].index[kind].places):
+            other = caches[1].locate(kind, np.array([key]))[0]  # 2 threads here, 1 a Ray worker: rounding differs
+            torch.testing.assert_close(caches[0].row(kind, place), caches[1].row(kind, other), rtol=1e-4, atol=1e-5)
+
+    common = ["--config", str(TINY_XL_YAML), "--data", str(tmp_path / "local/{000000..000002}.tar"), "--resolution",
+              "64", "--batch-size", "2", "--max-steps", "3", "--ckpt-every", "3", "--log-every", "1",
+              "--prompt-dropout", "0.5", "--resume", str(xl_weights)]
+    train.main([*common, "--out", str(tmp_path / "plain")])
+    train.main([*common, "--out", str(tmp_path / "cached"), "--cache"])
+    plain, cached = losses(tmp_path / "plain"), losses(tmp_path / "cached")
+    assert len(plain) == 3 and not (tmp_path / "cached/cache").exists()  # the shards' cache was read
+    np.testing.assert_allclose([cached[s] for s in sorted(plain)], [plain[s] for s in sorted(plain)], rtol=1e-4)
+
+    (tmp_path / "local/cache/part-000001/index.safetensors").unlink()  # killed before shard 1 was finished
+    again = prepare(items, tmp_path / "local", options, per_shard=4, engine="local", progress=False)
+    assert (again.shards_kept, again.shards_written, again.read) == (2, 1, 4)
+    assert LatentCache(tmp_path / "local/cache").manifest["parts"] == caches[0].manifest["parts"]
+    manifest = json.loads((tmp_path / "ray/cache/manifest.json").read_text())
+    (tmp_path / "ray/cache/manifest.json").write_text(json.dumps({**manifest, "fingerprint": "0" * 16}))
+    with pytest.raises(SystemExit, match="another VAE or text encoder"):
+        train.main([*common, "--out", str(tmp_path / "other"), "--cache-dir", str(tmp_path / "ray/cache")])

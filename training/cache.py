@@ -69,6 +69,18 @@ class ModelEncoders:
     def __init__(self, model):
         self.model = model
 
+    @classmethod
+    def load(cls, config, checkpoints, dtype=None, device="cpu"):
+        """The encoders of the model that `config` and `checkpoints` make (train.py's --config and --resume), the
+        rest of it freed once loaded."""
+        from cldm.model import load_model
+
+        model = load_model(config, *checkpoints, dtype=dtype, device=device)
+        model.model = None
+        if hasattr(model, "control_model"):
+            model.control_model = None
+        return cls(model)
+
     def fingerprint(self):
         """Changes when the encoders' weights change (a sample of every tensor, not the whole tensor)."""
         h = hashlib.sha256()
@@ -184,6 +196,42 @@ def remove_unlisted(folder, manifest):
             shutil.rmtree(path)
 
 
+def write_empty(encoders, folder):
+    """The dropped prompt's encoding (its parts' shapes lay out the text rows)."""
+    save_safetensors(encoders.dropped()[0].tensors(), Path(folder) / "empty.safetensors")
+
+
+def write_manifest(folder, manifest):
+    with atomic_path(Path(folder) / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+
+
+class PartWriter:
+    """Writes one part of a cache: rows of moments and text encodings into their shards, then (close) the index
+    that finds them by key, last, so that a part without an index is one that did not finish."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.writers = {kind: ShardWriter(self.folder, table) for kind, table in TABLES.items()}
+        self.keys = {kind: [] for kind in TABLES}
+        self.places = {kind: [] for kind in TABLES}
+
+    def add(self, kind, keys, rows):
+        """Append the rows (N, ...) of `keys` (N int64) to the "item" (moments) or "prompt" (text) table."""
+        self.keys[kind].append(np.asarray(keys, np.int64))
+        self.places[kind].append(self.writers[kind].add(rows))
+
+    def close(self):
+        index = {}
+        for kind, writer in self.writers.items():
+            writer.flush()
+            at = np.concatenate(self.places[kind]) if self.places[kind] else np.zeros((0, 2), np.int32)
+            index[f"{kind}_keys"] = torch.from_numpy(np.concatenate(self.keys[kind] or [np.zeros(0, np.int64)]))
+            index.update(places(kind, at))
+        save_safetensors(index, self.folder / "index.safetensors")
+
+
 @torch.no_grad()
 def build_cache(encoders, dataset, folder, with_text=True, batch_size=16):
     """Encode what the cache in `folder` lacks of the dataset (everything, the first time); returns `folder`.
@@ -203,21 +251,18 @@ def build_cache(encoders, dataset, folder, with_text=True, batch_size=16):
         images = by_size(dataset, new_indices(targets, CacheIndex(folder, manifest, "item").contains(targets)))
         texts = texts if with_text else texts[:0]
         prompts = new_indices(texts, CacheIndex(folder, manifest, "prompt").contains(texts))
-        empty = folder / "empty.safetensors"
-        if with_text and not (manifest["parts"] and empty.is_file()):
-            save_safetensors(encoders.dropped()[0].tensors(), empty)  # its parts' shapes lay out the rows
+        if with_text and not (manifest["parts"] and (folder / "empty.safetensors").is_file()):
+            write_empty(encoders, folder)
         if len(images) or len(prompts):
-            part = folder / f"part-{len(manifest['parts']):06d}"
-            part.mkdir()
-            images_at = encode(encoders.images, (dataset.image(i) for i in images), part / "moments", batch_size)
-            prompts_at = encode(lambda texts: encoders.prompts(texts).rows(),
-                                (dataset.items[i]["prompt"] for i in prompts), part / "text", batch_size)
-            save_safetensors({"item_keys": torch.from_numpy(targets[images]), **places("item", images_at),
-                              "prompt_keys": torch.from_numpy(texts[prompts]), **places("prompt", prompts_at)},
-                             part / "index.safetensors")
-            manifest["parts"].append(part.name)
-        with atomic_path(folder / "manifest.json") as tmp:
-            tmp.write_text(json.dumps(manifest, indent=1))
+            part = PartWriter(folder / f"part-{len(manifest['parts']):06d}")
+            for at, rows in encoded(encoders.images, (dataset.image(i) for i in images), batch_size):
+                part.add("item", targets[images[at]], rows)
+            for at, rows in encoded(lambda texts: encoders.prompts(texts).rows(),
+                                    (dataset.items[i]["prompt"] for i in prompts), batch_size):
+                part.add("prompt", texts[prompts[at]], rows)
+            part.close()
+            manifest["parts"].append(part.folder.name)
+        write_manifest(folder, manifest)
     return folder
 
 
@@ -227,25 +272,21 @@ def by_size(dataset, indices):
     return indices if sizes is None else np.array(sorted(indices, key=lambda i: sizes[i]), dtype=np.int64)
 
 
-def encode(function, inputs, prefix, batch_size):
-    """function(batch) for batches of the inputs (an iterable; pictures of one size go in one batch), its rows
-    written to shards `prefix-NNNNNN.safetensors`; returns the (shard, row) of each input, in order."""
-    writer = ShardWriter(prefix.parent, prefix.name)
-    places, batch = [], []
-
-    def flush():
-        rows = function(torch.from_numpy(np.stack(batch)) if isinstance(batch[0], np.ndarray) else batch)
-        places.append(writer.add(rows))
-        batch.clear()
-
+def encoded(function, inputs, batch_size):
+    """(positions, function(batch)) for batches of the inputs, an iterable read as batches are made (pictures of
+    one size go in one batch)."""
+    batch, start = [], 0
     for value in inputs:
         if batch and (len(batch) == batch_size or getattr(value, "shape", None) != getattr(batch[0], "shape", None)):
-            flush()
+            yield np.arange(start, start + len(batch)), function(stacked(batch))
+            start, batch = start + len(batch), []
         batch.append(value)
     if batch:
-        flush()
-    writer.flush()
-    return np.concatenate(places) if places else np.zeros((0, 2), np.int32)
+        yield np.arange(start, start + len(batch)), function(stacked(batch))
+
+
+def stacked(batch):
+    return torch.from_numpy(np.stack(batch)) if isinstance(batch[0], np.ndarray) else batch
 
 
 def places(kind, at):
@@ -277,29 +318,29 @@ class Shard:
         return torch.frombuffer(data, dtype=self.dtype).reshape(self.shape)
 
 
-class CachedPairs(Dataset):
-    """The items of a PairDataset with `moments` in place of the image, and unless the text encoder is
-    being trained (with_text=False), the prompt's and the empty prompt's Conditioning parts (`conditioning`,
-    `empty_conditioning`: {part: tensor}) beside the prompt; read from the cache's
-    shards as they are asked for."""
+class LatentCache:
+    """A cache's encodings, read row by row as they are asked for: the moments of an item, and (with_text) a
+    prompt's Conditioning parts with the dropped prompt's beside them."""
 
-    def __init__(self, dataset, folder, with_text=True, with_size_ids=False):
-        self.dataset, self.folder, self.with_text = dataset, Path(folder), with_text
-        self.with_size_ids = with_size_ids  # SDXL's, from the picture's header and its crop
-        self.sizes = getattr(dataset, "sizes", None)
-        manifest = read_manifest(self.folder)
-        if manifest is None:
-            raise FileNotFoundError(f"{self.folder} holds no cache: build it with training.cache.build_cache")
-        self.parts = manifest["parts"]
-        targets, prompts = item_keys(dataset)
-        self.moments_at = CacheIndex(self.folder, manifest, "item").locate(targets)
+    def __init__(self, folder, with_text=True):
+        self.folder, self.with_text = Path(folder), with_text
+        self.manifest = read_manifest(self.folder)
+        if self.manifest is None:
+            raise FileNotFoundError(f"{self.folder} holds no cache: train.py --cache builds one for a dataset folder, "
+                                    "python -m training.prepare --latents for shards")
+        self.parts = self.manifest["parts"]
+        kinds = TABLES if with_text else ["item"]
+        self.index = {kind: CacheIndex(self.folder, self.manifest, kind) for kind in kinds}
         if with_text:
-            self.context_at = CacheIndex(self.folder, manifest, "prompt").locate(prompts)
             self.empty = Conditioning.from_tensors(safetensors.torch.load_file(str(self.folder / "empty.safetensors")))
-        self.shards = {}  # open shards of this process (memory maps), by path
+        self.shards = {}  # the shards this process has opened, by path
 
     def __getstate__(self):  # a DataLoader worker opens its own
         return {**self.__dict__, "shards": {}}
+
+    def locate(self, kind, keys):
+        """Where each key's row lies, (N, 3); a KeyError says how many the cache lacks."""
+        return self.index[kind].locate(keys)
 
     def row(self, kind, at):
         part, shard, row = (int(v) for v in at)
@@ -308,15 +349,35 @@ class CachedPairs(Dataset):
             self.shards[path] = Shard(path)
         return self.shards[path][row]
 
+    def encodings(self, moments_at, prompt_at=None):
+        """A sample's `moments`, and with the text its `conditioning` and `empty_conditioning` ({part: tensor})."""
+        out = {"moments": self.row("item", moments_at)}
+        if self.with_text:
+            cached = Conditioning.from_row(self.row("prompt", prompt_at), like=self.empty)
+            out["conditioning"], out["empty_conditioning"] = cached.tensors(), self.empty.tensors()
+        return out
+
+
+class CachedPairs(Dataset):
+    """The items of a PairDataset with `moments` in place of the image, and unless the text encoder is
+    being trained (with_text=False), the prompt's and the empty prompt's Conditioning parts (`conditioning`,
+    `empty_conditioning`: {part: tensor}) beside the prompt; read from the cache's
+    shards as they are asked for."""
+
+    def __init__(self, dataset, folder, with_text=True, with_size_ids=False):
+        self.dataset, self.with_size_ids = dataset, with_size_ids  # SDXL's, from the picture's header and its crop
+        self.sizes = getattr(dataset, "sizes", None)
+        self.cache = LatentCache(folder, with_text)
+        targets, prompts = item_keys(dataset)
+        self.moments_at = self.cache.locate("item", targets)
+        self.prompt_at = self.cache.locate("prompt", prompts) if with_text else [None] * len(targets)
+
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
-        out = {"moments": self.row("item", self.moments_at[i]), "txt": self.dataset.items[i]["prompt"],
-               "hint": self.dataset.hint(i)}
-        if self.with_text:
-            cached = Conditioning.from_row(self.row("prompt", self.context_at[i]), like=self.empty)
-            out["conditioning"], out["empty_conditioning"] = cached.tensors(), self.empty.tensors()
+        out = {"txt": self.dataset.items[i]["prompt"], "hint": self.dataset.hint(i),
+               **self.cache.encodings(self.moments_at[i], self.prompt_at[i])}
         if self.with_size_ids:
             out["size_ids"] = self.dataset.size_ids(i)
         return out

@@ -16,12 +16,18 @@ written in input order by the driver; `--engine local` (or no Ray) runs the same
 same bytes. Shard k holds items k * per_shard ... (k + 1) * per_shard - 1 of the input: finished shards are kept
 and a rerun makes only the missing ones. Pictures that cannot be read, or fail --min-size / --max-aspect, are
 skipped and counted by reason.
+
+With --latents (and the --config/--checkpoint train.py will --resume), the same pass also writes what the VAE and
+the text encoders make of each sample into OUT/cache, in training.cache's format (shard k's encodings are its part
+k, keyed by the sample's source, size and crop), computed from the shard's own bytes as train.py crops them;
+`train.py --data 'OUT/{...}.tar' --cache` then starts training at once. An actor pool holds the encoders.
 """
 
 import argparse
 import io
 import json
 import os
+import shutil
 import tarfile
 import time
 from collections import Counter
@@ -37,12 +43,25 @@ JPEG_QUALITY = 95
 
 
 @dataclass(frozen=True)
+class Latents:
+    """What the latent cache written beside the shards is made with: the model train.py will train (its --config
+    and --resume), the precision its frozen encoders will be held in, and the crops it will take (--resolution
+    squares, or aspect buckets)."""
+    config: str
+    checkpoints: tuple
+    precision: str = "32"
+    buckets: bool = False
+    actors: int = 1  # on Ray: how many hold the encoders
+
+
+@dataclass(frozen=True)
 class Options:
     annotators: tuple
     resolution: int = 512
     min_size: int = 0  # the shorter side, in the original picture
     max_aspect: float = 0.0  # longer side / shorter side; 0: any
     weights: str | None = None  # the annotators' weights folder
+    latents: Latents | None = None
 
 
 # -- the inputs, as items {"index", "source", "caption"} ----------------------------------------------------------
@@ -168,6 +187,50 @@ class Annotator:
         return annotate(row, self.annotator, self.options, self.detect)
 
 
+class LatentEncoder:
+    """An actor's VAE and text encoders, loaded once: each finished sample's VAE moments and caption encoding,
+    computed from the sample's own files as train.py reads them (the JPEG decoded, cropped as it will crop)."""
+
+    def __init__(self, options):
+        import torch
+
+        from training.cache import ModelEncoders
+        from training.module import COMPUTE_DTYPES
+
+        latents = options.latents
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.encoders = ModelEncoders.load(latents.config, latents.checkpoints,
+                                           COMPUTE_DTYPES.get(latents.precision), device)
+        self.buckets = None
+        if latents.buckets:
+            from training.buckets import bucket_sizes
+
+            self.buckets = bucket_sizes(options.resolution)
+        self.resolution = options.resolution
+
+    def __call__(self, row):
+        if row.get("skipped"):
+            return row
+        import torch
+
+        from training.buckets import scale_and_crop
+        from training.cache import keys_of
+        from training.data import as_image
+        from training.shards import cache_key, crop_size, picture
+
+        files, meta = row["files"], json.loads(row["files"]["json"])
+        image = picture(files["jpg"], row["source"])
+        size = crop_size(image.shape[:2], self.resolution, self.buckets)
+        with torch.no_grad():
+            moments = self.encoders.images(torch.from_numpy(as_image(scale_and_crop(image, size))[None]))[0]
+        caption = files["txt"].decode("utf-8").strip()  # as train.py reads it
+        text = self.encoders.prompts([caption]).rows()[0]
+        # float32 in the row (NumPy has no bf16), cast back when written: exact for bf16 and fp16 values
+        encodings = {"item_key": int(keys_of([cache_key(meta, size)])[0]), "prompt_key": int(keys_of([caption])[0]),
+                     "moments": moments.float().numpy(), "text": text.float().numpy(), "dtype": str(moments.dtype)}
+        return {**row, "encodings": encodings}
+
+
 def png(array):
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
@@ -177,8 +240,9 @@ def png(array):
 def finish(row, annotators):
     """A row made into what the driver writes: its index, and its sample's files or why it was skipped."""
     if row.get("skipped"):
-        return {"index": row["index"], "skipped": row["skipped"], "files": None}
-    return {"index": row["index"], "skipped": None, "files": sample_files(row, annotators)}
+        return {"index": row["index"], "skipped": row["skipped"], "files": None, "encodings": None}
+    return {"index": row["index"], "skipped": None, "files": sample_files(row, annotators), "encodings": None,
+            "source": row["source"]}
 
 
 def sample_files(row, annotators):
@@ -218,6 +282,7 @@ class Summary:
     read: int = 0
     skipped: Counter = field(default_factory=Counter)
     maps: int = 0
+    latents: int = 0
     shards_written: int = 0
     shards_kept: int = 0
     seconds: float = 0.0
@@ -225,42 +290,114 @@ class Summary:
     def line(self):
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items())) or "none"
         rate = self.read / self.seconds if self.seconds else 0.0
-        return (f"{self.read} pictures read, skipped: {skipped}; {self.maps} maps written in {self.shards_written} "
-                f"shards ({self.shards_kept} finished before, kept); {rate:.2f} pictures/s")
+        latents = f" and {self.latents} latents" if self.latents else ""
+        return (f"{self.read} pictures read, skipped: {skipped}; {self.maps} maps{latents} written in "
+                f"{self.shards_written} shards ({self.shards_kept} finished before, kept); {rate:.2f} pictures/s")
+
+
+class CacheParts:
+    """The latent cache beside the shards (OUT/cache, training.cache's format): shard k's encodings are part k,
+    written before the shard; the manifest lists the parts of finished shards."""
+
+    def __init__(self, out, options, encoders):
+        from training.cache import FORMAT, read_manifest, write_empty
+
+        self.out, self.folder = out, out / "cache"
+        self.folder.mkdir(exist_ok=True)
+        made_with = {"resolution": options.resolution, "buckets": options.latents.buckets,
+                     "precision": options.latents.precision}
+        self.manifest = {"format": FORMAT, "fingerprint": encoders.fingerprint(), "prepared": made_with, "parts": []}
+        before = read_manifest(self.folder)
+        if before and any(before.get(k) != self.manifest[k] for k in ("format", "fingerprint", "prepared")):
+            raise ValueError(f"{self.folder} holds latents made with other encoders or settings "
+                             f"({before.get('prepared')}): give another --out, or delete that folder")
+        write_empty(encoders, self.folder)
+        self.part, self.prompts = None, set()
+
+    def finished(self, number):
+        return (self.folder / f"part-{number:06d}" / "index.safetensors").is_file()
+
+    def start(self, number):
+        from training.cache import PartWriter
+
+        folder = self.folder / f"part-{number:06d}"
+        if folder.exists():  # a run stopped before this shard was written
+            shutil.rmtree(folder)
+        self.part, self.prompts = PartWriter(folder), set()
+
+    def add(self, encodings):
+        import torch
+
+        dtype = getattr(torch, encodings["dtype"].removeprefix("torch."))
+        self.part.add("item", [encodings["item_key"]], torch.from_numpy(encodings["moments"])[None].to(dtype))
+        if encodings["prompt_key"] not in self.prompts:
+            self.prompts.add(encodings["prompt_key"])
+            self.part.add("prompt", [encodings["prompt_key"]], torch.from_numpy(encodings["text"])[None].to(dtype))
+
+    def close(self):
+        """The part's index, then (after its shard is written) the manifest."""
+        self.part.close()
+
+    def list_finished(self):
+        from training.cache import write_manifest
+
+        parts = sorted(p.name for p in self.folder.glob("part-*") if (p / "index.safetensors").is_file()
+                       and (self.out / shard_name(int(p.name.removeprefix("part-")))).is_file())
+        write_manifest(self.folder, {**self.manifest, "parts": parts})
 
 
 def prepare(items, out, options, per_shard=1000, engine="auto", address=None, workers=None, gpus_per_actor=0,
             progress=True):
-    """Make the shards of `items` that `out` lacks; returns the Summary."""
+    """Make the shards of `items` that `out` lacks (and with options.latents their encodings); returns the
+    Summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start, summary = time.perf_counter(), Summary()
+    encoder = LatentEncoder(options) if options.latents else None  # also the local loop's
+    cache = CacheParts(out, options, encoder.encoders) if encoder else None
     shards = range((len(items) + per_shard - 1) // per_shard)
-    todo = {k for k in shards if not (out / shard_name(k)).is_file()}
+    todo = {k for k in shards if not (out / shard_name(k)).is_file() or (cache and not cache.finished(k))}
     summary.shards_kept = len(shards) - len(todo)
     wanted = [item for item in items if item["index"] // per_shard in todo]
-    rows = run_ray(wanted, options, address, workers, gpus_per_actor) if use_ray(engine) else run_local(wanted,
-                                                                                                            options)
+    if use_ray(engine):
+        encoder = None  # the actors load their own
+        rows = run_ray(wanted, options, address, workers, gpus_per_actor)
+    else:
+        rows = run_local(wanted, options, encoder)
     if progress:
         from tqdm import tqdm
 
         rows = tqdm(rows, total=len(wanted), desc="pictures", unit="picture")
     pending, current = [], None
+
+    def write(number):
+        if cache:
+            cache.close()
+        write_shard(out, number, pending)
+        if cache:
+            cache.list_finished()
+        summary.shards_written += 1
+
     for row in rows:
         number = row["index"] // per_shard
-        if current is not None and number != current:
-            write_shard(out, current, pending)
-            summary.shards_written, pending = summary.shards_written + 1, []
-        current = number
+        if number != current:
+            if current is not None:
+                write(current)
+                pending = []
+            if cache:
+                cache.start(number)
+            current = number
         summary.read += 1
         if row["skipped"]:
             summary.skipped[row["skipped"]] += 1
             continue
         pending.append((f"{row['index']:09d}", row["files"]))
+        if cache:
+            cache.add(row["encodings"])
+            summary.latents += 1
         summary.maps += len(options.annotators)
     if current is not None:
-        write_shard(out, current, pending)
-        summary.shards_written += 1
+        write(current)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -277,8 +414,8 @@ def use_ray(engine):
     return True
 
 
-def run_local(items, options):
-    """The stages in one loop, one picture at a time."""
+def run_local(items, options, encoder=None):
+    """The stages in one loop, one picture at a time (`encoder`: the LatentEncoder, with options.latents)."""
     from annotators import ANNOTATORS
 
     detectors = {name: ANNOTATORS[name] for name in options.annotators}
@@ -286,7 +423,8 @@ def run_local(items, options):
         row = load(item, options)
         for name in options.annotators:
             row = annotate(row, name, options, detectors[name])
-        yield finish(row, options.annotators)
+        row = finish(row, options.annotators)
+        yield encoder(row) if encoder else row
 
 
 def start_ray(address=None, workers=None):
@@ -324,10 +462,21 @@ def run_ray(items, options, address=None, workers=None, gpus_per_actor=0):
         if name in CHEAP:
             dataset = dataset.map(annotate, fn_args=(name, options))
         else:
-            dataset = dataset.map(Annotator, fn_constructor_args=(name, options), concurrency=workers,
+            dataset = dataset.map(Annotator, fn_constructor_args=(name, options), compute=pool(workers),
                                   num_gpus=gpus_per_actor)
     # the samples are encoded on the workers: the driver receives their bytes and only writes
-    yield from dataset.map(finish, fn_args=(options.annotators,)).iter_rows()
+    dataset = dataset.map(finish, fn_args=(options.annotators,))
+    if options.latents:
+        dataset = dataset.map(LatentEncoder, fn_constructor_args=(options,), compute=pool(options.latents.actors),
+                              num_gpus=gpus_per_actor)
+    yield from dataset.iter_rows()
+
+
+def pool(actors):
+    """Ray Data's fixed pool of `actors` actors, each holding a detector's or the encoders' weights."""
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(size=actors)
 
 
 def main(argv=None):
@@ -348,9 +497,22 @@ def main(argv=None):
     p.add_argument("--workers", type=int, help="CPUs (local Ray) and actors per network annotator")
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
     p.add_argument("--weights", help="the annotators' weights folder")
+    latents = p.add_argument_group("latents", "also write the VAE latents and text encodings train.py would compute "
+                                   "into OUT/cache, so that training on the shards with --cache starts at once")
+    latents.add_argument("--latents", action="store_true")
+    latents.add_argument("--config", help="the model's yaml, as train.py's --config (default: the checkpoint's family)")
+    latents.add_argument("--checkpoint", nargs="+", default=[], help="its weights, as train.py's --resume")
+    latents.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"],
+                         help="the --precision training will use (its encoders are held in that dtype)")
+    latents.add_argument("--buckets", action="store_true", help="training will use --buckets (at --resolution)")
+    latents.add_argument("--latent-actors", type=int, default=1, help="on Ray: actors holding the encoders")
     args = p.parse_args(argv)
+    if args.latents and not args.checkpoint:
+        raise ValueError("--latents encodes with the model training will use: give its --checkpoint (and --config)")
     items = list_items(args.input, args.caption_column, args.path_column)
-    options = Options(tuple(args.annotators), args.resolution, args.min_size, args.max_aspect, args.weights)
+    latents = Latents(args.config, tuple(args.checkpoint), args.precision, args.buckets, args.latent_actors) \
+        if args.latents else None
+    options = Options(tuple(args.annotators), args.resolution, args.min_size, args.max_aspect, args.weights, latents)
     summary = prepare(items, args.out, options, args.per_shard, args.engine, args.address, args.workers,
                       args.gpus_per_actor)
     print(summary.line())

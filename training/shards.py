@@ -93,6 +93,17 @@ def count_samples(path):
         return sum(1 for _ in samples_in(tar))
 
 
+def crop_size(shape, size, buckets=None):
+    """The (height, width) a picture of `shape` is cropped to: size x size, or the nearest of the buckets."""
+    return (size, size) if buckets is None else nearest_bucket(*shape, buckets)
+
+
+def cache_key(meta, size):
+    """The latent cache's key of a training.prepare sample (its KEY.json) cropped to `size` (height, width): the
+    picture it was made from, the size it was prepared at and the crop."""
+    return f"{meta['source']}|{meta['size'][0]}x{meta['size'][1]}|{size[0]}x{size[1]}"
+
+
 def picture(data, where):
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -114,8 +125,10 @@ class ShardStream(IterableDataset):
 
     def __init__(self, pattern, size=512, batch_size=1, seed=0, buckets=None, maps=None):
         """`maps`: [(map name, control type index)] for a ControlNet-Union: each sample's `hint` is then those
-        maps stacked (K, H, W, 3), its `control_types` their types (training.prepare writes such shards)."""
-        self.maps = maps
+        maps stacked (K, H, W, 3), its `control_types` their types (training.prepare writes such shards).
+        Setting `cache` (a training.cache.LatentCache of training.prepare --latents) gives each sample its cached
+        encodings in place of the picture."""
+        self.maps, self.cache = maps, None
         if buckets is not None and batch_size != 1:
             raise DataError("aspect buckets from a stream need --batch-size 1 (a batch would mix buckets): use "
                             "--batch-size 1 with --accumulate for larger batches, or shards of one size")
@@ -182,21 +195,43 @@ class ShardStream(IterableDataset):
         if image is None or conditions is None:
             raise DataError(f"{where} has files {sorted(k for k in sample if not k.startswith('__'))}: a sample "
                             f"needs an image ({'/'.join(IMAGE_EXTENSIONS)}) and a condition (hint.png)")
-        image, conditions = picture(image, where), [picture(c, where) for c in conditions]
+        conditions = [picture(c, where) for c in conditions]
+        if self.cache is None:
+            image = picture(image, where)
+            shape = image.shape[:2]
+        else:  # the latents are cached: the picture is not decoded
+            shape = tuple(meta.get("size") or conditions[0].shape[:2])
         for condition in conditions:
-            if image.shape != condition.shape:
-                raise DataError(f"{where}: the image is {image.shape[1]}x{image.shape[0]} but the condition "
+            if condition.shape[:2] != shape:
+                raise DataError(f"{where}: the image is {shape[1]}x{shape[0]} but the condition "
                                 f"{condition.shape[1]}x{condition.shape[0]}")
-        size = (self.size, self.size) if self.buckets is None else nearest_bucket(*image.shape[:2], self.buckets)
-        ids = size_ids(image.shape[:2], size)
+        size = crop_size(shape, self.size, self.buckets)
+        ids = size_ids(shape, size)
         if "original_size" in meta:  # the picture before training.prepare resized it
             ids[:2] = meta["original_size"]
         hints = [as_hint(scale_and_crop(condition, size, smooth=False)) for condition in conditions]
-        item = {"jpg": as_image(scale_and_crop(image, size)), "txt": sample.get("txt", b"").decode("utf-8").strip(),
-                "hint": np.stack(hints) if self.maps else hints[0], "size_ids": ids}
+        item = {"txt": sample.get("txt", b"").decode("utf-8").strip(), "hint": np.stack(hints) if self.maps else
+                hints[0], "size_ids": ids}
+        if self.cache is None:
+            item["jpg"] = as_image(scale_and_crop(image, size))
+        else:
+            item.update(self.cached(meta, size, item["txt"], where))
         if self.maps:
             item["control_types"] = np.array([kind for _, kind in self.maps])
         return item
+
+    def cached(self, meta, size, caption, where):
+        """A sample's encodings from the latent cache training.prepare wrote with its shards."""
+        from training.cache import keys_of
+
+        try:
+            moments_at = self.cache.locate("item", keys_of([cache_key(meta, size)]))[0]
+            prompt_at = self.cache.locate("prompt", keys_of([caption]))[0] if self.cache.with_text else None
+        except (KeyError, TypeError):
+            raise DataError(f"{where} has no encodings in {self.cache.folder} for a {size[1]}x{size[0]} crop: the "
+                            "shards' latents were prepared for another --resolution or --buckets (train with those "
+                            "python -m training.prepare --latents was given), or not prepared at all") from None
+        return self.cache.encodings(moments_at, prompt_at)
 
     def condition_files(self, sample, meta, where):
         """The condition files of a sample: the one hint (None if it has none), or with `maps` each named map
