@@ -125,6 +125,9 @@ def parse_args(argv=None):
                    help="update each weight as soon as its gradient is complete and free the gradient: no set of "
                         "gradients is held (saves 4 bytes a trained weight); one process, no --accumulate, not "
                         "with 16-mixed")
+    p.add_argument("--quantize-frozen", choices=["int8"],
+                   help="hold the locked UNet's linear layers in int8 (torchao, a scale per output channel): half "
+                        "of bf16's memory for them (SDXL: 2 GiB less); the loss moves by about 1e-4 of itself")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in backward (default: the yaml's use_checkpoint)")
     p.add_argument("--cache", action="store_true",
@@ -234,6 +237,7 @@ def build(args):
             noise_offset=args.noise_offset, timesteps=args.timesteps or default_timesteps(args.stage), seed=args.seed,
             reward=args.reward, reward_weight=args.reward_weight, reward_timesteps=args.reward_timesteps,
             optimizer=args.optimizer, precision=args.precision, step_in_backward=args.step_in_backward,
+            quantize_frozen=args.quantize_frozen,
             # loaded strictly, every frozen weight is those files': checkpoints need not copy them
             frozen_sources=[Path(p).resolve() for p in initial] if args.stage != "vae" else [])
     except ValueError as error:

@@ -18,7 +18,8 @@ small one), both sides as their memory options have them, on identical random we
   encoders freed, the VAE encoding each step) with mixed precision (the frozen UNet and VAE in bf16), gradient
   checkpointing, 8-bit AdamW and gradients set to None;
 - ours: train.py's step from the latent cache (the VAE and text encoders not held), the frozen weights in bf16,
-  gradient checkpointing, 8-bit AdamW applied in backward.
+  gradient checkpointing, 8-bit AdamW applied in backward;
+- ours with --quantize-frozen int8: the same, the locked UNet's linear layers held in int8 (torchao).
 
     python bench/training.py --family sdxl --sizes 512 --steps 2 [--layouts full small]
 """
@@ -141,7 +142,8 @@ def build_peer(size):
 
 
 XL_YAML = ROOT / "models/sd_xl_base.yaml"
-XL_ROWS = {"peer": "diffusers-style, its memory options", "ours": "ours, cached, bf16 frozen, 8-bit AdamW in backward"}
+XL_ROWS = {"peer": "diffusers-style, its memory options", "ours": "ours, cached, bf16 frozen, 8-bit AdamW in backward",
+           "int8": "ours, the same, the locked UNet's linear layers int8 (--quantize-frozen int8)"}
 
 
 def build_xl(layout, seed=0):
@@ -166,10 +168,10 @@ def xl_inputs(size):
     return image, hint
 
 
-def build_ours_xl(layout, size):
+def build_ours_xl(layout, size, quantize=False):
     from ldm.unet import set_gradient_checkpointing
     from training.cache import ModelEncoders
-    from training.module import diffusion_loss, drop_what_a_cache_replaces, update_in_backward
+    from training.module import diffusion_loss, drop_what_a_cache_replaces, quantize_frozen_linears, update_in_backward
 
     model, _ = build_xl(layout)
     model.sd_locked = True
@@ -184,6 +186,8 @@ def build_ours_xl(layout, size):
     for param in model.parameters():  # bf16-mixed: what nothing trains is held in bf16
         if not param.requires_grad:
             param.data = param.data.to(torch.bfloat16)
+    if quantize:
+        quantize_frozen_linears(model.model)
     params = model.trainable_parameters()
     update_in_backward(params, eight_bit_adamw(params))
     model.train()
@@ -293,10 +297,10 @@ def release_freed_memory():
 
 def run_one(row, size, steps):
     """One row, in this process: (median s/step, resident GiB before training, peak GiB while training). An SDXL
-    row is "peer-xl:<layout>" or "ours-xl:<layout>"."""
+    row is "peer-xl:<layout>", "ours-xl:<layout>" or "int8-xl:<layout>"."""
     if row.endswith(("full", "mid", "small")):
         kind, layout = row.split(":")
-        step = (build_peer_xl if kind == "peer-xl" else build_ours_xl)(layout, size)
+        step = build_peer_xl(layout, size) if kind == "peer-xl" else build_ours_xl(layout, size, kind == "int8-xl")
     else:
         step = build_peer(size) if row == "peer" else build_ours(row, size)
     release_freed_memory()
@@ -362,7 +366,7 @@ def main_xl(args):
     print("|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         for layout in args.layouts:
-            figures = {kind: measure(f"{kind}-xl:{layout}", size, args.steps) for kind in ("peer", "ours")}
+            figures = {kind: measure(f"{kind}-xl:{layout}", size, args.steps) for kind in XL_ROWS}
             for kind, f in figures.items():
                 peer = figures["peer"]
                 print(f"| {size} | {layout} | {XL_ROWS[kind]} | {f['seconds']:.2f} | {f['loaded_gib']:.2f} | "

@@ -296,23 +296,28 @@ def test_a_resume_onto_another_process_count_sees_each_sample_once_per_pass():
     assert sorted(seen) == list(range(size))
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
-def test_two_processes_through_torchrun_then_one_continue_the_data_stream(shapes, initial_weights, tmp_path):
-    """A real 2-process (DDP, gloo) run launched as multi-machine runs are, by torchrun (one node of two here;
-    `--nnodes N` with a rendezvous address for N machines), saves the batches both processes consumed; resumed on
-    one process the stream continues from there, and the count goes on in that process's units."""
-    out = tmp_path / "ddp"
-    args = ["--config", str(TINY_V15), "--data", str(shapes), "--out", str(out), "--max-steps", "2",
-            "--batch-size", "2", "--learning-rate", "1e-3", "--ckpt-every", "2", "--resume", str(initial_weights),
-            "--devices", "2", "--num-nodes", "1", "--accelerator", "cpu", "--strategy", "ddp", "--workers", "0"]
+def torchrun_two_processes(args):
+    """train.py with `args` as 2 processes (DDP, gloo, CPU) launched by torchrun, as multi-machine runs are (one
+    node of two here; `--nnodes N` with a rendezvous address for N machines)."""
     with socket.socket() as free:  # a port no other test's run listens on
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
               "--master-port", str(port)]
-    done = subprocess.run([*launch, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([*launch, str(ROOT / "train.py"), *args, "--devices", "2", "--num-nodes", "1",
+                           "--accelerator", "cpu", "--strategy", "ddp", "--workers", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
+def test_two_processes_through_torchrun_then_one_continue_the_data_stream(shapes, initial_weights, tmp_path):
+    """A 2-process run saves the batches both processes consumed; resumed on one process the stream continues
+    from there, and the count goes on in that process's units."""
+    out = tmp_path / "ddp"
+    torchrun_two_processes(["--config", str(TINY_V15), "--data", str(shapes), "--out", str(out), "--max-steps", "2",
+                            "--batch-size", "2", "--learning-rate", "1e-3", "--ckpt-every", "2", "--resume",
+                            str(initial_weights)])
     saved = torch.load(out / "checkpoints/step-000002.ckpt", weights_only=False)
     assert saved["batches_seen"] == 4  # 2 steps x 2 processes
     trainee = run(shapes, out / "checkpoints/step-000002.ckpt", out, steps=3)

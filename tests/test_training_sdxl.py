@@ -191,3 +191,50 @@ def test_latents_prepared_with_the_shards_train_as_the_pictures_do_and_resume_by
     (tmp_path / "ray/cache/manifest.json").write_text(json.dumps({**manifest, "fingerprint": "0" * 16}))
     with pytest.raises(SystemExit, match="another VAE or text encoder"):
         train.main([*common, "--out", str(tmp_path / "other"), "--cache-dir", str(tmp_path / "ray/cache")])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
+def test_an_sdxl_run_of_two_processes_resumes_on_one_where_both_stopped(shapes, xl_weights, tmp_path):
+    """Two processes through torchrun train a tiny SDXL control on shards; resumed on one process the stream
+    continues after the samples both consumed, from the control weights they saved."""
+    from tests.test_training import torchrun_two_processes
+    from training.shards import write_shards
+
+    write_shards(shapes, tmp_path / "shards", per_shard=6)
+    common = ["--config", str(TINY_XL_YAML), "--data", str(tmp_path / "shards/{000000..000001}.tar"), "--resolution",
+              "64", "--batch-size", "2", "--learning-rate", "1e-3", "--ckpt-every", "2", "--log-every", "1"]
+    out = tmp_path / "ddp"
+    torchrun_two_processes([*common, "--out", str(out), "--max-steps", "2", "--resume", str(xl_weights)])
+    saved = torch.load(out / "checkpoints/step-000002.ckpt", weights_only=True)
+    assert saved["batches_seen"] == 4  # 2 steps x 2 processes
+    resumed = train.main([*common, "--out", str(tmp_path / "one"), "--max-steps", "2", "--resume",
+                          str(out / "checkpoints/step-000002.ckpt")])  # restores, trains no further step
+    weights = resumed.model.state_dict()
+    assert all(torch.equal(weights[k.removeprefix("model.")], v) for k, v in saved["state_dict"].items())
+    third = train.main([*common, "--out", str(tmp_path / "third"), "--max-steps", "3", "--resume",
+                        str(out / "checkpoints/step-000002.ckpt")])
+    assert third.trainer.train_dataloader.dataset.start == 4 * 2 and third.batches_seen == 5
+    assert np.isfinite(losses(tmp_path / "third")[2])
+
+
+def test_a_control_trains_over_an_int8_locked_unet_and_resumes_exactly(shapes, xl_weights, tmp_path):
+    """--quantize-frozen int8 holds the locked UNet's linear layers in int8 (torchao): the control still learns, the
+    losses stay near those over the unquantized UNet, checkpoints leave the int8 weights out, and a resumed run
+    repeats the uninterrupted one."""
+    pytest.importorskip("torchao")
+    run(shapes, xl_weights, tmp_path / "plain", steps=1)
+    plain = losses(tmp_path / "plain")
+    trainee = run(shapes, xl_weights, tmp_path / "full", "--quantize-frozen", "int8")
+    unet = trainee.model.model.diffusion_model
+    linears = [m for m in unet.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all("Int8" in type(m.weight).__name__ for m in linears)
+    assert not any("Int8" in type(p).__name__ for p in trainee.model.control_model.parameters())
+    quantized = losses(tmp_path / "full")
+    assert abs(quantized[0] - plain[0]) < 1e-3 * plain[0] and quantized[0] != plain[0]
+    saved = torch.load(tmp_path / "full/checkpoints/step-000004.ckpt", weights_only=True)
+    weights = [k for k in saved["state_dict"] if k.endswith((".weight", ".bias"))]
+    assert weights and all(k.startswith("model.control_model.") for k in weights)  # no int8 weight is saved
+    run(shapes, xl_weights, tmp_path / "second", "--quantize-frozen", "int8", "--resume",
+        str(tmp_path / "full/checkpoints/step-000002.ckpt"))
+    second = losses(tmp_path / "second")
+    assert [second[s] for s in (2, 3)] == [quantized[s] for s in (2, 3)]
