@@ -72,23 +72,26 @@ def main():
         ray_start = time.perf_counter() - start
         print(f"Ray's start: {ray_start:.1f} s (not in the rates below)")
         print()
-        print("| annotator | loop pictures/s | Ray Data pictures/s | Ray/loop | loop s/picture: read, annotate, "
-              "encode |")
-        print("|---|---|---|---|---|")
+        print("| annotator | loop pictures/s | cores the loop keeps busy | Ray Data pictures/s | Ray/loop | loop "
+              "s/picture: read, annotate, encode |")
+        print("|---|---|---|---|---|---|")
         for name in args.annotators:
             options = Options((name,), args.resolution)
             # warm-up: the loop's detector loads its weights, Ray's worker processes import the annotators
             prepare(items[:4], work / f"warm-{name}", options, per_shard=1000, engine="local", progress=False)
             prepare(items[:8 * args.workers], work / f"warm-ray-{name}", options, per_shard=1000, engine="ray",
                     workers=args.workers, progress=False)
+            before = os.times()
             loop = prepare(items, work / f"loop-{name}", options, per_shard=50, engine="local", progress=False)
+            after = os.times()
+            busy = (after.user - before.user + after.system - before.system) / loop.seconds  # the loop's cores
             fast = prepare(items, work / f"ray-{name}", options, per_shard=50, engine="ray", workers=args.workers,
                            progress=False)
             same = all((work / f"loop-{name}" / f.name).read_bytes() == f.read_bytes()
                        for f in (work / f"ray-{name}").glob("*.tar"))
             stages = stage_times(items[:20], options, name)
             loop_rate, ray_rate = loop.read / loop.seconds, fast.read / fast.seconds
-            print(f"| {name} | {loop_rate:.2f} | {ray_rate:.2f} | {ray_rate / loop_rate:.2f} | "
+            print(f"| {name} | {loop_rate:.2f} | {busy:.2f} | {ray_rate:.2f} | {ray_rate / loop_rate:.2f} | "
                   f"{', '.join(f'{s:.3f}' for s in stages.values())} |{'' if same else ' (shards differ!)'}",
                   flush=True)
     finally:

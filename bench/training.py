@@ -192,8 +192,8 @@ def build_ours_xl(layout, size, quantize=False):
     update_in_backward(params, eight_bit_adamw(params))
     model.train()
 
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    def step():  # autocast as Lightning's bf16-mixed sets it (train.py's): no cache of the bf16 weight copies
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
             loss, _ = diffusion_loss(model, batch, torch.Generator().manual_seed(0), control=True)
         loss.backward()
 
