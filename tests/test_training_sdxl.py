@@ -95,7 +95,7 @@ def test_an_sdxl_cache_keeps_the_text_and_gives_the_same_losses(shapes, xl_weigh
 def test_a_mid_sdxl_control_trains_from_shards_in_bf16_with_8_bit_adamw_checkpointing_and_image_logs(
         shapes, xl_weights, tmp_path):
     """The rest of what train.py does for SD 1.5, on SDXL: a reduced ("mid") control made by tool_add_control,
-    WebDataset shards, mixed precision, 8-bit AdamW, gradient checkpointing, image logs."""
+    WebDataset shards, mixed precision, 8-bit AdamW, gradient checkpointing, image logs, --eval-every."""
     import tool_add_control
     from training.shards import write_shards
 
@@ -107,10 +107,12 @@ def test_a_mid_sdxl_control_trains_from_shards_in_bf16_with_8_bit_adamw_checkpoi
                           "--resolution", "64", "--out", str(tmp_path / "run"), "--max-steps", "3", "--batch-size",
                           "2", "--ckpt-every", "3", "--log-every", "1", "--precision", "bf16-mixed", "--optimizer",
                           "adamw8bit", "--gradient-checkpointing", "--log-images-every", "3", "--log-images", "1",
-                          "--resume", str(mid)])
+                          "--eval-every", "3", "--eval-count", "1", "--eval-steps", "2", "--resume", str(mid)])
     assert len(trainee.model.control_model.input_blocks[4][1].transformer_blocks) == 1  # mid: 1 block, full: 2
     assert all(np.isfinite(list(losses(tmp_path / "run").values())))
     assert list((tmp_path / "run").rglob("*.png")) and (tmp_path / "run/checkpoints/step-000003.ckpt").is_file()
+    logged = (next((tmp_path / "run").glob("logs/version_*/metrics.csv"))).read_text()
+    assert "eval/iou" in logged.splitlines()[0]  # --eval-every measured the SDXL control on held-out outlines
 
 
 def test_a_union_net_trains_on_random_subsets_of_each_pictures_maps_and_resumes_exactly(tmp_path):

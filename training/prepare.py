@@ -40,6 +40,7 @@ from training.data import caption
 
 CHEAP = ("canny", "invert", "scribble", "shuffle", "tile")  # no weights: tasks; the others are actor pools
 JPEG_QUALITY = 95
+BLOCKS_PER_WORKER = 4  # tasks of a pipeline per worker: enough to balance them, few enough to start cheaply
 
 
 @dataclass(frozen=True)
@@ -456,7 +457,7 @@ def run_ray(items, options, address=None, workers=None, gpus_per_actor=0):
     context.execution_options.preserve_order = True  # the driver writes shards in input order
     context.enable_progress_bars = False
     workers = workers or max(1, int(ray.available_resources().get("CPU", 1)))
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), workers * 4)))
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), workers * BLOCKS_PER_WORKER)))
     dataset = dataset.map(load, fn_kwargs={"options": options})
     for name in options.annotators:
         if name in CHEAP:
