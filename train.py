@@ -275,7 +275,7 @@ class DataModule(pl.LightningDataModule):
         model = self.trainee.model
         text_frozen = not any(p.requires_grad for p in model.cond_stage_model.parameters())
         if isinstance(self.dataset, ShardStream):  # training.prepare --latents wrote the cache with the shards
-            self.dataset.cache = prepared_cache(self.cache_dir, ModelEncoders(model), text_frozen)
+            self.dataset.cache = prepared_cache(self.cache_dir, ModelEncoders(model), text_frozen, self.args)
         else:
             for encoder in (model.first_stage_model, model.cond_stage_model):
                 encoder.to(self.trainer.strategy.root_device)
@@ -304,8 +304,9 @@ class DataModule(pl.LightningDataModule):
         return DataLoader(self.dataset, batch_size=args.batch_size, sampler=sampler, **loader)
 
 
-def prepared_cache(folder, encoders, with_text):
-    """The latent cache training.prepare --latents wrote beside the shards, checked to be this model's."""
+def prepared_cache(folder, encoders, with_text, args):
+    """The latent cache training.prepare --latents wrote beside the shards, checked to be this model's and to hold
+    the crops this run takes."""
     try:
         cache = LatentCache(folder, with_text)
     except FileNotFoundError:
@@ -314,6 +315,10 @@ def prepared_cache(folder, encoders, with_text):
     if cache.manifest["fingerprint"] != encoders.fingerprint():
         raise SystemExit(f"{folder} holds latents made with another VAE or text encoder than this model's: prepare "
                          "them with this model's --config and --checkpoint, or train without --cache")
+    prepared = cache.manifest.get("prepared") or {}
+    if prepared and (prepared["resolution"], prepared["buckets"]) != (args.resolution, args.buckets):
+        raise SystemExit(f"{folder} holds latents for --resolution {prepared['resolution']}"
+                         f"{' with --buckets' if prepared['buckets'] else ''}: train with that, or prepare again")
     return cache
 
 

@@ -193,6 +193,8 @@ def test_latents_prepared_with_the_shards_train_as_the_pictures_do_and_resume_by
     (tmp_path / "ray/cache/manifest.json").write_text(json.dumps({**manifest, "fingerprint": "0" * 16}))
     with pytest.raises(SystemExit, match="another VAE or text encoder"):
         train.main([*common, "--out", str(tmp_path / "other"), "--cache-dir", str(tmp_path / "ray/cache")])
+    with pytest.raises(SystemExit, match="latents for --resolution 64: train with that"):
+        train.main([*common, "--out", str(tmp_path / "larger"), "--cache", "--resolution", "128"])
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
