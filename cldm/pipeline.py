@@ -10,6 +10,7 @@ from torch import nn
 from cldm.cldm import control_weights, sum_residuals
 from cldm.img2img import mask_array, start_from
 from cldm.samplers import sample, skipped_steps
+from cldm.schedules import keyframes, multiplier
 from cldm.settings import ControlUnit, Settings
 from cldm.union import AUTO, UnionControlNet
 from ldm.conditioning import Conditioning
@@ -32,20 +33,31 @@ class Control:
     block_weights: object = "uniform"  # a preset or one weight per block (cldm.cldm.control_weights)
     region_mask: np.ndarray | None = None  # HW (or HWC), white where the control acts; any size of this shape
     control_type: str = AUTO  # the kind of map, for a ControlNet-Union (cldm.union.UNION_TYPES)
+    keyframes: str = ""  # the strength's multiplier over the steps (cldm.schedules); empty: constant
+    curve: str = "linear"  # between keyframes
+    uncond_multiplier: float = 1.0  # its weight on guidance's unconditional branch
 
     def __post_init__(self):  # given directly (not of a unit): the units' check
         ControlUnit(strength=self.strength, control_start=self.start, control_end=self.end, control_mode=self.mode,
-                    block_weights=self.block_weights, control_type=self.control_type)
+                    block_weights=self.block_weights, control_type=self.control_type,
+                    strength_keyframes=self.keyframes, keyframe_curve=self.curve,
+                    uncond_multiplier=self.uncond_multiplier)
+        self.frames = keyframes(self.keyframes)
 
     @classmethod
     def of(cls, unit, hint, net=None, region_mask=None):
         """A ControlUnit ready to run: its condition map `hint` (detected, at the generation's size), the
         ControlNet its `control` names (None: the model's own) and its region mask (default: the unit's)."""
         return cls(hint, unit.strength, unit.control_start, unit.control_end, unit.control_mode, net,
-                   unit.block_weights, unit.region_mask if region_mask is None else region_mask, unit.control_type)
+                   unit.block_weights, unit.region_mask if region_mask is None else region_mask, unit.control_type,
+                   unit.strength_keyframes, unit.keyframe_curve, unit.uncond_multiplier)
+
+    def strength_at(self, progress):
+        """Its strength at `progress`, the fraction of the steps done: the keyframes' multiple of it."""
+        return self.strength * multiplier(self.frames, progress, self.curve) if self.frames else self.strength
 
     def active(self, progress):
-        return self.strength != 0 and self.start <= progress <= self.end
+        return self.strength_at(progress) != 0 and self.start <= progress <= self.end
 
 
 def check_shared_unions(controls, nets):
@@ -62,9 +74,11 @@ def check_shared_unions(controls, nets):
         same_region = (control.region_mask is None and other.region_mask is None) or (
             control.region_mask is not None and other.region_mask is not None
             and np.array_equal(np.asarray(control.region_mask), np.asarray(other.region_mask)))
-        if control.mode != other.mode or control.block_weights != other.block_weights or not same_region:
+        if (control.mode != other.mode or control.block_weights != other.block_weights or not same_region
+                or control.uncond_multiplier != other.uncond_multiplier):
             raise ValueError(f"controls {j} and {k} share a ControlNet-Union, which runs them in one pass: give "
-                             "them the same control mode, block weights and region mask (or separate files)")
+                             "them the same control mode, block weights, uncond multiplier and region mask (or "
+                             "separate files)")
 
 
 def hint_tensor(hint, num_samples, device):
@@ -137,24 +151,33 @@ class GuidedDenoiser:
             self.hint_features[i] = net.encode_hint([hint])[0] if self.types[i] is not None else net.encode_hint(hint)
         return self.hint_features[i]
 
+    def weights_at(self, i, progress):
+        """Control i's weight of each residual at this step (its keyframes' strength)."""
+        control = self.controls[i]
+        if not control.frames:
+            return self.weights[i]
+        return control_weights(self.nets[i].num_outputs, control.strength_at(progress), self.guess_mode,
+                               control.mode, control.block_weights)
+
     def residuals(self, x, t, progress):
         """Per-block control residuals for the whole batch, or None when no control acts at this step."""
         total = None
         for members in self.passes(progress):
             first, net = self.controls[members[0]], self.nets[members[0]]
-            hint, weights, extra = self.hints[members[0]], self.weights[members[0]], {}
+            hint, weights, extra = self.hints[members[0]], self.weights_at(members[0], progress), {}
             features = [self.features(i) for i in members]
             if self.types[members[0]] is not None:
                 hint, extra["types"] = [self.hints[i] for i in members], [self.types[i] for i in members]
                 if len(members) > 1:  # each condition weighed by its strength, the residuals by the rest
                     weights = control_weights(net.num_outputs, 1.0, self.guess_mode, first.mode, first.block_weights)
-                    extra["scales"] = [self.controls[i].strength for i in members]
+                    extra["scales"] = [self.controls[i].strength_at(progress) for i in members]
             else:
                 features = features[0]
             weighting = dict(weights=weights, region=self.regions[members[0]], **extra)
             # a pooled net (1.1 shuffle) passes only global statistics, which the release trained on the
             # conditional side of classifier-free guidance alone
-            cond_only = self.guess_mode or first.mode == "control" or net.global_average_pooling
+            cond_only = (self.guess_mode or first.mode == "control" or net.global_average_pooling
+                         or first.uncond_multiplier == 0)
             if self.guided and cond_only:  # conditional half only
                 n = x.shape[0] // 2
                 outputs = net(x[n:], hint, t[n:], self.context[n:], hint_features=features, **weighting)
@@ -164,6 +187,10 @@ class GuidedDenoiser:
                 batched = lambda f: torch.cat([f] * copies)  # noqa: E731
                 features = [batched(f) for f in features] if isinstance(features, list) else batched(features)
                 outputs = net(x, hint, t, self.context, hint_features=features, **weighting)
+                if self.guided and first.uncond_multiplier != 1:  # the unconditional half weighs less
+                    n = x.shape[0] // 2
+                    outputs = [None if o is None else torch.cat([o[:n] * first.uncond_multiplier, o[n:]])
+                               for o in outputs]
             self.finite.append(("ControlNet", net.dtype, all_finite(outputs)))
             total = sum_residuals(total, outputs)
         return total

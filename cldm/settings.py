@@ -16,6 +16,7 @@ from pathlib import PurePath
 from annotators.util import MAX_SIDE, RESIZE_MODES
 from cldm.cldm import BLOCK_WEIGHT_PRESETS, parse_block_weights
 from cldm.samplers import SAMPLERS
+from cldm.schedules import SCHEDULE_CURVES, keyframes
 from cldm.union import AUTO, UNION_TYPES
 
 # The control modes of the A1111 ControlNet extension: "prompt" weighs the control's blocks softly (deeper
@@ -159,6 +160,14 @@ class ControlUnit:
     control_start: float = setting(0.0, "Control Start", "fraction of the steps done when the control starts",
                                    (0.0, 1.0, 0.01))
     control_end: float = setting(1.0, "Control End", "... and when it stops", (0.0, 1.0, 0.01))
+    strength_keyframes: str = setting("", "Strength keyframes", "fraction of the steps:multiplier of the "
+                                      "strength, e.g. 0:1, 0.5:0.3 (held before the first and after the last); "
+                                      "empty: constant")
+    keyframe_curve: str = setting("linear", "Keyframe curve", "between keyframes: linear, or eased in and out",
+                                  choices=SCHEDULE_CURVES)
+    uncond_multiplier: float = setting(1.0, "Uncond multiplier", "the control on the unconditional branch of "
+                                       "guidance: 1 as on the conditional, 0 not at all (the control mode "
+                                       "'control')", (0.0, 1.0, 0.01))
     control_mode: str = setting("balanced", "Control Mode", "prompt: the release's soft block weights; control: "
                                 "the control on the conditional branch only", choices=CONTROL_MODES)
     block_weights: str = setting("uniform", "Block weights",
@@ -170,6 +179,10 @@ class ControlUnit:
 
     def __post_init__(self):
         check_fields(self, fields(self))
+        try:
+            keyframes(self.strength_keyframes)
+        except ValueError as error:
+            raise SettingError(str(error)) from None
         if self.control_start > self.control_end:
             raise SettingError(f"control_start {self.control_start} is after control_end {self.control_end}: the "
                                "control would never act; start before it ends")
@@ -206,7 +219,8 @@ class ControlUnit:
 
 
 LEGACY_OWN_CONTROL = "the app's control"
-UNIT_SETTINGS = ("strength", "control_start", "control_end", "control_mode", "block_weights", "control_type")
+UNIT_SETTINGS = ("strength", "control_start", "control_end", "strength_keyframes", "keyframe_curve",
+                 "uncond_multiplier", "control_mode", "block_weights", "control_type")
 
 
 @dataclass(frozen=True)
