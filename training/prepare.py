@@ -313,37 +313,40 @@ class CacheParts:
             raise ValueError(f"{self.folder} holds latents made with other encoders or settings "
                              f"({before.get('prepared')}): give another --out, or delete that folder")
         write_empty(encoders, self.folder)
-        self.part, self.prompts = None, set()
+        self.writer, self.prompts = None, set()
+
+    def part(self, number):
+        return self.folder / f"part-{number:06d}"
 
     def finished(self, number):
-        return (self.folder / f"part-{number:06d}" / "index.safetensors").is_file()
+        return (self.part(number) / "index.safetensors").is_file()
 
     def start(self, number):
         from training.cache import PartWriter
 
-        folder = self.folder / f"part-{number:06d}"
+        folder = self.part(number)
         if folder.exists():  # a run stopped before this shard was written
             shutil.rmtree(folder)
-        self.part, self.prompts = PartWriter(folder), set()
+        self.writer, self.prompts = PartWriter(folder), set()
 
     def add(self, encodings):
         import torch
 
         dtype = getattr(torch, encodings["dtype"].removeprefix("torch."))
-        self.part.add("item", [encodings["item_key"]], torch.from_numpy(encodings["moments"])[None].to(dtype))
+        self.writer.add("item", [encodings["item_key"]], torch.from_numpy(encodings["moments"])[None].to(dtype))
         if encodings["prompt_key"] not in self.prompts:
             self.prompts.add(encodings["prompt_key"])
-            self.part.add("prompt", [encodings["prompt_key"]], torch.from_numpy(encodings["text"])[None].to(dtype))
+            self.writer.add("prompt", [encodings["prompt_key"]], torch.from_numpy(encodings["text"])[None].to(dtype))
 
     def close(self):
-        """The part's index, then (after its shard is written) the manifest."""
-        self.part.close()
+        """The part's index (its shard is written next, then list_finished)."""
+        self.writer.close()
 
     def list_finished(self):
         from training.cache import write_manifest
 
-        parts = sorted(p.name for p in self.folder.glob("part-*") if (p / "index.safetensors").is_file()
-                       and (self.out / shard_name(int(p.name.removeprefix("part-")))).is_file())
+        numbers = sorted(int(p.name.removeprefix("part-")) for p in self.folder.glob("part-*"))
+        parts = [self.part(k).name for k in numbers if self.finished(k) and (self.out / shard_name(k)).is_file()]
         write_manifest(self.folder, {**self.manifest, "parts": parts})
 
 
