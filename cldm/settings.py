@@ -182,7 +182,7 @@ class ControlUnit:
         try:
             keyframes(self.strength_keyframes)
         except ValueError as error:
-            raise SettingError(str(error)) from None
+            raise SettingError(f"strength_keyframes: {error}") from None
         if self.control_start > self.control_end:
             raise SettingError(f"control_start {self.control_start} is after control_end {self.control_end}: the "
                                "control would never act; start before it ends")
