@@ -31,21 +31,31 @@ NUM_CONTROLS = 13  # SD 1.x/2.x: one per encoder block (12 input blocks) plus th
 CONTROL_PREFIX = "control_model."  # where a ControlLDM keeps its ControlNet's weights
 
 
-def guess_mode_scales(strength=1.0, n=NUM_CONTROLS):
-    """The soft scales of guess mode, deeper blocks counting more: the release's strength * 0.825 ** (12 - i) for
-    its 13 outputs (SD 1.x/2.x); for other nets (SDXL's 10), which were released for diffusers, diffusers' own:
-    strength * 10 ** (i / (n - 1) - 1), from 0.1 to 1."""
-    if n == NUM_CONTROLS:
-        return [strength * 0.825 ** float(n - 1 - i) for i in range(n)]
-    return [strength * s for s in torch.logspace(-1, 0, n).tolist()]
+RELEASE_SOFT_BASE = 0.825  # the release's guess-mode ratio between a block's weight and the next deeper one's
 
 
-def control_weights(n, strength=1.0, guess_mode=False, control_mode="balanced", block_weights=None):
+def guess_mode_scales(strength=1.0, n=NUM_CONTROLS, base=RELEASE_SOFT_BASE):
+    """The soft scales of guess mode, deeper blocks counting more, with the shallowest of the n blocks weighing
+    strength * base ** 12 (the middle block, last, the strength itself).
+
+    The release's base (0.825) gives each net the soft scales it was released with: on SD 1.x/2.x's 13 outputs
+    the release's strength * 0.825 ** (12 - i); on other nets (SDXL's 10), released for diffusers, diffusers'
+    strength * 10 ** (i / (n - 1) - 1), the same series with its ratio (10 ** (-1/12) = 0.8254 over 12 blocks)
+    spread over their blocks. Another base (ComfyUI-Advanced-ControlNet's soft weights' base multiplier) spreads
+    base ** 12 ... 1 over the blocks the same way."""
+    if base == RELEASE_SOFT_BASE and n != NUM_CONTROLS:
+        return [strength * s for s in torch.logspace(-1, 0, n).tolist()]
+    span = (NUM_CONTROLS - 1) / (n - 1) if n > 1 else 1.0
+    return [strength * base ** (float(n - 1 - i) * span) for i in range(n)]
+
+
+def control_weights(n, strength=1.0, guess_mode=False, control_mode="balanced", block_weights=None,
+                    soft_base=RELEASE_SOFT_BASE):
     """The multiplier of each of a ControlNet's n residuals (shallowest block first, the middle block last):
     how the ways of weighing a control combine, the one place they do.
 
     1. `strength` multiplies every residual.
-    2. The soft scales, the release's guess-mode ones (deeper blocks weigh more: 0.825 ** (n - 1 - i)), apply
+    2. The soft scales (guess_mode_scales with base `soft_base`; the release's: 0.825 ** (n - 1 - i)), apply
        when guess mode is on, or the control mode is "prompt" (the A1111 extension's name for them), or the
        block weights are the preset "soft". These are three names for one request and it is granted once:
        guess mode with "soft" block weights gives the soft scales, not their square (which would all but
@@ -53,7 +63,7 @@ def control_weights(n, strength=1.0, guess_mode=False, control_mode="balanced", 
     3. Block weights given as numbers, or the preset "only_mid", then multiply each residual in turn.
     """
     soft = guess_mode or control_mode == "prompt" or block_weights == "soft"
-    weights = guess_mode_scales(strength, n) if soft else [strength] * n
+    weights = guess_mode_scales(strength, n, soft_base) if soft else [strength] * n
     scales = None if block_weights == "soft" else parse_block_weights(block_weights, n)
     return weights if scales is None else [w * s for w, s in zip(weights, scales)]
 

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cldm.cldm import control_weights, sum_residuals
+from cldm.cldm import RELEASE_SOFT_BASE, control_weights, sum_residuals
 from cldm.img2img import mask_array, start_from
 from cldm.samplers import sample, skipped_steps
-from cldm.schedules import keyframes, multiplier
+from cldm.schedules import batch_multipliers, keyframes, multiplier
 from cldm.settings import ControlUnit, Settings
 from cldm.union import AUTO, UnionControlNet
 from ldm.conditioning import Conditioning
@@ -36,12 +36,15 @@ class Control:
     keyframes: str = ""  # the strength's multiplier over the steps (cldm.schedules); empty: constant
     curve: str = "linear"  # between keyframes
     uncond_multiplier: float = 1.0  # its weight on guidance's unconditional branch
+    batch_strengths: str = ""  # a multiplier of the strength per image of the batch
+    soft_base: float = RELEASE_SOFT_BASE  # the soft block weights' ratio
 
     def __post_init__(self):  # given directly (not of a unit): the units' check
         ControlUnit(strength=self.strength, control_start=self.start, control_end=self.end, control_mode=self.mode,
                     block_weights=self.block_weights, control_type=self.control_type,
                     strength_keyframes=self.keyframes, keyframe_curve=self.curve,
-                    uncond_multiplier=self.uncond_multiplier)
+                    uncond_multiplier=self.uncond_multiplier, batch_strengths=self.batch_strengths,
+                    soft_base=self.soft_base)
         self.frames = keyframes(self.keyframes)
 
     @classmethod
@@ -50,7 +53,8 @@ class Control:
         ControlNet its `control` names (None: the model's own) and its region mask (default: the unit's)."""
         return cls(hint, unit.strength, unit.control_start, unit.control_end, unit.control_mode, net,
                    unit.block_weights, unit.region_mask if region_mask is None else region_mask, unit.control_type,
-                   unit.strength_keyframes, unit.keyframe_curve, unit.uncond_multiplier)
+                   unit.strength_keyframes, unit.keyframe_curve, unit.uncond_multiplier, unit.batch_strengths,
+                   unit.soft_base)
 
     def strength_at(self, progress):
         """Its strength at `progress`, the fraction of the steps done: the keyframes' multiple of it."""
@@ -62,7 +66,7 @@ class Control:
 
 def check_shared_unions(controls, nets):
     """Controls that share a ControlNet-Union run in one pass of it, so they must agree on what weighs the
-    pass as a whole: the control mode, the block weights and the region mask."""
+    pass as a whole: the control mode, the block weights, the region mask and the multipliers of its rows."""
     first = {}
     for k, (control, net) in enumerate(zip(controls, nets), start=1):
         if not isinstance(net, UnionControlNet):
@@ -75,10 +79,11 @@ def check_shared_unions(controls, nets):
             control.region_mask is not None and other.region_mask is not None
             and np.array_equal(np.asarray(control.region_mask), np.asarray(other.region_mask)))
         if (control.mode != other.mode or control.block_weights != other.block_weights or not same_region
-                or control.uncond_multiplier != other.uncond_multiplier):
+                or control.soft_base != other.soft_base or control.uncond_multiplier != other.uncond_multiplier
+                or batch_multipliers(control.batch_strengths) != batch_multipliers(other.batch_strengths)):
             raise ValueError(f"controls {j} and {k} share a ControlNet-Union, which runs them in one pass: give "
-                             "them the same control mode, block weights, uncond multiplier and region mask (or "
-                             "separate files)")
+                             "them the same control mode, block weights, soft base, uncond multiplier, batch "
+                             "strengths and region mask (or separate files)")
 
 
 def hint_tensor(hint, num_samples, device):
@@ -129,8 +134,8 @@ class GuidedDenoiser:
         # ProMax's repaint condition
         self.hints = [h if kind is None else h.clamp(min=0) for h, kind in zip(self.hints, self.types)]
         self.regions = [region_tensor(c.region_mask, context.device) for c in controls]
-        self.weights = [control_weights(net.num_outputs, c.strength, guess_mode, c.mode, c.block_weights)
-                        for c, net in zip(controls, self.nets)]
+        self.weights = [self.weights_of(i, c.strength) for i, c in enumerate(controls)]
+        self.row_scales = [self.rows_of(k, c, len(context), context.device) for k, c in enumerate(controls, start=1)]
         self.hint_features = [None] * len(controls)  # computed at a control's first step, reused by the others
         self.step, self.steps = 0, steps
         self.finite = []  # (part, dtype, flag) of this step, read together: one device sync a step
@@ -151,13 +156,27 @@ class GuidedDenoiser:
             self.hint_features[i] = net.encode_hint([hint])[0] if self.types[i] is not None else net.encode_hint(hint)
         return self.hint_features[i]
 
+    def weights_of(self, i, strength):
+        """Control i's weight of each residual at `strength`: its mode's, block weights' and soft base's."""
+        c = self.controls[i]
+        return control_weights(self.nets[i].num_outputs, strength, self.guess_mode, c.mode, c.block_weights,
+                               c.soft_base)
+
     def weights_at(self, i, progress):
         """Control i's weight of each residual at this step (its keyframes' strength)."""
         control = self.controls[i]
-        if not control.frames:
-            return self.weights[i]
-        return control_weights(self.nets[i].num_outputs, control.strength_at(progress), self.guess_mode,
-                               control.mode, control.block_weights)
+        return self.weights_of(i, control.strength_at(progress)) if control.frames else self.weights[i]
+
+    def rows_of(self, k, control, images, device):
+        """Control k's multiplier of each row of the batch ((rows, 1, 1, 1); [uncond; cond] when guided), from its
+        batch strengths and uncond multiplier; None when all are 1."""
+        try:
+            per_image = batch_multipliers(control.batch_strengths, images) or [1.0] * images
+        except ValueError as error:
+            raise ValueError(f"control {k}: batch_strengths {error}") from None
+        uncond = [m * control.uncond_multiplier for m in per_image] if self.guided else []
+        rows = uncond + per_image
+        return None if all(m == 1 for m in rows) else torch.tensor(rows, device=device)[:, None, None, None]
 
     def residuals(self, x, t, progress):
         """Per-block control residuals for the whole batch, or None when no control acts at this step."""
@@ -169,7 +188,7 @@ class GuidedDenoiser:
             if self.types[members[0]] is not None:
                 hint, extra["types"] = [self.hints[i] for i in members], [self.types[i] for i in members]
                 if len(members) > 1:  # each condition weighed by its strength, the residuals by the rest
-                    weights = control_weights(net.num_outputs, 1.0, self.guess_mode, first.mode, first.block_weights)
+                    weights = self.weights_of(members[0], 1.0)
                     extra["scales"] = [self.controls[i].strength_at(progress) for i in members]
             else:
                 features = features[0]
@@ -187,10 +206,9 @@ class GuidedDenoiser:
                 batched = lambda f: torch.cat([f] * copies)  # noqa: E731
                 features = [batched(f) for f in features] if isinstance(features, list) else batched(features)
                 outputs = net(x, hint, t, self.context, hint_features=features, **weighting)
-                if self.guided and first.uncond_multiplier != 1:  # the unconditional half weighs less
-                    n = x.shape[0] // 2
-                    outputs = [None if o is None else torch.cat([o[:n] * first.uncond_multiplier, o[n:]])
-                               for o in outputs]
+            rows = self.row_scales[members[0]]
+            if rows is not None:  # the unconditional half, or some images, weigh less
+                outputs = [None if o is None else o * rows.to(o.dtype) for o in outputs]
             self.finite.append(("ControlNet", net.dtype, all_finite(outputs)))
             total = sum_residuals(total, outputs)
         return total

@@ -1,8 +1,13 @@
-"""A control's strength over the sampling steps: keyframes (fraction of the steps -> multiplier of the strength),
-held before the first and after the last, linear or eased (in and out) between them, as
-ComfyUI-Advanced-ControlNet's timestep keyframes ease them.
+"""A control's strength over the sampling steps and over the images of a batch.
+
+Keyframes (fraction of the steps -> multiplier of the strength) are held before the first and after the last,
+linear or eased (in and out) between them, as ComfyUI-Advanced-ControlNet's timestep keyframes ease them:
 
     "0:1, 0.4:1, 0.7:0.2"    full strength for the first 40% of the steps, down to a fifth by 70%, then held
+
+Batch strengths give each image of the batch its own multiplier, as its latent keyframes do:
+
+    "1, 0.6, 0.3"            the first image fully controlled, the second at 0.6, the third (and any after) 0.3
 """
 
 import math
@@ -47,3 +52,21 @@ def multiplier(frames, progress, curve="linear"):
                 x = (1 - math.cos(math.pi * x)) / 2
             return before + (after - before) * x
     return frames[-1][1]
+
+
+def batch_multipliers(text, images=None):
+    """'m1, m2, ...' -> one multiplier per image of the batch; an image past the list takes the last (empty text:
+    []). `images` given: exactly that many. A ValueError says what is wrong with it."""
+    parts = [p.strip() for p in str(text).replace(",", " ").split()]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{text!r} are not numbers like '1, 0.6, 0.3' (one multiplier per image)") from None
+    if not all(math.isfinite(v) and 0.0 <= v <= MAX_MULTIPLIER for v in values):
+        raise ValueError(f"{text!r}: each image's multiplier is 0 to {MAX_MULTIPLIER}")
+    if images is not None and values:
+        if len(values) > images:
+            raise ValueError(f"{text!r} gives {len(values)} multipliers for a batch of {images} images: give at "
+                             f"most one per image")
+        values += [values[-1]] * (images - len(values))
+    return values

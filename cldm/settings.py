@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import PurePath
 
 from annotators.util import MAX_SIDE, RESIZE_MODES
-from cldm.cldm import BLOCK_WEIGHT_PRESETS, parse_block_weights
+from cldm.cldm import BLOCK_WEIGHT_PRESETS, RELEASE_SOFT_BASE, parse_block_weights
 from cldm.samplers import SAMPLERS
-from cldm.schedules import SCHEDULE_CURVES, keyframes
+from cldm.schedules import SCHEDULE_CURVES, batch_multipliers, keyframes
 from cldm.union import AUTO, UNION_TYPES
 
 # The control modes of the A1111 ControlNet extension: "prompt" weighs the control's blocks softly (deeper
@@ -168,11 +168,16 @@ class ControlUnit:
     uncond_multiplier: float = setting(1.0, "Uncond multiplier", "the control on the unconditional branch of "
                                        "guidance: 1 as on the conditional, 0 not at all (the control mode "
                                        "'control')", (0.0, 1.0, 0.01))
+    batch_strengths: str = setting("", "Batch strengths", "one multiplier of the strength per image of the batch, "
+                                   "e.g. 1, 0.6, 0.3 (images past the list: the last); empty: 1 for all")
     control_mode: str = setting("balanced", "Control Mode", "prompt: the release's soft block weights; control: "
                                 "the control on the conditional branch only", choices=CONTROL_MODES)
     block_weights: str = setting("uniform", "Block weights",
                                  f"{', '.join(BLOCK_WEIGHT_PRESETS)}, or one number per block (SD: 13, SDXL: 10; "
                                  "shallowest block first, the middle block last)")
+    soft_base: float = setting(RELEASE_SOFT_BASE, "Soft base", "the soft block weights' ratio, each block's weight "
+                               "this times the next deeper one's (0.825: the release's soft scales)",
+                               (0.0, 1.0, 0.005))
     control_type: str = setting(AUTO, "Control type", "what kind of map a ControlNet-Union is given; auto: its "
                                 "preprocessor's kind", choices=(AUTO, *UNION_TYPES))
     region_mask: object = picture("Region mask", "white where the control acts; none: everywhere")
@@ -183,6 +188,10 @@ class ControlUnit:
             keyframes(self.strength_keyframes)
         except ValueError as error:
             raise SettingError(f"strength_keyframes: {error}") from None
+        try:
+            batch_multipliers(self.batch_strengths)
+        except ValueError as error:
+            raise SettingError(f"batch_strengths: {error}") from None
         if self.control_start > self.control_end:
             raise SettingError(f"control_start {self.control_start} is after control_end {self.control_end}: the "
                                "control would never act; start before it ends")
@@ -220,7 +229,7 @@ class ControlUnit:
 
 LEGACY_OWN_CONTROL = "the app's control"
 UNIT_SETTINGS = ("strength", "control_start", "control_end", "strength_keyframes", "keyframe_curve",
-                 "uncond_multiplier", "control_mode", "block_weights", "control_type")
+                 "uncond_multiplier", "batch_strengths", "control_mode", "block_weights", "soft_base", "control_type")
 
 
 @dataclass(frozen=True)
