@@ -9,6 +9,8 @@ Checkpoint keys are the contract with every released control and every tool that
 and the copied encoder under `control_model.input_blocks.*` / `control_model.middle_block.*`.
 """
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -18,6 +20,7 @@ from ldm.diffusion import LatentDiffusion
 from ldm.precision import weights_dtype
 from ldm.sdxl import DiffusionEngine
 from ldm.unet import (
+    Residuals,
     TimestepEmbedSequential,
     UNetConfig,
     UNetModel,
@@ -222,13 +225,14 @@ class ControlledUnetModel(UNetModel):
     """
 
     @torch.no_grad()
-    def encode(self, x, timesteps, cond):
-        return super().encode(x, timesteps, cond)
+    def encode(self, x, timesteps, cond, inner=None):
+        return super().encode(x, timesteps, cond, inner)
 
     def forward(self, x, timesteps, context=None, control=None, only_mid_control=False):
         # only_mid_control: the release's argument; ControlNet(only_mid_control=True) is the way to ask for it
-        if only_mid_control and control is not None:
-            control = [None] * (len(control) - 1) + [control[-1]]
+        control = Residuals.of(control)
+        if only_mid_control and control.skips is not None:
+            control = replace(control, skips=[None] * (len(control.skips) - 1) + [control.skips[-1]])
         return super().forward(x, timesteps, context, control)
 
 

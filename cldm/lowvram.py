@@ -11,13 +11,15 @@ from cldm.cldm import control_nets
 
 def units(model, nets=()):
     """The parts moved together, in the order a generation runs them, with a name for each; `nets` are
-    ControlNets beside the model's own (several controls), each its own part."""
+    ControlNets (or T2I-Adapters) beside the model's own (several controls), each its own part."""
     vae = model.first_stage_model
     parts = [("text encoder", [model.cond_stage_model])]
     # the sampler runs a net's hint encoder on its own, once per generation
     own = len(control_nets(model))
     for i, net in enumerate(control_nets(model, nets)):
-        parts.append(("control" if i < own else f"control {i + 1 - own}", [net, net.input_hint_block]))
+        # a ControlNet encodes its hint in input_hint_block, a T2I-Adapter starting with its unshuffle
+        entry = net.input_hint_block if hasattr(net, "input_hint_block") else net.unshuffle
+        parts.append(("control" if i < own else f"control {i + 1 - own}", [net, entry]))
     parts += [("unet", [model.model.diffusion_model]), ("vae encoder", [vae.encoder, vae.quant_conv]),
               ("vae decoder", [vae.post_quant_conv, vae.decoder])]
     return parts

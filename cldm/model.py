@@ -21,6 +21,7 @@ from cldm.control_files import CONTROL_TARGETS, control_net_class, control_param
 from cldm.control_lora import MARK as CONTROL_LORA_MARK
 from cldm.control_lora import is_control_lora, layout_view, merged_control
 from cldm.settings import SettingError, check_fields, setting, short
+from cldm.t2i_adapter import diffusers_adapter_folder, is_t2i_adapter, load_t2i_adapter
 from ldm.checkpoint import (
     CheckpointError,
     check_finite_weights,
@@ -307,13 +308,20 @@ def load_control_net(model, source, global_average_pooling=None):
     """A second ControlNet for `model`, in its dtype, with the control weights of `source` (any layout above),
     laid out as the file says on the model's base (a full, mid or small net, a Union net). Pooling is the net's
     own: `global_average_pooling` (ControlNet 1.1 shuffle), or None for what a diffusers folder's config says
-    (off for other files), never the host model's setting."""
-    state = control_state(normalize_keys(read_any(source)))
+    (off for other files), never the host model's setting. A T2I-Adapter's file or folder gives the adapter
+    (cldm.t2i_adapter), which the generation runs as it runs a ControlNet."""
+    unet = model.model.diffusion_model
+    if not isinstance(source, Mapping) and diffusers_adapter_folder(source):
+        return load_t2i_adapter(unet, source)
+    state = read_any(source)
+    if is_t2i_adapter(state):
+        return load_t2i_adapter(unet, str(source), state)
+    state = control_state(normalize_keys(state))
     if not state:
         raise CheckpointError(f"{source} holds no ControlNet weights (no {CONTROL_PREFIX}* keys)")
     if is_control_lora(state):
-        state = merged_control(state, model.model.diffusion_model.state_dict(), str(source))
-    params = control_params(asdict(model.model.diffusion_model.config), state, str(source))
+        state = merged_control(state, unet.state_dict(), str(source))
+    params = control_params(asdict(unet.config), state, str(source))
     net = control_net_class(params)(**params)
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)

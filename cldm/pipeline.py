@@ -17,6 +17,7 @@ from ldm.conditioning import Conditioning
 from ldm.ddim import classifier_free_guidance
 from ldm.precision import all_finite, check_finite, non_finite_error, weights_dtype
 from ldm.sdxl import SizeIds
+from ldm.unet import Residuals
 
 
 @dataclass
@@ -179,8 +180,9 @@ class GuidedDenoiser:
         return None if all(m == 1 for m in rows) else torch.tensor(rows, device=device)[:, None, None, None]
 
     def residuals(self, x, t, progress):
-        """Per-block control residuals for the whole batch, or None when no control acts at this step."""
-        total = None
+        """What the controls acting at this step add to the UNet, for the whole batch: ControlNets' skip residuals
+        (a list), with T2I-Adapters' encoder additions as ldm.unet.Residuals; None when no control acts."""
+        skips = inner = None
         for members in self.passes(progress):
             first, net = self.controls[members[0]], self.nets[members[0]]
             hint, weights, extra = self.hints[members[0]], self.weights_at(members[0], progress), {}
@@ -195,7 +197,7 @@ class GuidedDenoiser:
             weighting = dict(weights=weights, region=self.regions[members[0]], **extra)
             # a pooled net (1.1 shuffle) passes only global statistics, which the release trained on the
             # conditional side of classifier-free guidance alone
-            cond_only = (self.guess_mode or first.mode == "control" or net.global_average_pooling
+            cond_only = (self.guess_mode or first.mode == "control" or getattr(net, "global_average_pooling", False)
                          or first.uncond_multiplier == 0)
             if self.guided and cond_only:  # conditional half only
                 n = x.shape[0] // 2
@@ -209,9 +211,13 @@ class GuidedDenoiser:
             rows = self.row_scales[members[0]]
             if rows is not None:  # the unconditional half, or some images, weigh less
                 outputs = [None if o is None else o * rows.to(o.dtype) for o in outputs]
-            self.finite.append(("ControlNet", net.dtype, all_finite(outputs)))
-            total = sum_residuals(total, outputs)
-        return total
+            adapter = getattr(net, "adds_inside", False)
+            self.finite.append(("T2I-Adapter" if adapter else "ControlNet", net.dtype, all_finite(outputs)))
+            if adapter:
+                inner = sum_residuals(inner, outputs)
+            else:
+                skips = sum_residuals(skips, outputs)
+        return skips if inner is None else Residuals(skips, inner)
 
     def model_output(self, x, t, progress):
         residuals = self.residuals(x, t, progress) if self.controls else None

@@ -173,8 +173,8 @@ class ControlUnit:
     control_mode: str = setting("balanced", "Control Mode", "prompt: the release's soft block weights; control: "
                                 "the control on the conditional branch only", choices=CONTROL_MODES)
     block_weights: str = setting("uniform", "Block weights",
-                                 f"{', '.join(BLOCK_WEIGHT_PRESETS)}, or one number per block (SD: 13, SDXL: 10; "
-                                 "shallowest block first, the middle block last)")
+                                 f"{', '.join(BLOCK_WEIGHT_PRESETS)}, or one number per block (SD: 13, SDXL: 10, "
+                                 "a T2I-Adapter: its 4 levels; shallowest block first, the middle block last)")
     soft_base: float = setting(RELEASE_SOFT_BASE, "Soft base", "the soft block weights' ratio, each block's weight "
                                "this times the next deeper one's (0.825: the release's soft scales)",
                                (0.0, 1.0, 0.005))

@@ -272,6 +272,24 @@ def add_residual(h, residual):
     return h if residual is None else h + residual.to(h.dtype)
 
 
+@dataclass
+class Residuals:
+    """What controls add to a UNet, for controls of two kinds.
+
+    `skips`: one per skip connection, in the encoder's order, then one for the middle block's output; added where
+    the decoder reads them (ControlNets). `inner`: one per input block, then one for the middle block; added to
+    the encoder's hidden state after that block, so the blocks after it and the skip connection taken there see
+    it (T2I-Adapters). None, for either or any entry: nothing added there."""
+
+    skips: list | None = None
+    inner: list | None = None
+
+    @classmethod
+    def of(cls, control):
+        """A UNet's `control`: Residuals, a list of skip residuals (the release's form), or None."""
+        return control if isinstance(control, Residuals) else cls(skips=None if control is None else list(control))
+
+
 class UNetModel(nn.Module):
     """eps/v prediction from a noisy latent x (B, C, H, W), timesteps (B,) and text context (B, T, D).
 
@@ -300,25 +318,31 @@ class UNetModel(nn.Module):
     def dtype(self):
         return weights_dtype(self.time_embed)
 
-    def encode(self, x, timesteps, cond):
-        """The encoder half for a Conditioning `cond` (or None): (middle block output, skip connections, timestep
-        embedding)."""
+    def encode(self, x, timesteps, cond, inner=None):
+        """The encoder half for a Conditioning `cond` (or None), with `inner` (Residuals.inner) added along the
+        way: (middle block output, skip connections, timestep embedding)."""
         emb = embed(self.time_embed, self.label_emb, self.model_channels, timesteps, cond, x.dtype)
         context = None if cond is None else cond.crossattn
+        inner = [None] * (len(self.input_blocks) + 1) if inner is None else inner
+        if len(inner) != len(self.input_blocks) + 1:
+            raise ValueError(f"got {len(inner)} encoder additions; this UNet takes {len(self.input_blocks) + 1} "
+                             "(one per input block, then the middle block)")
         hs = []
         h = x
-        for module in self.input_blocks:
-            h = module(h, emb, context)
+        for module, added in zip(self.input_blocks, inner):
+            h = add_residual(module(h, emb, context), added)
             hs.append(h)
-        return self.middle_block(h, emb, context), hs, emb
+        return add_residual(self.middle_block(h, emb, context), inner[-1]), hs, emb
 
     def forward(self, x, timesteps, context=None, control=None):
-        """`context`: the Conditioning (or the release's tensor of token features)."""
+        """`context`: the Conditioning (or the release's tensor of token features); `control`: Residuals, or the
+        release's list of skip residuals."""
         dtype = self.dtype
         cond = None if context is None else Conditioning.of(context).to(dtype)
-        h, hs, emb = self.encode(x.to(dtype), timesteps, cond)
+        control = Residuals.of(control)
+        h, hs, emb = self.encode(x.to(dtype), timesteps, cond, control.inner)
         context = None if cond is None else cond.crossattn
-        residuals = list(control) if control is not None else [None] * (len(hs) + 1)
+        residuals = list(control.skips) if control.skips is not None else [None] * (len(hs) + 1)
         if len(residuals) != len(hs) + 1:
             raise ValueError(f"got {len(residuals)} control residuals; this UNet takes {len(hs) + 1} "
                              "(one per skip connection, then the middle block)")
