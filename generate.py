@@ -45,8 +45,10 @@ def add_file_arguments(p):
     p.add_argument("--vae", help="a VAE file to decode (and encode) with instead of the base's: SDXL's fp16-fix "
                                 "VAE, a fine-tuned one (the release's layout, the VAE's own keys, or diffusers')")
     p.add_argument("--extra-control", nargs=3, action="append", default=[], metavar=("CKPT", "HINT", "SCALE"),
-                   help="another ControlNet with its own condition map and scale (repeatable); for a "
-                        "ControlNet-Union, TYPE:SCALE says which kind of map it is (depth:0.6)")
+                   help="another control file (a ControlNet, T2I-Adapter...) with its own condition map and scale "
+                        "(repeatable); for a ControlNet-Union, TYPE:SCALE says which kind of map it is (depth:0.6); "
+                        "reference_only, reference_adain or reference_adain+attn in place of the file: the picture "
+                        "is a reference")
     p.add_argument("--region-mask", help="a picture, white where the control acts (default: everywhere)")
     p.add_argument("--init-image", help="image-to-image: start from this picture instead of pure noise "
                                         "(--denoise says how much of it is redrawn)")
@@ -69,7 +71,8 @@ def check_files(args):
     for path in [*args.ckpt, *([args.vae] if args.vae else [])]:
         check_checkpoint_file(path)
     for ckpt, hint, scale in args.extra_control:
-        check_checkpoint_file(find_model_file(ckpt))
+        if Path(ckpt).suffix or Path(ckpt).exists():  # a bare name is checked once read: it may be a reference mode
+            check_checkpoint_file(find_model_file(ckpt))
         check_picture_file(hint)
         kind, scale = split_scale(scale)
         try:
@@ -107,7 +110,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from annotators import ANNOTATORS, ImageError, condition_map, fit, list_pictures, read_image, resize_image
+from annotators import (
+    ANNOTATORS,
+    REFERENCE_MODES,
+    ImageError,
+    condition_map,
+    fit,
+    list_pictures,
+    read_image,
+    resize_image,
+)
 from annotators.pose import draw
 from annotators.pose_json import read_pose_file
 from cldm.img2img import condition_picture, inpaint_condition
@@ -328,13 +340,14 @@ def main(argv=None):
                           args.out, device, args.low_vram, start, options)
         return
     scales = [split_scale(scale) for _, _, scale in args.extra_control]
-    units = [ControlUnit(image=hint, control=unit_control(ckpt, args.ckpt), strength=float(scale),
-                         control_type=kind)
+    units = [ControlUnit(image=hint, strength=float(scale), control_type=kind, preprocessor=ckpt)
+             if ckpt in REFERENCE_MODES else
+             ControlUnit(image=hint, control=unit_control(ckpt, args.ckpt), strength=float(scale), control_type=kind)
              for (ckpt, _, _), (kind, scale), hint in zip(args.extra_control, scales, pictures["extra"])]
     nets = unit_nets(model, units)
     annotator = "inpaint" if args.inpaint_control else args.annotator  # the kind of the first unit's map
-    settings = settings.with_values(units=(typed(settings.units[0], getattr(model, "control_model", None),
-                                                 annotator), *settings.units[1:]))
+    first = typed(settings.units[0], getattr(model, "control_model", None), annotator)
+    settings = settings.with_values(units=(replace(first, preprocessor=args.annotator), *settings.units[1:]))
     speed_up(model, compile=args.compile, nets=list(nets.values()))
     if args.input_dir:
         skipped = []

@@ -11,7 +11,7 @@ import warnings
 from annotators.depth import depth, depth_leres, depth_zoe, normal, normalbae
 from annotators.edges import canny, fake_scribble, hed, mlsd, scribble
 from annotators.lines import invert, lineart, lineart_anime, scribble_from_photo, softedge
-from annotators.picture import shuffle, tile
+from annotators.picture import REFERENCE_MODES, reference, shuffle, tile
 from annotators.pose import mediapipe_openpose, openpose, pose
 from annotators.seg import seg
 from annotators.util import (
@@ -56,6 +56,7 @@ ANNOTATORS = {
     "normalbae": normalbae,
     "shuffle": shuffle,
     "tile": tile,
+    **dict.fromkeys(REFERENCE_MODES, reference),
 }
 
 
@@ -86,6 +87,6 @@ def condition_map(image, annotator, resolution, detect_resolution=None, nearest=
     return cv2.resize(detected, (target.shape[1], target.shape[0]), interpolation=interpolation)
 
 
-__all__ = ["ANNOTATORS", "AnnotatorNotice", "HWC3", "ImageError", "RESIZE_MODES", "WeightsError", "condition_map",
-           "fit", "list_pictures", "read_image", "resize_image", "to_rgb_uint8",
-           *(f.__name__ for f in ANNOTATORS.values())]
+__all__ = ["ANNOTATORS", "AnnotatorNotice", "HWC3", "ImageError", "REFERENCE_MODES", "RESIZE_MODES", "WeightsError",
+           "condition_map", "fit", "list_pictures", "read_image", "resize_image", "to_rgb_uint8",
+           *dict.fromkeys(f.__name__ for f in ANNOTATORS.values())]

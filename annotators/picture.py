@@ -1,5 +1,6 @@
-"""Conditions that are the picture itself, reshaped: content shuffle (1.1 shuffle) and tile resampling
-(1.1 tile, and instruct-pix2pix at rate 1)."""
+"""Conditions that are the picture itself, reshaped: content shuffle (1.1 shuffle), tile resampling (1.1 tile, and
+instruct-pix2pix at rate 1), and the reference preprocessors (the picture as it is, which the generation's own
+UNet reads: cldm.reference)."""
 
 import cv2
 import numpy as np
@@ -32,3 +33,12 @@ def tile(image, downsample=1.0):
         return image
     size = (max(1, round(image.shape[1] / downsample)), max(1, round(image.shape[0] / downsample)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+# A1111's reference preprocessors: through the UNet's self-attention, its normalisation statistics, or both
+REFERENCE_MODES = ("reference_only", "reference_adain", "reference_adain+attn")
+
+
+def reference(image):
+    """The picture itself: a reference unit's condition is the picture its latent is taken from."""
+    return to_rgb_uint8(image)

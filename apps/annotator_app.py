@@ -10,13 +10,15 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from annotators import ANNOTATORS, AnnotatorNotice, ImageError, WeightsError
+from annotators import ANNOTATORS, REFERENCE_MODES, AnnotatorNotice, ImageError, WeightsError
 from annotators.util import MAX_SIDE
 from annotators.weights import ENV_VAR, FILES, NEEDS, found_on_disk
 from apps.errors import page_error
 from apps.widgets import checked_on_arrival, uploaded_image
 from cldm.settings import checked_value
 
+# the preprocessors that make a map: a reference unit's picture is the picture itself, nothing to see here
+DETECTORS = {key: annotate for key, annotate in ANNOTATORS.items() if key not in REFERENCE_MODES}
 TITLES = {
     "canny": "Canny edges",
     "scribble": "Scribble (drawing)",
@@ -165,7 +167,7 @@ def build_annotator_demo():
     with gr.Blocks(title="Annotators") as demo:
         gr.Markdown("## Annotators: the condition maps the controls take")
         notes = {}
-        for key, annotate in ANNOTATORS.items():
+        for key, annotate in DETECTORS.items():
             parameters = list(inspect.signature(annotate).parameters.items())[1:]  # after the image
             with gr.Tab(TITLES.get(key, key), id=key):
                 notes[key] = gr.Markdown(weights_note(key))

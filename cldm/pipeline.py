@@ -1,6 +1,7 @@
 """One sampling function for the CLI, the apps, the training image logger and the tests."""
 
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,7 @@ from torch import nn
 
 from cldm.cldm import RELEASE_SOFT_BASE, control_weights, sum_residuals
 from cldm.img2img import mask_array, start_from
+from cldm.reference import REFERENCE_MODES, ReferenceBanks, is_reference
 from cldm.samplers import sample, skipped_steps
 from cldm.schedules import batch_multipliers, keyframes, multiplier
 from cldm.settings import ControlUnit, Settings
@@ -39,23 +41,31 @@ class Control:
     uncond_multiplier: float = 1.0  # its weight on guidance's unconditional branch
     batch_strengths: str = ""  # a multiplier of the strength per image of the batch
     soft_base: float = RELEASE_SOFT_BASE  # the soft block weights' ratio
+    reference: str | None = None  # a reference mode (cldm.reference): `hint` is the reference picture, no net
+    style_fidelity: float = 0.5  # a reference's pull on guidance's unconditional half
 
     def __post_init__(self):  # given directly (not of a unit): the units' check
         ControlUnit(strength=self.strength, control_start=self.start, control_end=self.end, control_mode=self.mode,
                     block_weights=self.block_weights, control_type=self.control_type,
                     strength_keyframes=self.keyframes, keyframe_curve=self.curve,
                     uncond_multiplier=self.uncond_multiplier, batch_strengths=self.batch_strengths,
-                    soft_base=self.soft_base)
+                    soft_base=self.soft_base, style_fidelity=self.style_fidelity,
+                    preprocessor=self.reference)
+        if self.reference is not None and not is_reference(self.reference):
+            raise ValueError(f"reference {self.reference!r} is not one of {', '.join(REFERENCE_MODES)}")
         self.frames = keyframes(self.keyframes)
 
     @classmethod
     def of(cls, unit, hint, net=None, region_mask=None):
         """A ControlUnit ready to run: its condition map `hint` (detected, at the generation's size), the
-        ControlNet its `control` names (None: the model's own) and its region mask (default: the unit's)."""
-        return cls(hint, unit.strength, unit.control_start, unit.control_end, unit.control_mode, net,
-                   unit.block_weights, unit.region_mask if region_mask is None else region_mask, unit.control_type,
+        ControlNet its `control` names (None: the model's own) and its region mask (default: the unit's). A
+        reference unit (its preprocessor a reference mode) runs no net: `hint` is its picture."""
+        reference = unit.preprocessor if is_reference(unit) else None
+        return cls(hint, unit.strength, unit.control_start, unit.control_end, unit.control_mode,
+                   None if reference else net, unit.block_weights,
+                   unit.region_mask if region_mask is None else region_mask, unit.control_type,
                    unit.strength_keyframes, unit.keyframe_curve, unit.uncond_multiplier, unit.batch_strengths,
-                   unit.soft_base)
+                   unit.soft_base, reference, unit.style_fidelity)
 
     def strength_at(self, progress):
         """Its strength at `progress`, the fraction of the steps done: the keyframes' multiple of it."""
@@ -121,9 +131,14 @@ class GuidedDenoiser:
     step; a NaN or infinity stops the generation with the part and the step named.
     """
 
-    def __init__(self, model, context, uncond_context, controls, guidance_scale, guess_mode=False, steps=None):
+    def __init__(self, model, context, uncond_context, controls, guidance_scale, guess_mode=False, steps=None,
+                 reference_noise=None):
+        references = [c for c in controls if c.reference]
+        controls = [c for c in controls if not c.reference]
         self.model, self.controls, self.guess_mode = model, controls, guess_mode
         self.guided = guidance_scale != 1.0
+        # reference units bank what the UNet sees of their pictures, drawing noise from `reference_noise`
+        self.references = ReferenceBanks(model, references, self.guided, reference_noise) if references else None
         self.guidance_scale = guidance_scale
         self.context = Conditioning.cat([uncond_context, context]) if self.guided else context
         self.nets = [c.net or model.control_model for c in controls]
@@ -219,9 +234,17 @@ class GuidedDenoiser:
                 skips = sum_residuals(skips, outputs)
         return skips if inner is None else Residuals(skips, inner)
 
+    def hooked(self):
+        """The block within which it runs: its reference units' hooks in place, when it has any."""
+        return self.references.hooked() if self.references else nullcontext()
+
     def model_output(self, x, t, progress):
         residuals = self.residuals(x, t, progress) if self.controls else None
-        return self.model.denoise(x, t, {"c_crossattn": [self.context]}, residuals)
+        if self.references is None:
+            return self.model.denoise(x, t, {"c_crossattn": [self.context]}, residuals)
+        self.references.write(x, t, self.context, progress)
+        with self.references.read():
+            return self.model.denoise(x, t, {"c_crossattn": [self.context]}, residuals)
 
     def __call__(self, x, t, progress):
         out = classifier_free_guidance(lambda x2, t2: self.model_output(x2, t2, progress), x, t, self.guidance_scale)
@@ -265,7 +288,7 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None,
             raise ValueError(f"control unit {k} has no condition map: give it one (its image)")
     listed = [Control.of(unit, unit.image, (nets or {}).get(unit.control)) for unit in s.units[1:]]
     controls = own + listed + list(controls)
-    if controls and not hasattr(model, "control_model") and any(c.net is None for c in controls):
+    if not hasattr(model, "control_model") and any(c.net is None and not c.reference for c in controls):
         raise ValueError("this model has no ControlNet: pass hint=None, or Control(..., net=a ControlNet)")
     if mask is not None and init_image is None:
         raise ValueError("a mask needs the picture it applies to: give init_image too")
@@ -283,7 +306,10 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None,
     if release_text_encoders:
         model.release_text_encoders()
     steps_run = s.steps - skipped_steps(s.steps, s.denoise) if init_image is not None else s.steps
-    denoiser = GuidedDenoiser(model, context, uncond_context, controls, s.guidance_scale, s.guess_mode, steps_run)
+    # a reference's noise comes from a generator of its own (the seed plus one), the sampler's stays as it was
+    reference_noise = torch.Generator(device=device).manual_seed(seed + 1)
+    denoiser = GuidedDenoiser(model, context, uncond_context, controls, s.guidance_scale, s.guess_mode, steps_run,
+                              reference_noise)
     generator = torch.Generator(device=device).manual_seed(seed)
     # the starting noise and the latents the sampler updates are fp32 whatever the model computes in
     shape = (n, model.channels, height // 8, width // 8)
@@ -291,8 +317,9 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None,
     if x_T.shape != shape:
         raise ValueError(f"latents of shape {tuple(x_T.shape)} given; this generation's are {shape}")
     start = None if init_image is None else start_from(model, init_image, n, mask, s.mask_blur)
-    latents = sample(model, denoiser, x_T, s.steps, s.sampler, s.eta, generator, verbose,
-                     init=start and start.latent, denoise=s.denoise, keep=start and start.keep)
+    with denoiser.hooked():
+        latents = sample(model, denoiser, x_T, s.steps, s.sampler, s.eta, generator, verbose,
+                         init=start and start.latent, denoise=s.denoise, keep=start and start.keep)
     images = check_finite(model.decode_first_stage(latents), "VAE decoder", weights_dtype(model.first_stage_model))
     images = start.composite(images) if start else images
     images = (images.permute(0, 2, 3, 1) * 127.5 + 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()

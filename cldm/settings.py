@@ -178,6 +178,8 @@ class ControlUnit:
     soft_base: float = setting(RELEASE_SOFT_BASE, "Soft base", "the soft block weights' ratio, each block's weight "
                                "this times the next deeper one's (0.825: the release's soft scales)",
                                (0.0, 1.0, 0.005))
+    style_fidelity: float = setting(0.5, "Style fidelity", "a reference unit's pull on guidance's unconditional "
+                                    "half: 0 none (the prompt leads), 1 full (the reference leads)", (0.0, 1.0, 0.01))
     control_type: str = setting(AUTO, "Control type", "what kind of map a ControlNet-Union is given; auto: its "
                                 "preprocessor's kind", choices=(AUTO, *UNION_TYPES))
     region_mask: object = picture("Region mask", "white where the control acts; none: everywhere")
@@ -229,7 +231,8 @@ class ControlUnit:
 
 LEGACY_OWN_CONTROL = "the app's control"
 UNIT_SETTINGS = ("strength", "control_start", "control_end", "strength_keyframes", "keyframe_curve",
-                 "uncond_multiplier", "batch_strengths", "control_mode", "block_weights", "soft_base", "control_type")
+                 "uncond_multiplier", "batch_strengths", "control_mode", "block_weights", "soft_base", "style_fidelity",
+                 "control_type")
 
 
 @dataclass(frozen=True)
@@ -274,9 +277,10 @@ class Settings:
         raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
 
     def record(self):
-        """The settings as saved in a PNG's parameters (JSON): the first unit's as the flags name them; the
-        other units are recorded by whoever saves their pictures (ControlUnit.record)."""
-        return {f.name: getattr(self, f.name) for f in setting_fields()}
+        """The settings as saved in a PNG's parameters (JSON): the first unit's as the flags name them, and its
+        preprocessor (a reference unit's is what it is); the other units are recorded by whoever saves their
+        pictures (ControlUnit.record)."""
+        return {**{f.name: getattr(self, f.name) for f in setting_fields()}, "preprocessor": self.units[0].preprocessor}
 
     @classmethod
     def from_record(cls, record):
@@ -285,7 +289,9 @@ class Settings:
         if not isinstance(record, dict):
             raise SettingError(f"saved parameters must be a JSON object, not {short(record)}")
         names = {f.name for f in setting_fields()}
-        return cls().with_values(**{k: v for k, v in record.items() if k in names})
+        settings = cls().with_values(**{k: v for k, v in record.items() if k in names})
+        first = settings.units[0].with_values(preprocessor=record.get("preprocessor"))
+        return settings.with_values(units=(first, *settings.units[1:]))
 
     def with_values(self, **values):
         """A copy with `values` changed (the first unit's settings among them), each checked and converted to its

@@ -7,11 +7,12 @@ import typing
 import gradio as gr
 
 from annotators import ANNOTATORS
-from apps.annotator_app import CHOICES, PARAMETERS, TITLES, parameter_component, weights_note
+from apps.annotator_app import CHOICES, DETECTORS, PARAMETERS, TITLES, parameter_component, weights_note
 
 
 def test_every_parameter_has_a_label_help_and_a_fitting_widget():
-    assert set(TITLES) == set(ANNOTATORS)
+    assert set(TITLES) == set(DETECTORS) and set(ANNOTATORS) - set(DETECTORS) == {"reference_only", "reference_adain",
+                                                                                "reference_adain+attn"}
     for key, annotate in ANNOTATORS.items():
         for name, parameter in list(inspect.signature(annotate).parameters.items())[1:]:
             assert name in PARAMETERS, f"{key}: {name}"

@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from annotators import ANNOTATORS
-from apps.annotator_app import build_annotator_demo
+from apps.annotator_app import DETECTORS, build_annotator_demo
 from apps.errors import log_to_terminal
 from apps.models import resolve_model
 from apps.page import build_demo, friendly
@@ -61,7 +60,7 @@ def test_the_eighteen_apps_and_the_annotator_app_exist():
     assert len(APPS) == 18 and (ROOT / "gradio_annotator.py").is_file()
     demo = build_annotator_demo()
     tabs = [block.id for block in demo.blocks.values() if isinstance(block, gr.Tab)]
-    assert tabs == list(ANNOTATORS)  # every annotator, 1.0 and 1.1 (its key: the tab's id and its api_name)
+    assert tabs == list(DETECTORS)  # every annotator, 1.0 and 1.1 (its key: the tab's id and its api_name)
     radios = {tuple(block.choices) for block in demo.blocks.values() if isinstance(block, gr.Radio)}
     assert (("pidinet", "pidinet"), ("hed", "hed")) in radios  # softedge's detector, from its Literal annotation
 
@@ -459,6 +458,27 @@ def test_examples_the_toy_follows_are_one_click_away(default_model, tmp_path):
     # the toy paints the shape the star outlines: its pixels differ along the outline from the background
     assert np.abs(drawn[on_line] - drawn[off_line].mean(axis=0)).mean() > 20
     assert not example_pictures(task_of("gradio_depth2image"))  # the toy does not follow depth maps
+
+
+def test_a_reference_unit_in_an_app_is_saved_and_reproduced(default_model, tmp_path):
+    """A unit whose preprocessor is a reference mode: its picture steers the image through the UNet (no control
+    file), and the record makes the same image again with generate.py --reproduce."""
+    import generate as cli
+
+    task = task_of("gradio_canny2image")
+    runner = Runner(task, default_model, NOTE, tmp_path, toy=True)
+    picture = circle_outline(256)
+    once, _ = runner(picture, **values(task))
+    unit = dict(unit2_enabled=True, unit2_image=data.coffee(), unit2_preprocessor="reference_adain+attn",
+                unit2_style_fidelity=0.8)
+    referenced, _ = runner(picture, **values(task, **unit))
+    assert np.abs(referenced[2].astype(int) - once[1]).max() > 10
+    saved = max(tmp_path.glob("canny-0*.png"))
+    (record,) = read_params(saved)["controls"]
+    assert record["preprocessor"] == "reference_adain+attn" and record["style_fidelity"] == 0.8
+    again = tmp_path / "again.png"
+    cli.main(["--reproduce", str(saved), "--out", str(again)])
+    assert np.array_equal(np.asarray(Image.open(again)), referenced[2])
 
 
 def test_two_controls_in_an_app(default_model, tmp_path):
