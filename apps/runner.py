@@ -24,6 +24,7 @@ from apps.pose_editor import detected_json, picture_or_none, pose_picture
 from apps.task import NEAREST_ANNOTATORS, NO_ANNOTATOR
 from apps.units import EXTRA_UNITS, control_choices, marked, pop_unit, region_of
 from cldm.img2img import condition_picture, inpaint_condition
+from cldm.ip_adapter import IPAdapter
 from cldm.model import ModelOptions, load_control_net
 from cldm.outputs import BESIDE, next_path
 from cldm.request import Paths, Request, run
@@ -97,11 +98,14 @@ class Runner:
         return detected, detected, init, None, picture
 
     def ready_units(self, units, picture, size, settings, detect_resolution):
-        """The enabled extra units ready to run: each one's map detected (from its picture, else the app's) and
-        fitted to the generation's `size`, its region mask fitted, the preprocessor that ran named."""
+        """The enabled extra units ready to run: each one's map detected (from its picture, else the app's; an
+        IP-Adapter unit's picture as it is) and fitted to the generation's `size`, its region mask fitted, the
+        preprocessor that ran named."""
         ready = []
         for unit in units:
             preprocessor = unit.preprocessor or self.task.unit_preprocessor
+            if unit.control and isinstance(self.control_net(unit.control), IPAdapter):
+                preprocessor = NO_ANNOTATOR  # an image prompt: the picture itself, which the adapter's encoder reads
             detected = self.detect(unit.image if unit.image is not None else picture, settings.image_resolution,
                                    detect_resolution, preprocessor)
             detected = fit(detected, size, settings.resize_mode, nearest=preprocessor in NEAREST_ANNOTATORS)

@@ -18,7 +18,8 @@ from ldm.files import MODELS
 
 EXTRA_UNITS = (2, 3)
 OWN_CONTROL = "the app's control"  # the control choice's label for the model's own ControlNet (a label only)
-CONTROL_SUFFIXES = (".pth", ".ckpt", ".safetensors")
+CONTROL_SUFFIXES = (".pth", ".ckpt", ".safetensors", ".bin")  # .bin: IP-Adapters' releases
+CONTROL_WORDS = ("control", "adapter")  # how models/ tells a control file (ControlNet, T2I- or IP-Adapter) from a base
 
 
 def unit_inputs(k):
@@ -54,9 +55,9 @@ def pop_unit(k, values):
 
 def control_choices(folders=(MODELS,)):
     """The unit's control choices: the app's own, then by name the control files of `folders`: in models/, those
-    named as controls (it holds the bases too), every checkpoint in a folder the server adds."""
+    named as controls or adapters (it holds the bases too), every checkpoint in a folder the server adds."""
     files = {p.name for folder in folders for p in Path(folder).glob("*") if p.suffix in CONTROL_SUFFIXES
-             and ("control" in p.name or Path(folder).resolve() != MODELS)}
+             and (any(w in p.name.lower() for w in CONTROL_WORDS) or Path(folder).resolve() != MODELS)}
     return [OWN_CONTROL, *sorted(files)]
 
 

@@ -20,6 +20,7 @@ from cldm.cldm import CONTROL_PREFIX, ControlDiffusionEngine, ControlLDM, Contro
 from cldm.control_files import CONTROL_TARGETS, control_net_class, control_params, control_state, control_target
 from cldm.control_lora import MARK as CONTROL_LORA_MARK
 from cldm.control_lora import is_control_lora, layout_view, merged_control
+from cldm.ip_adapter import is_ip_adapter, load_ip_adapter
 from cldm.settings import SettingError, check_fields, setting, short
 from cldm.t2i_adapter import diffusers_adapter_folder, is_t2i_adapter, load_t2i_adapter
 from ldm.checkpoint import (
@@ -309,13 +310,16 @@ def load_control_net(model, source, global_average_pooling=None):
     laid out as the file says on the model's base (a full, mid or small net, a Union net). Pooling is the net's
     own: `global_average_pooling` (ControlNet 1.1 shuffle), or None for what a diffusers folder's config says
     (off for other files), never the host model's setting. A T2I-Adapter's file or folder gives the adapter
-    (cldm.t2i_adapter), which the generation runs as it runs a ControlNet."""
+    (cldm.t2i_adapter), which the generation runs as it runs a ControlNet; an IP-Adapter's file gives the adapter
+    with its vision encoder (cldm.ip_adapter)."""
     unet = model.model.diffusion_model
     if not isinstance(source, Mapping) and diffusers_adapter_folder(source):
         return load_t2i_adapter(unet, source)
     state = read_any(source)
     if is_t2i_adapter(state):
         return load_t2i_adapter(unet, str(source), state)
+    if is_ip_adapter(state):
+        return load_ip_adapter(unet, source, state)
     state = control_state(normalize_keys(state))
     if not state:
         raise CheckpointError(f"{source} holds no ControlNet weights (no {CONTROL_PREFIX}* keys)")

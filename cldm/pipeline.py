@@ -1,7 +1,7 @@
 """One sampling function for the CLI, the apps, the training image logger and the tests."""
 
 import random
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +10,7 @@ from torch import nn
 
 from cldm.cldm import RELEASE_SOFT_BASE, control_weights, sum_residuals
 from cldm.img2img import mask_array, start_from
+from cldm.ip_adapter import ImagePrompts, IPAdapter
 from cldm.reference import REFERENCE_MODES, ReferenceBanks, is_reference
 from cldm.samplers import sample, skipped_steps
 from cldm.schedules import batch_multipliers, keyframes, multiplier
@@ -134,11 +135,17 @@ class GuidedDenoiser:
     def __init__(self, model, context, uncond_context, controls, guidance_scale, guess_mode=False, steps=None,
                  reference_noise=None):
         references = [c for c in controls if c.reference]
-        controls = [c for c in controls if not c.reference]
+        prompts = [c for c in controls if isinstance(c.net, IPAdapter)]
+        controls = [c for c in controls if not c.reference and not isinstance(c.net, IPAdapter)]
         self.model, self.controls, self.guess_mode = model, controls, guess_mode
         self.guided = guidance_scale != 1.0
         # reference units bank what the UNet sees of their pictures, drawing noise from `reference_noise`
         self.references = ReferenceBanks(model, references, self.guided, reference_noise) if references else None
+        # IP-Adapter units: their pictures' tokens, read by the UNet's cross-attentions
+        self.image_prompts = ImagePrompts(
+            model.model.diffusion_model, prompts, len(context), self.guided,
+            [self.rows_of(k, c, len(context), context.device) for k, c in enumerate(prompts, start=1)]
+        ) if prompts else None
         self.guidance_scale = guidance_scale
         self.context = Conditioning.cat([uncond_context, context]) if self.guided else context
         self.nets = [c.net or model.control_model for c in controls]
@@ -234,12 +241,19 @@ class GuidedDenoiser:
                 skips = sum_residuals(skips, outputs)
         return skips if inner is None else Residuals(skips, inner)
 
+    @contextmanager
     def hooked(self):
-        """The block within which it runs: its reference units' hooks in place, when it has any."""
-        return self.references.hooked() if self.references else nullcontext()
+        """The block within which it runs: its reference and IP-Adapter units' hooks in place."""
+        with ExitStack() as stack:
+            for part in (self.references, self.image_prompts):
+                if part is not None:
+                    stack.enter_context(part.hooked())
+            yield self
 
     def model_output(self, x, t, progress):
         residuals = self.residuals(x, t, progress) if self.controls else None
+        if self.image_prompts is not None:
+            self.image_prompts.set_step(progress)
         if self.references is None:
             return self.model.denoise(x, t, {"c_crossattn": [self.context]}, residuals)
         self.references.write(x, t, self.context, progress)

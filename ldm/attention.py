@@ -22,6 +22,9 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+        # more attention of the same queries to other tokens, added before the output projection: callables
+        # q (B, heads, N, dim_head) -> a tensor of q's shape, or None (an IP-Adapter's image tokens)
+        self.added_attention = []
 
     def forward(self, x, context=None):
         context = x if context is None else context
@@ -32,6 +35,9 @@ class CrossAttention(nn.Module):
             for proj, src in ((self.to_q, x), (self.to_k, context), (self.to_v, context))
         )
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(dim_head)) v
+        for add in self.added_attention:
+            added = add(q)
+            out = out if added is None else out + added
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 

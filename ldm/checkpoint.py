@@ -46,6 +46,9 @@ def read_state_dict(path, location="cpu"):
                               f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
+    if isinstance(obj, dict):  # parts saved as dicts of their own ({"image_proj": {...}, ...}): prefix.key
+        obj = {**obj, **{f"{part}.{k}": v for part, inner in obj.items() if isinstance(inner, dict)
+                         for k, v in inner.items()}}
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
     if not tensors:
         raise CheckpointError(f"{path} holds no tensors ({type(obj).__name__}); it is not a model checkpoint")
