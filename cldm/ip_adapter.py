@@ -269,13 +269,15 @@ def load_ip_adapter(unet, source, state=None, dtype=None):
 class ImagePrompts:
     """The IP-Adapter units of one generation over `unet`: each one's tokens, and their keys and values at every
     cross-attention, computed once for the batch ([unconditional; conditional] halves when `guided`, `images`
-    each); at each step each unit adds its attention to the tokens, weighed by its strength, its block weights
-    and `row_scales` (its multiplier of each row, or None)."""
+    each); at each step each unit adds its attention to the tokens, weighed by its strength, its block weights,
+    `row_scales` (its multiplier of each row, or None) and `regions` (its region mask, (1, 1, H, W) at the
+    generation's size, or None)."""
 
-    def __init__(self, unet, controls, images, guided, row_scales):
+    def __init__(self, unet, controls, images, guided, row_scales, regions):
         self.layers = cross_attentions(unet)
         transformers = spatial_transformers(unet)
         self.controls, self.row_scales, self.scales = controls, row_scales, [0.0] * len(controls)
+        self.regions, self.region_tokens = regions, {}  # (1, 1, H, W) or None; at each layer's tokens, cached
         self.keys_values, self.layer_weights = [], []
         for k, control in enumerate(controls, start=1):
             seen, blank = control.net.tokens(control.hint)
@@ -318,10 +320,28 @@ class ImagePrompts:
                 out = F.scaled_dot_product_attention(q, key, value)
                 rows = self.row_scales[k]
                 term = weight * out if rows is None else (weight * rows.to(out.dtype)) * out
+                if self.regions[k] is not None:
+                    term = term * self.region_at(k, q.shape[2]).to(term.dtype)
                 total = term if total is None else total + term
             return total
 
         return add
+
+    def region_at(self, k, tokens):
+        """Unit k's region mask at a layer of `tokens` image tokens (its grid: the picture's, downsampled by a
+        power of two), as (1, 1, tokens, 1)."""
+        if (k, tokens) not in self.region_tokens:
+            from cldm.cldm import region_at
+
+            region = self.regions[k]
+            height, width = region.shape[2:]
+            factor = round((height * width / tokens) ** 0.5)
+            grid = (height // factor, width // factor)
+            if grid[0] * grid[1] != tokens:
+                raise ValueError(f"a region mask of {width}x{height} does not match a layer of {tokens} image tokens: "
+                                 "give the mask the generation's shape")
+            self.region_tokens[k, tokens] = region_at(region, grid, torch.float32).flatten(2)[..., None]
+        return self.region_tokens[k, tokens]
 
 
 def block_weights(value, n):

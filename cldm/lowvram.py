@@ -8,18 +8,21 @@ from contextlib import contextmanager
 
 from cldm.cldm import control_nets
 
+# where a control's work starts, called on its own before the net is: a ControlNet's hint encoder, a
+# T2I-Adapter's first layer, an IP-Adapter's vision encoder and projection (its keys and values follow at once)
+ENTRIES = ("input_hint_block", "unshuffle", "encoder", "image_proj")
+
 
 def units(model, nets=()):
     """The parts moved together, in the order a generation runs them, with a name for each; `nets` are
-    ControlNets (or T2I-Adapters) beside the model's own (several controls), each its own part."""
+    controls beside the model's own (ControlNets, T2I- and IP-Adapters), each its own part."""
     vae = model.first_stage_model
     parts = [("text encoder", [model.cond_stage_model])]
     # the sampler runs a net's hint encoder on its own, once per generation
     own = len(control_nets(model))
     for i, net in enumerate(control_nets(model, nets)):
-        # a ControlNet encodes its hint in input_hint_block, a T2I-Adapter starting with its unshuffle
-        entry = net.input_hint_block if hasattr(net, "input_hint_block") else net.unshuffle
-        parts.append(("control" if i < own else f"control {i + 1 - own}", [net, entry]))
+        entries = [getattr(net, name) for name in ENTRIES if getattr(net, name, None) is not None]
+        parts.append(("control" if i < own else f"control {i + 1 - own}", [net, *entries]))
     parts += [("unet", [model.model.diffusion_model]), ("vae encoder", [vae.encoder, vae.quant_conv]),
               ("vae decoder", [vae.post_quant_conv, vae.decoder])]
     return parts

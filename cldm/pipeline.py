@@ -144,8 +144,8 @@ class GuidedDenoiser:
         # IP-Adapter units: their pictures' tokens, read by the UNet's cross-attentions
         self.image_prompts = ImagePrompts(
             model.model.diffusion_model, prompts, len(context), self.guided,
-            [self.rows_of(k, c, len(context), context.device) for k, c in enumerate(prompts, start=1)]
-        ) if prompts else None
+            [self.rows_of(k, c, len(context), context.device) for k, c in enumerate(prompts, start=1)],
+            [region_tensor(c.region_mask, context.device) for c in prompts]) if prompts else None
         self.guidance_scale = guidance_scale
         self.context = Conditioning.cat([uncond_context, context]) if self.guided else context
         self.nets = [c.net or model.control_model for c in controls]

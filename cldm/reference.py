@@ -68,6 +68,9 @@ class ReferenceBanks:
     noise their latents take (from `generator`)."""
 
     def __init__(self, model, controls, guided, generator):
+        if any(c.region_mask is not None for c in controls):
+            raise ValueError("a reference unit acts on the whole picture (the UNet's attention and statistics): "
+                             "clear its region mask")
         self.model, self.controls, self.guided, self.generator = model, controls, guided, generator
         unet = model.model.diffusion_model
         sdxl = getattr(unet.config, "num_classes", None) == "sequential"
@@ -75,6 +78,7 @@ class ReferenceBanks:
         self.latents = [start_from(model, c.hint, 1).latent for c in controls]  # the VAE posterior's mean
         self.attention, self.norms = attention_blocks(unet), adain_blocks(unet)
         self.banks = {}  # module -> [(banked tensors, style fidelity)]
+        self.referenced = {}  # attention module -> the style fidelity of the referenced call under way
         self.writing = None  # (weight, style fidelity, attention?, adain?) during a write pass
         self.reading = False
         self.unconditional = 0  # rows of the batch on guidance's unconditional half (the first ones)
@@ -82,8 +86,10 @@ class ReferenceBanks:
     @contextmanager
     def hooked(self):
         """The hooks in place for the block (the generation)."""
-        handles = [attn.register_forward_hook(self.attention_hook(threshold), with_kwargs=True)
-                   for attn, threshold in self.attention]
+        handles = []
+        for attn, threshold in self.attention:
+            handles.append(attn.register_forward_pre_hook(self.attention_input_hook(threshold), with_kwargs=True))
+            handles.append(attn.register_forward_hook(self.attention_output_hook, with_kwargs=True))
         handles += [block.register_forward_hook(self.adain_hook(threshold)) for block, threshold in self.norms]
         try:
             yield self
@@ -122,15 +128,18 @@ class ReferenceBanks:
         self.banks.setdefault(module, []).append((value, self.writing[1]))
 
     def mixed(self, plain, referenced, fidelity):
-        """A1111's mix: the conditional rows referenced; the unconditional sf * plain + (1 - sf) * referenced."""
+        """A1111's mix: the conditional rows referenced; the unconditional sf * plain + (1 - sf) * referenced
+        (`plain`: the plain result of the unconditional rows, or more rows, or None for none)."""
         if self.unconditional and fidelity > WEAK:
             kept = referenced.clone()
             kept[:self.unconditional] = plain[:self.unconditional].to(kept.dtype)
             return fidelity * kept + (1.0 - fidelity) * referenced
         return fidelity * referenced + (1.0 - fidelity) * referenced
 
-    def attention_hook(self, threshold):
-        def hook(attn, args, kwargs, output):
+    def attention_input_hook(self, threshold):
+        """Writing: bank the self-attention's input. Reading: attend to the input and the banked tokens (keys and
+        values of both), the fidelity kept for the output hook."""
+        def hook(attn, args, kwargs):
             if self.writing is not None:
                 weight, _, attention, _ = self.writing
                 if attention and weight > threshold:
@@ -139,12 +148,19 @@ class ReferenceBanks:
             banked = self.banks.pop(attn, None) if self.reading else None
             if not banked:
                 return None
-            x = args[0]
-            fidelity = sum(f for _, f in banked) / len(banked)
-            referenced = CrossAttention.forward(attn, x, context=torch.cat([x, *(b for b, _ in banked)], dim=1))
-            return self.mixed(output, referenced, fidelity).to(output.dtype)
+            self.referenced[attn] = sum(f for _, f in banked) / len(banked)
+            return args, {**kwargs, "context": torch.cat([args[0], *(b for b, _ in banked)], dim=1)}
 
         return hook
+
+    def attention_output_hook(self, attn, args, kwargs, output):
+        """Reading: the referenced attention mixed with the plain one on the unconditional rows."""
+        fidelity = self.referenced.pop(attn, None)
+        if fidelity is None:
+            return None
+        n = self.unconditional
+        plain = CrossAttention.forward(attn, args[0][:n]) if n and fidelity > WEAK else None
+        return self.mixed(plain, output, fidelity)
 
     def adain_hook(self, threshold):
         def hook(block, args, output):

@@ -153,7 +153,7 @@ def test_an_sdxl_generation_equals_diffusers_sdxl_pipeline_with_the_adapter(tmp_
 
 
 @torch.no_grad()
-def test_block_weights_scale_each_attention_block_and_zero_is_the_plain_generation(tmp_path):
+def test_block_weights_and_region_masks_weigh_the_image_prompt_and_zero_is_the_plain_generation(tmp_path):
     model = tiny_model(TINY_V15, seed=2)
     unet = model.model.diffusion_model
     write_encoder(tmp_path / "image_encoder")
@@ -174,6 +174,11 @@ def test_block_weights_scale_each_attention_block_and_zero_is_the_plain_generati
     assert np.abs(decoder_only.astype(int) - full).max() > 0 and np.abs(decoder_only.astype(int) - plain).max() > 0
     with pytest.raises(ValueError, match="control 1: got 3 block weights; this model's UNet has 7 attention blocks"):
         run(block_weights="1, 1, 1")
+    white, right = np.full((64, 64), 255, np.uint8), np.zeros((64, 64), np.uint8)
+    right[:, 32:] = 255
+    assert np.array_equal(run(region_mask=white), full) and np.array_equal(run(region_mask=0 * white), plain)
+    half = run(region_mask=right)
+    assert np.abs(half.astype(int) - full).max() > 0 and np.abs(half.astype(int) - plain).max() > 0
 
 
 def test_the_encoder_must_be_found_and_fit(tmp_path):
@@ -236,3 +241,21 @@ def test_an_ip_adapter_unit_in_an_app_reads_its_picture_as_it_is(tmp_path):
     resized = cv2.resize(photo, both[1].shape[1::-1], interpolation=cv2.INTER_AREA)
     assert len(both) == 3 and np.abs(both[1].astype(int) - resized).mean() < 10  # the picture, not its edges
     assert np.abs(both[2].astype(int) - once[1]).max() > 10
+
+
+@torch.no_grad()
+def test_low_vram_moves_an_ip_adapter_with_its_encoder(tmp_path):
+    from cldm.lowvram import low_vram
+
+    model = tiny_model(TINY_V15, seed=2)
+    write_encoder(tmp_path / "image_encoder")
+    path = write_adapter(tmp_path, model.model.diffusion_model, "plus", ".bin")
+    net = load_control_net(model, path)
+    unit = ControlUnit(image=face(), control=str(path))
+    common = dict(size=(64, 64), steps=2, seed=1, verbose=False, units=(ControlUnit(), unit), nets={unit.control: net})
+    plain, _ = generate(model, None, PROMPT, **common)
+    trace = []
+    with low_vram(model, "cpu", trace, nets=[net]):
+        offloaded, _ = generate(model, None, PROMPT, **common)
+    assert np.array_equal(plain[0], offloaded[0])
+    assert trace == ["text encoder", "control 1", "unet", "vae decoder"]  # the tokens once, before the steps

@@ -144,6 +144,9 @@ def test_strength_0_and_a_late_start_are_the_plain_generation_bit_for_bit():
     for values in (dict(strength=0.0), dict(strength_keyframes="0:0")):
         unit = ControlUnit(image=picture(), preprocessor="reference_adain+attn", **values)
         assert torch.equal(latents_of(model, None, PROMPT, units=(ControlUnit(), unit), **common), plain)
+    with pytest.raises(ValueError, match="a reference unit acts on the whole picture.*clear its region mask"):
+        latents_of(model, None, PROMPT, units=(ControlUnit(), ControlUnit(
+            image=picture(), preprocessor="reference_only", region_mask=np.zeros((64, 64), np.uint8))), **common)
     late = ControlUnit(image=picture(), preprocessor="reference_only", control_start=0.5)
     first_steps = latents_of(model, None, PROMPT, units=(ControlUnit(), late), **{**common, "steps": 1})
     assert torch.equal(first_steps, latents_of(model, None, PROMPT, **{**common, "steps": 1}))
