@@ -44,3 +44,19 @@ def tiny_inputs(model, batch=2, seed=1, size=8):
         context=torch.randn(batch, 77, ctx_dim, generator=gen),
     )
 
+
+
+def diffusers_parts(model, config, **kwargs):
+    """diffusers' (UNet2DConditionModel, ControlNetModel, AutoencoderKL) holding a tiny controlled model's weights,
+    converted by diffusers' own single-file helpers (`kwargs`: cldm.diffusers_interop.diffusers_models')."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+
+    from cldm.diffusers_interop import diffusers_models
+
+    state = model.state_dict()
+    unet, controlnet = diffusers_models(state, config, **kwargs)
+    vae_config = create_vae_diffusers_config_from_ldm(config, state)
+    vae = AutoencoderKL(**vae_config).eval()
+    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
+    return unet, controlnet, vae

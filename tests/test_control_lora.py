@@ -7,6 +7,7 @@ import torch
 from cldm.control_lora import COPIED, MARK, merged_control
 from ldm.conditioning import Conditioning
 from ldm.sdxl import vector
+from tests.helpers import diffusers_parts
 from tests.test_sdxl import ID_WIDTH, TINY_XL_YAML, tiny_controlled_xl, tiny_xl_inputs
 
 UNET = "model.diffusion_model."
@@ -85,11 +86,9 @@ def test_a_control_lora_merges_each_pair_onto_the_bases_weight_as_an_independent
 
 def test_a_whole_generation_with_a_control_lora_equals_diffusers_pipeline_with_its_loading(tmp_path):
     import numpy as np
-    from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLControlNetPipeline
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
     from PIL import Image
 
-    from cldm.diffusers_interop import diffusers_models
     from cldm.model import load_model
     from cldm.pipeline import generate
     from cldm.samplers import diffusers_scheduler
@@ -102,13 +101,10 @@ def test_a_whole_generation_with_a_control_lora_equals_diffusers_pipeline_with_i
     save_safetensors(control_lora_file(model.control_model.state_dict(), seed=15), lora_file)
     ours = load_model(str(TINY_XL_YAML), {k: v for k, v in state.items() if not k.startswith("control_model.")},
                       lora_file)
-    unet, _ = diffusers_models(state, config, id_features=ID_WIDTH)
+    unet, _, vae = diffusers_parts(model, config, id_features=ID_WIDTH)
     controlnet = ControlNetModel.from_unet(unet)
     controlnet.load_lora_adapter(str(lora_file), prefix=None, controlnet_config=controlnet.config)
     controlnet.fuse_lora()
-    vae_config = create_vae_diffusers_config_from_ldm(config, state)
-    vae = AutoencoderKL(**vae_config).eval()
-    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
     pipe = StableDiffusionXLControlNetPipeline(vae, *diffusers_text_encoders(model.conditioner), unet,
                                                controlnet.eval(), diffusers_scheduler(model, "UniPC"))
     pipe.set_progress_bar_config(disable=True)

@@ -15,7 +15,7 @@ from cldm.pipeline import generate
 from cldm.settings import ControlUnit
 from ldm.checkpoint import CheckpointError
 from ldm.config import load_yaml
-from tests.helpers import TINY_V15, randomize, tiny_model
+from tests.helpers import TINY_V15, diffusers_parts, randomize, tiny_model
 
 EMBED, HIDDEN, PROMPT = 24, 32, "a crimson circle"
 
@@ -77,18 +77,12 @@ def face(size=64, seed=3):
 
 
 def sd15_pipeline(model):
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+    from diffusers import StableDiffusionPipeline
 
-    from cldm.diffusers_interop import diffusers_models
     from cldm.samplers import diffusers_scheduler
     from ldm.text_encoders import clip_tokenizer
 
-    config, state = load_yaml(TINY_V15), model.state_dict()
-    unet, _ = diffusers_models(state, config)
-    vae_config = create_vae_diffusers_config_from_ldm(config, state)
-    vae = AutoencoderKL(**vae_config).eval()
-    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
+    unet, _, vae = diffusers_parts(model, load_yaml(TINY_V15))
     pipe = StableDiffusionPipeline(vae, model.cond_stage_model.transformer.text_model, clip_tokenizer(), unet,
                                    diffusers_scheduler(model, "UniPC"), safety_checker=None, feature_extractor=None,
                                    image_encoder=None, requires_safety_checker=False)
@@ -121,19 +115,13 @@ def test_a_whole_generation_equals_diffusers_load_ip_adapter_pipeline(tmp_path, 
 def test_an_sdxl_generation_equals_diffusers_sdxl_pipeline_with_the_adapter(tmp_path):
     """SDXL's order of cross-attentions (its transformers 2 deep): the tiny SDXL base against
     StableDiffusionXLPipeline with load_ip_adapter, a plus adapter."""
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+    from diffusers import StableDiffusionXLPipeline
 
-    from cldm.diffusers_interop import diffusers_models
     from cldm.samplers import diffusers_scheduler
     from tests.test_sdxl import ID_WIDTH, diffusers_text_encoders, tiny_controlled_xl
 
     model, config = tiny_controlled_xl(seed=6)
-    state = model.state_dict()
-    unet, _ = diffusers_models(state, config, id_features=ID_WIDTH)
-    vae_config = create_vae_diffusers_config_from_ldm(config, state)
-    vae = AutoencoderKL(**vae_config).eval()
-    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
+    unet, _, vae = diffusers_parts(model, config, id_features=ID_WIDTH)
     pipe = StableDiffusionXLPipeline(vae, *diffusers_text_encoders(model.conditioner), unet,
                                      diffusers_scheduler(model, "UniPC"))
     pipe.set_progress_bar_config(disable=True)

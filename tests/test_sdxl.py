@@ -10,7 +10,7 @@ from cldm.diffusers_interop import diffusers_unet_config
 from ldm.conditioning import Conditioning
 from ldm.sdxl import SizeIds, id_features, vector
 from ldm.unet import UNetModel
-from tests.helpers import ROOT, randomize
+from tests.helpers import ROOT, diffusers_parts, randomize
 
 POOLED, ID_WIDTH = 32, 8  # diffusers' own SDXL tests: a 32-wide pooled embedding, 8 Fourier features an id
 TINY_XL_UNET = dict(in_channels=4, out_channels=4, model_channels=32, num_res_blocks=2, attention_resolutions=[2],
@@ -363,21 +363,15 @@ def test_a_whole_sdxl_generation_equals_diffusers_controlnet_pipeline(sampler):
     """The same weights, prompt, seed and scheduler in StableDiffusionXLControlNetPipeline: the same image within
     1/255 a pixel (conditioning, UNet, control, sampler loop, starting noise and VAE together)."""
     import numpy as np
-    from diffusers import AutoencoderKL, StableDiffusionXLControlNetPipeline
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+    from diffusers import StableDiffusionXLControlNetPipeline
     from PIL import Image
 
-    from cldm.diffusers_interop import diffusers_models
     from cldm.pipeline import generate
     from cldm.samplers import diffusers_scheduler
 
     model, config = tiny_controlled_xl(seed=10)
-    state = model.state_dict()
-    unet, controlnet = diffusers_models(state, config, id_features=ID_WIDTH)
+    unet, controlnet, vae = diffusers_parts(model, config, id_features=ID_WIDTH)
     text_encoder, text_encoder_2, tokenizer, tokenizer_2 = diffusers_text_encoders(model.conditioner)
-    vae_config = create_vae_diffusers_config_from_ldm(config, state)
-    vae = AutoencoderKL(**vae_config).eval()
-    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
     pipe = StableDiffusionXLControlNetPipeline(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet,
                                                controlnet, diffusers_scheduler(model, sampler))
     pipe.set_progress_bar_config(disable=True)
@@ -421,23 +415,18 @@ def test_an_sdxl_base_in_a_diffusers_folder_loads_into_sgms_layout(tmp_path):
     """A pipeline saved by diffusers (model_index.json, unet, text_encoder(_2), vae, ...): its yaml made from
     the parts' configs, its weights in sgm's keys, equal to the weights it was saved from."""
     import numpy as np
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+    from diffusers import StableDiffusionXLPipeline
     from PIL import Image
 
     import generate as cli
-    from cldm.diffusers_interop import diffusers_models
     from cldm.model import load_model
     from cldm.samplers import diffusers_scheduler
     from ldm.checkpoint import save_safetensors
 
     model, config = tiny_controlled_xl(seed=12)
     state = model.state_dict()
-    unet, _ = diffusers_models(state, config, id_features=ID_WIDTH)
+    unet, _, vae = diffusers_parts(model, config, id_features=ID_WIDTH)
     text_encoder, text_encoder_2, tokenizer, tokenizer_2 = diffusers_text_encoders(model.conditioner)
-    vae_config = create_vae_diffusers_config_from_ldm(config, state)
-    vae = AutoencoderKL(**vae_config)
-    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
     text_encoder.config.hidden_act = "quick_gelu"  # the CLIP-L tower's, as the conditioner built it
     StableDiffusionXLPipeline(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet,
                               diffusers_scheduler(model, "UniPC")).save_pretrained(tmp_path / "sdxl")

@@ -18,7 +18,7 @@ from cldm.t2i_adapter import read_t2i_adapter
 from ldm.checkpoint import CheckpointError
 from ldm.config import load_yaml
 from ldm.unet import Residuals
-from tests.helpers import TINY_V15, randomize, tiny_inputs, tiny_model
+from tests.helpers import TINY_V15, diffusers_parts, randomize, tiny_inputs, tiny_model
 
 KINDS = {  # diffusers' adapter_type and arguments, at test size
     "full": dict(adapter_type="full_adapter", channels=[32, 64], num_res_blocks=2, in_channels=3),
@@ -111,19 +111,13 @@ def box(value=255):
 def test_a_whole_sdxl_generation_with_an_adapter_equals_diffusers_adapter_pipeline(tmp_path):
     """StableDiffusionXLAdapterPipeline with the same weights, prompt, seed, scheduler and adapter scale: within
     1/255 (the adapter's features added at the middle block too)."""
-    from diffusers import AutoencoderKL, StableDiffusionXLAdapterPipeline
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+    from diffusers import StableDiffusionXLAdapterPipeline
 
-    from cldm.diffusers_interop import diffusers_models
     from cldm.samplers import diffusers_scheduler
     from tests.test_sdxl import ID_WIDTH, diffusers_text_encoders
 
     model, config = tiny_three_level_xl(seed=3)
-    state = model.state_dict()
-    unet, _ = diffusers_models(state, config, id_features=ID_WIDTH)
-    vae_config = create_vae_diffusers_config_from_ldm(config, state)
-    vae = AutoencoderKL(**vae_config).eval()
-    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
+    unet, _, vae = diffusers_parts(model, config, id_features=ID_WIDTH)
     adapter = diffusers_adapter("xl", seed=4)
     adapter.save_pretrained(tmp_path / "adapter")
     pipe = StableDiffusionXLAdapterPipeline(vae, *diffusers_text_encoders(model.conditioner), unet, adapter,
@@ -145,19 +139,13 @@ def test_a_whole_sdxl_generation_with_an_adapter_equals_diffusers_adapter_pipeli
 
 
 def test_a_whole_sd15_generation_with_an_adapter_equals_diffusers_adapter_pipeline(tmp_path):
-    from diffusers import AutoencoderKL, StableDiffusionAdapterPipeline
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+    from diffusers import StableDiffusionAdapterPipeline
 
-    from cldm.diffusers_interop import diffusers_models
     from cldm.samplers import diffusers_scheduler
     from ldm.text_encoders import clip_tokenizer
 
     model = tiny_model(TINY_V15, seed=2)
-    config, state = load_yaml(TINY_V15), model.state_dict()
-    unet, _ = diffusers_models(state, config)
-    vae_config = create_vae_diffusers_config_from_ldm(config, state)
-    vae = AutoencoderKL(**vae_config).eval()
-    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
+    unet, _, vae = diffusers_parts(model, load_yaml(TINY_V15))
     adapter = diffusers_adapter("full, one channel", seed=5)
     torch.save(tencentarc_state(adapter), tmp_path / "t2iadapter_sketch.pth")
     pipe = StableDiffusionAdapterPipeline(vae, model.cond_stage_model.transformer.text_model, clip_tokenizer(), unet,

@@ -8,7 +8,7 @@ import torch
 from cldm.settings import ControlUnit
 from ldm.conditioning import Conditioning
 from ldm.sdxl import vector
-from tests.helpers import randomize
+from tests.helpers import diffusers_parts, randomize
 from tests.test_sdxl import ID_WIDTH, TINY_XL_UNET, TINY_XL_YAML, diffusers_text_encoders, tiny_xl_inputs
 
 PROMAX = 8  # control types: ProMax adds tile and repaint to the six
@@ -72,21 +72,15 @@ def test_whole_union_generations_equal_diffusers_union_pipeline_with_one_and_two
     """One condition, two in one pass (the second unit on the same Union net), and ProMax's repaint (the picture
     with the repainted pixels at 0, as the inpaint app makes it) against StableDiffusionXLControlNetUnionPipeline
     with the same weights, scheduler, seed and prompt: within 1/255."""
-    from diffusers import AutoencoderKL, StableDiffusionXLControlNetUnionPipeline
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+    from diffusers import StableDiffusionXLControlNetUnionPipeline
     from PIL import Image
 
-    from cldm.diffusers_interop import diffusers_models
     from cldm.img2img import condition_picture, inpaint_condition
     from cldm.pipeline import generate
     from cldm.samplers import diffusers_scheduler
 
     model, config = tiny_union_xl(seed=10)
-    state = model.state_dict()
-    unet, controlnet = diffusers_models(state, config, id_features=ID_WIDTH)
-    vae_config = create_vae_diffusers_config_from_ldm(config, state)
-    vae = AutoencoderKL(**vae_config).eval()
-    vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
+    unet, controlnet, vae = diffusers_parts(model, config, id_features=ID_WIDTH)
     pipe = StableDiffusionXLControlNetUnionPipeline(vae, *diffusers_text_encoders(model.conditioner), unet,
                                                     controlnet, diffusers_scheduler(model, "UniPC"))
     pipe.set_progress_bar_config(disable=True)
