@@ -145,6 +145,9 @@ def parse_args(argv=None):
     add_debug_argument(p)
     p.add_argument("--annotator", choices=sorted(ANNOTATORS), help="detector for --image / --input-dir")
     add_arguments(p, CLI_DEFAULTS)  # every generation setting: --steps, --sampler, --image-resolution, ...
+    p.add_argument("--lora", action="append", default=[], metavar="FILE:WEIGHT",
+                   help="a LoRA merged into the base for the generation (repeatable; a file, or a name in "
+                        "models/loras/; :WEIGHT defaults to 1); with --loras and <lora:name:weight> prompt tags")
     p.add_argument("--low-vram", action="store_true", help="keep only the running part of the model on the GPU")
     add_precision_argument(p, default=None)  # None: the saved one with --reproduce, else auto
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNets")
@@ -317,6 +320,8 @@ def main(argv=None):
     if not resolution_given:
         args.image_resolution = CLI_DEFAULTS.image_resolution
     settings = from_args(args, CLI_DEFAULTS) if saved is None else saved.settings
+    if args.lora:
+        settings = settings.with_values(loras=", ".join(p for p in (settings.loras, *args.lora) if p))
     pictures = read_pictures(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.precision is None and saved is not None:

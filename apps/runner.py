@@ -25,6 +25,7 @@ from apps.task import NEAREST_ANNOTATORS, NO_ANNOTATOR
 from apps.units import EXTRA_UNITS, control_choices, marked, pop_unit, region_of
 from cldm.img2img import condition_picture, inpaint_condition
 from cldm.ip_adapter import IPAdapter
+from cldm.loras import named_loras
 from cldm.model import ModelOptions, load_control_net
 from cldm.outputs import BESIDE, next_path
 from cldm.request import Paths, Request, run
@@ -145,6 +146,7 @@ class Runner:
         if str(values.get("block_weights", "")).strip() == "":  # an emptied box: the default
             values.pop("block_weights", None)
         settings = self.defaults().with_values(**values)
+        named_loras(settings, paths=False)  # a page's LoRAs are the server's files in models/loras/, by name
         detect_resolution = None if self.task.detect_resolution is None else settings.detect_resolution
         if settings.pixel_perfect:  # the annotator sees the picture at the size it is generated at
             detect_resolution = settings.image_resolution

@@ -18,7 +18,8 @@ TOY_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)
 PAGE_SETTINGS = ("prompt", "num_samples", "image_resolution", "detect_resolution", "pixel_perfect", "strength",
                  "guess_mode", "control_start", "control_end", "control_mode", "block_weights", "control_type",
                  "resize_mode", "denoise", "mask_blur", "sampler", "steps", "guidance_scale", "seed", "eta",
-                 "added_prompt", "negative_prompt")
+                 "added_prompt", "negative_prompt", "strength_keyframes", "keyframe_curve", "uncond_multiplier",
+                 "batch_strengths", "soft_base", "loras")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ldm.checkpoint import CheckpointError, read_state_dict
-from ldm.files import MODELS
+from ldm.files import MODELS, plain_name
 
 LORA_FOLDER = MODELS / "loras"
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
@@ -173,17 +173,23 @@ def peft_alpha(metadata, name, rank):
     return hit if hit is not None else float(alpha) if alpha is not None else float(rank)
 
 
-def find_lora(name, folders=(LORA_FOLDER,)):
-    """A LoRA named in a prompt or on the command line: a path, or a name in models/loras/ (with or without its
-    suffix)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    for folder in folders:
-        for candidate in [Path(folder) / name, *(Path(folder) / f"{name}{s}" for s in LORA_SUFFIXES)]:
+def find_lora(name, paths=True):
+    """A LoRA named in a prompt or a setting: a name in models/loras/ (with or without its suffix), or, with
+    `paths` (the command line, not a server's page), a file's path."""
+    if plain_name(name):
+        for candidate in [LORA_FOLDER / name, *(LORA_FOLDER / f"{name}{s}" for s in LORA_SUFFIXES)]:
             if candidate.is_file():
                 return candidate
-    raise CheckpointError(f"LoRA {name!r} not found: put the file in {folders[0]}/ (or give its path)")
+    if paths and Path(name).is_file():
+        return Path(name)
+    raise CheckpointError(f"LoRA {str(name)[:100]!r} is not a file in {LORA_FOLDER}/: put it there and name it "
+                          "(with or without its suffix)" + (", or give its path" if paths else ""))
+
+
+def named_loras(settings, paths=True):
+    """The LoRA files a request names, with their weights: its `loras` setting's, then its prompts' tags."""
+    names = [*parse_loras(settings.loras), *prompt_loras(settings.prompt)[1], *prompt_loras(settings.added_prompt)[1]]
+    return [(find_lora(name, paths), weight) for name, weight in names]
 
 
 def parse_loras(text):
@@ -244,4 +250,5 @@ def applied(model, loras):
         yield model
     finally:
         for name, value in kept.items():
-            params[name].data.copy_(value)
+            if not params[name].is_meta:  # released text encoders (a run's last generation) have nothing to restore
+                params[name].data.copy_(value)

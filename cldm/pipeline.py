@@ -11,6 +11,7 @@ from torch import nn
 from cldm.cldm import RELEASE_SOFT_BASE, control_weights, sum_residuals
 from cldm.img2img import mask_array, start_from
 from cldm.ip_adapter import ImagePrompts, IPAdapter
+from cldm.loras import applied, named_loras, prompt_loras
 from cldm.reference import REFERENCE_MODES, ReferenceBanks, is_reference
 from cldm.samplers import sample, skipped_steps
 from cldm.schedules import batch_multipliers, keyframes, multiplier
@@ -289,11 +290,23 @@ def generate(model, hint, prompt=None, *, settings=None, controls=(), nets=None,
     remaining steps run (1: the init image is ignored; 0: it comes back through the VAE). Inpainting: `mask`
     (white = repaint) repaints the init image there only, softened by `mask_blur` pixels (cldm.img2img).
 
+    LoRAs (the settings' `loras`, and <lora:name:weight> tags in the prompts, which are read out of them) are
+    merged into the model for the generation and taken out after it, its weights back bit for bit.
+
     `release_text_encoders`: free the text encoders once the prompts are encoded (a run's last generation).
     """
     if prompt is not None:
         values["prompt"] = prompt
     s = (settings or Settings()).with_values(**values)
+    untagged = s.with_values(prompt=prompt_loras(s.prompt)[0], added_prompt=prompt_loras(s.added_prompt)[0], loras="")
+    with applied(model, named_loras(s)):
+        return sampled(model, hint, untagged, controls, nets, init_image, mask, region_mask, size, latents, verbose,
+                       release_text_encoders)
+
+
+def sampled(model, hint, s, controls, nets, init_image, mask, region_mask, size, latents, verbose,
+            release_text_encoders):
+    """generate()'s generation, for settings `s` whose LoRAs are merged and read out of its prompts."""
     seed = random.randint(0, 2**31 - 1) if s.seed == -1 else s.seed
     device = model.betas.device
     own = [] if hint is None else [Control.of(s.units[0], hint, region_mask=region_mask)]

@@ -15,6 +15,7 @@ from pathlib import PurePath
 
 from annotators.util import MAX_SIDE, RESIZE_MODES
 from cldm.cldm import BLOCK_WEIGHT_PRESETS, RELEASE_SOFT_BASE, parse_block_weights
+from cldm.loras import parse_loras, prompt_loras
 from cldm.samplers import SAMPLERS
 from cldm.schedules import SCHEDULE_CURVES, batch_multipliers, keyframes
 from cldm.union import AUTO, UNION_TYPES
@@ -259,11 +260,18 @@ class Settings:
                              (0.0, 1.0, 0.01))
     mask_blur: float = setting(5.0, "Mask Blur", "inpainting: the mask's edge softened by this many pixels",
                                (0.0, 16.0, 0.1))
+    loras: str = setting("", "LoRAs", "name:weight, ... of files in models/loras/ (<lora:name:weight> in the "
+                         "prompt does the same)")
 
     units: tuple = field(default=(ControlUnit(),), metadata={"label": "Control units", "unit": True})
 
     def __post_init__(self):
         check_fields(self, [f for f in fields(self) if not f.metadata.get("unit")])
+        for name, read in (("loras", parse_loras), ("prompt", prompt_loras), ("added_prompt", prompt_loras)):
+            try:
+                read(getattr(self, name))
+            except ValueError as error:
+                raise SettingError(f"{name}: {error}") from None
         units = self.units
         if not isinstance(units, (tuple, list)) or not 1 <= len(units) <= MAX_UNITS or not all(
                 isinstance(u, ControlUnit) for u in units):

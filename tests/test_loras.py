@@ -181,3 +181,55 @@ def test_attention_loras_of_both_text_encoder_layouts_update_the_clip_weights_th
             inner = name.removeprefix("text_model.") if k == 1 else name
             expected = old.get_submodule(inner).weight + delta
             torch.testing.assert_close(new.get_submodule(inner).weight, expected, rtol=0, atol=1e-6, msg=key)
+
+
+@torch.no_grad()
+def test_the_setting_and_the_prompt_tag_apply_the_same_lora_and_the_tag_is_read_out(tmp_path, monkeypatch):
+    import cldm.loras
+
+    monkeypatch.setattr(cldm.loras, "LORA_FOLDER", tmp_path)
+    model = tiny_model(TINY_V15, seed=2)
+    kohya_file(tmp_path / "style.safetensors", pick(model.model.diffusion_model, ("attn2.to_k", "proj_out")),
+               "lora_unet")
+    with applied(model, [(tmp_path / "style.safetensors", 0.7)]):
+        merged, _ = generate(model, None, PROMPT, **COMMON)
+    by_setting, _ = generate(model, None, PROMPT, loras="style:0.7", **COMMON)
+    by_tag, _ = generate(model, None, f"{PROMPT}, <lora:style:0.7>", **COMMON)
+    assert np.array_equal(by_setting[0], merged[0]) and np.array_equal(by_tag[0], merged[0])
+    with pytest.raises(CheckpointError, match="LoRA 'missing' is not a file in"):
+        generate(model, None, "<lora:missing:1>", **COMMON)
+    with pytest.raises(ValueError, match="prompt: <lora:style:x>: its weight is no number"):
+        generate(model, None, "<lora:style:x>", **COMMON)
+
+
+def test_a_lora_through_the_cli_is_recorded_and_reproduced_and_a_page_takes_only_its_folders(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import cldm.loras
+    import generate as cli
+    from apps.runner import Runner
+    from cldm.outputs import read_params
+    from tests.test_apps import NOTE, task_of, values
+    from toy.model import circle_outline, load_default_model
+
+    toy = load_default_model()
+    path = kohya_file(tmp_path / "toy_style.safetensors", pick(toy.model.diffusion_model, ("attn1.to_q", "to_out.0")),
+                      "lora_unet", alpha=4.0)
+    out, plain = tmp_path / "lora.png", tmp_path / "plain.png"
+    common = ["--resolution", "64", "--steps", "2", "--seed", "4"]
+    cli.main([*common, "--lora", f"{path}:0.9", "--out", str(out)])
+    cli.main([*common, "--out", str(plain)])
+    assert read_params(out)["loras"] == f"{path}:0.9"
+    assert np.abs(np.asarray(Image.open(out)).astype(int) - np.asarray(Image.open(plain))).max() > 10
+    cli.main(["--reproduce", str(out), "--out", str(tmp_path / "again.png")])
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "again.png")))
+
+    monkeypatch.setattr(cldm.loras, "LORA_FOLDER", tmp_path / "loras")
+    task = task_of("gradio_canny2image")
+    runner = Runner(task, toy, NOTE, tmp_path / "app", toy=True)
+    with pytest.raises(CheckpointError, match="is not a file in .*loras/: put it there"):
+        runner(circle_outline(256), **values(task, loras=f"{path}:0.9"))  # a path: not from a page
+    (tmp_path / "loras").mkdir()
+    path.rename(tmp_path / "loras" / path.name)
+    images, _ = runner(circle_outline(256), **values(task, prompt="<lora:toy_style:0.9> a circle"))
+    assert read_params(max((tmp_path / "app").glob("canny-0*.png")))["prompt"] == "<lora:toy_style:0.9> a circle"
