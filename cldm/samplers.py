@@ -24,6 +24,11 @@ SCHEDULERS = {
     "DPM++ 2M Karras": ("DPMSolverMultistepScheduler",
                         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
     "UniPC": ("UniPCMultistepScheduler", {}),
+    # few-step samplers for distilled models and LoRAs: LCM (LCM-LoRA; guidance 1-2), TCD (its gamma is the eta
+    # setting), and Euler on "trailing" timesteps, which SDXL-Lightning and Hyper-SD are sampled with
+    "LCM": ("LCMScheduler", {}),
+    "TCD": ("TCDScheduler", {}),
+    "Euler trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
 }
 SAMPLERS = ("DDIM", *SCHEDULERS)
 
@@ -37,8 +42,9 @@ def diffusers_scheduler(model, name):
     class_name, extra = SCHEDULERS[name]
     cls = getattr(diffusers, class_name)
     prediction = "v_prediction" if model.parameterization == "v" else "epsilon"
+    settings = {"timestep_spacing": "leading", "steps_offset": 1, **extra}  # SD's pipelines' defaults, unless
     return cls(num_train_timesteps=model.num_timesteps, trained_betas=model.betas.detach().cpu().double().numpy(),
-               prediction_type=prediction, timestep_spacing="leading", steps_offset=1, **extra)
+               prediction_type=prediction, **settings)
 
 
 def skipped_steps(steps, denoise):
@@ -65,8 +71,10 @@ def sample(model, denoiser, x_T, steps, sampler="DDIM", eta=0.0, generator=None,
     scheduler.set_timesteps(steps, device=x_T.device)
     scheduler.set_begin_index(first)
     timesteps = scheduler.timesteps[first:]
-    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
-    extra = {"generator": generator} if takes_generator else {}
+    step_parameters = inspect.signature(scheduler.step).parameters
+    extra = {"generator": generator} if "generator" in step_parameters else {}
+    if "eta" in step_parameters:  # TCD's gamma: how much fresh noise each step takes, as pipelines pass eta
+        extra["eta"] = eta
     # the sampler arithmetic stays fp32 (ldm.precision)
     if first == 0:
         x = x_T.float() * scheduler.init_noise_sigma

@@ -253,7 +253,7 @@ class Settings:
     guidance_scale: float = setting(9.0, "Guidance Scale", "classifier-free guidance", (0.1, 30.0, 0.1),
                                     aliases=("--guidance",))
     seed: int = setting(-1, "Seed", "-1: a random one", (-1, 2**31 - 1, 1))
-    eta: float = setting(0.0, "eta (DDIM)", "DDIM's noise; 0 is deterministic", (0.0, 1.0, 0.01))
+    eta: float = setting(0.0, "eta (DDIM)", "DDIM's noise (TCD's gamma); 0 is deterministic", (0.0, 1.0, 0.01))
     sampler: str = setting("DDIM", "Sampler", choices=SAMPLERS)
     guess_mode: bool = setting(False, "Guess Mode", "the controls alone, without the prompt's help")
     denoise: float = setting(1.0, "Denoise", "image-to-image: 0 keeps the picture, 1 redraws it all",
