@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ldm.checkpoint import CheckpointError, read_state_dict
+from ldm.checkpoint import CheckpointError, family, read_state_dict
 from ldm.files import MODELS, plain_name
 
 LORA_FOLDER = MODELS / "loras"
@@ -219,6 +219,14 @@ def prompt_loras(prompt):
     return cleaned, found
 
 
+def targeted(updates):
+    """The base family a LoRA's updates are for, as its cross-attention's key projection reads the text."""
+    if any(u.name.startswith(("lora_te2_", "text_encoder_2.")) for u in updates):
+        return "SDXL (it has a second text encoder)"
+    keys = [u for u in updates if re.search(r"attn2[._]to_k$", u.name)]
+    return family(keys[0].down.flatten(1).shape[1]) if keys else "another base family"
+
+
 @contextmanager
 @torch.no_grad()
 def applied(model, loras):
@@ -235,7 +243,7 @@ def applied(model, loras):
             unknown = [u.name for u in updates if u.name not in targets]
             if unknown:
                 raise CheckpointError(f"{Path(path).name}: {len(unknown)} of its {len(updates)} modules are not this "
-                                      f"model's (e.g. {unknown[0]}): it is a LoRA for another base family")
+                                      f"model's (e.g. {unknown[0]}): it is a LoRA for {targeted(updates)}")
             for update in updates:
                 target = targets[update.name]
                 param = params[target.param]

@@ -147,8 +147,10 @@ def test_a_lora_for_another_family_is_refused_with_what_it_targets(tmp_path):
 
     model = tiny_model(TINY_V15)
     xl, _ = tiny_controlled_xl()
-    path = kohya_file(tmp_path / "xl.safetensors", pick(xl.model.diffusion_model, ("attn1.to_k",)), "lora_unet")
-    with pytest.raises(CheckpointError, match="modules are not this model's .*input_blocks.*another base family"):
+    path = kohya_file(tmp_path / "xl.safetensors", pick(xl.model.diffusion_model, ("attn1.to_k", "attn2.to_k")),
+                      "lora_unet")
+    with pytest.raises(CheckpointError, match="modules are not this model's .*input_blocks.*a LoRA for "
+                                              "cross-attention width 64"):
         with applied(model, [(path, 1.0)]):
             pass
     assert "lora_unet_input_blocks_1_1_proj_in" in lora_targets(model)  # sgm names name SD 1.5's modules too
@@ -196,6 +198,12 @@ def test_the_setting_and_the_prompt_tag_apply_the_same_lora_and_the_tag_is_read_
     by_setting, _ = generate(model, None, PROMPT, loras="style:0.7", **COMMON)
     by_tag, _ = generate(model, None, f"{PROMPT}, <lora:style:0.7>", **COMMON)
     assert np.array_equal(by_setting[0], merged[0]) and np.array_equal(by_tag[0], merged[0])
+    kohya_file(tmp_path / "other.safetensors", pick(model.model.diffusion_model, ("attn2.to_k", "conv2")),
+               "lora_unet", seed=5)
+    with applied(model, [(tmp_path / "style.safetensors", 0.7), (tmp_path / "other.safetensors", -0.4)]):
+        both, _ = generate(model, None, PROMPT, **COMMON)
+    mixed, _ = generate(model, None, f"{PROMPT} <lora:other:-0.4>", loras="style.safetensors:0.7", **COMMON)
+    assert np.array_equal(mixed[0], both[0]) and not np.array_equal(both[0], merged[0])
     with pytest.raises(CheckpointError, match="LoRA 'missing' is not a file in"):
         generate(model, None, "<lora:missing:1>", **COMMON)
     with pytest.raises(ValueError, match="prompt: <lora:style:x>: its weight is no number"):
