@@ -77,6 +77,8 @@ def diffusers_unet_config(unet_params, id_features=ID_FEATURES):
         config = create_unet_diffusers_config_from_ldm(
             {"model": {"params": {"unet_config": {"params": unet_params}, "first_stage_config": vae}}}, {},
             image_size=512)
+    if unet_params.get("time_cond_proj_dim"):
+        config["time_cond_proj_dim"] = unet_params["time_cond_proj_dim"]
     if unet_params.get("num_classes") == "sequential":
         config.update(class_embed_type=None, addition_embed_type="text_time", addition_time_embed_dim=id_features,
                       projection_class_embeddings_input_dim=unet_params["adm_in_channels"])
@@ -114,6 +116,8 @@ def ldm_unet_params(diffusers_config):
         params["num_heads"] = heads
     else:
         params["num_head_channels"] = channels[0] // heads[0]
+    if c.get("time_cond_proj_dim"):  # an LCM-distilled UNet's guidance embedding
+        params["time_cond_proj_dim"] = c["time_cond_proj_dim"]
     if c.get("addition_embed_type") == "text_time":  # SDXL: the vector conditioning's label embedding
         params.update(num_classes="sequential", adm_in_channels=c["projection_class_embeddings_input_dim"])
     return params
@@ -122,6 +126,8 @@ def ldm_unet_params(diffusers_config):
 # SDXL's label embedding, which diffusers' single-file ControlNet conversion leaves out
 LABEL_EMBEDDING = {f"label_emb.0.{ldm}.{kind}": f"add_embedding.linear_{n}.{kind}"
                    for ldm, n in ((0, 1), (2, 2)) for kind in ("weight", "bias")}
+# an LCM-distilled UNet's guidance projection (UNet keys), which diffusers' single-file conversion leaves out
+GUIDANCE_PROJECTION = {"time_embed.cond_proj.weight": "time_embedding.cond_proj.weight"}
 # ControlNet-Union's own parts, named alike in both layouts (as other sgm-layout readers name them too)
 UNION_PARTS = ("task_embedding", "transformer_layes.", "spatial_ch_projs.", "control_add_embedding.")
 
@@ -226,7 +232,10 @@ def diffusers_models(state, original_config, id_features=ID_FEATURES):
     unet_config = diffusers_unet_config((params.get("unet_config") or params["network_config"])["params"],
                                         id_features)
     unet = UNet2DConditionModel(**unet_config).eval()
-    unet.load_state_dict(convert_ldm_unet_checkpoint(state, unet_config), strict=True)
+    converted = convert_ldm_unet_checkpoint(state, unet_config)
+    converted.update({theirs: state[f"model.diffusion_model.{ours}"] for ours, theirs in GUIDANCE_PROJECTION.items()
+                      if f"model.diffusion_model.{ours}" in state})
+    unet.load_state_dict(converted, strict=True)
     cn_config = diffusers_controlnet_config(original_config, id_features=id_features)
     controlnet = diffusers_class(cn_config)(**cn_config).eval()
     control = {k[len(CONTROL_PREFIX):]: v for k, v in state.items() if k.startswith(CONTROL_PREFIX)}

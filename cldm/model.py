@@ -163,9 +163,9 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
     sources = [("state dict", c) if isinstance(c, Mapping) else (str(c), read_any(c)) for c in checkpoints
                if c not in bases]
     if bases:  # diffusers is slow to import: only folders need it
-        from cldm.diffusers_bases import sgm_config, sgm_state
+        from cldm.diffusers_bases import base_config, base_state
     if config is None:
-        config = sgm_config(bases[0]) if bases else family_config(sources[0][1] if sources else {})
+        config = base_config(bases[0]) if bases else family_config(sources[0][1] if sources else {})
     controls = [(where, control_state(normalize_keys(state))) for where, state in sources]
     controls = [(where, layout_view(control) if is_control_lora(control) else control)
                 for where, control in controls if control]
@@ -178,7 +178,7 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
     if dtype is not None:
         model.to(dtype=dtype)  # before loading: the weights go straight into their final dtype
     if bases:
-        sources = [(str(folder), sgm_state(folder, model, read)) for folder in bases] + sources
+        sources = [(str(folder), base_state(folder, model, read)) for folder in bases] + sources
     sources = with_control_loras(sources)
     if checkpoints:
         load_checkpoint(model, *sources, strict=strict)

@@ -2,7 +2,7 @@
 
 import random
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from ldm.conditioning import Conditioning
 from ldm.ddim import classifier_free_guidance
 from ldm.precision import all_finite, check_finite, non_finite_error, weights_dtype
 from ldm.sdxl import SizeIds
-from ldm.unet import Residuals
+from ldm.unet import Residuals, guidance_embedding
 
 
 @dataclass
@@ -332,10 +332,15 @@ def sampled(model, hint, s, controls, nets, init_image, mask, region_mask, size,
     uncond_context = check_finite(model.condition([s.negative_prompt] * n, ids, negative=True), "text encoder")
     if release_text_encoders:
         model.release_text_encoders()
+    guidance_scale = s.guidance_scale
+    embedding = model.model.diffusion_model.config.time_cond_proj_dim
+    if embedding:  # an LCM-distilled UNet takes the scale as an input (w = scale - 1), in one pass, as diffusers does
+        w = torch.full((n,), s.guidance_scale - 1.0, device=device)
+        context, guidance_scale = replace(context, guidance=guidance_embedding(w, embedding)), 1.0
     steps_run = s.steps - skipped_steps(s.steps, s.denoise) if init_image is not None else s.steps
     # a reference's noise comes from a generator of its own (the seed plus one), the sampler's stays as it was
     reference_noise = torch.Generator(device=device).manual_seed(seed + 1)
-    denoiser = GuidedDenoiser(model, context, uncond_context, controls, s.guidance_scale, s.guess_mode, steps_run,
+    denoiser = GuidedDenoiser(model, context, uncond_context, controls, guidance_scale, s.guess_mode, steps_run,
                               reference_noise)
     generator = torch.Generator(device=device).manual_seed(seed)
     # the starting noise and the latents the sampler updates are fp32 whatever the model computes in

@@ -2,20 +2,22 @@
 low-VRAM, the training step and the latent cache pass it along without opening it, and only the layers that use
 a part read it. SD 1.x and 2.x fill `crossattn` alone; SDXL adds `vector` (the pooled text embedding and the
 size and crop ids its UNet's label embedding takes), as sgm's {"crossattn", "vector"} and diffusers'
-`added_cond_kwargs` do: a model family adds a field here, not a parameter to every signature on the way.
+`added_cond_kwargs` do; an LCM-distilled UNet reads `guidance`, the guidance scale's embedding (diffusers'
+`timestep_cond`). A model family adds a field here, not a parameter to every signature on the way.
 """
 
 from dataclasses import dataclass, fields
 
 import torch
 
-FIELDS = ("crossattn", "vector")
+FIELDS = ("crossattn", "vector", "guidance")
 
 
 @dataclass(frozen=True)
 class Conditioning:
     crossattn: torch.Tensor  # (B, T, D): the token features cross-attention attends to
     vector: torch.Tensor | None = None  # (B, V): one vector per sample, for the UNet's label embedding
+    guidance: torch.Tensor | None = None  # (B, G): the guidance scale's embedding, for LCM-distilled UNets
 
     @classmethod
     def of(cls, value):

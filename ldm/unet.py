@@ -135,6 +135,7 @@ class UNetConfig:
     use_fp16: bool = False
     num_classes: str | None = None  # "sequential": SDXL's label embedding of the conditioning's vector part
     adm_in_channels: int | None = None  # ... and that vector's width (SDXL: 2816)
+    time_cond_proj_dim: int | None = None  # an LCM-distilled UNet's guidance embedding width (diffusers' name)
     image_size: int | None = None  # unused: the network is fully convolutional
     spatial_transformer_attn_type: str = "softmax"  # sgm's kernel choice; attention here is torch's SDPA
 
@@ -183,9 +184,35 @@ class UNetConfig:
         return ResBlock(ch, self.model_channels * 4, self.dropout, out_ch, self.use_scale_shift_norm, self.use_checkpoint)
 
 
-def time_embedding(model_channels):
-    time_embed_dim = model_channels * 4
-    return nn.Sequential(nn.Linear(model_channels, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim))
+def guidance_embedding(scales, dim):
+    """Sinusoidal embedding of (B,) guidance scales -> (B, dim) fp32, as LCM's distillation embedded w (sines
+    first; diffusers' pipelines pass w = guidance scale - 1). What `TimeEmbedding.cond_proj` reads."""
+    half = dim // 2
+    # in fp32 and in this order of operations: at w * 1000 radians a rounding elsewhere moves the result
+    step = torch.log(torch.tensor(10000.0)) / (half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -step).to(scales.device)
+    args = (scales.float() * 1000.0)[:, None] * freqs[None]
+    embedding = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+    return torch.nn.functional.pad(embedding, (0, dim % 2))
+
+
+class TimeEmbedding(nn.Sequential):
+    """The timestep embedding's MLP. An LCM-distilled UNet (`time_cond_proj_dim`) also reads the guidance scale:
+    its embedding, projected by `cond_proj`, is added to the timestep's before the MLP."""
+
+    def __init__(self, model_channels, cond_proj_dim=None):
+        dim = model_channels * 4
+        super().__init__(nn.Linear(model_channels, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.cond_proj = None if cond_proj_dim is None else nn.Linear(cond_proj_dim, model_channels, bias=False)
+
+    def forward(self, x, guidance=None):
+        if self.cond_proj is not None and guidance is not None:
+            x = x + self.cond_proj(guidance.to(x.dtype))
+        return self[2](self[1](self[0](x)))
+
+
+def time_embedding(model_channels, cond_proj_dim=None):
+    return TimeEmbedding(model_channels, cond_proj_dim)
 
 
 def label_embedding(cfg):
@@ -200,7 +227,8 @@ def label_embedding(cfg):
 def embed(time_embed, label_emb, model_channels, timesteps, cond, dtype):
     """The embedding every ResBlock gets: the timesteps', plus the label embedding of the conditioning's vector
     part where the network has one (SDXL). Shared by the UNet and ControlNet's copy."""
-    emb = time_embed(timestep_embedding(timesteps, model_channels).to(dtype))
+    guidance = None if cond is None else cond.guidance  # read by an LCM UNet's embedding only
+    emb = time_embed(timestep_embedding(timesteps, model_channels).to(dtype), guidance)
     vector = None if cond is None else cond.vector
     if label_emb is None:
         if vector is not None:
@@ -304,7 +332,7 @@ class UNetModel(nn.Module):
         super().__init__()
         self.config = cfg = UNetConfig(**params)
         self.model_channels = cfg.model_channels
-        self.time_embed = time_embedding(cfg.model_channels)
+        self.time_embed = time_embedding(cfg.model_channels, cfg.time_cond_proj_dim)
         self.label_emb = label_embedding(cfg)
         self.input_blocks, self.middle_block, block_channels = build_encoder(cfg)
         self.output_blocks, ch = build_decoder(cfg, block_channels)
