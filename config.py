@@ -8,6 +8,7 @@ BASE = None  # an SD checkpoint for control-only files (ControlNet 1.1); None: m
 VAE = None  # a VAE file used instead of the base's (SDXL's fp16-fix VAE); None: the base's
 PRECISION = "auto"  # fp32, fp16, bf16, or auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32
 COMPILE = False  # torch.compile the UNet and ControlNet (faster steps on GPUs; the first request compiles)
+BACKEND = "torch"  # or "openvino": the UNet and ControlNet run by OpenVINO on the CPU (pip install -e ".[openvino]")
 SAVE_MEMORY = False  # low-VRAM mode: only the running part of the model is on the GPU
 ANNOTATOR_CKPTS = None  # a folder of annotator weights; None: annotators/ckpts (downloaded there when online)
 OUTPUT_DIR = "outputs"  # every generated image is saved here with its parameters

@@ -131,9 +131,10 @@ from cldm.speed import speed_up
 from cldm.union import AUTO, UNION_TYPES, split_scale, typed
 from cldm.vae_files import load_vae
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
+from ldm.runtime import BACKENDS
 from ldm.sdxl import SDXL_RESOLUTION, DiffusionEngine
 from ldm.threads import add_threads_argument, use_threads
-from toy.model import TOY_PROMPT, circle_outline, load_default_model
+from toy.model import TOY_PROMPT, TOY_SAMPLING, circle_outline, load_default_model
 
 # the command line's own defaults: the shipped toy model's prompt and size
 CLI_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)
@@ -151,6 +152,8 @@ def parse_args(argv=None):
     p.add_argument("--low-vram", action="store_true", help="keep only the running part of the model on the GPU")
     add_precision_argument(p, default=None)  # None: the saved one with --reproduce, else auto
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNets")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="what runs the UNet and ControlNets: torch, "
+                   'or OpenVINO on the CPU (fp32; pip install -e ".[openvino]")')
     add_threads_argument(p)  # None: the saved count with --reproduce, else the default policy
     p.add_argument("--text-windows", type=int, help="prompt windows of 75 tokens the CLIP text encoder reads, as "
                    "the control was trained (the 1.1 anime line-art control: 3; default 1, or the saved one)")
@@ -158,7 +161,8 @@ def parse_args(argv=None):
                    "(the 1.1 anime line-art control: 2; default 1, or the saved one)")
     p.add_argument("--pooled", action=argparse.BooleanOptionalAction, help="the control's residuals pooled, as the "
                    "1.1 shuffle control was trained (default: no, or the saved choice)")
-    p.set_defaults(image_resolution=None)  # not given: the family's (SDXL: 1024), else CLI_DEFAULTS's
+    # not given: the family's (SDXL: 1024), else CLI_DEFAULTS's; the shipped model's own sampling
+    p.set_defaults(image_resolution=None, **{name: None for name in TOY_SAMPLING})
     return p.parse_args(argv)
 
 
@@ -319,6 +323,9 @@ def main(argv=None):
     resolution_given = args.image_resolution is not None
     if not resolution_given:
         args.image_resolution = CLI_DEFAULTS.image_resolution
+    for name, toy_value in TOY_SAMPLING.items():
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(CLI_DEFAULTS, name) if args.ckpt else toy_value)
     settings = from_args(args, CLI_DEFAULTS) if saved is None else saved.settings
     if args.lora:
         settings = settings.with_values(loras=", ".join(p for p in (settings.loras, *args.lora) if p))
@@ -327,7 +334,7 @@ def main(argv=None):
     if args.precision is None and saved is not None:
         precision = saved.precision
     else:
-        precision = resolve_precision(args.precision or "auto", device)
+        precision = resolve_precision(args.precision or ("fp32" if args.backend == "openvino" else "auto"), device)
     saved_threads = saved.threads if saved is not None else None  # the saved count gives the same bits
     threads = use_threads(args.threads if args.threads is not None else saved_threads)
     print(f"computing in {precision} on {device}" + (f" ({threads} threads)" if device == "cpu" else ""))
@@ -340,7 +347,7 @@ def main(argv=None):
         start = Pictures(beside["init_image"], beside["mask"], saved.inpaint_control, beside["region_mask"])
         units = saved.read_units()
         nets = unit_nets(model, units, [MODELS, Path(args.reproduce).parent])
-        speed_up(model, compile=args.compile, nets=list(nets.values()))
+        speed_up(model, compile=args.compile, nets=list(nets.values()), backend=args.backend)
         generate_and_save(model, None if start.inpaint_control else beside["hint"], settings, units, nets,
                           args.out, device, args.low_vram, start, options)
         return
@@ -353,7 +360,7 @@ def main(argv=None):
     annotator = "inpaint" if args.inpaint_control else args.annotator  # the kind of the first unit's map
     first = typed(settings.units[0], getattr(model, "control_model", None), annotator)
     settings = settings.with_values(units=(replace(first, preprocessor=args.annotator), *settings.units[1:]))
-    speed_up(model, compile=args.compile, nets=list(nets.values()))
+    speed_up(model, compile=args.compile, nets=list(nets.values()), backend=args.backend)
     if args.input_dir:
         skipped = []
         for path in tqdm(list_pictures(args.input_dir), desc="pictures"):

@@ -14,6 +14,7 @@ from cldm.vae_files import load_vae
 from ldm.errors import add_debug_argument, run_main
 from ldm.files import MODELS, check_checkpoint_file
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
+from ldm.runtime import BACKENDS
 from ldm.threads import add_threads_argument, use_threads
 
 
@@ -42,6 +43,8 @@ def parse_args(task, argv=None):
     add_precision_argument(p, config.PRECISION)
     p.add_argument("--compile", action="store_true", default=config.COMPILE,
                    help="torch.compile the UNet and ControlNet (the first request then takes a while longer)")
+    p.add_argument("--backend", choices=BACKENDS, default=config.BACKEND, help="what runs the UNet and ControlNet: "
+                   'torch, or OpenVINO on the CPU (fp32; pip install -e ".[openvino]"; the first request converts)')
     add_debug_argument(p)
     return p.parse_args(argv)
 
@@ -49,13 +52,14 @@ def parse_args(task, argv=None):
 def make_runner(task, args):
     offload = args.low_vram and torch.cuda.is_available()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = PRECISIONS[resolve_precision(args.precision, device)]
+    precision = "fp32" if args.backend == "openvino" and args.precision == "auto" else args.precision  # its runtime's
+    dtype = PRECISIONS[resolve_precision(precision, device)]
     model, note, toy = resolve_model(task.control, args.control, args.base, args.config, "cpu" if offload else None,
                                      dtype, task.options)
     if model is not None and args.vae:
         load_vae(model, check_checkpoint_file(args.vae))
     if model is not None:
-        speed_up(model, compile=args.compile)
+        speed_up(model, compile=args.compile, backend=args.backend)
     return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None, toy,
                   [MODELS, *args.control_dir])
 

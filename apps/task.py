@@ -8,12 +8,12 @@ from annotators import ANNOTATORS
 from apps.units import EXTRA_UNITS, unit_inputs
 from cldm.model import ModelOptions
 from cldm.settings import SettingError, Settings, checked_value, short
-from toy.model import TOY_PROMPT
+from toy.model import TOY_PROMPT, TOY_SAMPLING
 
 REAL_DEFAULTS = Settings(added_prompt="best quality, extremely detailed",
                          negative_prompt="longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, "
                                          "fewer digits, cropped, worst quality, low quality")
-TOY_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128)
+TOY_DEFAULTS = Settings(prompt=TOY_PROMPT, image_resolution=128, **TOY_SAMPLING)
 # the Settings an app shows, in the page's order; the prompt is above the Run button, the rest below it
 PAGE_SETTINGS = ("prompt", "num_samples", "image_resolution", "detect_resolution", "pixel_perfect", "strength",
                  "guess_mode", "control_start", "control_end", "control_mode", "block_weights", "control_type",

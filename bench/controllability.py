@@ -6,7 +6,7 @@ same with the release's OpenCV Canny at 100/200), hed (MS-SSIM of ControlNetHED 
 lineart (MS-SSIM), depth (RMSE in 0-255 levels, lower is better), seg (mIoU over ADE20K's 150 classes), pose
 (OpenPose keypoint F1 within 5% of the image), shapes (the toy's outlines: IoU of the shape, colours, edge F1).
 Real conditions sample as ControlNet++ does (UniPC, 20 steps, guidance 7.5, 4 images, negative prompt "worst
-quality, low quality"); shapes as the toy does (DDIM, 20 steps, guidance 9, 1 image).
+quality, low quality"); shapes as the toy does (toy.model.TOY_SAMPLING: UniPC, 4 steps, guidance 2; 1 image).
 
     python bench/controllability.py                        # the shipped toy on 200 held-out outlines
     python bench/controllability.py --shapes star ellipse blob     # ... of shapes it never trained on

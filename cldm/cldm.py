@@ -173,6 +173,8 @@ class ControlNet(nn.Module):
         """The copy's first features with the condition's added."""
         return h + hint_features.to(h.dtype)
 
+    runtime = None  # an ldm.runtime.Runtime computing the residuals where it can (--backend)
+
     def forward(self, x, hint, timesteps, context, hint_features=None, weights=None, region=None, **condition):
         """Residuals (B, C_i, H_i, W_i) in the net's dtype; None where `only_mid_control` adds nothing.
 
@@ -182,25 +184,40 @@ class ControlNet(nn.Module):
         each residual is multiplied by it, resized to the residual's size by area averaging.
 
         `condition`: what a kind of net reads beside the hint (ControlNet-Union: the conditions' types)."""
-        # 1. timestep embedding and condition features
         dtype = self.dtype
         cond = Conditioning.of(context).to(dtype)
-        emb = self.embedding(timesteps, cond, dtype, **condition)
         guided_hint = self.encode_hint(hint) if hint_features is None else hint_features
+        outs = None
+        if self.runtime is not None and not condition and not self.only_mid_control:
+            parts = tuple(cond.tensors())
+
+            def core(x, t, hint_features, *rest):
+                return self.residuals(x, t, hint_features, Conditioning(**dict(zip(parts, rest))))
+
+            outs = self.runtime(parts, core, [x.to(dtype), timesteps, guided_hint.to(dtype), *cond.tensors().values()])
+        if outs is None:
+            outs = self.residuals(x.to(dtype), timesteps, guided_hint, cond, **condition)
+        return self.weighted(outs, weights, region)
+
+    def residuals(self, x, timesteps, hint_features, cond, **condition):
+        """The residuals before the net's weighting, for x in its dtype and a Conditioning."""
+        emb = self.embedding(timesteps, cond, x.dtype, **condition)
         context = cond.crossattn
-        # 2. the encoder copy; the condition enters once, after the first conv
-        outs, sizes = [], []
-        h = x.to(dtype)
+        # the encoder copy; the condition enters once, after the first conv
+        outs = []
+        h = x
         for i, (module, zero) in enumerate(zip(self.input_blocks, self.zero_convs)):
             h = module(h, emb, context)
             if i == 0:
-                h = self.conditioned(h, guided_hint, **condition)
+                h = self.conditioned(h, hint_features, **condition)
             outs.append(None if self.only_mid_control else zero(h, emb, context))
-            sizes.append(tuple(h.shape[2:]))
         h = self.middle_block(h, emb, context)
         outs.append(self.middle_block_out(h, emb, context))
-        sizes.append(tuple(h.shape[2:]))
-        # 3. the net's weighting
+        return outs
+
+    def weighted(self, outs, weights=None, region=None):
+        """The residuals with the net's weighting: per-block weights, pooling, the region mask."""
+        sizes = [None if o is None else tuple(o.shape[2:]) for o in outs]  # each block's, before any pooling
         if weights is not None:
             if len(weights) != self.num_outputs:
                 raise ValueError(f"got {len(weights)} control scales; this ControlNet has {self.num_outputs} outputs")
@@ -208,7 +225,7 @@ class ControlNet(nn.Module):
         if self.global_average_pooling:
             outs = [None if o is None else o.mean(dim=(2, 3), keepdim=True) for o in outs]
         if region is not None:  # a pooled residual acts uniformly inside the region, at its block's size
-            scaled = {size: region_at(region, size, dtype) for size in set(sizes)}  # blocks share a few sizes
+            scaled = {size: region_at(region, size, self.dtype) for size in set(sizes) - {None}}  # a few sizes
             outs = [None if o is None else o * scaled[size] for o, size in zip(outs, sizes)]
         return outs
 

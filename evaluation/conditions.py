@@ -8,12 +8,13 @@ import cv2
 import numpy as np
 
 from evaluation import metrics
+from toy.model import TOY_SAMPLING
 
 # ControlNet++'s evaluation sampling (eval/eval.py): UniPC, 20 steps, guidance 7.5, 4 images per condition
 CONTROLNET_PP_SAMPLING = dict(sampler="UniPC", steps=20, guidance_scale=7.5, num_samples=4,
                               negative_prompt="worst quality, low quality")
-# the shipped toy model's own (bench/controllability.py's figures before real conditions existed)
-TOY_SAMPLING = dict(sampler="DDIM", steps=20, guidance_scale=9.0, num_samples=1)
+# the shipped toy model's own, one image a case
+TOY_EVALUATION = dict(TOY_SAMPLING, num_samples=1)
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ CONDITIONS = {
     "depth_dpt": Condition("depth_dpt", "dpt_depth", "depth_rmse", higher_is_better=False),
     "seg": Condition("seg", "seg", "miou", nearest=True),
     "pose": Condition("pose", "pose", "keypoint_f1", params=dict(detector="auto"), nearest=True),
-    "shapes": Condition("shapes", None, "iou", sampling=dict(TOY_SAMPLING)),
+    "shapes": Condition("shapes", None, "iou", sampling=dict(TOY_EVALUATION)),
 }
 
 

@@ -362,13 +362,31 @@ class UNetModel(nn.Module):
             hs.append(h)
         return add_residual(self.middle_block(h, emb, context), inner[-1]), hs, emb
 
+    runtime = None  # an ldm.runtime.Runtime computing the prediction where it can (--backend)
+
     def forward(self, x, timesteps, context=None, control=None):
         """`context`: the Conditioning (or the release's tensor of token features); `control`: Residuals, or the
         release's list of skip residuals."""
         dtype = self.dtype
         cond = None if context is None else Conditioning.of(context).to(dtype)
         control = Residuals.of(control)
-        h, hs, emb = self.encode(x.to(dtype), timesteps, cond, control.inner)
+        skips = control.skips or []
+        if self.runtime is not None and cond is not None and control.inner is None and all(
+                s is not None for s in skips):
+            parts = tuple(cond.tensors())
+
+            def core(x, t, *rest):
+                given = Residuals(skips=list(rest[len(parts):]) or None)
+                return self.predict(x, t, Conditioning(**dict(zip(parts, rest))), given)
+
+            out = self.runtime((parts, len(skips)), core, [x.to(dtype), timesteps, *cond.tensors().values(), *skips])
+            if out is not None:
+                return out[0].to(x.dtype)
+        return self.predict(x.to(dtype), timesteps, cond, control).to(x.dtype)
+
+    def predict(self, x, timesteps, cond, control):
+        """The prediction for x in the network's dtype, a Conditioning (or None) and Residuals."""
+        h, hs, emb = self.encode(x, timesteps, cond, control.inner)
         context = None if cond is None else cond.crossattn
         residuals = list(control.skips) if control.skips is not None else [None] * (len(hs) + 1)
         if len(residuals) != len(hs) + 1:
@@ -377,4 +395,4 @@ class UNetModel(nn.Module):
         h = add_residual(h, residuals.pop())
         for module in self.output_blocks:
             h = module(torch.cat([h, add_residual(hs.pop(), residuals.pop())], dim=1), emb, context)
-        return self.out(h).to(x.dtype)
+        return self.out(h)

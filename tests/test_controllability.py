@@ -142,7 +142,7 @@ def test_the_toy_on_held_out_outlines_writes_every_result(tmp_path):
     for run in results.values():
         assert len(run["cases"]) == 2 and set(run["summary"]) == {"iou", "color_ok", "background_ok", "outline_f1"}
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["condition"] == "shapes" and saved["settings"]["sampler"] == "DDIM"
+    assert saved["condition"] == "shapes" and saved["settings"]["sampler"] == "UniPC"  # the toy's own sampling
     assert saved["runs"]["control"]["summary"] == pytest.approx(results["control"]["summary"])
     assert len((tmp_path / "results.csv").read_text().strip().splitlines()) == 1 + 2 * 2
     assert Image.open(tmp_path / "grid.png").size == (3 * 128, 2 * 128)  # best and worst: map, image, re-detected

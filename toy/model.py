@@ -14,6 +14,9 @@ TOY_CONFIG = MODELS / "toy_cldm.yaml"
 TOY_BASE = MODELS / "toy_sd.safetensors"
 TOY_CONTROL = MODELS / "toy_control.safetensors"
 TOY_PROMPT = "a crimson circle on a light sky blue background"
+# how the toy samples by default: UniPC's 4 steps at guidance 2 follow unseen outlines as closely as DDIM's 20 at
+# guidance 9 (IoU 0.899 against 0.877 on 200 held-out outlines) in a fifth of the steps (README: Controllability)
+TOY_SAMPLING = dict(sampler="UniPC", steps=4, guidance_scale=2.0)
 TOY_PHOTO_NOTE = ("This looks like a photo: the shipped toy model only draws flat shapes on plain backgrounds, so "
                   "photos come out as blobs. Try the examples, an outline, or a real control file in models/.")
 

@@ -1,0 +1,79 @@
+"""OpenVINO as the CPU runtime of the networks that run at every sampling step (the UNet and the ControlNets), an
+optional extra (`pip install -e ".[openvino]"`) chosen with `--backend openvino`.
+
+A network given a `Runtime` hands it the tensor-only part of its call (its `core`); the runtime converts that
+part to an OpenVINO model once per structure (which conditioning parts and residuals it takes), compiles it once
+per input shapes, for latency, in fp32 and on torch's thread count, and returns its outputs. It declines (returns
+None, and the network runs it in torch) where the converted weights would not be the network's: after they
+changed in place (a LoRA merged for a generation), or while hooks reach inside it (reference-only, IP-Adapter).
+"""
+
+import torch
+from torch import nn
+
+BACKENDS = ("torch", "openvino")
+
+
+class Core(nn.Module):
+    """A function of tensors computed by `network` as a module, the form OpenVINO's converter traces (the
+    network's weights its parameters)."""
+
+    def __init__(self, network, fn):
+        super().__init__()
+        self.network, self.fn = network, fn
+
+    def forward(self, *inputs):
+        return self.fn(*inputs)
+
+
+def hooked(module):
+    """Whether code reaches inside the module's computation: forward hooks, or attention additions."""
+    return any(m._forward_hooks or m._forward_pre_hooks or getattr(m, "added_attention", None)
+               for m in module.modules())
+
+
+class Runtime:
+    """OpenVINO running parts of one network (`module`)."""
+
+    def __init__(self, module):
+        try:
+            import openvino
+        except ImportError:
+            raise RuntimeError('--backend openvino needs OpenVINO: pip install -e ".[openvino]"') from None
+        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in module.parameters()):
+            raise ValueError("--backend openvino runs the networks in fp32 on the CPU: pass --precision fp32, and "
+                             "leave the GPU to torch")
+        self.openvino, self.module = openvino, module
+        self.parameters = list(module.parameters())
+        self.versions = self.weight_versions()
+        self.models, self.compiled = {}, {}
+
+    def weight_versions(self):
+        return [p._version for p in self.parameters]
+
+    def __call__(self, structure, fn, inputs):
+        """fn(*inputs) (tensors in, a tensor or a list of them out) computed by OpenVINO, as a list; None where
+        torch must compute it. `structure` names what kind of call this is (one conversion each)."""
+        if self.weight_versions() != self.versions or hooked(self.module):
+            return None
+        if structure not in self.models:
+            with torch.no_grad():
+                self.models[structure] = self.openvino.convert_model(Core(self.module, fn), example_input=tuple(inputs))
+        shapes = (structure, *(tuple(t.shape) for t in inputs))
+        if shapes not in self.compiled:
+            model = self.models[structure].clone()
+            model.reshape({i: list(t.shape) for i, t in enumerate(inputs)})
+            config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                      "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+            self.compiled[shapes] = self.openvino.Core().compile_model(model, "CPU", config)
+        compiled = self.compiled[shapes]
+        outputs = compiled([t.detach().contiguous().numpy() for t in inputs])
+        return [torch.from_numpy(outputs[out]) for out in compiled.outputs]
+
+
+def use_backend(networks, backend):
+    """Each of `networks` run by `backend` ("torch": as they are) from the next call on."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    for net in networks:
+        net.runtime = Runtime(net) if backend == "openvino" else None
