@@ -12,7 +12,7 @@ from apps.errors import failure, page_error
 from apps.pose_editor import pose_editor
 from apps.task import NO_ANNOTATOR
 from apps.units import EXTRA_UNITS, unit_defaults, unit_inputs
-from apps.widgets import component, page_component, picture_input, settings_component
+from apps.widgets import component, lora_picker, page_component, picture_input, settings_component
 from cldm.outputs import save_png
 from toy.model import TOY_PROMPT, circle_outline, scribble_outline, star_outline
 
@@ -68,6 +68,8 @@ def build_demo(task, runner):
                 run = gr.Button("Run", variant="primary")
                 with gr.Accordion("Advanced options", open=False):
                     components.update({name: make(name) for name in page_inputs[1:]})
+                    if "loras" in components:
+                        lora_picker(components["loras"])
                 for unit in EXTRA_UNITS:
                     with gr.Accordion(f"Control unit {unit}", open=False):
                         components.update({name: make(name) for name in unit_inputs(unit)})

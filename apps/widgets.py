@@ -11,6 +11,7 @@ from annotators import ANNOTATORS, ImageError, read_image
 from apps.errors import page_error
 from apps.task import NO_ANNOTATOR, Check, Choice
 from apps.units import control_choices
+from cldm.loras import lora_names
 from cldm.settings import SettingError, checked, checked_value, field_of, short
 from ldm.files import MODELS
 
@@ -54,6 +55,21 @@ def settings_component(name, value, api_name=None):
         widget = gr.Textbox(label=label, value=value, info=info)
     blank_is_default = name == "block_weights"  # an emptied box: the default (Runner)
     return checked_on_arrival(widget, lambda v: v if blank_is_default and v == "" else checked(f, v, api_name))
+
+
+def lora_picker(box):
+    """A choice of models/loras/'s files beside the LoRAs box: a file chosen is added to the box at weight 1, to
+    edit there (the box is what the request sends)."""
+    names = lora_names()
+    picker = gr.Dropdown(label="Add a LoRA", choices=names, value=None, interactive=bool(names),
+                         info="from models/loras/" if names else "put LoRA files in models/loras/ to choose them")
+    picker.input(with_lora, [picker, box], [box, picker], api_name=False)
+    return picker
+
+
+def with_lora(name, loras):
+    """The LoRAs box's text with `name` added at weight 1, and the picker cleared."""
+    return (", ".join(p for p in (loras.strip(), f"{name}:1") if p) if name else loras), None
 
 
 def checked_on_arrival(widget, check):

@@ -12,6 +12,13 @@ random SD weights make noise whose pixel error means nothing), the largest pixel
     python bench/sampling.py [--sizes 256 512] [--precisions fp32 bf16 fp16] [--compile] [--channels-last]
                              [--device cuda] [--repeats 5]
 
+`--backend openvino` runs our UNet and ControlNet by OpenVINO (fp32 only). `--generation` times whole few-step
+generations of the shipped model instead (or of SD 1.5's size with random weights, `--sd`): the plain guided
+generation, and beside it what skips work (guidance 1: no unconditional pass; strength 0: no ControlNet),
+torch.compile and OpenVINO, each with its largest pixel difference to the plain one.
+
+    python bench/sampling.py --generation [--sd] [--sizes 256] [--steps 4] [--repeats 3]
+
 `--family sdxl` times SDXL's step instead, at real size (UNet 2.6 billion weights, with a full ControlNet of 1.25
 billion, then a small one): ours against diffusers' UNet2DConditionModel + ControlNetModel holding the very same
 tensors (loaded with assign=True, so both fit in memory at once), interleaved, in each precision given.
@@ -40,6 +47,7 @@ from cldm.speed import speed_up  # noqa: E402
 from ldm.config import load_yaml  # noqa: E402
 from ldm.ddim import guided_model_output  # noqa: E402
 from ldm.precision import PRECISIONS, cpu_has_native_bf16  # noqa: E402
+from ldm.runtime import BACKENDS  # noqa: E402
 from ldm.threads import add_threads_argument, use_threads  # noqa: E402
 
 CONFIG = ROOT / "models/cldm_v15.yaml"
@@ -208,6 +216,44 @@ def sdxl_rows(args, precisions):
     return rows
 
 
+def generation_rows(args):
+    """Seconds of a whole `args.steps`-step UniPC generation (text encoding, sampling, VAE decoding), fp32."""
+    from cldm.pipeline import generate
+    from toy.model import TOY_PROMPT, circle_outline, load_default_model
+
+    def fresh():
+        if not args.sd:
+            return load_default_model()
+        torch.manual_seed(0)
+        return randomize(create_model(CONFIG).eval())
+
+    plain = fresh()
+    variants = [("plain: guidance 5, strength 1", plain, {}),
+                ("guidance 1 (no unconditional pass)", plain, {"guidance_scale": 1.0}),
+                ("strength 0 (no ControlNet)", plain, {"strength": 0.0}),
+                ("torch.compile (UNet and ControlNet)", speed_up(fresh(), compile=True), {}),
+                ("OpenVINO (UNet and ControlNet)", speed_up(fresh(), backend="openvino"), {})]
+    print(f"{'SD 1.5 size, random weights' if args.sd else 'the shipped model'}, UniPC, {args.steps} steps, "
+          f"median of {args.repeats} after a warm-up (the compiled and converted ones convert there)\n")
+    print("| size | generation | seconds (first call) | / plain | largest pixel difference to plain |")
+    print("|---|---|---|---|---|")
+    for size in args.sizes:
+        hint = circle_outline(size)
+
+        def run(model, changes):
+            values = {**dict(steps=args.steps, sampler="UniPC", guidance_scale=5.0, seed=0, verbose=False), **changes}
+            return generate(model, hint, TOY_PROMPT, **values)[0][0].astype(int)
+
+        firsts = []
+        for _, model, changes in variants:  # the first call of each: the compiled and converted ones convert
+            started = time.perf_counter()
+            firsts.append((run(model, changes), time.perf_counter() - started))
+        times = timed_interleaved([lambda m=model, c=changes: run(m, c) for _, model, c in variants], args.repeats)
+        for (name, _, changes), (image, first), seconds in zip(variants, firsts, times):
+            same = "(another image)" if changes else f"{abs(image - firsts[0][0]).max()}/255"
+            print(f"| {size}x{size} | {name} | {seconds:.2f} (first {first:.1f}) | {seconds / times[0]:.2f} | {same} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=["sd15", "sdxl"], default="sd15")
@@ -218,6 +264,10 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--force", action="store_true", help="time bf16 even on a CPU that only emulates it")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="what runs our UNet and ControlNet")
+    parser.add_argument("--generation", action="store_true", help="time few-step generations and what they skip")
+    parser.add_argument("--sd", action="store_true", help="--generation at SD 1.5's size (random weights)")
+    parser.add_argument("--steps", type=int, default=4, help="--generation's sampling steps")
     add_threads_argument(parser)
     args = parser.parse_args()
     use_threads(args.threads)
@@ -233,6 +283,9 @@ def main():
     if args.family == "sdxl":
         sdxl_rows(args, precisions)
         return
+    if args.generation:
+        generation_rows(args)
+        return
     torch.manual_seed(0)
     reference = create_model(CONFIG).eval()
     randomize(reference)
@@ -241,11 +294,12 @@ def main():
     unet32.to(args.device), control32.to(args.device)
     rates = {p: matmul_rate(PRECISIONS[p], args.device) for p in precisions}
     print("matmul rate: " + ", ".join(f"{p} {r / 1e9:.1f} GFLOP/s" for p, r in rates.items()))
-    print(f"ours: {'compiled, ' if args.compile else ''}{'channels-last' if args.channels_last else 'contiguous'}")
+    print(f"ours: {'compiled, ' if args.compile else ''}{'channels-last' if args.channels_last else 'contiguous'}, "
+          f"run by {args.backend}")
     rows = []
     for precision in precisions:
         dtype = PRECISIONS[precision]
-        ours = speed_up(copy.deepcopy(reference).to(dtype), args.compile, args.channels_last)
+        ours = speed_up(copy.deepcopy(reference).to(dtype), args.compile, args.channels_last, backend=args.backend)
         peers = [(unet32, control32)] if dtype == torch.float32 else [
             (unet32, control32), (copy.deepcopy(unet32).to(dtype), copy.deepcopy(control32).to(dtype))]
         for size in args.sizes:

@@ -173,6 +173,12 @@ def peft_alpha(metadata, name, rank):
     return hit if hit is not None else float(alpha) if alpha is not None else float(rank)
 
 
+def lora_names():
+    """The LoRA files of models/loras/, by the names a request gives them (no suffix)."""
+    files = LORA_FOLDER.iterdir() if LORA_FOLDER.is_dir() else ()
+    return sorted(f.stem for f in files if f.is_file() and f.suffix.lower() in LORA_SUFFIXES)
+
+
 def find_lora(name, paths=True):
     """A LoRA named in a prompt or a setting: a name in models/loras/ (with or without its suffix), or, with
     `paths` (the command line, not a server's page), a file's path."""

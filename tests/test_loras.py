@@ -241,3 +241,12 @@ def test_a_lora_through_the_cli_is_recorded_and_reproduced_and_a_page_takes_only
     path.rename(tmp_path / "loras" / path.name)
     images, _ = runner(circle_outline(256), **values(task, prompt="<lora:toy_style:0.9> a circle"))
     assert read_params(max((tmp_path / "app").glob("canny-0*.png")))["prompt"] == "<lora:toy_style:0.9> a circle"
+    # the page's picker offers the folder's files and adds the one chosen to the LoRAs box at weight 1
+    from apps.page import build_demo
+    from apps.widgets import with_lora
+
+    demo = build_demo(task, runner)
+    picker = next(c for c in demo.blocks.values() if getattr(c, "label", None) == "Add a LoRA")
+    assert [choice[0] for choice in picker.choices] == ["toy_style"]
+    assert with_lora("toy_style", "other:0.5 ") == ("other:0.5, toy_style:1", None)
+    assert with_lora(None, "other:0.5") == ("other:0.5", None)
