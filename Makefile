@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) gradio_canny2image.py
+	$(PY) gradio_canny2image.py --backend auto
 
 sample: $(STAMP)
 	$(PY) generate.py --prompt "a crimson circle on a light sky blue background" --resolution 128 --out outputs/demo.png

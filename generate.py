@@ -152,8 +152,8 @@ def parse_args(argv=None):
     p.add_argument("--low-vram", action="store_true", help="keep only the running part of the model on the GPU")
     add_precision_argument(p, default=None)  # None: the saved one with --reproduce, else auto
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNets")
-    p.add_argument("--backend", choices=BACKENDS, default="torch", help="what runs the UNet and ControlNets: torch, "
-                   'or OpenVINO on the CPU (fp32; pip install -e ".[openvino]")')
+    p.add_argument("--backend", choices=BACKENDS, help="what runs the UNet, ControlNets and VAE decoder: torch, or "
+                   'OpenVINO on the CPU (fp32; pip install -e ".[openvino]"); default torch, or the saved one')
     add_threads_argument(p)  # None: the saved count with --reproduce, else the default policy
     p.add_argument("--text-windows", type=int, help="prompt windows of 75 tokens the CLIP text encoder reads, as "
                    "the control was trained (the 1.1 anime line-art control: 3; default 1, or the saved one)")
@@ -255,6 +255,7 @@ class Saved:
     units: list  # (ControlUnit, {BESIDE key: file}) of each extra unit
     precision: str
     threads: int | None
+    backend: str
     options: ModelOptions
     inpaint_control: bool
 
@@ -283,10 +284,13 @@ class Saved:
         threads = saved.get("threads")
         if threads is not None and not (type(threads) is int and 1 <= threads <= 1024):
             raise RecordError(f"{path}: threads must be a whole number from 1 to 1024, not {short(threads)}")
+        backend = saved.get("backend", "torch")
+        if backend not in BACKENDS:
+            raise RecordError(f"{path}: backend {short(backend)} is not one of {', '.join(BACKENDS)}")
         inpaint_control = saved.get("inpaint_control", False)
         if not isinstance(inpaint_control, bool):
             raise RecordError(f"{path}: inpaint_control must be true or false, not {short(inpaint_control)}")
-        return cls(settings, files(saved), units, precision, threads, ModelOptions.from_record(
+        return cls(settings, files(saved), units, precision, threads, backend, ModelOptions.from_record(
             saved.get("model_options")), inpaint_control)
 
     def read_units(self):
@@ -327,6 +331,7 @@ def main(argv=None):
         if getattr(args, name) is None:
             setattr(args, name, getattr(CLI_DEFAULTS, name) if args.ckpt else toy_value)
     settings = from_args(args, CLI_DEFAULTS) if saved is None else saved.settings
+    args.backend = args.backend or (saved.backend if saved is not None else "torch")  # the saved one: the same bits
     if args.lora:
         settings = settings.with_values(loras=", ".join(p for p in (settings.loras, *args.lora) if p))
     pictures = read_pictures(args)

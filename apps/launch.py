@@ -1,7 +1,9 @@
 """Starting an app from its script: flags, the model (real files or the shipped toy), the server."""
 
 import argparse
+import importlib.util
 
+import numpy as np
 import torch
 
 import config
@@ -9,6 +11,7 @@ from apps.errors import log_to_terminal
 from apps.models import resolve_model
 from apps.page import build_demo
 from apps.runner import Runner
+from cldm.pipeline import generate
 from cldm.speed import speed_up
 from cldm.vae_files import load_vae
 from ldm.errors import add_debug_argument, run_main
@@ -43,10 +46,20 @@ def parse_args(task, argv=None):
     add_precision_argument(p, config.PRECISION)
     p.add_argument("--compile", action="store_true", default=config.COMPILE,
                    help="torch.compile the UNet and ControlNet (the first request then takes a while longer)")
-    p.add_argument("--backend", choices=BACKENDS, default=config.BACKEND, help="what runs the UNet and ControlNet: "
-                   'torch, or OpenVINO on the CPU (fp32; pip install -e ".[openvino]"; the first request converts)')
+    p.add_argument("--backend", choices=[*BACKENDS, "auto"], default=config.BACKEND, help="what runs the UNet, "
+                   'ControlNet and VAE decoder: torch, or OpenVINO on the CPU (fp32; pip install -e ".[openvino]"; '
+                   "converted at launch); auto: OpenVINO for the shipped model on a CPU where it is installed")
     add_debug_argument(p)
     return p.parse_args(argv)
+
+
+def chosen_backend(backend, model, toy):
+    """`backend`, with auto made OpenVINO for the shipped model in fp32 on the CPU where it is installed (the
+    fast path there), else torch."""
+    if backend != "auto":
+        return backend
+    on_cpu_fp32 = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
+    return "openvino" if toy and on_cpu_fp32 and importlib.util.find_spec("openvino") else "torch"
 
 
 def make_runner(task, args):
@@ -59,9 +72,21 @@ def make_runner(task, args):
     if model is not None and args.vae:
         load_vae(model, check_checkpoint_file(args.vae))
     if model is not None:
-        speed_up(model, compile=args.compile, backend=args.backend)
+        backend = chosen_backend(args.backend, model, toy)
+        speed_up(model, compile=args.compile, backend=backend)
+        if backend != "torch":  # converted before the page opens, not on its first request
+            print(f"converting the networks for {backend} (once)...", flush=True)
+            warm_up(model, task.defaults(toy).image_resolution)
     return Runner(task, model, note, args.output_dir, args.annotator_ckpts, "cuda" if offload else None, toy,
                   [MODELS, *args.control_dir])
+
+
+def warm_up(model, resolution):
+    """One generation of one step at the page's size: what runs at every request is converted (for every
+    size) and has run once at that size."""
+    side = max(64, resolution // 64 * 64)
+    hint = np.zeros((side, side, 3), np.uint8) if hasattr(model, "control_model") else None
+    generate(model, hint, "", steps=1, guidance_scale=2.0, size=(side, side), verbose=False)
 
 
 def launch(task, argv=None):

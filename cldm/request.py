@@ -17,6 +17,7 @@ from cldm.outputs import save_beside, save_png, save_units
 from cldm.pipeline import generate
 from cldm.settings import Settings
 from ldm.precision import precision_of
+from ldm.runtime import backend_of
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Request:
     def record(self, seed, model):
         """The images' saved parameters (their pictures' file names are added as they are saved)."""
         return {**self.settings.record(), "seed": seed, "precision": precision_of(model),
-                "threads": torch.get_num_threads(), "model_options": self.options.record(),
+                "threads": torch.get_num_threads(), "backend": backend_of(model.model.diffusion_model),
+                "model_options": self.options.record(),
                 "inpaint_control": self.inpaint_control, **self.notes}
 
 

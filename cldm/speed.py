@@ -13,8 +13,8 @@ from ldm.runtime import use_backend
 def speed_up(model, compile=False, channels_last=False, nets=(), backend="torch"):
     """`model` (and the extra ControlNets `nets`) with the chosen speed-ups applied in place. torch.compile is
     applied with `Module.compile`, which keeps the checkpoint keys; it compiles on the first step. A `backend`
-    other than torch runs the UNet and the plain ControlNets (not Union nets, adapters or Control-LoRAs, which
-    stay in torch), converted on their first step."""
+    other than torch runs the UNet, the plain ControlNets (not Union nets or adapters, which stay in torch) and
+    the VAE's decoder, each converted on its first call."""
     if compile and backend != "torch":
         raise ValueError(f"torch.compile and the {backend} backend are two ways to run the networks: choose one")
     networks = [model.model.diffusion_model, *control_nets(model, nets)]
@@ -23,5 +23,6 @@ def speed_up(model, compile=False, channels_last=False, nets=(), backend="torch"
             net.to(memory_format=torch.channels_last)
         if compile:
             net.compile()
-    use_backend([net for net in networks if net is model.model.diffusion_model or type(net) is ControlNet], backend)
+    runs = [net for net in networks if net is model.model.diffusion_model or type(net) is ControlNet]
+    use_backend([*runs, model.first_stage_model], backend)
     return model

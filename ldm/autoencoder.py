@@ -183,9 +183,14 @@ class AutoencoderKL(nn.Module):
         moments = self.quant_conv(self.encoder(x.to(weights_dtype(self.encoder))))
         return DiagonalGaussianDistribution(moments.to(x.dtype))
 
+    runtime = None  # an ldm.runtime.Runtime decoding where it can (--backend)
+
     def decode(self, z):
         """Images from latents z, in z's dtype; computed in the decoder's."""
-        return self.decoder(self.post_quant_conv(z.to(weights_dtype(self.decoder)))).to(z.dtype)
+        latents = z.to(weights_dtype(self.decoder))
+        decode = lambda latents: self.decoder(self.post_quant_conv(latents))  # noqa: E731
+        images = None if self.runtime is None else self.runtime("decode", decode, [latents])
+        return (decode(latents) if images is None else images[0]).to(z.dtype)
 
     def forward(self, x, sample_posterior=True):
         posterior = self.encode(x)

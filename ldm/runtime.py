@@ -1,11 +1,12 @@
-"""OpenVINO as the CPU runtime of the networks that run at every sampling step (the UNet and the ControlNets), an
-optional extra (`pip install -e ".[openvino]"`) chosen with `--backend openvino`.
+"""OpenVINO as the CPU runtime of the networks a generation runs (the UNet and the ControlNets at every step, the
+VAE's decoder at the end), an optional extra (`pip install -e ".[openvino]"`) chosen with `--backend openvino`.
 
-A network given a `Runtime` hands it the tensor-only part of its call (its `core`); the runtime converts that
-part to an OpenVINO model once per structure (which conditioning parts and residuals it takes), compiles it once
-per input shapes, for latency, in fp32 and on torch's thread count, and returns its outputs. It declines (returns
-None, and the network runs it in torch) where the converted weights would not be the network's: after they
-changed in place (a LoRA merged for a generation), or while hooks reach inside it (reference-only, IP-Adapter).
+A network given a `Runtime` hands it the tensor-only part of its call; the runtime converts that part to an
+OpenVINO model once per structure (which conditioning parts and residuals it takes), with its shapes left free,
+compiles it for latency, in fp32 and on torch's thread count, and returns its outputs. It declines (returns
+None, and the network runs it in torch) where the converted weights would not be the network's: while they are
+changed (a LoRA merged for a generation; once it is taken out, bit for bit, the runtime serves again), or while
+hooks reach inside it (reference-only, IP-Adapter).
 """
 
 import torch
@@ -45,30 +46,45 @@ class Runtime:
                              "leave the GPU to torch")
         self.openvino, self.module = openvino, module
         self.parameters = list(module.parameters())
-        self.versions = self.weight_versions()
-        self.models, self.compiled = {}, {}
+        self.versions, self.fingerprint = self.weight_versions(), self.weight_fingerprint()
+        self.checked = (self.versions, True)  # the versions last checked, and whether the weights were the same
+        self.compiled = {}  # structure -> the compiled model
 
     def weight_versions(self):
+        """Each weight's count of in-place writes: unchanged counts, unchanged weights."""
         return [p._version for p in self.parameters]
+
+    @torch.no_grad()
+    def weight_fingerprint(self):
+        """Sums of the weights and of their squares, in fp64: equal after a LoRA is taken out bit for bit."""
+        return [(p.double().sum().item(), p.double().square().sum().item()) for p in self.parameters]
+
+    def same_weights(self):
+        """Whether the weights are those converted, fingerprinted again only when some were written since."""
+        versions = self.weight_versions()
+        if versions != self.checked[0]:
+            self.checked = (versions, self.weight_fingerprint() == self.fingerprint)
+        return self.checked[1]
 
     def __call__(self, structure, fn, inputs):
         """fn(*inputs) (tensors in, a tensor or a list of them out) computed by OpenVINO, as a list; None where
         torch must compute it. `structure` names what kind of call this is (one conversion each)."""
-        if self.weight_versions() != self.versions or hooked(self.module):
+        if not self.same_weights() or hooked(self.module):
             return None
-        if structure not in self.models:
+        if structure not in self.compiled:  # shapes left free: one compilation serves every size and batch
             with torch.no_grad():
-                self.models[structure] = self.openvino.convert_model(Core(self.module, fn), example_input=tuple(inputs))
-        shapes = (structure, *(tuple(t.shape) for t in inputs))
-        if shapes not in self.compiled:
-            model = self.models[structure].clone()
-            model.reshape({i: list(t.shape) for i, t in enumerate(inputs)})
+                model = self.openvino.convert_model(Core(self.module, fn), example_input=tuple(inputs))
             config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                       "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-            self.compiled[shapes] = self.openvino.Core().compile_model(model, "CPU", config)
-        compiled = self.compiled[shapes]
+            self.compiled[structure] = self.openvino.Core().compile_model(model, "CPU", config)
+        compiled = self.compiled[structure]
         outputs = compiled([t.detach().contiguous().numpy() for t in inputs])
         return [torch.from_numpy(outputs[out]) for out in compiled.outputs]
+
+
+def backend_of(network):
+    """The backend a network runs by (what a saved image records: it changes the last bits)."""
+    return "openvino" if getattr(network, "runtime", None) is not None else "torch"
 
 
 def use_backend(networks, backend):
