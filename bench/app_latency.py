@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from annotators import ANNOTATORS, resize_image  # noqa: E402
 from apps.page import build_demo  # noqa: E402
 from apps.runner import Runner  # noqa: E402
-from bench.sampling import timed  # noqa: E402
+from bench.sampling import timed, timed_interleaved  # noqa: E402
 from cldm.diffusers_interop import diffusers_models  # noqa: E402
 from cldm.pipeline import generate  # noqa: E402
 from cldm.samplers import diffusers_scheduler  # noqa: E402
@@ -85,24 +86,28 @@ def free_port():
         return s.getsockname()[1]
 
 
-def app_seconds(model, picture, size, sampling, repeats):
-    """The request through the canny app's HTTP API (gradio_client), as a user makes it."""
+@contextmanager
+def app_requests(models, picture, size, samplings):
+    """For each model, its canny app served and a function making the request through the HTTP API
+    (gradio_client), as a user makes it, with that model's sampling."""
     from gradio_client import Client, handle_file
 
     import gradio_canny2image as app
 
-    with tempfile.TemporaryDirectory() as outputs:
-        demo = build_demo(app.task, Runner(app.task, model, "benchmark", outputs, toy=True))
-        demo.queue(max_size=4)
-        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    with tempfile.TemporaryDirectory() as outputs, ExitStack() as stack:
         path = Path(outputs) / "photo.png"
         Image.fromarray(picture).save(path)
-        client = Client(url, verbose=False)
-        values = dict(prompt=PROMPT, image_resolution=size, seed=0, **sampling)
-        try:
-            return timed(lambda: client.predict(handle_file(str(path)), api_name="/generate", **values), repeats)
-        finally:
-            demo.close()
+        requests = []
+        for k, (model, sampling) in enumerate(zip(models, samplings)):
+            demo = build_demo(app.task, Runner(app.task, model, "benchmark", Path(outputs) / str(k), toy=True))
+            demo.queue(max_size=4)
+            _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                    quiet=True)
+            stack.callback(demo.close)
+            client = Client(url, verbose=False)
+            values = dict(prompt=PROMPT, image_resolution=size, seed=0, **sampling)
+            requests.append(lambda c=client, v=values: c.predict(handle_file(str(path)), api_name="/generate", **v))
+        yield requests
 
 
 def cli_seconds(picture, size, sampling, precision, repeats):
@@ -137,7 +142,7 @@ def main():
     hint = ANNOTATORS["canny"](picture, detect_resolution=args.size)
     assert hint.shape[:2] == resize_image(picture, args.size).shape[:2]
 
-    rows = []
+    rows, models = [], []
     for key in args.rows:
         name, sampling, backend = ROWS[key]
         model = load_default_model(dtype=PRECISIONS["fp32" if backend == "openvino" else precision])
@@ -149,12 +154,17 @@ def main():
         peer_image = diffusers_generate(peer_model, unet, controlnet, hint, sampling, 0)[0].permute(1, 2, 0)
         peer_image = (peer_image * 127.5 + 127.5).clamp(0, 255).to(torch.uint8).numpy()
         difference = int(abs(run().astype(int) - peer_image.astype(int)).max())
-        http = app_seconds(model, picture, args.size, sampling, args.repeats)
         cli = cli_seconds(picture, args.size, sampling, precision, args.repeats) if backend == "torch" else None
-        rows.append((name, http, cli, in_process, peer, difference))
+        rows.append([name, None, cli, in_process, peer, difference])
+        models.append(model)
+    # the apps' requests in turn (a, b, c, a, b, c, ...), so that the machine's drifts hit all alike
+    with app_requests(models, picture, args.size, [ROWS[key][1] for key in args.rows]) as requests:
+        for row, seconds in zip(rows, timed_interleaved(requests, args.repeats)):
+            row[1] = seconds
 
     print(f"\ncanny app on the shipped model, {args.size}x{args.size}, 1 image, median of {args.repeats} (after a "
-          f"warm-up), {torch.get_num_threads()} torch thread(s) (the apps' default: all cores but one)\n")
+          f"warm-up; the apps' requests interleaved), {torch.get_num_threads()} torch thread(s) (the apps' default: "
+          "all cores but one)\n")
     print("| sampling | app via HTTP s | generate.py (new process) s | generate() s | diffusers peer s | "
           "app / first row's app | largest difference to the peer |")
     print("|---|---|---|---|---|---|---|")
