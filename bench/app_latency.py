@@ -2,8 +2,10 @@
 
 The request is the one a user makes: a photo, Canny in the app, 256x256, one image, sampled the way the toy
 sampled before (DDIM, 20 steps, guidance 9) and the way it samples now (toy.model.TOY_SAMPLING: UniPC, 4 steps,
-guidance 2), then that again with the networks run by OpenVINO (--backend openvino), all in one run. For each:
-our generate() called in-process (what the app adds is the HTTP round trip, the annotator and saving the PNGs),
+guidance 2), then that again with the networks run by OpenVINO (--backend openvino), all in one run. Each app is
+served by a process of its own, as `python gradio_canny2image.py` serves it, and this one makes the requests, in
+turn across the apps. For each: our generate() called in-process (what the app adds is the HTTP round trip, the
+annotator and saving the PNGs),
 generate.py as a new process, and a peer doing the same denoising with diffusers' UNet2DConditionModel +
 ControlNetModel and the same scheduler on identical weights. Then the annotators' own times.
 Target: the app's request at least 3x faster now than before on the project's 2-core CPU machine.
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -29,8 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from annotators import ANNOTATORS, resize_image  # noqa: E402
-from apps.page import build_demo  # noqa: E402
-from apps.runner import Runner  # noqa: E402
 from bench.sampling import timed, timed_interleaved  # noqa: E402
 from cldm.diffusers_interop import diffusers_models  # noqa: E402
 from cldm.pipeline import generate  # noqa: E402
@@ -87,27 +88,41 @@ def free_port():
 
 
 @contextmanager
-def app_requests(models, picture, size, samplings):
-    """For each model, its canny app served and a function making the request through the HTTP API
-    (gradio_client), as a user makes it, with that model's sampling."""
-    from gradio_client import Client, handle_file
-
-    import gradio_canny2image as app
+def app_requests(rows, picture, size, precision):
+    """For each row, the canny app served by a process of its own, as `python gradio_canny2image.py` serves it
+    (with the row's --backend), and a function making the request through the HTTP API (gradio_client), as a
+    user's browser makes it from outside that process, with the row's sampling."""
+    from gradio_client import handle_file
 
     with tempfile.TemporaryDirectory() as outputs, ExitStack() as stack:
         path = Path(outputs) / "photo.png"
         Image.fromarray(picture).save(path)
         requests = []
-        for k, (model, sampling) in enumerate(zip(models, samplings)):
-            demo = build_demo(app.task, Runner(app.task, model, "benchmark", Path(outputs) / str(k), toy=True))
-            demo.queue(max_size=4)
-            _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                                    quiet=True)
-            stack.callback(demo.close)
-            client = Client(url, verbose=False)
+        for k, (_, sampling, backend) in enumerate(rows):
+            port = free_port()
+            command = [sys.executable, str(ROOT / "gradio_canny2image.py"), "--port", str(port), "--backend", backend,
+                       "--precision", "fp32" if backend == "openvino" else precision,
+                       "--output-dir", str(Path(outputs) / str(k))]
+            server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stack.callback(server.kill)
+            client = connected(f"http://127.0.0.1:{port}/", server)
             values = dict(prompt=PROMPT, image_resolution=size, seed=0, **sampling)
             requests.append(lambda c=client, v=values: c.predict(handle_file(str(path)), api_name="/generate", **v))
         yield requests
+
+
+def connected(url, server, timeout=300):
+    """A gradio_client for the app at `url` once it serves (an OpenVINO app converts its networks first)."""
+    from gradio_client import Client
+
+    started = time.monotonic()
+    while True:
+        try:
+            return Client(url, verbose=False)
+        except Exception:
+            if server.poll() is not None or time.monotonic() - started > timeout:
+                raise RuntimeError(f"the app at {url} did not start") from None
+            time.sleep(1)
 
 
 def cli_seconds(picture, size, sampling, precision, repeats):
@@ -142,7 +157,7 @@ def main():
     hint = ANNOTATORS["canny"](picture, detect_resolution=args.size)
     assert hint.shape[:2] == resize_image(picture, args.size).shape[:2]
 
-    rows, models = [], []
+    rows = []
     for key in args.rows:
         name, sampling, backend = ROWS[key]
         model = load_default_model(dtype=PRECISIONS["fp32" if backend == "openvino" else precision])
@@ -156,9 +171,8 @@ def main():
         difference = int(abs(run().astype(int) - peer_image.astype(int)).max())
         cli = cli_seconds(picture, args.size, sampling, precision, args.repeats) if backend == "torch" else None
         rows.append([name, None, cli, in_process, peer, difference])
-        models.append(model)
     # the apps' requests in turn (a, b, c, a, b, c, ...), so that the machine's drifts hit all alike
-    with app_requests(models, picture, args.size, [ROWS[key][1] for key in args.rows]) as requests:
+    with app_requests([ROWS[key] for key in args.rows], picture, args.size, precision) as requests:
         for row, seconds in zip(rows, timed_interleaved(requests, args.repeats)):
             row[1] = seconds
 

@@ -60,3 +60,19 @@ def diffusers_parts(model, config, **kwargs):
     vae = AutoencoderKL(**vae_config).eval()
     vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae_config), strict=True)
     return unet, controlnet, vae
+
+
+def sd15_pipeline(model):
+    """diffusers' StableDiffusionPipeline (UniPC) holding a tiny SD 1.x model's weights (TINY_V15's layout)."""
+    from diffusers import StableDiffusionPipeline
+
+    from cldm.samplers import diffusers_scheduler
+    from ldm.config import load_yaml
+    from ldm.text_encoders import clip_tokenizer
+
+    unet, _, vae = diffusers_parts(model, load_yaml(TINY_V15))
+    pipe = StableDiffusionPipeline(vae, model.cond_stage_model.transformer.text_model, clip_tokenizer(), unet,
+                                   diffusers_scheduler(model, "UniPC"), safety_checker=None, feature_extractor=None,
+                                   image_encoder=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -14,8 +14,7 @@ from cldm.model import load_control_net
 from cldm.pipeline import generate
 from cldm.settings import ControlUnit
 from ldm.checkpoint import CheckpointError
-from ldm.config import load_yaml
-from tests.helpers import TINY_V15, diffusers_parts, randomize, tiny_model
+from tests.helpers import TINY_V15, diffusers_parts, randomize, sd15_pipeline, tiny_model
 
 EMBED, HIDDEN, PROMPT = 24, 32, "a crimson circle"
 
@@ -74,20 +73,6 @@ def write_adapter(folder, unet, kind, suffix):
 
 def face(size=64, seed=3):
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-
-
-def sd15_pipeline(model):
-    from diffusers import StableDiffusionPipeline
-
-    from cldm.samplers import diffusers_scheduler
-    from ldm.text_encoders import clip_tokenizer
-
-    unet, _, vae = diffusers_parts(model, load_yaml(TINY_V15))
-    pipe = StableDiffusionPipeline(vae, model.cond_stage_model.transformer.text_model, clip_tokenizer(), unet,
-                                   diffusers_scheduler(model, "UniPC"), safety_checker=None, feature_extractor=None,
-                                   image_encoder=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.mark.parametrize("kind, suffix", [("plain", ".bin"), ("plus", ".safetensors"), ("full", ".bin")])

@@ -11,8 +11,7 @@ from safetensors.torch import save_file
 from cldm.loras import applied, lora_targets
 from cldm.pipeline import generate
 from ldm.checkpoint import CheckpointError
-from ldm.config import load_yaml
-from tests.helpers import TINY_V15, diffusers_parts, tiny_model
+from tests.helpers import TINY_V15, diffusers_parts, sd15_pipeline, tiny_model
 
 PROMPT = "a crimson circle"
 COMMON = dict(size=(64, 64), steps=3, seed=2, guidance_scale=7.0, sampler="UniPC", verbose=False)
@@ -42,20 +41,6 @@ def pick(module, patterns, within=""):
     """The linear and convolution layers of `module` whose names hold one of `patterns`, named from `within`."""
     return {within + name: m for name, m in module.named_modules()
             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and any(p in name for p in patterns)}
-
-
-def sd15_pipeline(model):
-    from diffusers import StableDiffusionPipeline
-
-    from cldm.samplers import diffusers_scheduler
-    from ldm.text_encoders import clip_tokenizer
-
-    unet, _, vae = diffusers_parts(model, load_yaml(TINY_V15))
-    pipe = StableDiffusionPipeline(vae, model.cond_stage_model.transformer.text_model, clip_tokenizer(), unet,
-                                   diffusers_scheduler(model, "UniPC"), safety_checker=None, feature_extractor=None,
-                                   image_encoder=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def diffusers_image(pipe, **extra):
