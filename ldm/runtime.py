@@ -72,8 +72,9 @@ class Runtime:
         if not self.same_weights() or hooked(self.module):
             return None
         if structure not in self.compiled:  # shapes left free: one compilation serves every size and batch
-            with torch.no_grad():
-                model = self.openvino.convert_model(Core(self.module, fn), example_input=tuple(inputs))
+            with torch.no_grad():  # its own copy of the weights: torch's may be written (LoRAs) or freed first
+                model = self.openvino.convert_model(Core(self.module, fn), example_input=tuple(inputs),
+                                                    share_weights=False)
             config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                       "INFERENCE_NUM_THREADS": torch.get_num_threads()}
             self.compiled[structure] = self.openvino.Core().compile_model(model, "CPU", config)

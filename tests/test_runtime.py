@@ -46,7 +46,8 @@ def test_hooks_and_changed_weights_run_in_torch_bit_for_bit(models):
     reference = ControlUnit(image=HINT, preprocessor="reference_only", strength=1.0)
     images = [generate(m, HINT, "a circle", units=(ControlUnit(), reference), **SETTINGS)[0][0] for m in models]
     assert np.abs(images[0].astype(int) - images[1]).max() <= 1  # the ControlNet in OpenVINO, the UNet hooked
-    weights = [next(net.parameters()) for m in models for net in (m.model.diffusion_model, m.control_model)]
+    weights = [next(net.parameters()) for m in models
+               for net in (m.model.diffusion_model, m.control_model, m.first_stage_model.decoder)]
     backups = [w.clone() for w in weights]
     with torch.no_grad():  # changed in place, as a merged LoRA changes them: torch computes, bit for bit
         for weight in weights:
@@ -58,7 +59,8 @@ def test_hooks_and_changed_weights_run_in_torch_bit_for_bit(models):
         with torch.no_grad():  # restored from their copies, as a LoRA is taken out: OpenVINO computes again
             for weight, backup in zip(weights, backups):
                 weight.copy_(backup)
-    assert all(net.runtime.same_weights() for net in (fast.model.diffusion_model, fast.control_model))
+    assert all(net.runtime.same_weights() for net in (fast.model.diffusion_model, fast.control_model,
+                                                       fast.first_stage_model))
 
 
 def test_the_backend_is_refused_where_it_cannot_run():
