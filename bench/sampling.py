@@ -248,7 +248,7 @@ def generation_rows(args):
         for _, model, changes in variants:  # the first call of each: the compiled and converted ones convert
             started = time.perf_counter()
             firsts.append((run(model, changes), time.perf_counter() - started))
-        times = timed_interleaved([lambda m=model, c=changes: run(m, c) for _, model, c in variants], args.repeats)
+        times = timed_interleaved([lambda m=model, c=c: run(m, c) for _, model, c in variants], args.repeats)
         for (name, _, changes), (image, first), seconds in zip(variants, firsts, times):
             same = "(another image)" if changes else f"{abs(image - firsts[0][0]).max()}/255"
             print(f"| {size}x{size} | {name} | {seconds:.2f} (first {first:.1f}) | {seconds / times[0]:.2f} | {same} |")
