@@ -33,6 +33,15 @@ def hooked(module):
                for m in module.modules())
 
 
+CORES = []  # the process's one OpenVINO Core, kept for as long as any model it compiled
+
+
+def openvino_core(openvino):
+    if not CORES:
+        CORES.append(openvino.Core())
+    return CORES[0]
+
+
 class Runtime:
     """OpenVINO running parts of one network (`module`)."""
 
@@ -77,9 +86,10 @@ class Runtime:
                                                     share_weights=False)
             config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                       "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-            self.compiled[structure] = self.openvino.Core().compile_model(model, "CPU", config)
+            self.compiled[structure] = openvino_core(self.openvino).compile_model(model, "CPU", config)
         compiled = self.compiled[structure]
-        outputs = compiled([t.detach().contiguous().numpy() for t in inputs])
+        # inputs and outputs copied: the request must not keep pointers into tensors torch frees after the call
+        outputs = compiled([t.detach().contiguous().numpy() for t in inputs], share_inputs=False, share_outputs=False)
         return [torch.from_numpy(outputs[out]) for out in compiled.outputs]
 
 
