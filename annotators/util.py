@@ -1,6 +1,8 @@
 """Image plumbing shared by the annotators: any picture a user gives -> RGB uint8, and the release's resizing."""
 
 import io
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -140,3 +142,18 @@ def list_pictures(folder):
     if not paths:
         raise ImageError(f"{folder} holds no pictures ({', '.join(PICTURE_SUFFIXES)})")
     return paths
+
+
+@contextmanager
+def stderr_silenced():
+    """mediapipe's C++ side prints its TensorFlow Lite set-up (delegates, feedback tensors, a note on the region
+    of interest) straight to file descriptor 2, past Python's warnings and logging, when it builds its graph and
+    first finds a person: noise a user can do nothing about, so the descriptor points elsewhere meanwhile."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

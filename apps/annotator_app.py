@@ -63,8 +63,8 @@ PARAMETERS = {
                                  "keeps fewer", (0.01, 2.0, 0.01)),
     "distance_threshold": Parameter("Minimum line length", "lines shorter than this (pixels) are dropped",
                                     (0.01, 20.0, 0.01)),
-    "include_hand": Parameter("Hands", "also find each hand's 21 points (OpenPose only)"),
-    "include_face": Parameter("Face", "also find the face's 70 points (OpenPose only)"),
+    "include_hand": Parameter("Hands", "also find each hand's 21 points"),
+    "include_face": Parameter("Face", "also find the face's 70 points"),
     "min_visibility": Parameter("Minimum visibility", "how sure mediapipe must be that a point is visible to "
                                 "draw it", (0.0, 1.0, 0.05)),
     "detector": Parameter("Detector", "the network that finds the lines or the pose"),
@@ -87,7 +87,7 @@ PARAMETERS = {
 CHOICES = {
     "auto": "OpenPose when its weights are on disk, else mediapipe",
     "openpose": "body, hands and face; needs its weights",
-    "mediapipe": "body only, bundled, no download",
+    "mediapipe": "everyone, with hands and face; bundled, no download",
     "pidinet": "PiDiNet, 3 MB of weights",
     "hed": "HED, 29 MB of weights",
     "xdog": "difference of Gaussians, no weights",
@@ -126,7 +126,7 @@ def weights_note(key):
     if key == "pose":
         folder = found_on_disk(NEEDS["openpose"])
         return (f"*Auto uses OpenPose: its weights are in {folder}.*" if folder else
-                "*OpenPose's weights are not on disk: auto uses mediapipe's bundled detector, no download.*")
+                "*OpenPose's weights are not on disk: auto uses mediapipe's bundled detectors, no download.*")
     names = NEEDS.get(key)
     if not names:
         return "*Needs no weights: runs offline.*"

@@ -288,8 +288,8 @@ def test_tile_and_invert_reshape_the_picture_itself():
 def test_the_offline_pose_detector_draws_people_only(photo, people, tmp_path):
     poses, _ = detect_mediapipe(getattr(data, photo)(), detect_resolution=512)
     assert len(poses) == people
-    said = "Pose detected" if people else "No person found"
-    with pytest.warns(AnnotatorNotice, match=f"{said} by mediapipe's bundled detector.*OpenPose weights not found "
+    said = "1 person found" if people else "No person found"
+    with pytest.warns(AnnotatorNotice, match=f"{said} by mediapipe's bundled detectors.*OpenPose weights not found "
                                              f"in {re.escape(str(tmp_path))}"):  # auto, no OpenPose weights
         drawn = ANNOTATORS["pose"](getattr(data, photo)(), weights=str(tmp_path))
     assert (drawn.max() > 0) == bool(people)
@@ -305,7 +305,7 @@ def test_auto_pose_says_it_used_openpose_when_its_weights_are_on_disk(tmp_path, 
         (tmp_path / name).touch()  # on disk is all auto looks at; the network is stood in for below
     nose = PoseResult(BodyResult([Keypoint(0.5, 0.5, 1.0, 0)] + [None] * 17, 1.0, 1), None, None, None)
     monkeypatch.setattr(module, "detect_openpose", lambda *args: ([nose], (64, 64)))
-    with pytest.warns(AnnotatorNotice, match=f"Pose detected by OpenPose \\(its weights are in "
+    with pytest.warns(AnnotatorNotice, match=f"1 person found by OpenPose \\(its weights are in "
                                              f"{re.escape(str(tmp_path))}"):
         ANNOTATORS["pose"](data.astronaut(), weights=str(tmp_path))
 

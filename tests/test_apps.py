@@ -436,7 +436,7 @@ def test_the_pose_app_runs_offline_and_says_which_detector_it_used(default_model
     task = task_of("gradio_pose2image")
     gallery, info = Runner(task, default_model, NOTE, tmp_path, str(tmp_path / "no-weights"), toy=True)(
         data.astronaut(), **values(task, resolution=256))
-    assert "mediapipe's bundled detector" in info
+    assert "1 person found by mediapipe's bundled detectors" in info  # which detector, and how many it found
     assert (gallery[0] > 0).mean() > 0.005  # her skeleton
 
 

@@ -86,7 +86,7 @@ def test_generation_draws_the_map_from_the_edited_pose(pose_runner):
     photo = data.astronaut()
     detected, _ = runner(photo, **values(task, detect_resolution=256))
     text = detected_json(photo, "mediapipe", False, False, 256)
-    assert json.loads(text)["note"].startswith("Pose detected by mediapipe")  # the editor shows which ran
+    assert json.loads(text)["note"].startswith("1 person found by mediapipe")  # the editor shows which ran
     unedited, _ = runner(photo, **values(task, detect_resolution=256, pose=text))
     assert np.array_equal(unedited[0], detected[0])  # the editor's JSON draws what the detector drew
 
@@ -112,7 +112,7 @@ def edited_in_node(start, *actions):
 
 
 def test_the_editor_adds_people_side_by_side_and_moves_a_person_whole():
-    start = {"canvas_width": 512, "canvas_height": 256, "people": [], "note": "Pose detected by OpenPose."}
+    start = {"canvas_width": 512, "canvas_height": 256, "people": [], "note": "1 person found by OpenPose."}
     nose = [0.5 * 512, 0.2 * 256]  # where the first person added stands (STANDING in pose_editor.js)
     out = edited_in_node(start, ["add"], ["add"], ["add"], ["drag", *nose, nose[0], 1000, True])
     first, *others = (np.reshape(p["pose_keypoints_2d"], (-1, 3))[:, :2] for p in out["value"]["people"])
