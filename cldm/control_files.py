@@ -87,7 +87,8 @@ def base_depths(base_params):
 
 def params_on_base(base_params, hint_channels, transformer_depth):
     """ControlNet params: its base UNet's, with its hint's channels and its transformer depth per level."""
-    params = {k: v for k, v in base_params.items() if k not in ("out_channels", "spatial_transformer_attn_type")}
+    params = {k: v for k, v in base_params.items()  # a ControlNet has no LCM guidance projection of its own
+              if k not in ("out_channels", "spatial_transformer_attn_type", "time_cond_proj_dim")}
     return {**params, "hint_channels": hint_channels, "transformer_depth": list(transformer_depth)}
 
 

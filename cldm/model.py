@@ -49,9 +49,12 @@ TARGETS = {
 }
 # Older SD 1.x files name the CLIP text encoder without its `text_model.` level.
 LEGACY_PREFIXES = {
-    f"cond_stage_model.transformer.{part}.": f"cond_stage_model.transformer.text_model.{part}."
-    for part in ("embeddings", "encoder", "final_layer_norm")
+    **{f"cond_stage_model.transformer.{part}.": f"cond_stage_model.transformer.text_model.{part}."
+       for part in ("embeddings", "encoder", "final_layer_norm")},
+    # an LCM-distilled UNet in one file: diffusers' converter keeps its guidance projection under diffusers' name
+    "model.diffusion_model.time_embedding.cond_proj.": "model.diffusion_model.time_embed.cond_proj.",
 }
+GUIDANCE_PROJECTION_KEY = "model.diffusion_model.time_embed.cond_proj.weight"
 # Keys a file may lack without harm: the schedule is recomputed from the yaml, position_ids are 0..76.
 OPTIONAL_KEYS = set(SCHEDULE_BUFFERS) | {"logvar"}
 
@@ -170,6 +173,9 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
     controls = [(where, layout_view(control) if is_control_lora(control) else control)
                 for where, control in controls if control]
     read = load_yaml(config) if not isinstance(config, dict) else config
+    guided = with_guidance_embedding(read, [normalize_keys(state) for _, state in sources])
+    if guided is not read:
+        read = config = guided
     params = read["model"]["params"]
     if controls and "control_stage_config" not in params:  # a base's yaml: the control's layout from its file
         base = (params.get("unet_config") or params.get("network_config") or {}).get("params", {})
@@ -188,6 +194,20 @@ def load_model(config, *checkpoints, dtype=None, device="cpu", strict=True, for_
 
 
 UNET_PREFIX = "model.diffusion_model."
+
+
+def with_guidance_embedding(config, states):
+    """`config` with its UNet taking an LCM-distilled UNet's guidance embedding when a checkpoint carries one
+    (its projection's width; a diffusers folder's config says it, a single file only by this key)."""
+    widths = [shape_of(state, GUIDANCE_PROJECTION_KEY)[1] for state in states if GUIDANCE_PROJECTION_KEY in state]
+    params = config["model"]["params"]
+    unet = (params.get("unet_config") or params.get("network_config") or {}).get("params")
+    if not widths or unet is None or unet.get("time_cond_proj_dim") == widths[0]:
+        return config
+    config = copy.deepcopy(config)
+    params = config["model"]["params"]
+    (params.get("unet_config") or params.get("network_config"))["params"]["time_cond_proj_dim"] = int(widths[0])
+    return config
 
 
 def with_control_loras(sources):

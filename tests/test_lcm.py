@@ -82,3 +82,24 @@ def test_an_lcm_model_in_a_diffusers_folder_loads_with_its_guidance_embedding(tm
     settings = dict(steps=2, sampler="LCM", guidance_scale=2.0, seed=1, verbose=False)
     images = [generate(m, hint, PROMPT, **settings)[0][0] for m in (loaded, model)]
     assert np.array_equal(*images)
+
+
+def test_an_lcm_model_in_one_file_loads_with_its_guidance_embedding(tmp_path):
+    """A single-file LCM model as diffusers' converter writes it: the UNet in the release's layout but for its
+    guidance projection, left under diffusers' name. Its width reaches the config; the generation is the same."""
+    from cldm.model import load_model
+    from ldm.checkpoint import save_safetensors
+
+    model, _ = tiny_lcm(tmp_path, seed=6)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("control_model.")}
+    state["model.diffusion_model.time_embedding.cond_proj.weight"] = state.pop(
+        "model.diffusion_model.time_embed.cond_proj.weight")
+    save_safetensors(state, tmp_path / "lcm.safetensors")
+    control = {k: v for k, v in model.state_dict().items() if k.startswith("control_model.")}
+    save_safetensors(control, tmp_path / "control.safetensors")
+    loaded = load_model(TINY_V15, tmp_path / "lcm.safetensors", tmp_path / "control.safetensors")
+    assert loaded.model.diffusion_model.config.time_cond_proj_dim == WIDTH
+    hint = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    settings = dict(steps=2, sampler="LCM", guidance_scale=3.0, seed=2, verbose=False)
+    images = [generate(m, hint, PROMPT, **settings)[0][0] for m in (loaded, model)]
+    assert np.array_equal(*images)
