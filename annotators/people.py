@@ -10,8 +10,9 @@ order OpenPose uses) and the face mesh, of which OpenPose's 70 face points are t
 
 A skeleton is a person when a detector of people is sure of it (`present`): a face detector at its head,
 OpenCV's people detector around it, or the person detector (very sure, or fairly sure and the face model finds
-a face at its head). The thresholds were chosen on half of the labeled photos in bench/pose_photos and are
-measured on the other half (bench/pose.py). The landmark model's own flag drops regions holding no one.
+a face at its head). The thresholds were chosen on the tune set of bench/pose_photos' hand-counted pictures
+and are measured on its held-out set (bench/pose.py). The landmark model's own flag drops regions holding no
+one.
 """
 
 import threading
@@ -90,8 +91,8 @@ node { calculator: "FaceLandmarksFromPoseCpu" input_stream: "IMAGE:image" input_
 
 @dataclass(frozen=True)
 class Thresholds:
-    """What makes a skeleton a person: chosen on the tune half of bench/pose_photos (python bench/pose.py --tune),
-    each in the middle of the range that did best there."""
+    """What makes a skeleton a person: on the tune set of bench/pose_photos, the lowest thresholds that draw no
+    skeleton on its pictures without people (python bench/pose.py --tune shows the search)."""
     detection: float = 0.7  # the person detector's score, with a face mesh at the skeleton's head
     sure: float = 0.85  # the person detector's score alone
     face: float = 0.8  # a face detector's score for the face at the skeleton's head
@@ -150,18 +151,26 @@ def detect_people(image, hands=True, face=True, thresholds=Thresholds()):
     """Everyone the detectors find in an RGB uint8 picture, as Persons (points in [0, 1] of the picture)."""
     g = graphs()
     image = np.ascontiguousarray(image)
+    people = []
     with g.lock, stderr_silenced():
-        found = [with_hands_and_face(c, image, g) for c in candidates(image, g, thresholds.tiles)]
-    return [person_of(c, thresholds, hands, face) for c in found if present(c, thresholds)]
+        for candidate in candidates(image, g, thresholds.tiles):
+            if sure(candidate, thresholds) or candidate.score >= thresholds.detection:  # else no face can help
+                if present(with_hands_and_face(candidate, image, g), thresholds):
+                    people.append(person_of(candidate, thresholds, hands, face))
+    return people
+
+
+def sure(candidate, thresholds):
+    """A detector of people sure of the candidate on its own: a face detector at its head, OpenCV's people
+    detector around it, or the person detector."""
+    return (candidate.face_score >= thresholds.face or candidate.pedestrian >= thresholds.pedestrian
+            or candidate.score >= thresholds.sure)
 
 
 def present(candidate, thresholds):
-    """Whether a candidate is a person: a detector of people is sure of it (a face detector at its head, OpenCV's
-    people detector around it, the person detector very sure), or the person detector fairly sure and the face
-    model finding a face at the skeleton's head."""
-    return (candidate.face_score >= thresholds.face or candidate.pedestrian >= thresholds.pedestrian
-            or candidate.score >= thresholds.sure
-            or (candidate.score >= thresholds.detection and candidate.face is not None))
+    """Whether a candidate (its hands and face looked for) is a person: a detector sure of it, or the person
+    detector fairly sure and the face model finding a face at the skeleton's head."""
+    return sure(candidate, thresholds) or (candidate.score >= thresholds.detection and candidate.face is not None)
 
 
 def candidates(image, graphs, splits=Thresholds.tiles):
@@ -177,10 +186,7 @@ def candidates(image, graphs, splits=Thresholds.tiles):
     seeds += [(FACE, person_from_face(f), 0.0) for f in faces]
     seeds += [(PEDESTRIAN, person_from_box(box, margin), 0.0) for box, margin in upright]
     for k in splits:
-        found = [moved(d, top, left, side, height, width) for _, top, left, side in tiles(height, width, (k,))
-                 for d in graphs.tile.process({"image": np.ascontiguousarray(image[top:top + side,
-                                                                                     left:left + side])}).people or []]
-        seeds += [(k, d, float(d.score[0])) for d in by_score(found)]
+        seeds += [(k, d, float(d.score[0])) for d in by_score(on_tiles(image, graphs, k))]
     face_boxes = [(box_of(f), float(f.score[0])) for f in faces]
     found, claimed = [], set()  # the faces a skeleton's nose lies in: one face, one person
     for n, (seed, detection, score) in enumerate(seeds):
@@ -205,6 +211,16 @@ def candidates(image, graphs, splits=Thresholds.tiles):
     return found
 
 
+def on_tiles(image, graphs, k):
+    """The person detector's detections on the picture's tiles of its short side / k, in the picture's terms."""
+    height, width = image.shape[:2]
+    found = []
+    for top, left, side in tiles(height, width, k):
+        tile = np.ascontiguousarray(image[top:top + side, left:left + side])
+        found += [moved(d, top, left, side, height, width) for d in graphs.tile.process({"image": tile}).people or []]
+    return found
+
+
 def by_score(detections):
     return sorted(detections or [], key=lambda d: -d.score[0])
 
@@ -216,17 +232,15 @@ def with_hands_and_face(candidate, image, graphs):
     return candidate
 
 
-def tiles(height, width, splits):
-    """(k, top, left, side) squares covering the picture: for each k, squares of side short/k overlapping by half
-    (a square picture is not its own tile)."""
-    short = min(height, width)
-    for k in splits:
-        side = max(int(round(short / k)), 1)
-        step = max(side // 2, 1)
-        for top in positions(height, side, step):
-            for left in positions(width, side, step):
-                if (side, side) != (height, width):
-                    yield k, top, left, side
+def tiles(height, width, k):
+    """(top, left, side) squares covering the picture, of side short/k, overlapping by half (a square picture is
+    not its own tile)."""
+    side = max(int(round(min(height, width) / k)), 1)
+    step = max(side // 2, 1)
+    for top in positions(height, side, step):
+        for left in positions(width, side, step):
+            if (side, side) != (height, width):
+                yield top, left, side
 
 
 def positions(length, side, step):
@@ -290,13 +304,20 @@ def pedestrians(image):
     count."""
     import cv2
 
-    detector = cv2.HOGDescriptor()
-    detector.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
     height, width = image.shape[:2]
-    boxes, margins = detector.detectMultiScale(cv2.resize(image, (2 * width, 2 * height)), winStride=(8, 8),
+    boxes, margins = people_detector().detectMultiScale(cv2.resize(image, (2 * width, 2 * height)), winStride=(8, 8),
                                                padding=(8, 8), scale=1.1)
     return [((x / (2 * width), y / (2 * height), (x + w) / (2 * width), (y + h) / (2 * height)), float(margin))
             for (x, y, w, h), margin in zip(boxes, np.ravel(margins))]
+
+
+@lru_cache(maxsize=1)
+def people_detector():
+    import cv2
+
+    detector = cv2.HOGDescriptor()
+    detector.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+    return detector
 
 
 def box_of(detection):

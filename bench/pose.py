@@ -1,21 +1,21 @@
-"""How well the offline pose detectors find people, on public photos counted by hand (bench/pose_photos).
+"""How well the offline pose detectors find people, on public pictures whose people were counted by hand.
 
-    python bench/pose.py [--split held-out|tune|all] [--tune]
+    python bench/pose.py [--split held-out|tune|all] [--verbose] [--tune]
 
-The photos (the ControlNet 1.0 and 1.1 releases' test pictures, OpenPose's and mmpose's example and test
-pictures, darknet's, scikit-image's) are labeled in bench/pose_photos/labels.csv: `people`, those whose upper
-body shows at a size worth drawing (a tenth of the picture's height or more), and `others`, further people a
-detector may rightly find (small, blurred, cut off at the edge). Half the photos are for tuning, half held out;
-the figures that count are the held-out half's, for all its pictures and for its photos alone (it also
+The pictures and their labels are in bench/pose_photos (its README says where each comes from and how it was
+counted): `people`, those whose upper body shows at a tenth of the picture's height or more, and `others`,
+further people a detector may rightly find (small, blurred, cut off by the frame, a face alone). The tune set
+(157 pictures) is where the thresholds were chosen; the held-out set (51) was counted before anything ran on
+it. The figures that count are the held-out set's, for all its pictures and for its photos alone (it also
 holds paintings, drawings and renders).
 
-Per detector and split: pictures without people given a skeleton; people found / people present (a picture's
-skeletons up to its `people`); people drawn that are not there (skeletons beyond `people` + `others`); seconds
-per picture. The peer is the offline detector this project had before: mediapipe's Pose solution, one person,
-drawn when 6 of the 18 points are visible. OpenPose (controlnet-aux) is measured too where its weights are on
-disk.
+Per detector and set: pictures with no one in them given a skeleton; people found / people present (a
+picture's skeletons up to its `people`); people drawn that are not there (skeletons beyond `people` +
+`others`); seconds per picture. The peer is the offline detector this project had before: mediapipe's Pose
+solution, one person, drawn when 6 of the 18 points are visible. OpenPose (controlnet-aux) is measured too where
+its weights are on disk.
 
-`--tune` searches the presence thresholds (annotators.people.Thresholds) on the tune half only: the settings
+`--tune` searches the presence thresholds (annotators.people.Thresholds) on the tune set only: the settings
 that draw no skeleton on its pictures without people, then find the most people, then draw the fewest extra.
 """
 
@@ -112,7 +112,7 @@ def run(name, detector, rows, split, verbose=False):
 
 
 def tune(rows, tiles):
-    """Grid search of the presence thresholds on `rows` (the tune half), from each picture's candidates."""
+    """Grid search of the presence thresholds on `rows` (the tune set), from each picture's candidates."""
     g = people.graphs()
     found = []
     with stderr_silenced():
@@ -131,7 +131,7 @@ def tune(rows, tiles):
     for allowed in sorted({key[0] for key, _ in results})[:4]:  # the trade-off: pictures without people drawn on
         key, values = min(((key, values) for key, values in results if key[0] == allowed), key=lambda r: r[0])
         print(f"  at most {allowed} no-person pictures with a skeleton: {key}  {values}")
-    print("best on the tune half (no-person pictures with a skeleton, -people found, drawn not there):")
+    print("best (no-person pictures with a skeleton, -people found, drawn not there):")
     for key, values in results[:5]:
         print(f"  {key}  {values}")
     for name, options in grid.items():  # how each threshold alone moves the best
@@ -145,14 +145,14 @@ def tune(rows, tiles):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", choices=["held-out", "tune", "all"], default=None,
-                        help="which half to report (default: the held-out half, then the tune half)")
-    parser.add_argument("--tune", action="store_true", help="search the presence thresholds on the tune half")
+                        help="which set to report (default: the held-out set, then the tune set)")
+    parser.add_argument("--tune", action="store_true", help="search the presence thresholds on the tune set")
     parser.add_argument("--verbose", action="store_true", help="each picture's count")
     parser.add_argument("--tiles", type=int, nargs="+", default=list(people.Thresholds.tiles),
                         help="with --tune: the tile levels the candidates are found with")
     args = parser.parse_args()
     print(f"command: python bench/pose.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
     if args.tune:
         tune(labeled(args.split or "tune"), tuple(args.tiles))
         return
