@@ -47,7 +47,8 @@ TARGETS = {
     **CONTROL_TARGETS,
     "cldm.cldm.ControlledUnetModel": ControlledUnetModel,
 }
-# Older SD 1.x files name the CLIP text encoder without its `text_model.` level.
+# Key layouts renamed to the release's: older SD 1.x files name the CLIP text encoder without its `text_model.`
+# level.
 LEGACY_PREFIXES = {
     **{f"cond_stage_model.transformer.{part}.": f"cond_stage_model.transformer.text_model.{part}."
        for part in ("embeddings", "encoder", "final_layer_norm")},
