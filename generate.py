@@ -131,7 +131,7 @@ from cldm.speed import speed_up
 from cldm.union import AUTO, UNION_TYPES, split_scale, typed
 from cldm.vae_files import load_vae
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
-from ldm.runtime import BACKENDS
+from ldm.runtime import BACKENDS, backend_precision
 from ldm.sdxl import SDXL_RESOLUTION, DiffusionEngine
 from ldm.threads import add_threads_argument, use_threads
 from toy.model import TOY_PROMPT, TOY_SAMPLING, circle_outline, load_default_model
@@ -339,7 +339,7 @@ def main(argv=None):
     if args.precision is None and saved is not None:
         precision = saved.precision
     else:
-        precision = resolve_precision(args.precision or ("fp32" if args.backend == "openvino" else "auto"), device)
+        precision = resolve_precision(backend_precision(args.backend, args.precision) or "auto", device)
     saved_threads = saved.threads if saved is not None else None  # the saved count gives the same bits
     threads = use_threads(args.threads if args.threads is not None else saved_threads)
     print(f"computing in {precision} on {device}" + (f" ({threads} threads)" if device == "cpu" else ""))

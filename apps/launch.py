@@ -17,7 +17,7 @@ from cldm.vae_files import load_vae
 from ldm.errors import add_debug_argument, run_main
 from ldm.files import MODELS, check_checkpoint_file
 from ldm.precision import PRECISIONS, add_precision_argument, resolve_precision
-from ldm.runtime import BACKENDS
+from ldm.runtime import BACKENDS, backend_precision
 from ldm.threads import add_threads_argument, use_threads
 
 
@@ -65,8 +65,7 @@ def chosen_backend(backend, model, toy):
 def make_runner(task, args):
     offload = args.low_vram and torch.cuda.is_available()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = "fp32" if args.backend == "openvino" and args.precision == "auto" else args.precision  # its runtime's
-    dtype = PRECISIONS[resolve_precision(precision, device)]
+    dtype = PRECISIONS[resolve_precision(backend_precision(args.backend, args.precision), device)]
     model, note, toy = resolve_model(task.control, args.control, args.base, args.config, "cpu" if offload else None,
                                      dtype, task.options)
     if model is not None and args.vae:

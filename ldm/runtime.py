@@ -15,6 +15,11 @@ from torch import nn
 BACKENDS = ("torch", "openvino")
 
 
+def backend_precision(backend, precision):
+    """The precision to run in: the one asked for, else (None or "auto") OpenVINO's fp32 under it."""
+    return "fp32" if backend == "openvino" and precision in (None, "auto") else precision
+
+
 class Core(nn.Module):
     """A function of tensors computed by `network` as a module, the form OpenVINO's converter traces (the
     network's weights its parameters)."""

@@ -71,3 +71,11 @@ def test_the_backend_is_refused_where_it_cannot_run():
         speed_up(model.to(torch.bfloat16), backend="openvino")
     with pytest.raises(ValueError, match="unknown backend 'onnx'"):
         speed_up(model, backend="onnx")
+
+
+def test_openvino_runs_in_fp32_unless_another_precision_is_asked():
+    from ldm.runtime import backend_precision
+
+    assert backend_precision("openvino", None) == backend_precision("openvino", "auto") == "fp32"
+    assert backend_precision("openvino", "bf16") == "bf16"  # asked for: speed_up then refuses it, saying why
+    assert backend_precision("torch", None) is None and backend_precision("torch", "auto") == "auto"
