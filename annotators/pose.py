@@ -9,6 +9,7 @@ written and read as OpenPose JSON (annotators.pose_json), so a pose can be edite
 import warnings
 from typing import Literal
 
+from annotators.people import Thresholds, detect_people, pose_results
 from annotators.util import AnnotatorNotice, prepare
 from annotators.weights import NEEDS, WeightsError, aux_detector, search_dirs, weights_on_disk
 
@@ -30,8 +31,6 @@ def detect_openpose(image, include_hand=False, include_face=False, detect_resolu
 def detect_mediapipe(image, min_visibility=0.5, detect_resolution=512, include_hand=False, include_face=False):
     """(poses, (H, W)) of everyone mediapipe's bundled models find (annotators.people): no download; a point is
     drawn when the landmark model is at least `min_visibility` sure it is visible."""
-    from annotators.people import Thresholds, detect_people, pose_results
-
     img = prepare(image, detect_resolution)
     people = detect_people(img, include_hand, include_face, Thresholds(visibility=min_visibility))
     return pose_results(people), img.shape[:2]

@@ -27,6 +27,7 @@ import platform
 import sys
 import time
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -54,22 +55,21 @@ def people_now(image):
     return len(people.detect_people(image, hands=True, face=True))
 
 
-def one_person_before(image):
-    """The previous offline detector: mediapipe's Pose solution (one person), 6 of 18 points visible."""
+@lru_cache(maxsize=1)
+def pose_solution():
     import mediapipe as mp
 
-    global _solution
-    if "_solution" not in globals():
-        with stderr_silenced():
-            _solution = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1)
     with stderr_silenced():
-        result = _solution.process(image)
+        return mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1)
+
+
+def one_person_before(image):
+    """The previous offline detector: mediapipe's Pose solution (one person), 6 of the 18 points visible."""
+    with stderr_silenced():
+        result = pose_solution().process(image)
     if result.pose_landmarks is None:
         return 0
-    marks = result.pose_landmarks.landmark
-    visible = [m.visibility >= 0.5 and 0 <= m.x <= 1 and 0 <= m.y <= 1 for m in marks]
-    points = [0, 12, 14, 16, 11, 13, 15, 24, 26, 28, 23, 25, 27, 5, 2, 8, 7]
-    return int(sum(visible[i] for i in points) + (visible[11] and visible[12]) >= 6)
+    return int(sum(p is not None for p in people.body_points(result.pose_landmarks, 0.5)) >= 6)
 
 
 def openpose_people(image):

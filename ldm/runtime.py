@@ -9,6 +9,8 @@ changed (a LoRA merged for a generation; once it is taken out, bit for bit, the 
 hooks reach inside it (reference-only, IP-Adapter).
 """
 
+from functools import lru_cache
+
 import torch
 from torch import nn
 
@@ -38,13 +40,12 @@ def hooked(module):
                for m in module.modules())
 
 
-CORES = []  # the process's one OpenVINO Core, kept for as long as any model it compiled
+@lru_cache(maxsize=1)
+def openvino_core():
+    """The process's one OpenVINO Core, kept for as long as any model it compiled."""
+    import openvino
 
-
-def openvino_core(openvino):
-    if not CORES:
-        CORES.append(openvino.Core())
-    return CORES[0]
+    return openvino.Core()
 
 
 class Runtime:
@@ -91,7 +92,7 @@ class Runtime:
                                                     share_weights=False)
             config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                       "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-            self.compiled[structure] = openvino_core(self.openvino).compile_model(model, "CPU", config)
+            self.compiled[structure] = openvino_core().compile_model(model, "CPU", config)
         compiled = self.compiled[structure]
         # inputs and outputs copied: the request must not keep pointers into tensors torch frees after the call
         outputs = compiled([t.detach().contiguous().numpy() for t in inputs], share_inputs=False, share_outputs=False)
