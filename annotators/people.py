@@ -1,18 +1,20 @@
-"""Everyone's pose offline, from the models inside mediapipe's and OpenCV's wheels: no download.
+"""Everyone's pose offline, from models installed with the packages: no download at run time.
 
 mediapipe's pose solution follows one person. Here its parts are wired per person instead. People are looked
-for three ways: BlazePose's person detector over the whole picture and over overlapping tiles (it sees 224
-pixels, so the tiles find people small in the frame); mediapipe's face detectors (close-ups and portraits,
-which the person detector misses); OpenCV's people detector (small upright people). Each find becomes a region
-the pose landmark model reads twice (the second time in the region its first skeleton gives, as mediapipe's
-own tracking does), and on each skeleton the holistic model's stages find the hands (21 points each, in the
-order OpenPose uses) and the face mesh, of which OpenPose's 70 face points are taken.
+for four ways: CenterNet, a COCO object detector (annotators.person_detector, installed from the npm registry;
+without it, the other three); BlazePose's person detector over the whole picture and over overlapping tiles
+(it sees 224 pixels, so the tiles find people small in the frame); mediapipe's face detectors (close-ups and
+portraits); OpenCV's people detector (small upright people). Each find becomes a region the pose landmark model
+reads twice (the second time in the region its first skeleton gives, as mediapipe's own tracking does), and on
+each skeleton the holistic model's stages find the hands (21 points each, in the order OpenPose uses) and the
+face mesh, of which OpenPose's 70 face points are taken.
 
 A skeleton is a person when a detector of people is sure of it (`present`): a face detector at its head,
-OpenCV's people detector around it, or the person detector (very sure, or fairly sure and the face model finds
-a face at its head). The thresholds were chosen on the tune set of bench/pose_photos' hand-counted pictures
-and are measured on its held-out set (bench/pose.py). The landmark model's own flag drops regions holding no
-one.
+OpenCV's people detector around it, CenterNet's box framing it, or the person detector; or when the person
+detector is fairly sure and the face model finds a face at its head; or when CenterNet frames it at all and the
+face or hand models find a face or a hand where the skeleton has them. The thresholds were chosen on the tune
+set of bench/pose_photos' hand-counted pictures and are measured on its held-out and fresh sets
+(bench/pose.py). The landmark model's own flag drops regions holding no one.
 """
 
 import threading
@@ -42,7 +44,7 @@ MESH_TO_OPENPOSE_FACE = [
 IRISES = (468, 473)  # the refined mesh's iris centres: OpenPose's face points 68, 69 (right, left pupil)
 
 # what found a candidate (its Candidate.seed); the person detector's tiles are seeds 1, 2, ... (k of Thresholds.tiles)
-WHOLE_PICTURE, FACE, PEDESTRIAN = 0, -1, -2
+WHOLE_PICTURE, FACE, PEDESTRIAN, OBJECTS = 0, -1, -2, -3
 
 SCENE_GRAPH = """
 input_stream: "image"
@@ -96,7 +98,10 @@ class Thresholds:
     detection: float = 0.7  # the person detector's score, with a face mesh at the skeleton's head
     sure: float = 0.85  # the person detector's score alone
     face: float = 0.8  # a face detector's score for the face at the skeleton's head
-    pedestrian: float = 1.7  # OpenCV's people detector's margin for a box around the skeleton's trunk
+    pedestrian: float = 2.1  # OpenCV's people detector's margin for a box around the skeleton's trunk
+    objects: float = 0.5  # the COCO detector's person score for the box framing the skeleton, alone
+    # the lowest COCO person score whose box is looked in for a skeleton, and enough with a face or a hand found
+    object_seed: float = 0.15
     visibility: float = 0.5  # a point is drawn when the landmark model's visibility is at least this
     tiles: tuple = (1, 2)  # the person detector on tiles of the picture's short side / k, for each k
 
@@ -109,6 +114,7 @@ class Candidate:
     score: float = 0.0  # the person detector's, when it found the skeleton
     face_score: float = 0.0  # a face detector's, for a face at the skeleton's nose
     pedestrian: float = 0.0  # OpenCV's people detector's margin, for a box around the shoulders and hips
+    objects: float = 0.0  # the COCO detector's person score, for a box around the shoulders and nose
     left_hand: object = None  # the holistic model's 21 hand landmarks, the person's left hand
     right_hand: object = None
     face: object = None  # the face mesh, when the face model finds a face at the skeleton's head
@@ -153,36 +159,46 @@ def detect_people(image, hands=True, face=True, thresholds=Thresholds()):
     image = np.ascontiguousarray(image)
     people = []
     with g.lock, stderr_silenced():
-        for candidate in candidates(image, g, thresholds.tiles):
-            if sure(candidate, thresholds) or candidate.score >= thresholds.detection:  # else no face can help
-                if present(with_hands_and_face(candidate, image, g), thresholds):
-                    people.append(person_of(candidate, thresholds, hands, face))
+        for candidate in candidates(image, g, thresholds.tiles, thresholds.object_seed):
+            if may_be_present(candidate, thresholds) and present(with_hands_and_face(candidate, image, g), thresholds):
+                people.append(person_of(candidate, thresholds, hands, face))
     return people
 
 
 def sure(candidate, thresholds):
     """A detector of people sure of the candidate on its own: a face detector at its head, OpenCV's people
-    detector around it, or the person detector."""
+    detector around it, the person detector, or the COCO detector."""
     return (candidate.face_score >= thresholds.face or candidate.pedestrian >= thresholds.pedestrian
-            or candidate.score >= thresholds.sure)
+            or candidate.score >= thresholds.sure or candidate.objects >= thresholds.objects)
 
 
 def present(candidate, thresholds):
-    """Whether a candidate (its hands and face looked for) is a person: a detector sure of it, or the person
-    detector fairly sure and the face model finding a face at the skeleton's head."""
-    return sure(candidate, thresholds) or (candidate.score >= thresholds.detection and candidate.face is not None)
+    """Whether a candidate (its hands and face looked for) is a person: a detector sure of it, or a person
+    detector fairly sure and the face or hand models finding a face or a hand where the skeleton has them."""
+    hand = candidate.left_hand is not None or candidate.right_hand is not None
+    return (sure(candidate, thresholds) or (candidate.score >= thresholds.detection and candidate.face is not None)
+            or (candidate.objects >= thresholds.object_seed and (candidate.face is not None or hand)))
 
 
-def candidates(image, graphs, splits=Thresholds.tiles):
-    """Every skeleton the landmark model finds from the seeds, in turn: the person detector on the whole
-    picture, the faces, OpenCV's people, the person detector on finer and finer tiles. A seed on a skeleton
-    already found (at its scale, or much smaller: a tile holding a piece of a large person) is that person
-    again, and so is a skeleton landing on one found before, or with its nose in a face another already has."""
+def may_be_present(candidate, thresholds):
+    """Whether looking for the candidate's hands and face could make it present."""
+    return (sure(candidate, thresholds) or candidate.score >= thresholds.detection
+            or candidate.objects >= thresholds.object_seed)
+
+
+def candidates(image, graphs, splits=Thresholds.tiles, object_seed=Thresholds.object_seed):
+    """Every skeleton the landmark model finds from the seeds, in turn: CenterNet's people, the person detector
+    on the whole picture, the faces, OpenCV's people, the person detector on finer and finer tiles. A seed on a
+    skeleton already found (at its scale, or much smaller: a tile holding a piece of a large person) is that
+    person again, and so is a skeleton landing on one found before, or with its nose in a face another already
+    has; each detector's verdict on a skeleton is kept, whichever seed found it."""
     height, width = image.shape[:2]
     scene = graphs.scene.process({"image": image})
     faces = [*(scene.near_faces or []), *(scene.far_faces or [])]
     upright = pedestrians(image)
-    seeds = [(WHOLE_PICTURE, d, float(d.score[0])) for d in by_score(scene.people)]
+    boxes = coco_people(image, object_seed)
+    seeds = [(OBJECTS, person_from_box(box, score), 0.0) for box, score in boxes]
+    seeds += [(WHOLE_PICTURE, d, float(d.score[0])) for d in by_score(scene.people)]
     seeds += [(FACE, person_from_face(f), 0.0) for f in faces]
     seeds += [(PEDESTRIAN, person_from_box(box, margin), 0.0) for box, margin in upright]
     for k in splits:
@@ -190,15 +206,19 @@ def candidates(image, graphs, splits=Thresholds.tiles):
     face_boxes = [(box_of(f), float(f.score[0])) for f in faces]
     found, claimed = [], set()  # the faces a skeleton's nose lies in: one face, one person
     for n, (seed, detection, score) in enumerate(seeds):
-        if any(seed_on(detection, c.body, (height, width)) for c in found):
+        owner = next((c for c in found if seed_on(detection, c.body, (height, width))), None)
+        if owner is None:
+            body = graphs.body.process({"image": image, "detection": detection}).body
+            if body is None:
+                continue  # the landmark model's own flag: no person in that region
+            owner = next((c for c in found if same_skeleton(body, c.body, (height, width))), None)
+        if owner is not None:  # that person again: the person detector's score counts for them
+            owner.score = max(owner.score, score)
             continue
-        body = graphs.body.process({"image": image, "detection": detection}).body
-        if body is None or any(same_skeleton(body, c.body, (height, width)) for c in found):
-            continue  # None: the landmark model's own flag, no person in that region
         marks = body.landmark
         on_faces = {i for i, (box, _) in enumerate(face_boxes) if inside((marks[0].x, marks[0].y), box)}
         if seed == FACE:
-            on_faces.add(n - len(scene.people or []))  # its own face, wherever the skeleton put the nose
+            on_faces.add(n - len(boxes) - len(scene.people or []))  # its own face, wherever the skeleton put the nose
         if on_faces & claimed:
             continue
         claimed |= on_faces
@@ -208,7 +228,23 @@ def candidates(image, graphs, splits=Thresholds.tiles):
             margins.append(detection.score[0])
         found.append(Candidate(seed, body, score, face_score=max([face_boxes[i][1] for i in on_faces], default=0.0),
                                pedestrian=max(margins, default=0.0)))
+    for candidate, score in boxes_to_skeletons(boxes, found):
+        candidate.objects = max(candidate.objects, score)
     return found
+
+
+def boxes_to_skeletons(boxes, found):
+    """Each COCO person box to the one skeleton it frames best: its nose and shoulders inside, the most overlap
+    with the box around its points (a box holds one person; a hand or a leg read as a small person does not
+    take the whole person's box)."""
+    taken = set()
+    for box, score in boxes:
+        inside_box = [(overlap(box, extent(c.body)), n) for n, c in enumerate(found) if n not in taken
+                      and all(inside(p, box) for p in [nose(c.body), midpoint(c.body.landmark, SHOULDERS)])]
+        if inside_box:
+            best = max(inside_box)[1]
+            taken.add(best)
+            yield found[best], score
 
 
 def on_tiles(image, graphs, k):
@@ -311,6 +347,14 @@ def pedestrians(image):
             for (x, y, w, h), margin in zip(boxes, np.ravel(margins))]
 
 
+def coco_people(image, min_score):
+    """The COCO detector's people (annotators.person_detector), when it is installed: [(box, score)]."""
+    from annotators.person_detector import person_detector  # not at the top: `python -m` runs that module
+
+    detector = person_detector()
+    return detector(image, min_score) if detector else []
+
+
 @lru_cache(maxsize=1)
 def people_detector():
     import cv2
@@ -323,6 +367,18 @@ def people_detector():
 def box_of(detection):
     box = detection.location_data.relative_bounding_box
     return box.xmin, box.ymin, box.xmin + box.width, box.ymin + box.height
+
+
+def overlap(a, b):
+    """Intersection over union of two boxes, each clipped to the picture."""
+    a, b = np.clip(a, 0, 1), np.clip(b, 0, 1)
+    width, height = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    common = max(width, 0) * max(height, 0)
+    return common / max((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - common, 1e-9)
+
+
+def nose(body):
+    return body.landmark[0].x, body.landmark[0].y
 
 
 def inside(point, box):

@@ -15,7 +15,15 @@ from annotators.weights import NEEDS, WeightsError, aux_detector, search_dirs, w
 
 OPENPOSE_FILES = NEEDS["openpose"]
 
-MEDIAPIPE = "mediapipe's bundled detectors (no download)"
+
+def offline_detectors():
+    """What the mediapipe detector runs on, for the notice: with the COCO person detector when it is installed."""
+    from annotators.person_detector import person_detector  # not at the top: `python -m` runs that module
+
+    if person_detector():
+        return "mediapipe's bundled detectors and CenterNet (no download)"
+    return ("mediapipe's bundled detectors (no download; `python -m annotators.person_detector` installs CenterNet, "
+            "which finds more people)")
 
 
 def openpose_detector(location=None):
@@ -77,7 +85,7 @@ def detect_poses(image, detector="auto", include_hand=False, include_face=False,
     if detector == "mediapipe":
         poses, size = detect_mediapipe(image, detect_resolution=detect_resolution, include_hand=include_hand,
                                        include_face=include_face)
-        name = MEDIAPIPE
+        name = offline_detectors()
     elif detector == "openpose":
         try:
             poses, size = detect_openpose(image, include_hand, include_face, detect_resolution, weights)

@@ -10,6 +10,7 @@ import pytest
 from skimage import data
 
 from annotators import AnnotatorNotice, read_image
+from annotators.person_detector import person_detector
 from annotators.pose import detect_mediapipe, detect_poses, draw
 from annotators.pose_json import poses_to_json, read_pose_json
 
@@ -67,3 +68,16 @@ def test_hands_and_face_are_drawn_and_carried_in_openpose_json():
 def test_the_notice_says_which_detector_ran_and_how_many_it_found():
     with pytest.warns(AnnotatorNotice, match=re.escape("3 people found by mediapipe's bundled detectors")):
         detect_poses(three_astronauts(), "mediapipe", detect_resolution=256)
+
+
+@pytest.mark.parametrize("name, people_there", [("mmcoco_000000197388.jpg", 5),  # skiers racing, heads down
+                                                ("mmdeepfasion2_000265.jpg", 1)])  # a mirror selfie, face hidden
+def test_the_coco_person_detector_finds_people_mediapipe_alone_misses(name, people_there, monkeypatch):
+    from annotators import people
+
+    assert person_detector() is not None, "the person detector is not installed: python -m annotators.person_detector"
+    poses, _ = detect_mediapipe(photo(name))
+    assert people_there - 1 <= len(poses) <= people_there
+    monkeypatch.setattr(people, "coco_people", lambda image, min_score: [])
+    alone, _ = detect_mediapipe(photo(name))
+    assert len(alone) < len(poses)
