@@ -111,10 +111,10 @@ class Candidate:
     """A skeleton the landmark model found, with what each detector says about it."""
     seed: int  # what found it: WHOLE_PICTURE, FACE, PEDESTRIAN, or k for the person detector on tiles
     body: object  # mediapipe's 33 pose landmarks
-    score: float = 0.0  # the person detector's, when it found the skeleton
+    score: float = 0.0  # the person detector's best, for its detections on the skeleton
     face_score: float = 0.0  # a face detector's, for a face at the skeleton's nose
     pedestrian: float = 0.0  # OpenCV's people detector's margin, for a box around the shoulders and hips
-    objects: float = 0.0  # the COCO detector's person score, for a box around the shoulders and nose
+    objects: float = 0.0  # the COCO detector's person score, for the box that frames the skeleton best
     left_hand: object = None  # the holistic model's 21 hand landmarks, the person's left hand
     right_hand: object = None
     face: object = None  # the face mesh, when the face model finds a face at the skeleton's head
@@ -173,8 +173,9 @@ def sure(candidate, thresholds):
 
 
 def present(candidate, thresholds):
-    """Whether a candidate (its hands and face looked for) is a person: a detector sure of it, or a person
-    detector fairly sure and the face or hand models finding a face or a hand where the skeleton has them."""
+    """Whether a candidate (its hands and face looked for) is a person: a detector sure of it, the person
+    detector fairly sure and a face found at the skeleton's head, or a COCO box framing it and a face or a hand
+    found where the skeleton has them."""
     hand = candidate.left_hand is not None or candidate.right_hand is not None
     return (sure(candidate, thresholds) or (candidate.score >= thresholds.detection and candidate.face is not None)
             or (candidate.objects >= thresholds.object_seed and (candidate.face is not None or hand)))
@@ -229,7 +230,7 @@ def candidates(image, graphs, splits=Thresholds.tiles, object_seed=Thresholds.ob
         found.append(Candidate(seed, body, score, face_score=max([face_boxes[i][1] for i in on_faces], default=0.0),
                                pedestrian=max(margins, default=0.0)))
     for candidate, score in boxes_to_skeletons(boxes, found):
-        candidate.objects = max(candidate.objects, score)
+        candidate.objects = score
     return found
 
 
