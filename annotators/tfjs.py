@@ -58,6 +58,8 @@ def graph_def(model_json, outputs=None):
         if node.op in FUSED:
             unfuse(graph, node)
         elif node.op == "Const":
+            if node.name not in values:
+                raise TfjsError(f"{model_json}: the constant {node.name} is not in the weights manifest")
             array = values[node.name]
             tensor = node.attr["value"].tensor
             tensor.Clear()
