@@ -14,8 +14,6 @@ Target: the app's request at least 3x faster now than before on the project's 2-
 """
 
 import argparse
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -32,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from annotators import ANNOTATORS, resize_image  # noqa: E402
+from bench.report import print_command, print_machine, torch_details  # noqa: E402
 from bench.sampling import timed, timed_interleaved  # noqa: E402
 from cldm.diffusers_interop import diffusers_models  # noqa: E402
 from cldm.pipeline import generate  # noqa: E402
@@ -147,9 +146,9 @@ def main():
     args = parser.parse_args()
     precision = resolve_precision(args.precision)
     use_threads()  # as the apps run; the in-process paths get the same
-    print(f"command: python bench/app_latency.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; ours in {precision} (OpenVINO in fp32), the peer in fp32")
+    print_command()
+    torch_version, threads = torch_details()
+    print_machine(torch_version, f"{threads}; ours in {precision} (OpenVINO in fp32), the peer in fp32")
 
     peer_model = load_default_model()  # the peer's text encoder and VAE, in fp32 as its networks
     unet, controlnet = diffusers_models(peer_model.state_dict(), load_yaml(TOY_CONFIG))

@@ -14,8 +14,6 @@ keeps the protobuf mediapipe needs).
 """
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import print_command, print_machine, torch_details  # noqa: E402
 from bench.sampling import timed_interleaved  # noqa: E402
 from ldm.conditioning import Conditioning  # noqa: E402
 from ldm.threads import add_threads_argument, use_threads  # noqa: E402
@@ -98,9 +97,8 @@ def main():
     add_threads_argument(parser)
     args = parser.parse_args()
     use_threads(args.threads)
-    print(f"command: python bench/cpu_runtimes.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print_command()
+    print_machine(*torch_details())
     model = sd_model() if args.sd else load_default_model().eval()
     step = Step(model).eval()
     example = inputs(model, args.size)

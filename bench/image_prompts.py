@@ -16,8 +16,6 @@ Also the largest difference of the guided eps against diffusers' (T2I, IP), rela
 """
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -29,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import print_command, print_machine, torch_details  # noqa: E402
 from bench.sampling import CONFIG, GUIDANCE, diffusers_models, randomize, timed_interleaved  # noqa: E402
 from cldm.ip_adapter import cross_attentions  # noqa: E402
 from cldm.model import create_model, load_control_net  # noqa: E402
@@ -72,9 +71,8 @@ def main():
     add_threads_argument(parser)
     args = parser.parse_args()
     use_threads(args.threads)
-    print(f"command: python bench/image_prompts.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, fp32, batch 1 guided (2 rows), {args.size}x{args.size}")
+    print_command()
+    print_machine(*torch_details(), "fp32", "batch 1 guided (2 rows)", f"{args.size}x{args.size}")
     from diffusers import T2IAdapter as DiffusersAdapter
 
     torch.manual_seed(0)

@@ -23,7 +23,6 @@ that draw no skeleton on its pictures without people, then find the most people,
 import argparse
 import csv
 import itertools
-import os
 import platform
 import sys
 import time
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from annotators import people, read_image  # noqa: E402
 from annotators.util import prepare, stderr_silenced  # noqa: E402
+from bench.report import print_command, print_machine  # noqa: E402
 
 PHOTOS = Path(__file__).with_name("pose_photos")
 RESOLUTION = 512  # the pose app's default detect resolution
@@ -153,8 +153,8 @@ def main():
     parser.add_argument("--tiles", type=int, nargs="+", default=list(people.Thresholds.tiles),
                         help="with --tune: the tile levels the candidates are found with")
     args = parser.parse_args()
-    print(f"command: python bench/pose.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
+    print_command()
+    print_machine(platform.platform())
     if args.tune:
         tune(labeled(args.split or "tune"), tuple(args.tiles))
         return

@@ -10,7 +10,6 @@ warm-up pass of each engine (weights loaded, Ray's workers importing the annotat
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import print_command, print_machine  # noqa: E402
 from training.prepare import Options, annotate, list_items, load, prepare, sample_files, start_ray  # noqa: E402
 
 
@@ -60,8 +60,8 @@ def main():
     args = p.parse_args()
     import ray
 
-    print(f"command: python bench/prepare.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, ray {ray.__version__}")
+    print_command()
+    print_machine(f"ray {ray.__version__}")
     work = Path(tempfile.mkdtemp(prefix="prepare_bench_"))
     try:
         (work / "in").mkdir()

@@ -28,8 +28,6 @@ tensors (loaded with assign=True, so both fit in memory at once), interleaved, i
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import print_command, print_machine, torch_details  # noqa: E402
 from cldm.diffusers_interop import diffusers_models as to_diffusers  # noqa: E402
 from cldm.model import create_model  # noqa: E402
 from cldm.speed import speed_up  # noqa: E402
@@ -271,10 +270,9 @@ def main():
     add_threads_argument(parser)
     args = parser.parse_args()
     use_threads(args.threads)
-    print(f"command: python bench/sampling.py {' '.join(sys.argv[1:])}".rstrip())
+    print_command()
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "no GPU used"
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, native bf16 on the CPU: {cpu_has_native_bf16()}, {gpu}")
+    print_machine(*torch_details(), f"native bf16 on the CPU: {cpu_has_native_bf16()}", gpu)
     precisions = list(args.precisions)
     if args.device == "cpu" and "bf16" in precisions and not cpu_has_native_bf16() and not args.force:
         print("bf16 skipped: this CPU has no native bf16 (AVX512-BF16 or AMX) and emulates it about 50x slower "

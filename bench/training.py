@@ -41,6 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import print_command, print_machine  # noqa: E402
 from ldm.threads import add_threads_argument, use_threads  # noqa: E402
 
 CONFIG = ROOT / "models/cldm_v15.yaml"
@@ -339,11 +340,10 @@ def main():
         seconds, loaded, peak = run_one(row, int(size), args.steps)
         print(json.dumps({"seconds": seconds, "loaded_gib": loaded, "peak_gib": peak}))
         return
-    print(f"command: python bench/training.py {' '.join(sys.argv[1:])}".rstrip())
+    print_command()
     if args.family == "sdxl":
         return main_xl(args)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__},"
-          f" fp32 CPU, SD 1.5 size, batch 1, sd_locked")
+    print_machine(f"torch {torch.__version__}", "fp32 CPU", "SD 1.5 size", "batch 1", "sd_locked")
     print("memory: resident GiB with the models loaded, and the peak while training\n")
     print("| size | row | s/step | loaded GiB | peak GiB | time / diffusers-style | peak / diffusers-style |")
     print("|---|---|---|---|---|---|---|")
@@ -358,8 +358,8 @@ def main():
 
 
 def main_xl(args):
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__},"
-          f" CPU, SDXL real size, batch 1, bf16 mixed precision, sd_locked")
+    print_machine(f"torch {torch.__version__}", "CPU", "SDXL real size", "batch 1", "bf16 mixed precision",
+                  "sd_locked")
     print("memory: resident GiB with the models loaded, and the peak while training\n")
     print("| size | ControlNet | row | s/step | loaded GiB | peak GiB | time / diffusers-style | peak / "
           "diffusers-style |")
